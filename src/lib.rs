@@ -1,0 +1,12 @@
+//! `hub`: a cloud/edge messaging hub.
+//!
+//! `hub cloud` (CloudHub) accepts edge nodes over WebSocket and QUIC at the same time with mutual
+//! TLS; `hub edge` (EdgeHub) connects one gateway to it and carries messages both ways. This crate
+//! holds everything the `hub` binary is made of; `main.rs` only dispatches.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod config;
+pub mod pki;
+pub mod tls;

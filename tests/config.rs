@@ -1,0 +1,317 @@
+//! Configuration: the seed's examples parse unchanged, every invalid fixture is refused with its
+//! key named (by the library and by `--check`, exit 2, one line), and defaults are KubeEdge's.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hub::config::{CloudConfig, EdgeConfig, Protocol};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// What a fixture expects: its first line `# expect: TEXT` names the key the error must mention.
+fn expected_key(text: &str, file: &Path) -> String {
+    text.lines()
+        .next()
+        .and_then(|l| l.strip_prefix("# expect: "))
+        .unwrap_or_else(|| panic!("{} has no '# expect: KEY' first line", file.display()))
+        .trim()
+        .to_owned()
+}
+
+fn load(kind: &str, file: &Path, text: &str, root: &Path) -> Result<String, String> {
+    let default_ca = root.join("ca/rootCA.crt");
+    match kind {
+        "cloud" => CloudConfig::from_yaml(file, text).map(|c| c.summary()),
+        _ => EdgeConfig::from_yaml(file, text, &default_ca).map(|c| c.summary()),
+    }
+    .map_err(|e| e.to_string())
+}
+
+#[test]
+fn fixture_folders_valid_and_invalid() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    common::kubeedge_layout(root);
+    let bin = common::hub_bin();
+    let mut seen = Vec::new();
+    for kind in ["cloud", "edge"] {
+        for (folder, valid) in [("valid", true), ("invalid", false)] {
+            let files = yaml_files(&Path::new(FIXTURES).join(kind).join(folder));
+            assert!(
+                !files.is_empty(),
+                "no fixtures in {kind}/{folder}: the walk checked nothing"
+            );
+            for fixture in files {
+                let name = fixture.file_name().unwrap().to_str().unwrap().to_owned();
+                let text = common::relocate(&std::fs::read_to_string(&fixture).unwrap(), root);
+                // The relocated copy is what the binary reads.
+                let file = root.join(format!("{kind}-{folder}-{name}"));
+                std::fs::write(&file, &text).unwrap();
+                let result = load(kind, &file, &text, root);
+                let out = common::run(&bin, &[kind, "--check", "-c", file.to_str().unwrap()]);
+                let stdout = String::from_utf8_lossy(&out.stdout);
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                if valid {
+                    let summary = result.unwrap_or_else(|e| panic!("{kind}/valid/{name}: {e}"));
+                    assert!(summary.starts_with(&format!("{kind}hub: ")), "{summary}");
+                    // Without any cafile the edge falls back to /etc/kubeedge/ca/rootCA.crt, which
+                    // the library call above pointed at the test CA; the binary cannot be.
+                    if kind == "cloud" || text.contains("cafile:") {
+                        assert_eq!(out.status.code(), Some(0), "{kind}/valid/{name}: {stderr}");
+                        assert_eq!(stdout.lines().count(), 1, "{stdout}");
+                        assert!(stdout.starts_with(&format!("{kind}hub: ")), "{stdout}");
+                    }
+                } else {
+                    let key = expected_key(&text, &fixture);
+                    let err = match result {
+                        Ok(s) => panic!("{kind}/invalid/{name} was accepted: {s}"),
+                        Err(e) => e,
+                    };
+                    assert!(
+                        err.contains(&key),
+                        "{kind}/invalid/{name}: {err:?} does not name {key}"
+                    );
+                    assert!(
+                        err.starts_with(file.to_str().unwrap()),
+                        "{err:?} does not name the file"
+                    );
+                    assert_eq!(
+                        out.status.code(),
+                        Some(2),
+                        "{kind}/invalid/{name}: {stderr}"
+                    );
+                    assert_eq!(stderr.lines().count(), 1, "{kind}/invalid/{name}: {stderr}");
+                    assert!(stderr.contains(&key), "{stderr}");
+                    assert!(!stderr.contains("panicked"), "{stderr}");
+                }
+                seen.push(format!("{kind}/{folder}/{name}"));
+            }
+        }
+    }
+    let seeds = seen.iter().filter(|s| s.contains("/valid/seed-")).count();
+    assert_eq!(
+        seeds, 5,
+        "the seed's three cloud and two edge examples: {seen:?}"
+    );
+}
+
+fn fixture(kind: &str, name: &str, root: &Path) -> String {
+    let text =
+        std::fs::read_to_string(Path::new(FIXTURES).join(kind).join("valid").join(name)).unwrap();
+    common::relocate(&text, root)
+}
+
+#[test]
+fn seed_cloud_values_are_taken() {
+    let tmp = tempfile::tempdir().unwrap();
+    common::kubeedge_layout(tmp.path());
+    let f = Path::new("controller.yaml");
+    let both = CloudConfig::from_yaml(
+        f,
+        &fixture("cloud", "seed-websocket-and-quic.yaml", tmp.path()),
+    )
+    .unwrap();
+    assert_eq!(both.websocket, Some("0.0.0.0:10000".parse().unwrap()));
+    assert_eq!(both.quic, Some("0.0.0.0:10001".parse().unwrap()));
+    assert_eq!(both.node_limit, 10);
+    assert_eq!(
+        both.max_incoming_streams, 10000,
+        "an empty max_incomingstreams means the default"
+    );
+    assert_eq!(both.keepalive_interval, Duration::from_secs(30));
+    assert_eq!(both.write_timeout, Duration::from_secs(30));
+    let ws = CloudConfig::from_yaml(f, &fixture("cloud", "seed-websocket-only.yaml", tmp.path()))
+        .unwrap();
+    assert!(ws.websocket.is_some() && ws.quic.is_none());
+    let quic =
+        CloudConfig::from_yaml(f, &fixture("cloud", "seed-quic-only.yaml", tmp.path())).unwrap();
+    assert!(quic.websocket.is_none() && quic.quic.is_some());
+}
+
+#[test]
+fn cloud_defaults_follow_kubeedge() {
+    let tmp = tempfile::tempdir().unwrap();
+    common::kubeedge_layout(tmp.path());
+    let c = CloudConfig::from_yaml(
+        Path::new("c.yaml"),
+        &fixture("cloud", "minimal.yaml", tmp.path()),
+    )
+    .unwrap();
+    assert_eq!(c.websocket, Some("0.0.0.0:10000".parse().unwrap()));
+    assert_eq!(c.quic, None, "protocol_quic defaults to false");
+    assert_eq!(c.max_incoming_streams, 10000);
+    assert_eq!(c.keepalive_interval, Duration::from_secs(30));
+    assert_eq!(c.write_timeout, Duration::from_secs(30));
+    assert_eq!(c.node_limit, 1000);
+    let free = CloudConfig::from_yaml(
+        Path::new("c.yaml"),
+        &fixture("cloud", "any-free-ports.yaml", tmp.path()),
+    )
+    .unwrap();
+    assert_eq!(free.websocket, Some("[::1]:0".parse().unwrap()));
+    assert_eq!(free.keepalive_interval, Duration::from_millis(500));
+}
+
+#[test]
+fn seed_edge_values_and_defaults() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    common::kubeedge_layout(root);
+    let default_ca = root.join("ca/rootCA.crt");
+    let f = Path::new("edge.yaml");
+    let ws = EdgeConfig::from_yaml(
+        f,
+        &fixture("edge", "seed-websocket.yaml", root),
+        &default_ca,
+    )
+    .unwrap();
+    assert_eq!(ws.protocol, Protocol::Websocket);
+    assert_eq!(
+        (ws.endpoint.host.as_str(), ws.endpoint.port),
+        ("0.0.0.0", 10000)
+    );
+    assert_eq!(
+        ws.websocket_path(),
+        "/e632aba927ea4ac2b575ec1603d56f10/edge-node/events"
+    );
+    assert_eq!(
+        ws.ca, default_ca,
+        "no cafile anywhere: KubeEdge's default CA path"
+    );
+    assert_eq!(ws.heartbeat, Duration::from_secs(15));
+    assert_eq!(ws.handshake_timeout, Duration::from_secs(30));
+    assert_eq!(ws.read_deadline, Duration::from_secs(15));
+    assert!(
+        ws.placement.is_none(),
+        "placement: false ignores placement-url"
+    );
+    let refresh = ws.refresh.unwrap();
+    assert_eq!(refresh.path, Path::new("/var/IEF/secret"));
+    assert_eq!(
+        refresh.interval,
+        Duration::from_secs(600),
+        "refresh-ak-sk-interval is in minutes"
+    );
+
+    let quic =
+        EdgeConfig::from_yaml(f, &fixture("edge", "seed-quic.yaml", root), &default_ca).unwrap();
+    assert_eq!(quic.protocol, Protocol::Quic);
+    assert_eq!(
+        (quic.endpoint.host.as_str(), quic.endpoint.port),
+        ("127.0.0.1", 10001)
+    );
+
+    let placed = EdgeConfig::from_yaml(
+        f,
+        &fixture("edge", "websocket-cafile-and-placement.yaml", root),
+        Path::new("/nonexistent"),
+    )
+    .unwrap();
+    assert_eq!(placed.node_id, "42", "a numeric node-id is read as text");
+    assert_eq!(
+        (placed.endpoint.host.as_str(), placed.endpoint.port),
+        ("::1", 10000)
+    );
+    let url = placed.placement.unwrap();
+    assert_eq!(
+        (url.endpoint.host.as_str(), url.endpoint.port),
+        ("placement.example", 7444)
+    );
+    assert_eq!(url.path, "/v1/placement_external/message_queue");
+
+    let from_quic = EdgeConfig::from_yaml(
+        f,
+        &fixture("edge", "websocket-ca-from-quic-section.yaml", root),
+        Path::new("/nonexistent"),
+    )
+    .unwrap();
+    assert_eq!(
+        from_quic.ca, default_ca,
+        "websocket falls back to quic.cafile"
+    );
+    assert_eq!(
+        from_quic.endpoint.port, 443,
+        "wss:// without a port means 443"
+    );
+}
+
+#[test]
+fn edge_without_any_ca_refuses_to_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    common::kubeedge_layout(root);
+    let text = fixture("edge", "seed-websocket.yaml", root);
+    let err = EdgeConfig::from_yaml(
+        Path::new("edge.yaml"),
+        &text,
+        &root.join("absent/rootCA.crt"),
+    )
+    .unwrap_err();
+    assert_eq!(err.key(), Some("websocket.cafile"), "{err}");
+    assert!(
+        err.to_string().contains("no CA to verify the cloud with"),
+        "{err}"
+    );
+
+    let quic = fixture("edge", "seed-quic.yaml", root).replace("  cafile:", "  # cafile:");
+    let err = EdgeConfig::from_yaml(
+        Path::new("edge.yaml"),
+        &quic,
+        &root.join("absent/rootCA.crt"),
+    )
+    .unwrap_err();
+    assert_eq!(err.key(), Some("quic.cafile"), "{err}");
+}
+
+#[test]
+fn missing_config_file_is_one_line_exit_2() {
+    let out = common::run(
+        &common::hub_bin(),
+        &["edge", "--check", "-c", "/nonexistent/edgehub.yaml"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("/nonexistent/edgehub.yaml: cannot read the file"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn shipped_configs_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = common::dev_pki(tmp.path());
+    let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    for (name, kind) in [
+        ("cloudhub.yaml", "cloud"),
+        ("edgehub.yaml", "edge"),
+        ("edgehub-quic.yaml", "edge"),
+    ] {
+        let text = std::fs::read_to_string(configs.join(name)).unwrap();
+        assert!(
+            text.contains("/etc/hub/pki/"),
+            "{name} points at the installed PKI"
+        );
+        let text = text.replace("/etc/hub/pki/", &format!("{}/", pki.display()));
+        let file = Path::new(name);
+        let summary = match kind {
+            "cloud" => CloudConfig::from_yaml(file, &text).map(|c| c.summary()),
+            _ => EdgeConfig::from_yaml(file, &text, Path::new("/nonexistent")).map(|c| c.summary()),
+        }
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(summary.starts_with(&format!("{kind}hub: ")), "{summary}");
+    }
+}
