@@ -7,6 +7,11 @@
 #![warn(missing_docs)]
 
 pub mod cli;
+pub mod cloud;
 pub mod config;
+pub mod edge;
 pub mod pki;
+pub mod proto;
+pub mod shutdown;
 pub mod tls;
+pub mod transport;

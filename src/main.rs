@@ -75,8 +75,7 @@ fn run(command: Command) -> ExitCode {
                 println!("{}", config.summary());
                 return ExitCode::SUCCESS;
             }
-            log::error!("serving is not part of this build yet; only --check is");
-            ExitCode::from(FAILURE)
+            serve(|shutdown| hub::cloud::run(config, shutdown))
         }
         Command::Edge(args) => {
             let config = match EdgeConfig::load(&args.config) {
@@ -87,10 +86,29 @@ fn run(command: Command) -> ExitCode {
                 println!("{}", config.summary());
                 return ExitCode::SUCCESS;
             }
-            log::error!("connecting is not part of this build yet; only --check is");
-            ExitCode::from(FAILURE)
+            serve(|shutdown| hub::edge::run(config, shutdown))
         }
         Command::Certs(args) => certs(args),
+    }
+}
+
+/// Runs a hub until SIGTERM/SIGINT; exit 0 after a clean stop, 1 when it could not run.
+fn serve<F, Fut>(hub: F) -> ExitCode
+where
+    F: FnOnce(hub::shutdown::Shutdown) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let (trigger, shutdown) = hub::shutdown::channel();
+    if let Err(e) = hub::shutdown::on_signals(trigger) {
+        log::error!("cannot watch for signals: {e}");
+        return ExitCode::from(FAILURE);
+    }
+    match smol::block_on(hub(shutdown)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::from(FAILURE)
+        }
     }
 }
 

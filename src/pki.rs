@@ -109,47 +109,10 @@ pub fn write(opts: &PkiOptions) -> Result<Vec<PathBuf>, PkiError> {
         }
     }
 
-    let now = OffsetDateTime::now_utc();
-    let validity = |params: &mut CertificateParams| {
-        // An hour of slack for gateways whose clock lags behind.
-        params.not_before = now - Duration::hours(1);
-        params.not_after = now + Duration::days(i64::from(opts.days));
-    };
-
-    let ca_key = KeyPair::generate()?;
-    let mut ca = CertificateParams::new(Vec::new())?;
-    ca.distinguished_name = name("hub development CA");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    validity(&mut ca);
-    let ca_cert = ca.self_signed(&ca_key)?;
-
-    let server_key = KeyPair::generate()?;
-    let mut server = CertificateParams::new(opts.hosts.clone())
-        .map_err(|e| PkiError::BadName(format!("a --host is not a DNS name or IP address: {e}")))?;
-    server.distinguished_name = name("hub cloud");
-    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    server.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    validity(&mut server);
-    let server_cert = server.signed_by(&server_key, &ca_cert, &ca_key)?;
-
-    let mut pems = vec![
-        (ca_cert.pem(), ca_key.serialize_pem()),
-        (server_cert.pem(), server_key.serialize_pem()),
-    ];
+    let ca = Authority::new(opts.days)?;
+    let mut pems = vec![ca.pem(), ca.issue_server(&opts.hosts)?];
     for node in &opts.nodes {
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(vec![node.clone()])?;
-        params.distinguished_name = name(node);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        validity(&mut params);
-        let cert = params.signed_by(&key, &ca_cert, &ca_key)?;
-        pems.push((cert.pem(), key.serialize_pem()));
+        pems.push(ca.issue_node(node)?);
     }
 
     fs::create_dir_all(&opts.dir).map_err(|e| PkiError::Write(opts.dir.clone(), e))?;
@@ -167,6 +130,76 @@ pub fn write(opts: &PkiOptions) -> Result<Vec<PathBuf>, PkiError> {
     Ok(written)
 }
 
+/// A certificate authority held in memory: issues server and node certificates.
+pub struct Authority {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+    days: u32,
+}
+
+impl Authority {
+    /// A new self-signed CA whose certificates are valid for `days` from now.
+    pub fn new(days: u32) -> Result<Authority, PkiError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::new())?;
+        // A distinct name per CA, so a certificate from another dev PKI reads as "unknown
+        // issuer" rather than as a bad signature from a namesake.
+        let tag = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        params.distinguished_name = name(&format!("hub development CA {tag:x}"));
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        validity(&mut params, days);
+        let cert = params.self_signed(&key)?;
+        Ok(Authority { cert, key, days })
+    }
+
+    /// The CA certificate and key, PEM.
+    pub fn pem(&self) -> (String, String) {
+        (self.cert.pem(), self.key.serialize_pem())
+    }
+
+    /// A server certificate and key (PEM) for `hosts` (DNS names or IP addresses).
+    pub fn issue_server(&self, hosts: &[String]) -> Result<(String, String), PkiError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(hosts.to_vec()).map_err(|e| {
+            PkiError::BadName(format!("a --host is not a DNS name or IP address: {e}"))
+        })?;
+        params.distinguished_name = name("hub cloud");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        validity(&mut params, self.days);
+        let cert = params.signed_by(&key, &self.cert, &self.key)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    /// A client certificate and key (PEM) for `node_id`: CN and DNS SAN are the node id. Each
+    /// call makes a new key, so issuing twice gives two certificates for the same node.
+    pub fn issue_node(&self, node_id: &str) -> Result<(String, String), PkiError> {
+        crate::config::valid_id(node_id).map_err(|p| PkiError::BadName(format!("node id {p}")))?;
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(vec![node_id.to_owned()])?;
+        params.distinguished_name = name(node_id);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        validity(&mut params, self.days);
+        let cert = params.signed_by(&key, &self.cert, &self.key)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+}
+
+/// Valid from an hour ago (for gateways whose clock lags) for `days` days.
+fn validity(params: &mut CertificateParams, days: u32) {
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - Duration::hours(1);
+    params.not_after = now + Duration::days(i64::from(days));
+}
+
 fn name(common_name: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, common_name);
@@ -174,7 +207,7 @@ fn name(common_name: &str) -> DistinguishedName {
 }
 
 /// Writes `text` to `path` with permissions `mode`, also when the file already existed.
-fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), PkiError> {
+pub fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), PkiError> {
     let err = |e| PkiError::Write(path.to_owned(), e);
     let mut f = fs::OpenOptions::new()
         .write(true)

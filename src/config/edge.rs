@@ -52,6 +52,10 @@ struct RawController {
     project_id: Option<String>,
     #[serde(rename = "node-id", default, deserialize_with = "scalar_string")]
     node_id: Option<String>,
+    #[serde(rename = "backoff-initial")]
+    backoff_initial: Option<f64>,
+    #[serde(rename = "backoff-max")]
+    backoff_max: Option<f64>,
 }
 
 /// Reads a YAML scalar as text, so that `node-id: 42` means the id "42".
@@ -239,6 +243,11 @@ pub struct EdgeConfig {
     pub project_id: String,
     /// `controller.node-id`.
     pub node_id: String,
+    /// `controller.backoff-initial`: the first reconnect wait.
+    pub backoff_initial: Duration,
+    /// `controller.backoff-max`: the longest reconnect wait; a link up this long counts as stable
+    /// and resets the backoff.
+    pub backoff_max: Duration,
 }
 
 impl EdgeConfig {
@@ -342,6 +351,16 @@ impl EdgeConfig {
             _ => None,
         };
 
+        let backoff_initial =
+            c.duration("controller.backoff-initial", ctl.backoff_initial, 1.0, 1.0)?;
+        let backoff_max = c.duration("controller.backoff-max", ctl.backoff_max, 30.0, 1.0)?;
+        if backoff_max < backoff_initial {
+            return Err(c.invalid(
+                "controller.backoff-max",
+                format!("{backoff_max:?} is shorter than controller.backoff-initial ({backoff_initial:?})"),
+            ));
+        }
+
         Ok(EdgeConfig {
             protocol,
             endpoint,
@@ -361,6 +380,8 @@ impl EdgeConfig {
             refresh,
             project_id,
             node_id,
+            backoff_initial,
+            backoff_max,
         })
     }
 
@@ -438,12 +459,30 @@ mod tests {
 
     #[test]
     fn endpoints() {
-        assert_eq!(Endpoint::parse("127.0.0.1:10001", None), Ok(ep("127.0.0.1", 10001)));
-        assert_eq!(Endpoint::parse("cloud.example:1", None), Ok(ep("cloud.example", 1)));
+        assert_eq!(
+            Endpoint::parse("127.0.0.1:10001", None),
+            Ok(ep("127.0.0.1", 10001))
+        );
+        assert_eq!(
+            Endpoint::parse("cloud.example:1", None),
+            Ok(ep("cloud.example", 1))
+        );
         assert_eq!(Endpoint::parse("[::1]:10001", None), Ok(ep("::1", 10001)));
-        assert_eq!(Endpoint::parse("[fe80::1]", Some(443)), Ok(ep("fe80::1", 443)));
+        assert_eq!(
+            Endpoint::parse("[fe80::1]", Some(443)),
+            Ok(ep("fe80::1", 443))
+        );
         assert_eq!(Endpoint::parse("cloud", Some(443)), Ok(ep("cloud", 443)));
-        for bad in ["cloud", ":10001", "::1:10001", "[::1", "[::1]x", "h:0", "h:65536", "h:x"] {
+        for bad in [
+            "cloud",
+            ":10001",
+            "::1:10001",
+            "[::1",
+            "[::1]x",
+            "h:0",
+            "h:65536",
+            "h:x",
+        ] {
             assert!(Endpoint::parse(bad, None).is_err(), "{bad}");
         }
         assert_eq!(ep("::1", 5).to_string(), "[::1]:5");
@@ -453,10 +492,20 @@ mod tests {
     #[test]
     fn urls() {
         let u = Url::parse("wss://h:10000/p/n/events", "wss").unwrap();
-        assert_eq!((u.endpoint, u.path.as_str()), (ep("h", 10000), "/p/n/events"));
+        assert_eq!(
+            (u.endpoint, u.path.as_str()),
+            (ep("h", 10000), "/p/n/events")
+        );
         let u = Url::parse("https://h", "https").unwrap();
         assert_eq!((u.endpoint, u.path.as_str()), (ep("h", 443), "/"));
-        for bad in ["ws://h/x", "wss:/h/x", "wss://:1/x", "wss://h/x?y=1", "wss://h/x#f", "h/x"] {
+        for bad in [
+            "ws://h/x",
+            "wss:/h/x",
+            "wss://:1/x",
+            "wss://h/x?y=1",
+            "wss://h/x#f",
+            "h/x",
+        ] {
             assert!(Url::parse(bad, "wss").is_err(), "{bad}");
         }
     }

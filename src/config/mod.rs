@@ -9,7 +9,7 @@ mod cloud;
 mod edge;
 
 pub use cloud::CloudConfig;
-pub use edge::{CredentialRefresh, EdgeConfig, Endpoint, Protocol};
+pub use edge::{CredentialRefresh, EdgeConfig, Endpoint, Protocol, Url};
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -1,16 +1,23 @@
 //! PEM loading and rustls configuration, shared by the WebSocket and QUIC transports.
 //!
-//! Everything runs on the `ring` provider; nothing here uses aws-lc.
+//! Everything runs on the `ring` provider; nothing here uses aws-lc. The link to the cloud is
+//! TLS 1.3 only, with client certificates on both transports.
+
+mod identity;
+
+pub use identity::CertIdentity;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::RootCertStore;
+use rustls::client::Resumption;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ServerSessionMemoryCache, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 /// Why certificates or keys could not be loaded.
 #[derive(Debug)]
@@ -25,6 +32,8 @@ pub enum TlsError {
     BadCa(PathBuf, String),
     /// The private key cannot be used, or does not belong to the certificate.
     BadKey(PathBuf, String),
+    /// rustls refused the configuration.
+    Config(String),
 }
 
 impl fmt::Display for TlsError {
@@ -37,6 +46,7 @@ impl fmt::Display for TlsError {
                 write!(f, "{} is not a usable CA certificate: {e}", p.display())
             }
             TlsError::BadKey(p, e) => write!(f, "{}: {e}", p.display()),
+            TlsError::Config(e) => write!(f, "TLS configuration refused: {e}"),
         }
     }
 }
@@ -103,4 +113,103 @@ pub fn load_identity(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsEr
         )
     })?;
     Ok(Arc::new(certified))
+}
+
+/// A certificate chain and its private key, checked to belong together.
+pub struct Credentials {
+    /// The chain, leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The private key.
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("identity", &self.identity().map(|i| i.describe()))
+            .field("key", &"MASKED")
+            .finish()
+    }
+}
+
+impl Clone for Credentials {
+    fn clone(&self) -> Self {
+        Credentials {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+impl Credentials {
+    /// Loads `cert` and `key` and checks that the key belongs to the certificate.
+    pub fn load(cert: &Path, key: &Path) -> Result<Credentials, TlsError> {
+        load_identity(cert, key)?;
+        Ok(Credentials {
+            chain: load_certs(cert)?,
+            key: load_key(key)?,
+        })
+    }
+
+    /// The identity in the leaf certificate.
+    pub fn identity(&self) -> Option<CertIdentity> {
+        self.chain.first().and_then(|c| CertIdentity::from_der(c))
+    }
+}
+
+fn config_error(e: rustls::Error) -> TlsError {
+    TlsError::Config(e.to_string())
+}
+
+/// How many TLS sessions the cloud remembers for resumption (and QUIC 0-RTT).
+const SESSION_CACHE: usize = 16 * 1024;
+
+/// The cloud's TLS configuration: TLS 1.3, a client certificate chaining to `ca` required,
+/// `alpn` offered. With `early_data`, resumed QUIC clients may send 0-RTT data; sessions are kept
+/// in memory and each can be resumed once, so 0-RTT data cannot be replayed to this process.
+pub fn server_config(
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+    alpn: &[u8],
+    early_data: bool,
+) -> Result<ServerConfig, TlsError> {
+    let roots = Arc::new(load_roots(ca)?);
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
+        .build()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let creds = Credentials::load(cert, key)?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(config_error)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(creds.chain, creds.key)
+        .map_err(config_error)?;
+    config.alpn_protocols = vec![alpn.to_vec()];
+    config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
+    if early_data {
+        config.max_early_data_size = u32::MAX;
+    }
+    Ok(config)
+}
+
+/// The edge's TLS configuration: TLS 1.3, the cloud verified against `ca`, `creds` presented,
+/// `alpn` offered. With `early_data`, resumed sessions send 0-RTT data.
+pub fn client_config(
+    ca: &Path,
+    creds: &Credentials,
+    alpn: &[u8],
+    early_data: bool,
+) -> Result<ClientConfig, TlsError> {
+    let roots = load_roots(ca)?;
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(config_error)?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(creds.chain.clone(), creds.key.clone_key())
+        .map_err(config_error)?;
+    config.alpn_protocols = vec![alpn.to_vec()];
+    config.resumption = Resumption::in_memory_sessions(64);
+    config.enable_early_data = early_data;
+    Ok(config)
 }

@@ -1,0 +1,438 @@
+//! The cloud hub: a WebSocket listener and a QUIC endpoint side by side, each handshake in its own
+//! task, every admitted node in the [`Registry`].
+
+mod registry;
+
+pub use registry::{Admission, NodeInfo, Registry};
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use async_tungstenite::tungstenite::http::StatusCode;
+use futures_rustls::TlsAcceptor;
+use rustls::pki_types::CertificateDer;
+use smol::Async;
+use smol::future::FutureExt;
+
+use crate::config::{CloudConfig, valid_id};
+use crate::proto::{ALPN, CloseCode, Event, Session, WS_SUBPROTOCOL};
+use crate::shutdown::Shutdown;
+use crate::tls::{self, CertIdentity};
+use crate::transport::{Inbound, Link, LinkError, Wake, quic, timeout, ws};
+
+/// How long a closing link may take to tell its peer why.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+/// How long shutdown waits for links to close.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// What every connection task shares.
+struct Cloud {
+    config: CloudConfig,
+    registry: Arc<Registry>,
+    shutdown: Shutdown,
+    /// Each connection task holds a clone; shutdown waits until all are dropped.
+    active: smol::channel::Sender<()>,
+}
+
+/// The addresses the cloud actually listens on (ports resolved when the config says 0).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    /// The WebSocket listener.
+    pub websocket: Option<SocketAddr>,
+    /// The QUIC endpoint.
+    pub quic: Option<SocketAddr>,
+}
+
+/// Runs the cloud hub until `shutdown`, then closes every link with "shutting down".
+pub async fn run(config: CloudConfig, shutdown: Shutdown) -> Result<(), String> {
+    let registry = Registry::new(config.node_limit);
+    let (active, all_done) = smol::channel::bounded::<()>(1);
+    let cloud = Arc::new(Cloud {
+        config: config.clone(),
+        registry,
+        shutdown: shutdown.clone(),
+        active,
+    });
+
+    if let Some(addr) = config.websocket {
+        let listener = Async::<TcpListener>::bind(addr)
+            .map_err(|e| format!("cannot listen for websocket on {addr}: {e}"))?;
+        let local = listener.get_ref().local_addr().map_err(|e| e.to_string())?;
+        let tls = tls::server_config(&config.ca, &config.cert, &config.key, b"http/1.1", false)
+            .map_err(|e| e.to_string())?;
+        log::info!("websocket listening on {local}");
+        smol::spawn(ws_accept_loop(
+            listener,
+            TlsAcceptor::from(Arc::new(tls)),
+            cloud.clone(),
+        ))
+        .detach();
+    }
+    let mut endpoint = None;
+    if let Some(addr) = config.quic {
+        let tls = tls::server_config(&config.ca, &config.cert, &config.key, ALPN, true)
+            .map_err(|e| e.to_string())?;
+        let transport =
+            quic::transport_config(config.max_incoming_streams, config.keepalive_interval * 2);
+        let ep = quic::server_endpoint(addr, tls, transport)?;
+        log::info!(
+            "quic listening on {}",
+            ep.local_addr().map_err(|e| e.to_string())?
+        );
+        smol::spawn(quic_accept_loop(ep.clone(), cloud.clone())).detach();
+        endpoint = Some(ep);
+    }
+
+    shutdown.wait().await;
+    let connected = cloud.registry.len();
+    log::info!("closing {connected} node link(s)");
+    drop(cloud);
+    let _ = timeout(SHUTDOWN_GRACE, all_done.recv()).await;
+    if let Some(ep) = endpoint {
+        quic::close_endpoint(&ep, CLOSE_LINGER).await;
+    }
+    log::info!("stopped");
+    Ok(())
+}
+
+async fn ws_accept_loop(listener: Async<TcpListener>, acceptor: TlsAcceptor, cloud: Arc<Cloud>) {
+    loop {
+        let accepted = async { Some(listener.accept().await) }
+            .or(async {
+                cloud.shutdown.wait().await;
+                None
+            })
+            .await;
+        match accepted {
+            None => return,
+            Some(Ok((stream, peer))) => {
+                let _ = stream.get_ref().set_nodelay(true);
+                smol::spawn(ws_handshake(stream, peer, acceptor.clone(), cloud.clone())).detach();
+            }
+            Some(Err(e)) => {
+                // Out of file descriptors, most likely: pause rather than spin.
+                log::warn!("websocket accept failed: {e}");
+                smol::Timer::after(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// The leaf certificate's identity; rustls has already verified the chain.
+fn leaf_identity(certs: Option<&[CertificateDer<'_>]>) -> Result<CertIdentity, String> {
+    let leaf = certs
+        .and_then(|c| c.first())
+        .ok_or("no client certificate")?;
+    CertIdentity::from_der(leaf).ok_or_else(|| "client certificate is not readable X.509".into())
+}
+
+/// The project and node ids from `/{project-id}/{node-id}/events`.
+fn parse_events_path(path: &str) -> Option<(String, String)> {
+    let mut parts = path.strip_prefix('/')?.split('/');
+    let (project, node, events) = (parts.next()?, parts.next()?, parts.next()?);
+    if events != "events" || parts.next().is_some() {
+        return None;
+    }
+    valid_id(project).ok()?;
+    valid_id(node).ok()?;
+    Some((project.to_owned(), node.to_owned()))
+}
+
+fn refusal(status: StatusCode, reason: &str) -> ErrorResponse {
+    let mut resp = ErrorResponse::new(Some(reason.to_owned()));
+    *resp.status_mut() = status;
+    resp
+}
+
+/// Decides on a WebSocket upgrade request before upgrading: path, subprotocol, identity, room.
+fn check_upgrade(
+    req: &Request,
+    identity: &CertIdentity,
+    registry: &Registry,
+) -> Result<(String, String), (StatusCode, String)> {
+    let (project, node) = parse_events_path(req.uri().path()).ok_or_else(|| {
+        (
+            StatusCode::NOT_FOUND,
+            format!(
+                "no such path {}; use /{{project-id}}/{{node-id}}/events",
+                req.uri().path()
+            ),
+        )
+    })?;
+    let offered = req
+        .headers()
+        .get_all("Sec-WebSocket-Protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == WS_SUBPROTOCOL);
+    if !offered {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{}: this cloud speaks subprotocol {WS_SUBPROTOCOL}",
+                CloseCode::UnsupportedVersion
+            ),
+        ));
+    }
+    if !identity.is(&node) {
+        return Err((
+            StatusCode::FORBIDDEN,
+            format!(
+                "{}: certificate ({}) is not node {node}",
+                CloseCode::IdentityMismatch,
+                identity.describe()
+            ),
+        ));
+    }
+    if !registry.has_room_for(&node) {
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{} (node {node})", CloseCode::NodeLimit),
+        ));
+    }
+    Ok((project, node))
+}
+
+async fn ws_handshake(
+    tcp: Async<std::net::TcpStream>,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    cloud: Arc<Cloud>,
+) {
+    let _active = cloud.active.clone();
+    let limit = cloud.config.keepalive_interval;
+    let handshake = async {
+        let stream = acceptor
+            .accept(tcp)
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
+        let identity = leaf_identity(stream.get_ref().1.peer_certificates())?;
+        let verdict: Arc<Mutex<Result<(String, String), String>>> =
+            Arc::new(Mutex::new(Err("no upgrade request".into())));
+        let record = verdict.clone();
+        let registry = cloud.registry.clone();
+        let id = identity.clone();
+        #[allow(clippy::result_large_err)] // the callback's type is tungstenite's
+        let callback = move |req: &Request, mut resp: Response| {
+            let checked = check_upgrade(req, &id, &registry);
+            let mut slot = record.lock().unwrap_or_else(|e| e.into_inner());
+            match checked {
+                Ok(ids) => {
+                    *slot = Ok(ids);
+                    resp.headers_mut().insert(
+                        "Sec-WebSocket-Protocol",
+                        WS_SUBPROTOCOL.parse().expect("valid header"),
+                    );
+                    Ok(resp)
+                }
+                Err((status, reason)) => {
+                    *slot = Err(format!("{} {reason}", status.as_u16()));
+                    Err(refusal(status, &reason))
+                }
+            }
+        };
+        let upgraded =
+            async_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws::config()))
+                .await;
+        let ids = verdict.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match (upgraded, ids) {
+            (Ok(ws), Ok(ids)) => Ok((ws, identity, Some(ids))),
+            (_, Err(refused)) => Err(refused),
+            (Err(e), Ok(_)) => Err(format!("WebSocket upgrade: {e}")),
+        }
+    };
+    match timeout(limit, handshake).await {
+        None => log::info!(
+            "refused websocket connection from {peer}: no handshake within {:.1}s",
+            limit.as_secs_f64()
+        ),
+        Some(Err(e)) => log::info!("refused websocket connection from {peer}: {e}"),
+        Some(Ok((ws, identity, ids))) => {
+            let link = ws::spawn_link(ws, peer, cloud.config.write_timeout);
+            serve(link, identity, ids, cloud).await;
+        }
+    }
+}
+
+async fn quic_accept_loop(endpoint: quinn::Endpoint, cloud: Arc<Cloud>) {
+    loop {
+        let incoming = async { endpoint.accept().await }
+            .or(async {
+                cloud.shutdown.wait().await;
+                None
+            })
+            .await;
+        let Some(incoming) = incoming else { return };
+        smol::spawn(quic_handshake(incoming, cloud.clone())).detach();
+    }
+}
+
+fn quic_peer_certs(conn: &quinn::Connection) -> Option<Vec<CertificateDer<'static>>> {
+    conn.peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()
+        .map(|b| *b)
+}
+
+async fn quic_handshake(incoming: quinn::Incoming, cloud: Arc<Cloud>) {
+    let _active = cloud.active.clone();
+    let peer = incoming.remote_address();
+    let limit = cloud.config.keepalive_interval;
+    let handshake = async {
+        let connecting = incoming.accept().map_err(|e| format!("QUIC: {e}"))?;
+        // A resumed edge sends HELLO as 0-RTT data; its identity comes with the resumed session,
+        // so the link can start before the handshake completes. Otherwise wait for the handshake
+        // (and the client certificate) first.
+        let (conn, established) = match connecting.into_0rtt() {
+            Ok(pair) => pair,
+            Err(connecting) => {
+                let conn = connecting
+                    .await
+                    .map_err(|e| format!("QUIC handshake: {e}"))?;
+                let certs = quic_peer_certs(&conn);
+                let identity = leaf_identity(certs.as_deref())?;
+                let (send, recv) = conn.accept_bi().await.map_err(|e| format!("QUIC: {e}"))?;
+                return Ok((conn, send, recv, identity));
+            }
+        };
+        let certs = match quic_peer_certs(&conn) {
+            Some(c) => Some(c),
+            None => {
+                established.await;
+                quic_peer_certs(&conn)
+            }
+        };
+        let identity = match leaf_identity(certs.as_deref()) {
+            Ok(id) => id,
+            Err(e) => {
+                return Err(match conn.close_reason() {
+                    Some(reason) => format!("QUIC handshake: {reason}"),
+                    None => e,
+                });
+            }
+        };
+        let (send, recv) = conn.accept_bi().await.map_err(|e| format!("QUIC: {e}"))?;
+        Ok::<_, String>((conn, send, recv, identity))
+    };
+    match timeout(limit, handshake).await {
+        None => log::info!(
+            "refused quic connection from {peer}: no handshake within {:.1}s",
+            limit.as_secs_f64()
+        ),
+        Some(Err(e)) => log::info!("refused quic connection from {peer}: {e}"),
+        Some(Ok((conn, send, recv, identity))) => {
+            let link = quic::spawn_link(conn, send, recv, cloud.config.write_timeout);
+            serve(link, identity, None, cloud).await;
+        }
+    }
+}
+
+/// Runs one node's session until it ends. `url_ids` are the project and node ids from the
+/// WebSocket URL, which the HELLO must repeat.
+async fn serve(
+    link: Link,
+    identity: CertIdentity,
+    url_ids: Option<(String, String)>,
+    cloud: Arc<Cloud>,
+) {
+    let (protocol, peer) = (link.protocol, link.peer);
+    let mut session = Session::cloud(Instant::now(), cloud.config.keepalive_interval);
+    let mut admission: Option<Admission> = None;
+    let mut node = url_ids
+        .as_ref()
+        .map_or_else(|| "?".to_owned(), |(_, n)| n.clone());
+    loop {
+        let now = Instant::now();
+        while let Some(event) = session.poll_event() {
+            match event {
+                Event::Hello(hello) => {
+                    node = hello.node_id.clone();
+                    if let Some((p, n)) = &url_ids {
+                        if *p != hello.project_id || *n != hello.node_id {
+                            let why = format!(
+                                "HELLO names {}/{} but the URL {p}/{n}",
+                                hello.project_id, hello.node_id
+                            );
+                            session.close(CloseCode::IdentityMismatch, why);
+                            continue;
+                        }
+                    }
+                    if !identity.is(&hello.node_id) {
+                        let why = format!(
+                            "certificate ({}) is not node {}",
+                            identity.describe(),
+                            hello.node_id
+                        );
+                        session.close(CloseCode::IdentityMismatch, why);
+                        continue;
+                    }
+                    match cloud.registry.admit(&hello.node_id, protocol, peer) {
+                        Some(a) => {
+                            admission = Some(a);
+                            session.accept(now);
+                            log::info!(
+                                "node {node} connected over {protocol} from {peer} ({}, project {})",
+                                identity.describe(),
+                                hello.project_id
+                            );
+                        }
+                        None => {
+                            let why = format!("{} nodes connected", cloud.config.node_limit);
+                            session.close(CloseCode::NodeLimit, why);
+                        }
+                    }
+                }
+                Event::Open => {}
+                Event::Close(code, detail) => {
+                    let detail = if detail.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {detail}")
+                    };
+                    if admission.is_some() {
+                        log::info!("node {node} disconnected ({protocol}, {peer}): {code}{detail}");
+                    } else {
+                        log::info!(
+                            "refused {protocol} connection from {peer} (node {node}): {code}{detail}"
+                        );
+                    }
+                    link.close(code, CLOSE_LINGER).await;
+                    return;
+                }
+            }
+        }
+        link.flush(&mut session, now);
+        let stop = async {
+            match &admission {
+                Some(a) => a.replaced().await,
+                None => std::future::pending().await,
+            }
+            CloseCode::Replaced
+        }
+        .or(async {
+            cloud.shutdown.wait().await;
+            CloseCode::ShuttingDown
+        });
+        match link.wait(&session, stop).await {
+            Wake::Inbound(Inbound::Frame(bytes)) => session.handle_bytes(Instant::now(), &bytes),
+            Wake::Inbound(Inbound::Closed(LinkError::Frame(e))) => session.fail(Instant::now(), e),
+            Wake::Inbound(Inbound::Closed(LinkError::WriteTimeout(d))) => session.close(
+                CloseCode::WriteTimeout,
+                format!("writes blocked for {:.1}s", d.as_secs_f64()),
+            ),
+            Wake::Inbound(Inbound::Closed(e)) => {
+                if admission.is_some() {
+                    log::info!("node {node} disconnected ({protocol}, {peer}): {e}");
+                } else {
+                    log::info!("refused {protocol} connection from {peer} (node {node}): {e}");
+                }
+                return;
+            }
+            Wake::Timer => session.handle_timeout(Instant::now()),
+            Wake::Stop(code) => session.close(code, ""),
+        }
+    }
+}

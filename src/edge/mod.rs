@@ -1,0 +1,310 @@
+//! The edge hub: one link to the cloud over the configured protocol, kept up across bad networks.
+//!
+//! Each round: ask placement (when configured) for the endpoint, connect within
+//! `handshake-timeout`, run the session until the link ends, then wait a jittered exponential
+//! backoff (reset after a stable link) and try again. Every reconnect is logged with its cause.
+
+mod credentials;
+mod placement;
+
+pub use credentials::{CredentialStore, ROTATED_CERT, ROTATED_KEY};
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use smol::future::FutureExt;
+
+use crate::config::{EdgeConfig, Endpoint, Protocol};
+use crate::proto::backoff::Backoff;
+use crate::proto::frame::{Hello, encode_len_prefixed};
+use crate::proto::{ALPN, CloseCode, Event, Session, VERSION};
+use crate::shutdown::Shutdown;
+use crate::tls;
+use crate::transport::{Inbound, Link, LinkError, Wake, quic, timeout, ws};
+
+/// How long a closing link may take to tell the cloud why.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// How one link ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// Shutdown was asked for.
+    Shutdown,
+    /// The link was lost or closed; reconnect.
+    Lost,
+}
+
+/// TLS state kept across reconnects, rebuilt when the credentials rotate.
+struct Tls {
+    generation: u64,
+    websocket: Arc<rustls::ClientConfig>,
+    quic: quinn::ClientConfig,
+}
+
+/// Runs the edge hub until `shutdown`.
+pub async fn run(config: EdgeConfig, shutdown: Shutdown) -> Result<(), String> {
+    let creds = CredentialStore::load(&config)?;
+    if let Some(r) = &config.refresh {
+        creds.spawn_refresh(r.interval, shutdown.clone());
+    }
+    let seed = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64 ^ nanos_now();
+    let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max, seed);
+    let mut tls: Option<Tls> = None;
+    let mut quic_endpoint: Option<(bool, quinn::Endpoint)> = None;
+    log::info!(
+        "edge {} (project {}) starting: {} to {}",
+        config.node_id,
+        config.project_id,
+        config.protocol,
+        config.endpoint
+    );
+
+    while !shutdown.is_triggered() {
+        let (generation, current) = creds.current();
+        if tls.as_ref().is_none_or(|t| t.generation != generation) {
+            tls = Some(build_tls(&config, &current, generation)?);
+        }
+        let tls = tls.as_ref().expect("built above");
+
+        let target = match &config.placement {
+            None => config.endpoint.clone(),
+            Some(url) => {
+                let asked = timeout(
+                    config.handshake_timeout,
+                    placement::query(url, &config.ca, &current),
+                )
+                .await;
+                match asked {
+                    Some(Ok(ep)) => {
+                        log::info!(
+                            "placement at https://{}{} says the cloud is at {ep}",
+                            url.endpoint,
+                            url.path
+                        );
+                        ep
+                    }
+                    Some(Err(e)) => {
+                        log::warn!(
+                            "placement at https://{}{} failed: {e}; using {}",
+                            url.endpoint,
+                            url.path,
+                            config.endpoint
+                        );
+                        config.endpoint.clone()
+                    }
+                    None => {
+                        log::warn!(
+                            "placement at https://{}{} did not answer; using {}",
+                            url.endpoint,
+                            url.path,
+                            config.endpoint
+                        );
+                        config.endpoint.clone()
+                    }
+                }
+            }
+        };
+
+        let mut session = Session::edge(
+            Instant::now(),
+            Hello {
+                version: VERSION,
+                project_id: config.project_id.clone(),
+                node_id: config.node_id.clone(),
+                heartbeat: config.heartbeat,
+                read_deadline: config.read_deadline,
+            },
+        );
+        let started = Instant::now();
+        let attempt = async {
+            timeout(
+                config.handshake_timeout,
+                connect(&config, &target, tls, &mut session, &mut quic_endpoint),
+            )
+            .await
+            .unwrap_or_else(|| {
+                Err(format!(
+                    "no connection within handshake-timeout ({:?})",
+                    config.handshake_timeout
+                ))
+            })
+        }
+        .or(async {
+            shutdown.wait().await;
+            Err(String::new())
+        })
+        .await;
+        match attempt {
+            Ok((link, how)) => {
+                let ended = drive(link, session, &config, how, started, &shutdown).await;
+                backoff.link_was_up(started.elapsed());
+                if ended == Ended::Shutdown {
+                    break;
+                }
+            }
+            Err(_) if shutdown.is_triggered() => break,
+            Err(e) => log::warn!(
+                "cannot connect to the cloud at {target} over {}: {e}",
+                config.protocol
+            ),
+        }
+        let delay = backoff.next_delay();
+        log::info!("reconnecting in {:.1}s", delay.as_secs_f64());
+        let _ = timeout(delay, shutdown.wait()).await;
+    }
+    if let Some((_, ep)) = quic_endpoint {
+        quic::close_endpoint(&ep, CLOSE_LINGER).await;
+    }
+    log::info!("stopped");
+    Ok(())
+}
+
+fn nanos_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn build_tls(
+    config: &EdgeConfig,
+    creds: &tls::Credentials,
+    generation: u64,
+) -> Result<Tls, String> {
+    let websocket =
+        tls::client_config(&config.ca, creds, b"http/1.1", false).map_err(|e| e.to_string())?;
+    let quic_tls = tls::client_config(&config.ca, creds, ALPN, true).map_err(|e| e.to_string())?;
+    let quic = quic::client_config(quic_tls, config.read_deadline * 2)?;
+    Ok(Tls {
+        generation,
+        websocket: Arc::new(websocket),
+        quic,
+    })
+}
+
+/// Connects the transport and hands the session's HELLO to it (as 0-RTT data on QUIC when the
+/// session can be resumed). Returns the link and how the handshake went, for the log.
+async fn connect(
+    config: &EdgeConfig,
+    target: &Endpoint,
+    tls: &Tls,
+    session: &mut Session,
+    quic_endpoint: &mut Option<(bool, quinn::Endpoint)>,
+) -> Result<(Link, &'static str), String> {
+    match config.protocol {
+        Protocol::Websocket => {
+            let (stream, peer) =
+                ws::connect(target, &config.websocket_path(), tls.websocket.clone()).await?;
+            let link = ws::spawn_link(stream, peer, config.write_deadline);
+            link.flush(session, Instant::now());
+            Ok((link, "TLS 1.3"))
+        }
+        Protocol::Quic => {
+            let addr = resolve(target).await?;
+            let ipv6 = addr.is_ipv6();
+            if quic_endpoint.as_ref().is_none_or(|(v6, _)| *v6 != ipv6) {
+                *quic_endpoint = Some((ipv6, quic::client_endpoint(ipv6)?));
+            }
+            let endpoint = &quic_endpoint.as_ref().expect("set above").1;
+            let mut first = Vec::new();
+            while let Some(frame) = session.poll_transmit(Instant::now()) {
+                encode_len_prefixed(&frame, &mut first);
+            }
+            let (conn, send, recv, how) =
+                quic::connect(endpoint, tls.quic.clone(), addr, &target.host, &first).await?;
+            Ok((
+                quic::spawn_link(conn, send, recv, config.write_deadline),
+                how.describe(),
+            ))
+        }
+    }
+}
+
+async fn resolve(target: &Endpoint) -> Result<SocketAddr, String> {
+    smol::net::resolve((target.host.as_str(), target.port))
+        .await
+        .map_err(|e| format!("cannot resolve {}: {e}", target.host))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| format!("{} resolves to no address", target.host))
+}
+
+/// Runs one link's session until it ends.
+async fn drive(
+    link: Link,
+    mut session: Session,
+    config: &EdgeConfig,
+    how: &str,
+    started: Instant,
+    shutdown: &Shutdown,
+) -> Ended {
+    let (protocol, peer) = (link.protocol, link.peer);
+    let mut opened = false;
+    loop {
+        let now = Instant::now();
+        while let Some(event) = session.poll_event() {
+            match event {
+                Event::Open => {
+                    opened = true;
+                    log::info!(
+                        "connected to the cloud over {protocol} at {peer} ({how}, {:.1} ms); heartbeat every {:.1}s",
+                        started.elapsed().as_secs_f64() * 1000.0,
+                        session
+                            .heartbeat_interval()
+                            .unwrap_or(config.heartbeat)
+                            .as_secs_f64()
+                    );
+                }
+                Event::Close(code, detail) => {
+                    let detail = if detail.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {detail}")
+                    };
+                    let ended = if code == CloseCode::ShuttingDown {
+                        log::info!("closing the link to the cloud ({protocol}, {peer}): {code}");
+                        Ended::Shutdown
+                    } else {
+                        lost(opened, protocol, peer, &format!("{code}{detail}"));
+                        Ended::Lost
+                    };
+                    link.close(code, CLOSE_LINGER).await;
+                    return ended;
+                }
+                Event::Hello(_) => {}
+            }
+        }
+        link.flush(&mut session, now);
+        let stop = async {
+            shutdown.wait().await;
+            CloseCode::ShuttingDown
+        };
+        match link.wait(&session, stop).await {
+            Wake::Inbound(Inbound::Frame(bytes)) => session.handle_bytes(Instant::now(), &bytes),
+            Wake::Inbound(Inbound::Closed(LinkError::Frame(e))) => session.fail(Instant::now(), e),
+            Wake::Inbound(Inbound::Closed(LinkError::WriteTimeout(d))) => session.close(
+                CloseCode::WriteTimeout,
+                format!(
+                    "writes blocked for {:.1}s (write-deadline)",
+                    d.as_secs_f64()
+                ),
+            ),
+            Wake::Inbound(Inbound::Closed(e)) => {
+                lost(opened, protocol, peer, &e.to_string());
+                return Ended::Lost;
+            }
+            Wake::Timer => session.handle_timeout(Instant::now()),
+            Wake::Stop(code) => session.close(code, ""),
+        }
+    }
+}
+
+/// Logs the end of a link: "lost" once it was open, "cannot connect" while still in the handshake
+/// (with QUIC, for example, the cloud checks the node certificate after the client finished).
+fn lost(opened: bool, protocol: Protocol, peer: SocketAddr, why: &str) {
+    if opened {
+        log::warn!("link to the cloud lost ({protocol}, {peer}): {why}");
+    } else {
+        log::warn!("cannot connect to the cloud at {peer} over {protocol}: {why}");
+    }
+}

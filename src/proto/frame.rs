@@ -1,0 +1,427 @@
+//! The frame codec. A frame is one type byte followed by that type's fields; integers are
+//! big-endian, strings are a length (u8) followed by UTF-8. WebSocket carries one frame per binary
+//! message; QUIC streams carry frames behind a 4-byte length ([`encode_len_prefixed`],
+//! [`StreamDecoder`]). See `docs/protocol.md`.
+
+use std::fmt;
+use std::time::Duration;
+
+use super::MAX_FRAME;
+
+/// Frame type bytes.
+mod kind {
+    pub const HELLO: u8 = 0x01;
+    pub const WELCOME: u8 = 0x02;
+    pub const HEARTBEAT: u8 = 0x03;
+}
+
+/// Why a link was closed. Carried as the QUIC application error code, and as `4000 + code` in a
+/// WebSocket close frame; each has a fixed reason text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseCode {
+    /// The sender is stopping (SIGTERM/SIGINT).
+    ShuttingDown,
+    /// A newer connection for the same node replaced this one.
+    Replaced,
+    /// The cloud already serves `node-limit` nodes.
+    NodeLimit,
+    /// The certificate's identity is not the node id claimed, or the ids disagree.
+    IdentityMismatch,
+    /// A frame was malformed, unknown or out of place.
+    ProtocolError,
+    /// A frame was larger than the receiver accepts.
+    Oversized,
+    /// Nothing arrived within the receiver's deadline.
+    Timeout,
+    /// Writes stayed blocked longer than the write deadline.
+    WriteTimeout,
+    /// The peer speaks a protocol version this side does not.
+    UnsupportedVersion,
+}
+
+impl CloseCode {
+    /// Every code, in wire order.
+    pub const ALL: [CloseCode; 9] = [
+        CloseCode::ShuttingDown,
+        CloseCode::Replaced,
+        CloseCode::NodeLimit,
+        CloseCode::IdentityMismatch,
+        CloseCode::ProtocolError,
+        CloseCode::Oversized,
+        CloseCode::Timeout,
+        CloseCode::WriteTimeout,
+        CloseCode::UnsupportedVersion,
+    ];
+
+    /// The number on the wire.
+    pub fn code(self) -> u16 {
+        match self {
+            CloseCode::ShuttingDown => 1,
+            CloseCode::Replaced => 2,
+            CloseCode::NodeLimit => 3,
+            CloseCode::IdentityMismatch => 4,
+            CloseCode::ProtocolError => 5,
+            CloseCode::Oversized => 6,
+            CloseCode::Timeout => 7,
+            CloseCode::WriteTimeout => 8,
+            CloseCode::UnsupportedVersion => 9,
+        }
+    }
+
+    /// The code for a number from the wire, if it is one.
+    pub fn from_code(code: u16) -> Option<CloseCode> {
+        CloseCode::ALL.into_iter().find(|c| c.code() == code)
+    }
+
+    /// The fixed reason text.
+    pub fn reason(self) -> &'static str {
+        match self {
+            CloseCode::ShuttingDown => "shutting down",
+            CloseCode::Replaced => "replaced by a newer connection",
+            CloseCode::NodeLimit => "node limit reached",
+            CloseCode::IdentityMismatch => "identity mismatch",
+            CloseCode::ProtocolError => "protocol error",
+            CloseCode::Oversized => "oversized frame",
+            CloseCode::Timeout => "heartbeat timeout",
+            CloseCode::WriteTimeout => "write timeout",
+            CloseCode::UnsupportedVersion => "unsupported protocol version",
+        }
+    }
+}
+
+impl fmt::Display for CloseCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.reason())
+    }
+}
+
+/// What the edge says first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// Protocol version the edge speaks.
+    pub version: u8,
+    /// `controller.project-id`.
+    pub project_id: String,
+    /// `controller.node-id`; must be the identity in the node's certificate.
+    pub node_id: String,
+    /// How often the edge sends a heartbeat when it has nothing else to send.
+    pub heartbeat: Duration,
+    /// The edge declares the link dead after this long without a frame from the cloud, so the
+    /// cloud sends heartbeats well within it.
+    pub read_deadline: Duration,
+}
+
+/// The cloud's answer to an accepted HELLO.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Welcome {
+    /// Protocol version the cloud speaks.
+    pub version: u8,
+    /// The cloud drops a node that sent nothing for this long (`keepalive-interval`).
+    pub keepalive: Duration,
+    /// How often the cloud sends a heartbeat when it has nothing else to send.
+    pub heartbeat: Duration,
+}
+
+/// One protocol frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// Edge to cloud, first frame of a link.
+    Hello(Hello),
+    /// Cloud to edge, the answer to an accepted HELLO.
+    Welcome(Welcome),
+    /// Either way: "I am alive"; sent when a side has been silent for its heartbeat interval.
+    Heartbeat,
+}
+
+/// Why bytes are not a frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameError {
+    /// The frame ends before its fields do.
+    Truncated,
+    /// The type byte is not a known frame type.
+    UnknownType(u8),
+    /// A string field is not UTF-8.
+    BadString,
+    /// The frame is longer than [`MAX_FRAME`](super::MAX_FRAME).
+    Oversized(usize),
+    /// An empty frame (no type byte).
+    Empty,
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::Truncated => f.write_str("truncated frame"),
+            FrameError::UnknownType(t) => write!(f, "unknown frame type 0x{t:02x}"),
+            FrameError::BadString => f.write_str("string field is not UTF-8"),
+            FrameError::Oversized(n) => {
+                write!(f, "frame of {n} bytes is over the {MAX_FRAME}-byte limit")
+            }
+            FrameError::Empty => f.write_str("empty frame"),
+        }
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+impl FrameError {
+    /// The close code a receiver uses when it meets this error.
+    pub fn close_code(&self) -> CloseCode {
+        match self {
+            FrameError::Oversized(_) => CloseCode::Oversized,
+            _ => CloseCode::ProtocolError,
+        }
+    }
+}
+
+fn millis(d: Duration) -> u32 {
+    d.as_millis().min(u128::from(u32::MAX)) as u32
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    // Ids are validated to at most 64 bytes; anything longer is cut at a char boundary.
+    let mut end = s.len().min(255);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.push(end as u8);
+    out.extend_from_slice(&s.as_bytes()[..end]);
+}
+
+impl Frame {
+    /// Appends this frame's bytes to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        match self {
+            Frame::Hello(h) => {
+                out.push(kind::HELLO);
+                out.push(h.version);
+                out.extend_from_slice(&millis(h.heartbeat).to_be_bytes());
+                out.extend_from_slice(&millis(h.read_deadline).to_be_bytes());
+                put_str(out, &h.project_id);
+                put_str(out, &h.node_id);
+            }
+            Frame::Welcome(w) => {
+                out.push(kind::WELCOME);
+                out.push(w.version);
+                out.extend_from_slice(&millis(w.keepalive).to_be_bytes());
+                out.extend_from_slice(&millis(w.heartbeat).to_be_bytes());
+            }
+            Frame::Heartbeat => out.push(kind::HEARTBEAT),
+        }
+    }
+
+    /// This frame's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16);
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Decodes one whole frame. Bytes after the fields a type defines are ignored, so later
+    /// versions can append fields.
+    pub fn decode(bytes: &[u8]) -> Result<Frame, FrameError> {
+        if bytes.len() > MAX_FRAME {
+            return Err(FrameError::Oversized(bytes.len()));
+        }
+        let (&t, body) = bytes.split_first().ok_or(FrameError::Empty)?;
+        let mut r = Reader(body);
+        Ok(match t {
+            kind::HELLO => Frame::Hello(Hello {
+                version: r.u8()?,
+                heartbeat: r.millis()?,
+                read_deadline: r.millis()?,
+                project_id: r.str()?,
+                node_id: r.str()?,
+            }),
+            kind::WELCOME => Frame::Welcome(Welcome {
+                version: r.u8()?,
+                keepalive: r.millis()?,
+                heartbeat: r.millis()?,
+            }),
+            kind::HEARTBEAT => Frame::Heartbeat,
+            other => return Err(FrameError::UnknownType(other)),
+        })
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], FrameError> {
+        if self.0.len() < n {
+            return Err(FrameError::Truncated);
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, FrameError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, FrameError> {
+        Ok(u32::from_be_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+    fn millis(&mut self) -> Result<Duration, FrameError> {
+        Ok(Duration::from_millis(u64::from(self.u32()?)))
+    }
+    fn str(&mut self) -> Result<String, FrameError> {
+        let n = usize::from(self.u8()?);
+        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| FrameError::BadString)
+    }
+}
+
+/// Appends `frame` to `out` behind its 4-byte big-endian length, as QUIC streams carry it.
+pub fn encode_len_prefixed(frame: &Frame, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    frame.encode_into(out);
+    let len = (out.len() - start - 4) as u32;
+    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+/// Splits a byte stream into length-prefixed frames. Feed it bytes as they arrive; it never
+/// buffers more than one frame's worth, and refuses a length over [`MAX_FRAME`] at once.
+#[derive(Debug, Default)]
+pub struct StreamDecoder {
+    buf: Vec<u8>,
+}
+
+impl StreamDecoder {
+    /// Adds received bytes.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// How many more bytes the next frame needs before [`next_frame`](Self::next_frame) can return it
+    /// (at least 1); callers read at most this much so the buffer stays bounded.
+    pub fn wanted(&self) -> usize {
+        if self.buf.len() < 4 {
+            return 4 - self.buf.len();
+        }
+        let len = u32::from_be_bytes(self.buf[..4].try_into().expect("4 bytes")) as usize;
+        (4 + len).saturating_sub(self.buf.len()).max(1)
+    }
+
+    /// The next whole frame's bytes, if one has arrived. Call again until it returns `Ok(None)`.
+    pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
+        if self.buf.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes(self.buf[..4].try_into().expect("4 bytes")) as usize;
+        if len > MAX_FRAME {
+            return Err(FrameError::Oversized(len));
+        }
+        if len == 0 {
+            return Err(FrameError::Empty);
+        }
+        if self.buf.len() < 4 + len {
+            return Ok(None);
+        }
+        let rest = self.buf.split_off(4 + len);
+        let mut frame = std::mem::replace(&mut self.buf, rest);
+        frame.drain(..4);
+        Ok(Some(frame))
+    }
+
+    /// Bytes received but not yet returned as a frame.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello() -> Frame {
+        Frame::Hello(Hello {
+            version: 1,
+            project_id: "p".into(),
+            node_id: "edge-node".into(),
+            heartbeat: Duration::from_secs(15),
+            read_deadline: Duration::from_millis(1500),
+        })
+    }
+
+    #[test]
+    fn round_trips() {
+        let welcome = Frame::Welcome(Welcome {
+            version: 1,
+            keepalive: Duration::from_secs(30),
+            heartbeat: Duration::from_millis(500),
+        });
+        for f in [hello(), welcome, Frame::Heartbeat] {
+            assert_eq!(Frame::decode(&f.encode()), Ok(f.clone()));
+        }
+    }
+
+    #[test]
+    fn hello_layout_is_as_documented() {
+        let bytes = hello().encode();
+        let mut want = vec![0x01, 1, 0, 0, 0x3a, 0x98, 0, 0, 0x05, 0xdc, 1, b'p', 9];
+        want.extend_from_slice(b"edge-node");
+        assert_eq!(bytes, want);
+    }
+
+    #[test]
+    fn refuses_bad_bytes() {
+        assert_eq!(Frame::decode(&[]), Err(FrameError::Empty));
+        assert_eq!(Frame::decode(&[0x7f]), Err(FrameError::UnknownType(0x7f)));
+        let full = hello().encode();
+        for cut in 1..full.len() {
+            assert_eq!(
+                Frame::decode(&full[..cut]),
+                Err(FrameError::Truncated),
+                "cut at {cut}"
+            );
+        }
+        let mut bad = full.clone();
+        let at = bad.len() - 1;
+        bad[at] = 0xff;
+        assert_eq!(Frame::decode(&bad), Err(FrameError::BadString));
+        // Later versions may append fields.
+        let mut longer = full;
+        longer.extend_from_slice(b"more");
+        assert_eq!(Frame::decode(&longer), Ok(hello()));
+    }
+
+    #[test]
+    fn stream_decoder_splits_and_bounds() {
+        let mut wire = Vec::new();
+        encode_len_prefixed(&hello(), &mut wire);
+        encode_len_prefixed(&Frame::Heartbeat, &mut wire);
+        let mut d = StreamDecoder::default();
+        let mut got = Vec::new();
+        for b in &wire {
+            // One byte at a time: never more than asked for.
+            assert!(d.wanted() >= 1);
+            d.push(std::slice::from_ref(b));
+            while let Some(f) = d.next_frame().unwrap() {
+                got.push(Frame::decode(&f).unwrap());
+            }
+        }
+        assert_eq!(got, vec![hello(), Frame::Heartbeat]);
+        assert_eq!(d.pending(), 0);
+
+        let mut huge = StreamDecoder::default();
+        huge.push(&u32::MAX.to_be_bytes());
+        assert_eq!(
+            huge.next_frame(),
+            Err(FrameError::Oversized(u32::MAX as usize))
+        );
+        let mut empty = StreamDecoder::default();
+        empty.push(&[0, 0, 0, 0]);
+        assert_eq!(empty.next_frame(), Err(FrameError::Empty));
+    }
+
+    #[test]
+    fn close_codes_are_stable() {
+        for (i, c) in CloseCode::ALL.iter().enumerate() {
+            assert_eq!(c.code() as usize, i + 1);
+            assert_eq!(CloseCode::from_code(c.code()), Some(*c));
+        }
+        assert_eq!(CloseCode::from_code(0), None);
+    }
+}

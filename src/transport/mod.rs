@@ -1,0 +1,206 @@
+//! The link abstraction both sides use, whatever carries it.
+//!
+//! A [`Link`] is an open WebSocket or QUIC connection split into a reader task and a writer task.
+//! The task that owns the [`Session`](crate::proto::Session) only sends frames into the link and
+//! receives [`Inbound`] items from it, so it never blocks on a socket: a stalled write is noticed
+//! by the writer task (the write deadline) and reported as an inbound close.
+
+pub mod quic;
+pub mod ws;
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use smol::channel::{Receiver, Sender};
+use smol::future::FutureExt;
+
+use crate::config::Protocol;
+use crate::proto::{CloseCode, Frame, FrameError, Session};
+
+/// Why a link ended, as seen from this side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkError {
+    /// The peer closed the link with a hub close code.
+    Closed(CloseCode),
+    /// The peer closed the link with a code that is not a hub code, or none.
+    ClosedOther(String),
+    /// The byte stream ended without a close.
+    Eof,
+    /// A received frame could not be decoded (or was over the size limit).
+    Frame(FrameError),
+    /// A write stayed blocked past the write deadline.
+    WriteTimeout(Duration),
+    /// The connection failed.
+    Io(String),
+}
+
+impl fmt::Display for LinkError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LinkError::Closed(code) => write!(f, "closed by the peer: {code}"),
+            LinkError::ClosedOther(why) => write!(f, "closed by the peer: {why}"),
+            LinkError::Eof => f.write_str("connection ended"),
+            LinkError::Frame(e) => write!(f, "bad frame from the peer: {e}"),
+            LinkError::WriteTimeout(d) => write!(f, "write blocked for {:.1}s", d.as_secs_f64()),
+            LinkError::Io(e) => f.write_str(e),
+        }
+    }
+}
+
+/// What the reader and writer tasks report.
+#[derive(Debug)]
+pub enum Inbound {
+    /// One frame's bytes.
+    Frame(Vec<u8>),
+    /// The link is gone.
+    Closed(LinkError),
+}
+
+/// What the session's task asks the writer task to do.
+#[derive(Debug)]
+enum Outbound {
+    Frame(Frame),
+    Close(CloseCode),
+}
+
+/// An open link: frames in, frames out.
+pub struct Link {
+    /// The transport.
+    pub protocol: Protocol,
+    /// The peer's address.
+    pub peer: SocketAddr,
+    inbound: Receiver<Inbound>,
+    outbound: Sender<Outbound>,
+    writer_done: Receiver<()>,
+    /// Dropped with the link, which stops the reader task.
+    _alive: Sender<()>,
+}
+
+/// Inbound items buffered between the reader task and the session task.
+const INBOUND_QUEUE: usize = 64;
+
+impl Link {
+    /// Creates the channels of a link; the transport spawns its reader and writer tasks on the
+    /// returned [`LinkTasks`].
+    fn new(protocol: Protocol, peer: SocketAddr) -> (Link, LinkTasks) {
+        let (in_tx, in_rx) = smol::channel::bounded(INBOUND_QUEUE);
+        // Unbounded: the session bounds what it queues (heartbeats and, later, its window).
+        let (out_tx, out_rx) = smol::channel::unbounded();
+        let (done_tx, done_rx) = smol::channel::bounded(1);
+        let (alive_tx, alive_rx) = smol::channel::bounded(1);
+        (
+            Link {
+                protocol,
+                peer,
+                inbound: in_rx,
+                outbound: out_tx,
+                writer_done: done_rx,
+                _alive: alive_tx,
+            },
+            LinkTasks {
+                inbound: in_tx,
+                outbound: out_rx,
+                writer_done: done_tx,
+                alive: alive_rx,
+            },
+        )
+    }
+
+    /// Queues a frame for the writer task.
+    pub fn send(&self, frame: Frame) {
+        let _ = self.outbound.try_send(Outbound::Frame(frame));
+    }
+
+    /// The next item from the peer; `Closed` once the link is gone.
+    pub async fn recv(&self) -> Inbound {
+        self.inbound
+            .recv()
+            .await
+            .unwrap_or(Inbound::Closed(LinkError::Eof))
+    }
+
+    /// Sends everything `session` has queued.
+    pub fn flush(&self, session: &mut Session, now: Instant) {
+        while let Some(f) = session.poll_transmit(now) {
+            self.send(f);
+        }
+    }
+
+    /// Closes the link with `code` after the frames already queued, waiting at most `linger` for
+    /// the writer to finish so the peer learns why.
+    pub async fn close(self, code: CloseCode, linger: Duration) {
+        let _ = self.outbound.try_send(Outbound::Close(code));
+        let _ = self
+            .writer_done
+            .recv()
+            .or(async {
+                smol::Timer::after(linger).await;
+                Ok(())
+            })
+            .await;
+    }
+
+    /// Waits for whichever comes first: an inbound item, the session's next timer, or `stop`.
+    pub async fn wait<S: Future<Output = CloseCode>>(&self, session: &Session, stop: S) -> Wake {
+        let timer = async {
+            match session.poll_timeout() {
+                Some(at) => smol::Timer::at(at).await,
+                None => smol::Timer::never().await,
+            };
+            Wake::Timer
+        };
+        let inbound = async { Wake::Inbound(self.recv().await) };
+        let stop = async { Wake::Stop(stop.await) };
+        inbound.or(stop).or(timer).await
+    }
+}
+
+/// Why [`Link::wait`] returned.
+#[derive(Debug)]
+pub enum Wake {
+    /// Something arrived from the peer (or the link broke).
+    Inbound(Inbound),
+    /// The session's timer is due.
+    Timer,
+    /// The caller's stop future finished: close the link with this code.
+    Stop(CloseCode),
+}
+
+/// The task ends of a link's channels.
+struct LinkTasks {
+    inbound: Sender<Inbound>,
+    outbound: Receiver<Outbound>,
+    writer_done: Sender<()>,
+    /// Closes when the [`Link`] is dropped.
+    alive: Receiver<()>,
+}
+
+impl LinkTasks {
+    /// Runs `read` (the transport's read loop) until it ends or the link is dropped.
+    fn spawn_reader(&self, read: impl Future<Output = ()> + Send + 'static) {
+        let alive = self.alive.clone();
+        smol::spawn(read.or(async move {
+            let _ = alive.recv().await;
+        }))
+        .detach();
+    }
+}
+
+/// Hands an item from a reader task to the session task; `false` when the reader should stop (the
+/// link closed, or its owner is gone).
+async fn deliver(inbound: &Sender<Inbound>, item: Inbound) -> bool {
+    let last = matches!(item, Inbound::Closed(_));
+    inbound.send(item).await.is_ok() && !last
+}
+
+/// Runs `fut` for at most `limit`; `None` when time ran out.
+pub async fn timeout<T>(limit: Duration, fut: impl Future<Output = T>) -> Option<T> {
+    async { Some(fut.await) }
+        .or(async {
+            smol::Timer::after(limit).await;
+            None
+        })
+        .await
+}

@@ -1,0 +1,236 @@
+//! QUIC transport: quinn on smol. The edge opens one bidirectional control stream and sends
+//! frames on it behind a 4-byte length; the hub close code is the QUIC application error code.
+//! Reconnects within one process resume the TLS session and send HELLO as 0-RTT data.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{
+    ConnectionError, Endpoint, EndpointConfig, IdleTimeout, ReadError, RecvStream, SendStream,
+    TransportConfig, VarInt,
+};
+
+use super::{Inbound, Link, LinkError, Outbound, deliver, timeout};
+use crate::config::Protocol;
+use crate::proto::frame::{StreamDecoder, encode_len_prefixed};
+
+/// Streams the edge lets the cloud open towards it.
+const EDGE_MAX_STREAMS: u32 = 100;
+
+/// QUIC transport settings: `max_streams` concurrent streams each way for the peer, an idle
+/// timeout of `idle`, no QUIC keep-alives (the session's heartbeats keep the link busy).
+pub fn transport_config(max_streams: u32, idle: Duration) -> TransportConfig {
+    let mut t = TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(max_streams));
+    t.max_concurrent_uni_streams(VarInt::from_u32(max_streams));
+    t.max_idle_timeout(IdleTimeout::try_from(idle).ok());
+    t.keep_alive_interval(None);
+    t
+}
+
+/// The cloud's QUIC endpoint bound to `addr`.
+pub fn server_endpoint(
+    addr: SocketAddr,
+    tls: rustls::ServerConfig,
+    transport: TransportConfig,
+) -> Result<Endpoint, String> {
+    let crypto = QuicServerConfig::try_from(tls).map_err(|e| format!("QUIC TLS setup: {e}"))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(Arc::new(transport));
+    let socket = UdpSocket::bind(addr).map_err(|e| format!("cannot bind UDP {addr}: {e}"))?;
+    Endpoint::new(
+        EndpointConfig::default(),
+        Some(config),
+        socket,
+        Arc::new(quinn::SmolRuntime),
+    )
+    .map_err(|e| format!("QUIC endpoint on {addr}: {e}"))
+}
+
+/// The edge's QUIC endpoint: one per process, so TLS sessions resume across reconnects.
+pub fn client_endpoint(ipv6: bool) -> Result<Endpoint, String> {
+    let bind: SocketAddr = if ipv6 { "[::]:0" } else { "0.0.0.0:0" }
+        .parse()
+        .expect("literal");
+    let socket = UdpSocket::bind(bind).map_err(|e| format!("cannot bind UDP {bind}: {e}"))?;
+    Endpoint::new(
+        EndpointConfig::default(),
+        None,
+        socket,
+        Arc::new(quinn::SmolRuntime),
+    )
+    .map_err(|e| format!("QUIC endpoint: {e}"))
+}
+
+/// The edge's quinn client configuration from a rustls one (which must allow early data for 0-RTT).
+pub fn client_config(
+    tls: rustls::ClientConfig,
+    idle: Duration,
+) -> Result<quinn::ClientConfig, String> {
+    let crypto = QuicClientConfig::try_from(tls).map_err(|e| format!("QUIC TLS setup: {e}"))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(Arc::new(transport_config(EDGE_MAX_STREAMS, idle)));
+    Ok(config)
+}
+
+/// Closes every connection of `endpoint` with "shutting down" and waits at most `linger` for the
+/// peers to be told.
+pub async fn close_endpoint(endpoint: &Endpoint, linger: Duration) {
+    let code = crate::proto::CloseCode::ShuttingDown;
+    endpoint.close(VarInt::from(code.code()), code.reason().as_bytes());
+    let _ = timeout(linger, endpoint.wait_idle()).await;
+}
+
+/// How the edge's QUIC handshake went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    /// A resumed session; HELLO went out as 0-RTT data and the cloud took it.
+    ZeroRtt,
+    /// A resumed session, but the cloud refused 0-RTT (for example after a restart); HELLO was
+    /// sent again after the handshake.
+    ZeroRttRefused,
+    /// A full handshake (no session to resume).
+    OneRtt,
+}
+
+impl Handshake {
+    /// For logs.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Handshake::ZeroRtt => "0-RTT",
+            Handshake::ZeroRttRefused => "0-RTT refused, 1-RTT",
+            Handshake::OneRtt => "1-RTT",
+        }
+    }
+}
+
+/// Connects to the cloud at `addr` and opens the control stream, sending `first` (HELLO,
+/// length-prefixed) as early as the handshake allows: in 0-RTT data when a session can be resumed.
+pub async fn connect(
+    endpoint: &Endpoint,
+    config: quinn::ClientConfig,
+    addr: SocketAddr,
+    server_name: &str,
+    first: &[u8],
+) -> Result<(quinn::Connection, SendStream, RecvStream, Handshake), String> {
+    let connecting = endpoint
+        .connect_with(config, addr, server_name)
+        .map_err(|e| format!("QUIC connect to {addr}: {e}"))?;
+    let failed = |e: &dyn std::fmt::Display| format!("QUIC handshake with {addr}: {e}");
+    match connecting.into_0rtt() {
+        Ok((conn, accepted)) => {
+            let (mut send, recv) = conn.open_bi().await.map_err(|e| failed(&e))?;
+            // Written in 0-RTT; lost if the cloud refuses it.
+            let _ = send.write_all(first).await;
+            if accepted.await {
+                return Ok((conn, send, recv, Handshake::ZeroRtt));
+            }
+            if let Some(e) = conn.close_reason() {
+                return Err(failed(&e));
+            }
+            let (mut send, recv) = conn.open_bi().await.map_err(|e| failed(&e))?;
+            send.write_all(first).await.map_err(|e| failed(&e))?;
+            Ok((conn, send, recv, Handshake::ZeroRttRefused))
+        }
+        Err(connecting) => {
+            let conn = connecting.await.map_err(|e| failed(&e))?;
+            let (mut send, recv) = conn.open_bi().await.map_err(|e| failed(&e))?;
+            send.write_all(first).await.map_err(|e| failed(&e))?;
+            Ok((conn, send, recv, Handshake::OneRtt))
+        }
+    }
+}
+
+fn connection_error(e: &ConnectionError) -> LinkError {
+    match e {
+        ConnectionError::ApplicationClosed(close) => {
+            let raw = close.error_code.into_inner();
+            match u16::try_from(raw)
+                .ok()
+                .and_then(crate::proto::CloseCode::from_code)
+            {
+                Some(code) => LinkError::Closed(code),
+                None => LinkError::ClosedOther(format!(
+                    "QUIC application close {raw} {}",
+                    String::from_utf8_lossy(&close.reason)
+                )),
+            }
+        }
+        ConnectionError::TimedOut => LinkError::Io("QUIC idle timeout".into()),
+        ConnectionError::LocallyClosed => LinkError::Eof,
+        other => LinkError::Io(format!("QUIC: {other}")),
+    }
+}
+
+fn read_error(e: ReadError) -> LinkError {
+    match e {
+        ReadError::ConnectionLost(c) => connection_error(&c),
+        other => LinkError::Io(format!("QUIC control stream: {other}")),
+    }
+}
+
+/// Turns an open connection and its control stream into a [`Link`], spawning its reader and
+/// writer tasks. `already` holds frame bytes that arrived before (none, usually).
+pub fn spawn_link(
+    conn: quinn::Connection,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    write_deadline: Duration,
+) -> Link {
+    let (link, tasks) = Link::new(Protocol::Quic, conn.remote_address());
+    let inbound = tasks.inbound.clone();
+    let reader_inbound = tasks.inbound.clone();
+    tasks.spawn_reader(async move {
+        let mut decoder = StreamDecoder::default();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let item = loop {
+                match decoder.next_frame() {
+                    Ok(Some(frame)) => break Inbound::Frame(frame),
+                    Err(e) => break Inbound::Closed(LinkError::Frame(e)),
+                    Ok(None) => {}
+                }
+                let want = decoder.wanted().min(buf.len());
+                match recv.read(&mut buf[..want]).await {
+                    Ok(Some(n)) => decoder.push(&buf[..n]),
+                    Ok(None) => break Inbound::Closed(LinkError::Eof),
+                    Err(e) => break Inbound::Closed(read_error(e)),
+                }
+            };
+            if !deliver(&reader_inbound, item).await {
+                return;
+            }
+        }
+    });
+
+    let outbound = tasks.outbound;
+    let done = tasks.writer_done;
+    smol::spawn(async move {
+        let mut buf = Vec::new();
+        while let Ok(out) = outbound.recv().await {
+            match out {
+                Outbound::Frame(f) => {
+                    buf.clear();
+                    encode_len_prefixed(&f, &mut buf);
+                    let err = match timeout(write_deadline, send.write_all(&buf)).await {
+                        Some(Ok(())) => continue,
+                        Some(Err(quinn::WriteError::ConnectionLost(c))) => connection_error(&c),
+                        Some(Err(e)) => LinkError::Io(format!("QUIC control stream: {e}")),
+                        None => LinkError::WriteTimeout(write_deadline),
+                    };
+                    let _ = inbound.send(Inbound::Closed(err)).await;
+                    break;
+                }
+                Outbound::Close(code) => {
+                    conn.close(VarInt::from(code.code()), code.reason().as_bytes());
+                    break;
+                }
+            }
+        }
+        let _ = done.try_send(());
+    })
+    .detach();
+    link
+}

@@ -1,0 +1,185 @@
+//! WebSocket transport: async-tungstenite over futures-rustls over smol's `Async<TcpStream>`.
+//! Each WebSocket binary message carries one frame; the hub close code travels as WebSocket close
+//! code `4000 + code`.
+
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_tungstenite::WebSocketStream;
+use async_tungstenite::tungstenite::client::IntoClientRequest;
+use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use async_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use async_tungstenite::tungstenite::{self, Message};
+use futures_rustls::TlsConnector;
+use rustls::pki_types::ServerName;
+use smol::Async;
+use smol::io::{AsyncRead, AsyncWrite};
+use smol::stream::StreamExt;
+
+use super::{Inbound, Link, LinkError, Outbound, deliver, timeout};
+use crate::config::{Endpoint, Protocol};
+use crate::proto::{CloseCode, FrameError, MAX_FRAME, WS_SUBPROTOCOL};
+
+/// The TLS stream the edge's WebSocket runs on.
+pub type ClientStream = futures_rustls::client::TlsStream<Async<TcpStream>>;
+/// The TLS stream the cloud's WebSocket runs on.
+pub type ServerStream = futures_rustls::server::TlsStream<Async<TcpStream>>;
+
+/// WebSocket limits: no message or frame over [`MAX_FRAME`].
+pub fn config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(MAX_FRAME))
+        .max_frame_size(Some(MAX_FRAME))
+}
+
+/// The WebSocket close code carrying hub close code `code`.
+pub fn ws_close_code(code: CloseCode) -> u16 {
+    4000 + code.code()
+}
+
+fn link_error(e: tungstenite::Error) -> LinkError {
+    match e {
+        tungstenite::Error::Capacity(c) => LinkError::Frame(FrameError::Oversized(match c {
+            tungstenite::error::CapacityError::MessageTooLong { size, .. } => size,
+            _ => MAX_FRAME + 1,
+        })),
+        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => LinkError::Eof,
+        other => LinkError::Io(other.to_string()),
+    }
+}
+
+fn closed(frame: Option<CloseFrame>) -> LinkError {
+    let Some(frame) = frame else {
+        return LinkError::ClosedOther("no close code".into());
+    };
+    let raw = u16::from(frame.code);
+    match raw.checked_sub(4000).and_then(CloseCode::from_code) {
+        Some(code) => LinkError::Closed(code),
+        None => LinkError::ClosedOther(format!("WebSocket close {raw} {}", frame.reason)),
+    }
+}
+
+/// Turns an upgraded WebSocket into a [`Link`], spawning its reader and writer tasks.
+pub fn spawn_link<S>(ws: WebSocketStream<S>, peer: SocketAddr, write_deadline: Duration) -> Link
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (link, tasks) = Link::new(Protocol::Websocket, peer);
+    let (mut tx, mut rx) = ws.split();
+    let inbound = tasks.inbound.clone();
+    let reader_inbound = tasks.inbound.clone();
+    tasks.spawn_reader(async move {
+        loop {
+            let item = match rx.next().await {
+                Some(Ok(Message::Binary(b))) => Inbound::Frame(b.to_vec()),
+                Some(Ok(Message::Close(frame))) => Inbound::Closed(closed(frame)),
+                Some(Ok(Message::Text(_))) => {
+                    Inbound::Closed(LinkError::Io("text message on a binary protocol".into()))
+                }
+                Some(Ok(_)) => continue, // ping, pong: answered by tungstenite
+                Some(Err(e)) => Inbound::Closed(link_error(e)),
+                None => Inbound::Closed(LinkError::Eof),
+            };
+            if !deliver(&reader_inbound, item).await {
+                return;
+            }
+        }
+    });
+
+    let outbound = tasks.outbound;
+    let done = tasks.writer_done;
+    smol::spawn(async move {
+        while let Ok(out) = outbound.recv().await {
+            match out {
+                Outbound::Frame(f) => {
+                    let sent = timeout(write_deadline, tx.send(Message::binary(f.encode()))).await;
+                    let err = match sent {
+                        Some(Ok(())) => continue,
+                        Some(Err(e)) => link_error(e),
+                        None => LinkError::WriteTimeout(write_deadline),
+                    };
+                    let _ = inbound.send(Inbound::Closed(err)).await;
+                    break;
+                }
+                Outbound::Close(code) => {
+                    let frame = CloseFrame {
+                        code: WsCloseCode::from(ws_close_code(code)),
+                        reason: code.reason().into(),
+                    };
+                    let _ = timeout(write_deadline, tx.close(Some(frame))).await;
+                    break;
+                }
+            }
+        }
+        let _ = done.try_send(());
+    })
+    .detach();
+    link
+}
+
+/// Opens a TCP connection to `endpoint` with `TCP_NODELAY`, trying each resolved address.
+pub async fn tcp_connect(endpoint: &Endpoint) -> Result<Async<TcpStream>, String> {
+    let addrs = smol::net::resolve((endpoint.host.as_str(), endpoint.port))
+        .await
+        .map_err(|e| format!("cannot resolve {}: {e}", endpoint.host))?;
+    let mut last = format!("{} resolves to no address", endpoint.host);
+    for addr in addrs {
+        match Async::<TcpStream>::connect(addr).await {
+            Ok(s) => {
+                s.get_ref()
+                    .set_nodelay(true)
+                    .map_err(|e| format!("TCP_NODELAY on {addr}: {e}"))?;
+                return Ok(s);
+            }
+            Err(e) => last = format!("TCP connect to {addr}: {e}"),
+        }
+    }
+    Err(last)
+}
+
+/// The TLS server name for `host` (a DNS name or an IP address).
+pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
+    ServerName::try_from(host.to_owned())
+        .map_err(|_| format!("{host:?} is not a valid TLS server name"))
+}
+
+/// Connects to the cloud at `endpoint`, runs TLS with `tls` and upgrades `path` to a WebSocket
+/// speaking the hub subprotocol. A refusal before the upgrade comes back as its HTTP status and
+/// reason.
+pub async fn connect(
+    endpoint: &Endpoint,
+    path: &str,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<(WebSocketStream<ClientStream>, SocketAddr), String> {
+    let tcp = tcp_connect(endpoint).await?;
+    let peer = tcp.get_ref().peer_addr().map_err(|e| e.to_string())?;
+    let stream = TlsConnector::from(tls)
+        .connect(server_name(&endpoint.host)?, tcp)
+        .await
+        .map_err(|e| format!("TLS with {peer}: {e}"))?;
+    let url = format!("wss://{endpoint}{path}");
+    let mut request = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| format!("bad WebSocket URL {url}: {e}"))?;
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        WS_SUBPROTOCOL.parse().expect("a valid header value"),
+    );
+    match async_tungstenite::client_async_with_config(request, stream, Some(config())).await {
+        Ok((ws, _)) => Ok((ws, peer)),
+        Err(tungstenite::Error::Http(resp)) => {
+            let body = resp
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).trim().to_owned())
+                .unwrap_or_default();
+            Err(format!(
+                "refused by the cloud: {} {body}",
+                resp.status().as_u16()
+            ))
+        }
+        Err(e) => Err(format!("WebSocket upgrade with {peer}: {e}")),
+    }
+}

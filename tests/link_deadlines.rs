@@ -1,0 +1,207 @@
+//! Deadlines on a real link: a silent node is dropped after keepalive-interval, a blackholed link
+//! is noticed within read-deadline and comes back when the network does (over QUIC with 0-RTT),
+//! and a restarted cloud sees its edges again within the backoff cap.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{CloudSpec, EdgeSpec, Proto, Relay};
+use hub::proto::frame::{Frame, Hello, encode_len_prefixed};
+
+const BOTH: [Proto; 2] = [Proto::Websocket, Proto::Quic];
+
+fn hello(node: &str) -> Frame {
+    Frame::Hello(Hello {
+        version: hub::proto::VERSION,
+        project_id: "proj".into(),
+        node_id: node.into(),
+        heartbeat: Duration::from_secs(60),
+        read_deadline: Duration::from_secs(60),
+    })
+}
+
+/// Connects as `edge-node`, says HELLO, then says nothing more (but keeps the connection open
+/// and keeps reading) until `hold` has passed.
+fn silent_node(proto: Proto, port: u16, pki: &std::path::Path, hold: Duration) {
+    let creds = hub::tls::Credentials::load(
+        &pki.join("node-edge-node.crt"),
+        &pki.join("node-edge-node.key"),
+    )
+    .unwrap();
+    let ca = pki.join("ca.crt");
+    smol::block_on(async {
+        match proto {
+            Proto::Websocket => {
+                let tls = hub::tls::client_config(&ca, &creds, b"http/1.1", false).unwrap();
+                let ep = hub::config::Endpoint {
+                    host: "127.0.0.1".into(),
+                    port,
+                };
+                let (mut ws, _) = hub::transport::ws::connect(
+                    &ep,
+                    "/proj/edge-node/events",
+                    std::sync::Arc::new(tls),
+                )
+                .await
+                .unwrap();
+                ws.send(async_tungstenite::tungstenite::Message::binary(
+                    hello("edge-node").encode(),
+                ))
+                .await
+                .unwrap();
+                let _ = hub::transport::timeout(hold, async {
+                    use smol::stream::StreamExt;
+                    while let Some(Ok(_)) = ws.next().await {}
+                })
+                .await;
+            }
+            Proto::Quic => {
+                let tls = hub::tls::client_config(&ca, &creds, hub::proto::ALPN, false).unwrap();
+                let config =
+                    hub::transport::quic::client_config(tls, Duration::from_secs(60)).unwrap();
+                let endpoint = hub::transport::quic::client_endpoint(false).unwrap();
+                let mut first = Vec::new();
+                encode_len_prefixed(&hello("edge-node"), &mut first);
+                let addr = format!("127.0.0.1:{port}").parse().unwrap();
+                let (_conn, _send, mut recv, _) =
+                    hub::transport::quic::connect(&endpoint, config, addr, "127.0.0.1", &first)
+                        .await
+                        .unwrap();
+                let _ = hub::transport::timeout(hold, async {
+                    let mut buf = [0u8; 1024];
+                    while let Ok(Some(_)) = recv.read(&mut buf).await {}
+                })
+                .await;
+            }
+        }
+    });
+}
+
+#[test]
+fn silent_node_is_dropped_after_keepalive_interval() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = common::link_pki(tmp.path());
+    let spec = CloudSpec {
+        keepalive: 1.0,
+        ..CloudSpec::default()
+    };
+    let mut cloud = common::start_cloud(tmp.path(), &pki, &spec);
+    for proto in BOTH {
+        let port = cloud.port(proto);
+        let p = pki.clone();
+        let client =
+            std::thread::spawn(move || silent_node(proto, port, &p, Duration::from_secs(10)));
+        let connected = cloud
+            .hub
+            .wait_for(&format!("node edge-node connected over {}", proto.name()));
+        let at = Instant::now();
+        let dropped = cloud.hub.wait_for("node edge-node disconnected");
+        let took = at.elapsed();
+        assert!(
+            dropped.ends_with("heartbeat timeout: nothing received for 1.0s"),
+            "{dropped}"
+        );
+        assert!(
+            took >= Duration::from_millis(700) && took < Duration::from_secs(3),
+            "dropped after {took:?} ({connected})"
+        );
+        client.join().unwrap();
+    }
+}
+
+#[test]
+fn blackholed_link_is_noticed_within_read_deadline_and_restored() {
+    for proto in BOTH {
+        let tmp = tempfile::tempdir().unwrap();
+        let pki = common::link_pki(tmp.path());
+        let mut cloud = common::start_cloud(
+            tmp.path(),
+            &pki,
+            &CloudSpec {
+                keepalive: 2.0,
+                ..CloudSpec::default()
+            },
+        );
+        let relay = Relay::start(proto, cloud.port(proto));
+        let mut spec = EdgeSpec::new(proto, &pki, "edge-node", relay.port());
+        (spec.heartbeat, spec.read_deadline, spec.handshake_timeout) = (0.5, 1.5, 1.0);
+        let mut edge = spec.start(tmp.path());
+        let first = edge.wait_for("connected to the cloud");
+        if proto == Proto::Quic {
+            assert!(
+                first.contains("(1-RTT, "),
+                "a first connection has nothing to resume: {first}"
+            );
+        }
+
+        relay.blackhole(true);
+        let cut = Instant::now();
+        let lost = edge.wait_for("link to the cloud lost");
+        let noticed = cut.elapsed();
+        assert!(
+            lost.contains("heartbeat timeout: nothing received for 1.5s"),
+            "{lost}"
+        );
+        assert!(
+            noticed < Duration::from_millis(2500),
+            "the edge took {noticed:?} for a 1.5s read-deadline"
+        );
+        let dropped = cloud.hub.wait_for("node edge-node disconnected");
+        assert!(dropped.contains("heartbeat timeout"), "{dropped}");
+        // While the network is gone, attempts fail on handshake-timeout and are retried.
+        let failed = edge.wait_for("cannot connect to the cloud");
+        assert!(failed.contains("handshake-timeout"), "{failed}");
+
+        relay.blackhole(false);
+        let back = edge.wait_for("connected to the cloud");
+        if proto == Proto::Quic {
+            assert!(
+                back.contains("(0-RTT, "),
+                "a reconnect to the same cloud resumes with 0-RTT: {back}"
+            );
+        }
+        cloud
+            .hub
+            .wait_for(&format!("node edge-node connected over {}", proto.name()));
+    }
+}
+
+#[test]
+fn edge_comes_back_after_a_cloud_restart_within_the_backoff_cap() {
+    for proto in BOTH {
+        let tmp = tempfile::tempdir().unwrap();
+        let pki = common::link_pki(tmp.path());
+        let mut cloud = common::start_cloud(tmp.path(), &pki, &CloudSpec::default());
+        let mut spec = EdgeSpec::new(proto, &pki, "edge-node", cloud.port(proto));
+        (spec.read_deadline, spec.backoff_max) = (1.0, 1.0);
+        let mut edge = spec.start(tmp.path());
+        edge.wait_for("connected to the cloud");
+        let (ws_port, quic_port) = (cloud.ws_port, cloud.quic_port);
+        cloud.hub.kill9();
+        edge.wait_for("link to the cloud lost");
+        // The edge keeps trying (and failing) while the cloud is down.
+        edge.wait_for("reconnecting in");
+
+        let spec = CloudSpec {
+            ws_port,
+            quic_port,
+            ..CloudSpec::default()
+        };
+        let mut cloud = common::start_cloud(tmp.path(), &pki, &spec);
+        let up = Instant::now();
+        let back = edge.wait_for("connected to the cloud");
+        let took = up.elapsed();
+        assert!(
+            took < Duration::from_secs(3),
+            "{took:?} for a 1s backoff cap"
+        );
+        if proto == Proto::Quic {
+            assert!(
+                back.contains("(0-RTT refused, 1-RTT, "),
+                "a restarted cloud has no session to resume: {back}"
+            );
+        }
+        cloud.hub.wait_for("node edge-node connected");
+    }
+}

@@ -1,0 +1,135 @@
+//! Node registry on a real cloud: node-limit, replacement of a node's older connection, and the
+//! QUIC stream bound.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{CloudSpec, EdgeSpec, Proto};
+
+#[test]
+fn node_limit_refuses_the_third_and_keeps_the_first_two() {
+    for proto in [Proto::Websocket, Proto::Quic] {
+        let tmp = tempfile::tempdir().unwrap();
+        let pki = common::link_pki(tmp.path());
+        let spec = CloudSpec {
+            node_limit: 2,
+            ..CloudSpec::default()
+        };
+        let mut cloud = common::start_cloud(tmp.path(), &pki, &spec);
+        let port = cloud.port(proto);
+        let mut first = EdgeSpec::new(proto, &pki, "node-1", port).start(tmp.path());
+        first.wait_for("connected to the cloud");
+        let mut second = EdgeSpec::new(proto, &pki, "node-2", port).start(tmp.path());
+        second.wait_for("connected to the cloud");
+
+        let mut third = EdgeSpec::new(proto, &pki, "node-3", port).start(tmp.path());
+        let refused = third.wait_for("cannot connect to the cloud");
+        assert!(refused.contains("node limit reached"), "{refused}");
+        if proto == Proto::Websocket {
+            assert!(
+                refused.contains("503"),
+                "an HTTP status before the upgrade: {refused}"
+            );
+        }
+        let logged = cloud
+            .hub
+            .wait_for(&format!("refused {} connection from", proto.name()));
+        assert!(
+            logged.contains("node limit reached") && logged.contains("node-3"),
+            "{logged}"
+        );
+        // The third keeps retrying and keeps being refused; the first two stay up throughout.
+        third.wait_for("cannot connect to the cloud");
+        assert!(
+            first.lines_with("link to the cloud lost").is_empty(),
+            "{:?}",
+            first.lines_with("lost")
+        );
+        assert!(second.lines_with("link to the cloud lost").is_empty());
+        assert!(
+            cloud.hub.lines_with("disconnected").is_empty(),
+            "{:?}",
+            cloud.hub.lines_with("disconnected")
+        );
+        assert!(third.lines_with("connected to the cloud").is_empty());
+
+        // When one leaves, the third gets in.
+        drop(first);
+        third.wait_for("connected to the cloud");
+    }
+}
+
+#[test]
+fn second_connection_for_a_node_replaces_the_first() {
+    for proto in [Proto::Websocket, Proto::Quic] {
+        let tmp = tempfile::tempdir().unwrap();
+        let pki = common::link_pki(tmp.path());
+        let mut cloud = common::start_cloud(tmp.path(), &pki, &CloudSpec::default());
+        let mut spec = EdgeSpec::new(proto, &pki, "edge-node", cloud.port(proto));
+        // The replaced edge waits long enough before retrying for the test to see one replacement.
+        spec.backoff_initial = 30.0;
+        spec.backoff_max = 30.0;
+        let mut old = spec.start(tmp.path());
+        old.wait_for("connected to the cloud");
+        let mut new = spec.start(tmp.path());
+        new.wait_for("connected to the cloud");
+        let lost = old.wait_for("link to the cloud lost");
+        assert!(
+            lost.ends_with("closed by the peer: replaced by a newer connection"),
+            "{lost}"
+        );
+        let logged = cloud.hub.wait_for("node edge-node disconnected");
+        assert!(
+            logged.ends_with("replaced by a newer connection"),
+            "{logged}"
+        );
+        assert!(new.lines_with("link to the cloud lost").is_empty());
+    }
+}
+
+#[test]
+fn quic_peer_cannot_open_more_than_max_incomingstreams() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = common::link_pki(tmp.path());
+    let spec = CloudSpec {
+        max_streams: 3,
+        ..CloudSpec::default()
+    };
+    let mut cloud = common::start_cloud(tmp.path(), &pki, &spec);
+    let creds = hub::tls::Credentials::load(
+        &pki.join("node-edge-node.crt"),
+        &pki.join("node-edge-node.key"),
+    )
+    .unwrap();
+    let tls =
+        hub::tls::client_config(&pki.join("ca.crt"), &creds, hub::proto::ALPN, false).unwrap();
+    let config = hub::transport::quic::client_config(tls, Duration::from_secs(10)).unwrap();
+    let endpoint = hub::transport::quic::client_endpoint(false).unwrap();
+    let hello = hub::proto::Frame::Hello(hub::proto::frame::Hello {
+        version: hub::proto::VERSION,
+        project_id: "proj".into(),
+        node_id: "edge-node".into(),
+        heartbeat: Duration::from_secs(1),
+        read_deadline: Duration::from_secs(10),
+    });
+    let mut first = Vec::new();
+    hub::proto::frame::encode_len_prefixed(&hello, &mut first);
+    let addr = format!("127.0.0.1:{}", cloud.quic_port).parse().unwrap();
+    smol::block_on(async {
+        let (conn, _send, _recv, _) =
+            hub::transport::quic::connect(&endpoint, config, addr, "127.0.0.1", &first)
+                .await
+                .unwrap();
+        // The control stream is one of the three; two more open, the fourth must wait for credit.
+        let mut extra = Vec::new();
+        for _ in 0..2 {
+            let (mut s, r) = conn.open_bi().await.unwrap();
+            s.write_all(b"x").await.unwrap();
+            extra.push((s, r));
+        }
+        let fourth = hub::transport::timeout(Duration::from_millis(1500), conn.open_bi()).await;
+        assert!(fourth.is_none(), "a fourth stream was allowed");
+    });
+    cloud.hub.wait_for("node edge-node connected over quic");
+}
