@@ -22,9 +22,9 @@ check:
 # What CI runs: the quick loop, then the ARM builds run under qemu.
 test: check arm-check
 
+# The main job end to end: PKI, a cloud, two gateways, messages both ways, a request.
 demo:
-	@echo "make demo: the end-to-end demo (PKI, cloud, two edges, messages both ways) arrives with messaging; for now try: hub certs --dir /tmp/pki && hub cloud --check -c configs/cloudhub.yaml" >&2
-	@exit 1
+	scripts/demo.sh
 
 # Static musl binaries for aarch64 and armv7 with `cross` (needs Docker), packaged in dist/.
 release:

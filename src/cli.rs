@@ -32,6 +32,14 @@ pub enum Command {
     Edge(EdgeArgs),
     /// `hub certs`.
     Certs(CertsArgs),
+    /// `hub pub`.
+    Pub(PubArgs),
+    /// `hub sub`.
+    Sub(SubArgs),
+    /// `hub req`.
+    Req(ReqArgs),
+    /// `hub nodes`.
+    Nodes(NodesArgs),
 }
 
 #[derive(FromArgs, Debug)]
@@ -80,4 +88,101 @@ pub struct CertsArgs {
     /// overwrite existing files
     #[argh(switch)]
     pub force: bool,
+}
+
+/// The application endpoint the client commands use unless told otherwise: `$HUB_URL`, else the
+/// cloud's default.
+pub fn default_url() -> String {
+    std::env::var("HUB_URL").unwrap_or_else(|_| "ws://127.0.0.1:10050".into())
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "pub")]
+/// Publish a message through a hub's application endpoint and wait until it is accepted (in the
+/// durable queue). From the cloud, address a node with resource node/NODE-ID/....
+pub struct PubArgs {
+    /// endpoint: ws://HOST:PORT or unix:PATH (default $HUB_URL or ws://127.0.0.1:10050)
+    #[argh(option, short = 'u', default = "default_url()")]
+    pub url: String,
+    /// route.resource
+    #[argh(option, short = 'r')]
+    pub resource: String,
+    /// route.group (default user)
+    #[argh(option, short = 'g', default = "String::from(\"user\")")]
+    pub group: String,
+    /// route.operation (default update)
+    #[argh(option, short = 'o', default = "String::from(\"update\")")]
+    pub operation: String,
+    /// route.source (default hub-cli)
+    #[argh(option, short = 's', default = "String::from(\"hub-cli\")")]
+    pub source: String,
+    /// publish one message per line of standard input (each line is its content)
+    #[argh(switch)]
+    pub stdin: bool,
+    /// the content: JSON, or else taken as a string
+    #[argh(positional)]
+    pub content: Option<String>,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "sub")]
+/// Subscribe through a hub's application endpoint and print each message as a JSON line.
+pub struct SubArgs {
+    /// endpoint: ws://HOST:PORT or unix:PATH (default $HUB_URL or ws://127.0.0.1:10050)
+    #[argh(option, short = 'u', default = "default_url()")]
+    pub url: String,
+    /// only messages of this route.group
+    #[argh(option, short = 'g')]
+    pub group: Option<String>,
+    /// only messages whose route.resource starts with this (default: all)
+    #[argh(option, short = 'r', default = "String::new()")]
+    pub resource: String,
+    /// stop after this many messages
+    #[argh(option, short = 'n')]
+    pub count: Option<u64>,
+    /// answer every sync request with this content (JSON, or else a string)
+    #[argh(option)]
+    pub reply: Option<String>,
+    /// answer every sync request with its own content
+    #[argh(switch)]
+    pub echo: bool,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "req")]
+/// Send a sync request through a hub's application endpoint and print the answer; exit 1 when
+/// the answer is an error (no answer in time, nobody subscribed, refused).
+pub struct ReqArgs {
+    /// endpoint: ws://HOST:PORT or unix:PATH (default $HUB_URL or ws://127.0.0.1:10050)
+    #[argh(option, short = 'u', default = "default_url()")]
+    pub url: String,
+    /// route.resource
+    #[argh(option, short = 'r')]
+    pub resource: String,
+    /// route.group (default user)
+    #[argh(option, short = 'g', default = "String::from(\"user\")")]
+    pub group: String,
+    /// route.operation (default query)
+    #[argh(option, short = 'o', default = "String::from(\"query\")")]
+    pub operation: String,
+    /// give up after this many seconds (default 35; the hub's own apps.request-timeout answers
+    /// first)
+    #[argh(option, short = 't', default = "35.0")]
+    pub timeout: f64,
+    /// the content: JSON, or else taken as a string
+    #[argh(positional)]
+    pub content: Option<String>,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "nodes")]
+/// List the nodes a cloud hub knows: connected ones with protocol, address and since when, and
+/// every node with messages queued for it.
+pub struct NodesArgs {
+    /// endpoint: ws://HOST:PORT or unix:PATH (default $HUB_URL or ws://127.0.0.1:10050)
+    #[argh(option, short = 'u', default = "default_url()")]
+    pub url: String,
+    /// print the JSON the hub answered instead of a table
+    #[argh(switch)]
+    pub json: bool,
 }

@@ -6,12 +6,20 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod apps;
 pub mod cli;
+pub mod client;
 pub mod cloud;
+pub mod commands;
 pub mod config;
 pub mod edge;
+pub mod exchange;
+pub mod local;
+pub mod message;
 pub mod pki;
 pub mod proto;
+pub mod queue;
 pub mod shutdown;
+pub mod store;
 pub mod tls;
 pub mod transport;

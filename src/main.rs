@@ -89,6 +89,10 @@ fn run(command: Command) -> ExitCode {
             serve(|shutdown| hub::edge::run(config, shutdown))
         }
         Command::Certs(args) => certs(args),
+        Command::Pub(args) => hub::commands::publish(args),
+        Command::Sub(args) => hub::commands::subscribe(args),
+        Command::Req(args) => hub::commands::request(args),
+        Command::Nodes(args) => hub::commands::nodes(args),
     }
 }
 

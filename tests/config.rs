@@ -315,3 +315,41 @@ fn shipped_configs_check() {
         assert!(summary.starts_with(&format!("{kind}hub: ")), "{summary}");
     }
 }
+
+#[test]
+fn hub_sections_take_effect() {
+    let tmp = tempfile::tempdir().unwrap();
+    common::kubeedge_layout(tmp.path());
+    let text = fixture("edge", "hub-sections.yaml", tmp.path());
+    let e = EdgeConfig::from_yaml(Path::new("e.yaml"), &text, Path::new("/nonexistent")).unwrap();
+    assert_eq!(e.apps.listen, None);
+    assert_eq!(
+        e.apps.unix.as_deref(),
+        Some(Path::new("/run/hub/edge.sock"))
+    );
+    assert_eq!(e.apps.request_timeout, Duration::from_millis(2500));
+    assert_eq!(
+        (e.outbox.max_messages, e.outbox.max_bytes, e.outbox.window),
+        (1000, 10 << 20, 32)
+    );
+    assert_eq!(e.outbox.fsync, hub::store::Fsync::Periodic);
+    // Defaults: loopback endpoints, safe fsync, a window of 256.
+    let c = CloudConfig::from_yaml(
+        Path::new("c.yaml"),
+        &fixture("cloud", "minimal.yaml", tmp.path()),
+    )
+    .unwrap();
+    assert_eq!(c.apps.listen, Some("127.0.0.1:10050".parse().unwrap()));
+    assert_eq!(c.apps.max_message_bytes, 1 << 20);
+    assert_eq!(c.queues.dir, Path::new("/var/lib/hub/cloud"));
+    assert_eq!(c.queues.fsync, hub::store::Fsync::Always);
+    assert_eq!((c.queues.max_messages, c.queues.window), (100_000, 256));
+    let s = EdgeConfig::from_yaml(
+        Path::new("e.yaml"),
+        &fixture("edge", "seed-quic.yaml", tmp.path()),
+        Path::new("/x"),
+    )
+    .unwrap();
+    assert_eq!(s.apps.listen, Some("127.0.0.1:10060".parse().unwrap()));
+    assert_eq!(s.outbox.dir, Path::new("/var/lib/hub/edge"));
+}

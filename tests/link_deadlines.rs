@@ -18,6 +18,11 @@ fn hello(node: &str) -> Frame {
         node_id: node.into(),
         heartbeat: Duration::from_secs(60),
         read_deadline: Duration::from_secs(60),
+        window: 16,
+        up_stream: 1,
+        up_first: 1,
+        down_stream: 0,
+        down_seq: 0,
     })
 }
 

@@ -112,6 +112,11 @@ fn quic_peer_cannot_open_more_than_max_incomingstreams() {
         node_id: "edge-node".into(),
         heartbeat: Duration::from_secs(1),
         read_deadline: Duration::from_secs(10),
+        window: 16,
+        up_stream: 1,
+        up_first: 1,
+        down_stream: 0,
+        down_seq: 0,
     });
     let mut first = Vec::new();
     hub::proto::frame::encode_len_prefixed(&hello, &mut first);
@@ -132,4 +137,19 @@ fn quic_peer_cannot_open_more_than_max_incomingstreams() {
         assert!(fourth.is_none(), "a fourth stream was allowed");
     });
     cloud.hub.wait_for("node edge-node connected over quic");
+}
+
+#[test]
+fn two_hubs_cannot_share_a_state_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = common::link_pki(tmp.path());
+    let mut spec = EdgeSpec::new(Proto::Websocket, &pki, "edge-node", 9);
+    spec.state = Some(tmp.path().join("shared-outbox"));
+    let mut first = spec.start(tmp.path());
+    first.wait_for("apps listening on");
+    let mut second = spec.start(tmp.path());
+    let status = second.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(1));
+    let refused = second.wait_for("is in use by another hub process");
+    assert!(refused.contains("shared-outbox"), "{refused}");
 }

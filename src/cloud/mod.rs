@@ -1,8 +1,10 @@
 //! The cloud hub: a WebSocket listener and a QUIC endpoint side by side, each handshake in its own
 //! task, every admitted node in the [`Registry`].
 
+mod queues;
 mod registry;
 
+pub use queues::{NodeQueues, NodeStreams};
 pub use registry::{Admission, NodeInfo, Registry};
 
 use std::net::{SocketAddr, TcpListener};
@@ -16,7 +18,12 @@ use rustls::pki_types::CertificateDer;
 use smol::Async;
 use smol::future::FutureExt;
 
-use crate::config::{CloudConfig, valid_id};
+use crate::apps::{Apps, Route};
+use crate::config::{CloudConfig, Protocol, valid_id};
+use crate::exchange::Exchange;
+use crate::local::Local;
+use crate::message::node_prefix;
+use crate::proto::frame::Hello;
 use crate::proto::{ALPN, CloseCode, Event, Session, WS_SUBPROTOCOL};
 use crate::shutdown::Shutdown;
 use crate::tls::{self, CertIdentity};
@@ -31,6 +38,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 struct Cloud {
     config: CloudConfig,
     registry: Arc<Registry>,
+    queues: Arc<NodeQueues>,
+    local: Arc<Local>,
     shutdown: Shutdown,
     /// Each connection task holds a clone; shutdown waits until all are dropped.
     active: smol::channel::Sender<()>,
@@ -48,13 +57,26 @@ pub struct Bound {
 /// Runs the cloud hub until `shutdown`, then closes every link with "shutting down".
 pub async fn run(config: CloudConfig, shutdown: Shutdown) -> Result<(), String> {
     let registry = Registry::new(config.node_limit);
+    let _lock = crate::queue::lock_dir(&config.queues.dir)?;
+    let queues = NodeQueues::open(&config.queues)?;
+    let local = Arc::new(Local::new(config.apps.request_timeout));
     let (active, all_done) = smol::channel::bounded::<()>(1);
     let cloud = Arc::new(Cloud {
         config: config.clone(),
-        registry,
+        registry: registry.clone(),
+        queues: queues.clone(),
+        local: local.clone(),
         shutdown: shutdown.clone(),
         active,
     });
+    let listing = (registry, queues.clone());
+    let apps = Arc::new(Apps {
+        local,
+        route: Route::Cloud(queues),
+        max_message_bytes: config.apps.max_message_bytes,
+        nodes: Some(Box::new(move || nodes_json(&listing.0, &listing.1))),
+    });
+    crate::apps::start(&config.apps, apps, shutdown.clone())?;
 
     if let Some(addr) = config.websocket {
         let listener = Async::<TcpListener>::bind(addr)
@@ -95,6 +117,31 @@ pub async fn run(config: CloudConfig, shutdown: Shutdown) -> Result<(), String> 
     }
     log::info!("stopped");
     Ok(())
+}
+
+/// The `/nodes` answer: connected nodes and nodes with queued messages.
+fn nodes_json(registry: &Registry, queues: &NodeQueues) -> String {
+    let connected = registry.nodes();
+    let queued = queues.queued();
+    let mut ids: Vec<&str> = connected.iter().map(|n| n.node_id.as_str()).collect();
+    ids.extend(queued.iter().map(|(n, _)| n.as_str()));
+    ids.sort();
+    ids.dedup();
+    let rows: Vec<serde_json::Value> = ids
+        .into_iter()
+        .map(|id| {
+            let link = connected.iter().find(|n| n.node_id == id);
+            let since = link.and_then(|n| n.since.duration_since(std::time::UNIX_EPOCH).ok());
+            serde_json::json!({
+                "node_id": id,
+                "protocol": link.map(|n| n.protocol.name()),
+                "address": link.map(|n| n.peer.to_string()),
+                "since": since.map(|d| d.as_millis() as u64),
+                "queued": queued.iter().find(|(n, _)| n == id).map_or(0, |(_, q)| *q),
+            })
+        })
+        .collect();
+    serde_json::Value::Array(rows).to_string()
 }
 
 async fn ws_accept_loop(listener: Async<TcpListener>, acceptor: TlsAcceptor, cloud: Arc<Cloud>) {
@@ -339,100 +386,159 @@ async fn serve(
     cloud: Arc<Cloud>,
 ) {
     let (protocol, peer) = (link.protocol, link.peer);
-    let mut session = Session::cloud(Instant::now(), cloud.config.keepalive_interval);
+    let mut session = Session::cloud(
+        Instant::now(),
+        cloud.config.keepalive_interval,
+        cloud.config.queues.window,
+    );
     let mut admission: Option<Admission> = None;
+    let mut exchange: Option<Exchange> = None;
     let mut node = url_ids
         .as_ref()
         .map_or_else(|| "?".to_owned(), |(_, n)| n.clone());
+    let log_end = |admitted: bool, node: &str, why: &str| {
+        if admitted {
+            log::info!("node {node} disconnected ({protocol}, {peer}): {why}");
+        } else {
+            log::info!("refused {protocol} connection from {peer} (node {node}): {why}");
+        }
+    };
     loop {
         let now = Instant::now();
         while let Some(event) = session.poll_event() {
+            let event = match exchange.as_mut() {
+                Some(ex) => match ex.handle(&mut session, event) {
+                    Some(e) => e,
+                    None => continue,
+                },
+                None => event,
+            };
             match event {
                 Event::Hello(hello) => {
                     node = hello.node_id.clone();
-                    if let Some((p, n)) = &url_ids {
-                        if *p != hello.project_id || *n != hello.node_id {
-                            let why = format!(
-                                "HELLO names {}/{} but the URL {p}/{n}",
-                                hello.project_id, hello.node_id
-                            );
-                            session.close(CloseCode::IdentityMismatch, why);
-                            continue;
-                        }
-                    }
-                    if !identity.is(&hello.node_id) {
-                        let why = format!(
-                            "certificate ({}) is not node {}",
-                            identity.describe(),
-                            hello.node_id
-                        );
-                        session.close(CloseCode::IdentityMismatch, why);
-                        continue;
-                    }
-                    match cloud.registry.admit(&hello.node_id, protocol, peer) {
-                        Some(a) => {
+                    match admit(&cloud, &hello, &url_ids, &identity, protocol, peer) {
+                        Ok((a, ex)) => {
+                            session.accept(now, ex.streams());
                             admission = Some(a);
-                            session.accept(now);
+                            exchange = Some(ex);
                             log::info!(
                                 "node {node} connected over {protocol} from {peer} ({}, project {})",
                                 identity.describe(),
                                 hello.project_id
                             );
                         }
-                        None => {
-                            let why = format!("{} nodes connected", cloud.config.node_limit);
-                            session.close(CloseCode::NodeLimit, why);
-                        }
+                        Err((code, why)) => session.close(code, why),
                     }
                 }
-                Event::Open => {}
                 Event::Close(code, detail) => {
                     let detail = if detail.is_empty() {
                         String::new()
                     } else {
                         format!(": {detail}")
                     };
-                    if admission.is_some() {
-                        log::info!("node {node} disconnected ({protocol}, {peer}): {code}{detail}");
-                    } else {
-                        log::info!(
-                            "refused {protocol} connection from {peer} (node {node}): {code}{detail}"
-                        );
+                    log_end(admission.is_some(), &node, &format!("{code}{detail}"));
+                    if let Some(ex) = &exchange {
+                        ex.finish();
                     }
                     link.close(code, CLOSE_LINGER).await;
                     return;
                 }
+                _ => {}
             }
         }
+        if let Some(ex) = exchange.as_mut() {
+            ex.fill(&mut session);
+        }
         link.flush(&mut session, now);
-        let stop = async {
+        let other = async {
             match &admission {
                 Some(a) => a.replaced().await,
                 None => std::future::pending().await,
             }
-            CloseCode::Replaced
+            Wake::Stop(CloseCode::Replaced)
         }
         .or(async {
             cloud.shutdown.wait().await;
-            CloseCode::ShuttingDown
+            Wake::Stop(CloseCode::ShuttingDown)
+        })
+        .or(async {
+            match &exchange {
+                Some(ex) => ex.added().await,
+                None => std::future::pending().await,
+            }
+            Wake::Added
         });
-        match link.wait(&session, stop).await {
-            Wake::Inbound(Inbound::Frame(bytes)) => session.handle_bytes(Instant::now(), &bytes),
+        match link.wait(&session, other).await {
+            Wake::Inbound(Inbound::Frame(bytes)) => {
+                session.handle_bytes(Instant::now(), &bytes);
+                if link.inbound_idle() {
+                    session.commit_now();
+                }
+            }
             Wake::Inbound(Inbound::Closed(LinkError::Frame(e))) => session.fail(Instant::now(), e),
             Wake::Inbound(Inbound::Closed(LinkError::WriteTimeout(d))) => session.close(
                 CloseCode::WriteTimeout,
                 format!("writes blocked for {:.1}s", d.as_secs_f64()),
             ),
             Wake::Inbound(Inbound::Closed(e)) => {
-                if admission.is_some() {
-                    log::info!("node {node} disconnected ({protocol}, {peer}): {e}");
-                } else {
-                    log::info!("refused {protocol} connection from {peer} (node {node}): {e}");
+                log_end(admission.is_some(), &node, &e.to_string());
+                if let Some(ex) = &exchange {
+                    ex.finish();
                 }
                 return;
             }
             Wake::Timer => session.handle_timeout(Instant::now()),
             Wake::Stop(code) => session.close(code, ""),
+            Wake::Added => {}
         }
     }
+}
+
+/// Decides on a HELLO: the ids agree with the URL (WebSocket) and the certificate, and the node
+/// fits under node-limit. Returns its registry entry and its message exchange.
+fn admit(
+    cloud: &Arc<Cloud>,
+    hello: &Hello,
+    url_ids: &Option<(String, String)>,
+    identity: &CertIdentity,
+    protocol: Protocol,
+    peer: SocketAddr,
+) -> Result<(Admission, Exchange), (CloseCode, String)> {
+    if let Some((p, n)) = url_ids {
+        if *p != hello.project_id || *n != hello.node_id {
+            let why = format!(
+                "HELLO names {}/{} but the URL {p}/{n}",
+                hello.project_id, hello.node_id
+            );
+            return Err((CloseCode::IdentityMismatch, why));
+        }
+    }
+    if !identity.is(&hello.node_id) {
+        let why = format!(
+            "certificate ({}) is not node {}",
+            identity.describe(),
+            hello.node_id
+        );
+        return Err((CloseCode::IdentityMismatch, why));
+    }
+    let streams = cloud
+        .queues
+        .node(&hello.node_id)
+        .map_err(|e| (CloseCode::ShuttingDown, e))?;
+    let admission = cloud
+        .registry
+        .admit(&hello.node_id, protocol, peer)
+        .ok_or_else(|| {
+            (
+                CloseCode::NodeLimit,
+                format!("{} nodes connected", cloud.config.node_limit),
+            )
+        })?;
+    let exchange = Exchange::new(
+        streams.out.clone(),
+        streams.inbound.clone(),
+        cloud.local.clone(),
+        Some(node_prefix(&hello.node_id)),
+    );
+    Ok((admission, exchange))
 }

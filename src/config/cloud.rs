@@ -6,12 +6,25 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{Checker, ConfigError, parse_file, parse_str};
+use super::{
+    AppsConfig, Checker, ConfigError, QueueConfig, RawApps, RawQueue, SideDefaults, parse_file,
+    parse_str,
+};
+
+/// The cloud's defaults for the sections hub adds.
+const DEFAULTS: SideDefaults = SideDefaults {
+    listen: "127.0.0.1:10050",
+    dir: "/var/lib/hub/cloud",
+    max_messages: 100_000,
+    max_bytes: 100 << 20,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
     cloudhub: Option<RawCloudHub>,
+    apps: Option<RawApps>,
+    queues: Option<RawQueue>,
 }
 
 #[derive(Deserialize, Default)]
@@ -56,6 +69,10 @@ pub struct CloudConfig {
     pub write_timeout: Duration,
     /// `node-limit`: how many nodes may be connected at once.
     pub node_limit: usize,
+    /// `apps`: the local application endpoint.
+    pub apps: AppsConfig,
+    /// `queues`: the per-node durable queues (limits are per node).
+    pub queues: QueueConfig,
 }
 
 impl CloudConfig {
@@ -73,6 +90,8 @@ impl CloudConfig {
 
     fn validate(file: &Path, raw: RawFile) -> Result<Self, ConfigError> {
         let c = Checker { file };
+        let apps = c.apps(raw.apps, DEFAULTS.listen)?;
+        let queues = c.queue("queues", raw.queues, &DEFAULTS)?;
         let Some(raw) = raw.cloudhub else {
             return Err(c.invalid("cloudhub", "is required"));
         };
@@ -128,6 +147,8 @@ impl CloudConfig {
             write_timeout: c.duration("cloudhub.write-timeout", raw.write_timeout, 30.0, 1.0)?,
             node_limit: c.count("cloudhub.node-limit", raw.node_limit, 1000, 1, 1_000_000)?
                 as usize,
+            apps,
+            queues,
         })
     }
 

@@ -5,7 +5,18 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use super::{Checker, ConfigError, parse_file, parse_str, valid_id};
+use super::{
+    AppsConfig, Checker, ConfigError, QueueConfig, RawApps, RawQueue, SideDefaults, parse_file,
+    parse_str, valid_id,
+};
+
+/// The edge's defaults for the sections hub adds.
+const DEFAULTS: SideDefaults = SideDefaults {
+    listen: "127.0.0.1:10060",
+    dir: "/var/lib/hub/edge",
+    max_messages: 1_000_000,
+    max_bytes: 1 << 30,
+};
 
 /// Where KubeEdge keeps its root CA; the last place the edge looks for one.
 pub const DEFAULT_CA: &str = "/etc/kubeedge/ca/rootCA.crt";
@@ -16,6 +27,8 @@ struct RawFile {
     websocket: Option<RawLink>,
     quic: Option<RawLink>,
     controller: Option<RawController>,
+    apps: Option<RawApps>,
+    outbox: Option<RawQueue>,
 }
 
 /// The `websocket:` and `quic:` sections share their keys.
@@ -248,6 +261,10 @@ pub struct EdgeConfig {
     /// `controller.backoff-max`: the longest reconnect wait; a link up this long counts as stable
     /// and resets the backoff.
     pub backoff_max: Duration,
+    /// `apps`: the local application endpoint.
+    pub apps: AppsConfig,
+    /// `outbox`: the durable outbox of messages for the cloud.
+    pub outbox: QueueConfig,
 }
 
 impl EdgeConfig {
@@ -382,6 +399,8 @@ impl EdgeConfig {
             node_id,
             backoff_initial,
             backoff_max,
+            apps: c.apps(raw.apps, DEFAULTS.listen)?,
+            outbox: c.queue("outbox", raw.outbox, &DEFAULTS)?,
         })
     }
 

@@ -15,6 +15,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde::Deserialize;
+
 /// Why a configuration file was refused.
 #[derive(Debug)]
 pub enum ConfigError {
@@ -201,4 +203,146 @@ pub fn valid_id(id: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The local application endpoint (`apps:` in both files).
+#[derive(Debug, Clone)]
+pub struct AppsConfig {
+    /// `apps.listen`: the WebSocket endpoint's TCP address; `None` when set to `off`.
+    pub listen: Option<std::net::SocketAddr>,
+    /// `apps.unix`: a unix socket path for the same endpoint (owner-only permissions).
+    pub unix: Option<PathBuf>,
+    /// `apps.request-timeout`: how long a sync request waits for its answer.
+    pub request_timeout: Duration,
+    /// `apps.max-message-bytes`: the largest message an application may publish.
+    pub max_message_bytes: usize,
+}
+
+/// A durable queue's settings (`queues:` in the cloud file, `outbox:` in the edge file).
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    /// `dir`: where the queue (cloud: one folder per node) and the receive state live.
+    pub dir: PathBuf,
+    /// `max-messages`: unacknowledged messages the queue holds at most; then publishing fails.
+    pub max_messages: u64,
+    /// `max-bytes`: disk the queue uses at most; then publishing fails.
+    pub max_bytes: u64,
+    /// `fsync`: when accepted messages reach the disk.
+    pub fsync: crate::store::Fsync,
+    /// `window`: messages sent ahead of acknowledgements on the link.
+    pub window: u32,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, expecting = "a map of apps settings")]
+struct RawApps {
+    listen: Option<String>,
+    unix: Option<PathBuf>,
+    #[serde(rename = "request-timeout")]
+    request_timeout: Option<f64>,
+    #[serde(rename = "max-message-bytes")]
+    max_message_bytes: Option<i64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, expecting = "a map of queue settings")]
+struct RawQueue {
+    dir: Option<PathBuf>,
+    #[serde(rename = "max-messages")]
+    max_messages: Option<i64>,
+    #[serde(rename = "max-bytes")]
+    max_bytes: Option<i64>,
+    fsync: Option<String>,
+    window: Option<i64>,
+}
+
+/// Defaults that differ between the cloud and the edge.
+struct SideDefaults {
+    listen: &'static str,
+    dir: &'static str,
+    max_messages: i64,
+    max_bytes: i64,
+}
+
+impl Checker<'_> {
+    fn apps(&self, raw: Option<RawApps>, listen_default: &str) -> Result<AppsConfig, ConfigError> {
+        let raw = raw.unwrap_or_default();
+        let listen_text = raw.listen.unwrap_or_else(|| listen_default.to_owned());
+        let listen = if listen_text == "off" {
+            None
+        } else {
+            Some(listen_text.parse().map_err(|_| {
+                self.invalid(
+                    "apps.listen",
+                    format!("{listen_text:?} is not IP:PORT (or off)"),
+                )
+            })?)
+        };
+        let unix = raw.unix.filter(|p| !p.as_os_str().is_empty());
+        if listen.is_none() && unix.is_none() {
+            return Err(self.invalid(
+                "apps.listen",
+                "is off and apps.unix is not set; applications could not reach the hub",
+            ));
+        }
+        Ok(AppsConfig {
+            listen,
+            unix,
+            request_timeout: self.duration(
+                "apps.request-timeout",
+                raw.request_timeout,
+                30.0,
+                1.0,
+            )?,
+            max_message_bytes: self.count(
+                "apps.max-message-bytes",
+                raw.max_message_bytes,
+                1 << 20,
+                64,
+                (crate::proto::MAX_FRAME - 64) as i64,
+            )? as usize,
+        })
+    }
+
+    fn queue(
+        &self,
+        section: &str,
+        raw: Option<RawQueue>,
+        d: &SideDefaults,
+    ) -> Result<QueueConfig, ConfigError> {
+        let raw = raw.unwrap_or_default();
+        let key = |k: &str| format!("{section}.{k}");
+        let fsync = match raw.fsync.as_deref() {
+            None => crate::store::Fsync::Always,
+            Some(s) => s.parse().map_err(|_| {
+                self.invalid(
+                    &key("fsync"),
+                    format!("{s:?} is not always, periodic or never"),
+                )
+            })?,
+        };
+        Ok(QueueConfig {
+            dir: match raw.dir {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                Some(_) => return Err(self.invalid(&key("dir"), "is empty")),
+                None => PathBuf::from(d.dir),
+            },
+            max_messages: self.count(
+                &key("max-messages"),
+                raw.max_messages,
+                d.max_messages,
+                1,
+                i64::MAX,
+            )?,
+            max_bytes: self.count(
+                &key("max-bytes"),
+                raw.max_bytes,
+                d.max_bytes,
+                1 << 20,
+                i64::MAX,
+            )?,
+            fsync,
+            window: self.count(&key("window"), raw.window, 256, 1, 65536)? as u32,
+        })
+    }
 }

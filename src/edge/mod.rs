@@ -15,10 +15,14 @@ use std::time::{Duration, Instant};
 
 use smol::future::FutureExt;
 
+use crate::apps::{Apps, Route};
 use crate::config::{EdgeConfig, Endpoint, Protocol};
+use crate::exchange::{Exchange, Inbound as InboundState};
+use crate::local::Local;
 use crate::proto::backoff::Backoff;
 use crate::proto::frame::{Hello, encode_len_prefixed};
 use crate::proto::{ALPN, CloseCode, Event, Session, VERSION};
+use crate::queue::Queue;
 use crate::shutdown::Shutdown;
 use crate::tls;
 use crate::transport::{Inbound, Link, LinkError, Wake, quic, timeout, ws};
@@ -52,6 +56,24 @@ pub async fn run(config: EdgeConfig, shutdown: Shutdown) -> Result<(), String> {
     let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max, seed);
     let mut tls: Option<Tls> = None;
     let mut quic_endpoint: Option<(bool, quinn::Endpoint)> = None;
+
+    let dir = &config.outbox.dir;
+    let _lock = crate::queue::lock_dir(dir)?;
+    let outbox = Queue::open(&dir.join("out"), &config.outbox)
+        .map_err(|e| format!("cannot open the outbox in {}: {e}", dir.display()))?;
+    let inbound = InboundState::open(&dir.join("in.state"))
+        .map_err(|e| format!("cannot open the receive state in {}: {e}", dir.display()))?;
+    let local = Arc::new(Local::new(config.apps.request_timeout));
+    let apps = Arc::new(Apps {
+        local: local.clone(),
+        route: Route::Edge(outbox.clone()),
+        max_message_bytes: config.apps.max_message_bytes,
+        nodes: None,
+    });
+    crate::apps::start(&config.apps, apps, shutdown.clone())?;
+    if !outbox.is_empty() {
+        log::info!("{} message(s) waiting in the outbox", outbox.len());
+    }
     log::info!(
         "edge {} (project {}) starting: {} to {}",
         config.node_id,
@@ -106,6 +128,8 @@ pub async fn run(config: EdgeConfig, shutdown: Shutdown) -> Result<(), String> {
             }
         };
 
+        let exchange = Exchange::new(outbox.clone(), inbound.clone(), local.clone(), None);
+        let streams = exchange.streams();
         let mut session = Session::edge(
             Instant::now(),
             Hello {
@@ -114,6 +138,11 @@ pub async fn run(config: EdgeConfig, shutdown: Shutdown) -> Result<(), String> {
                 node_id: config.node_id.clone(),
                 heartbeat: config.heartbeat,
                 read_deadline: config.read_deadline,
+                window: config.outbox.window,
+                up_stream: streams.out_stream,
+                up_first: streams.out_first,
+                down_stream: streams.in_stream,
+                down_seq: streams.in_seq,
             },
         );
         let started = Instant::now();
@@ -137,7 +166,7 @@ pub async fn run(config: EdgeConfig, shutdown: Shutdown) -> Result<(), String> {
         .await;
         match attempt {
             Ok((link, how)) => {
-                let ended = drive(link, session, &config, how, started, &shutdown).await;
+                let ended = drive(link, session, exchange, &config, how, started, &shutdown).await;
                 backoff.link_was_up(started.elapsed());
                 if ended == Ended::Shutdown {
                     break;
@@ -233,6 +262,7 @@ async fn resolve(target: &Endpoint) -> Result<SocketAddr, String> {
 async fn drive(
     link: Link,
     mut session: Session,
+    mut exchange: Exchange,
     config: &EdgeConfig,
     how: &str,
     started: Instant,
@@ -243,6 +273,9 @@ async fn drive(
     loop {
         let now = Instant::now();
         while let Some(event) = session.poll_event() {
+            let Some(event) = exchange.handle(&mut session, event) else {
+                continue;
+            };
             match event {
                 Event::Open => {
                     opened = true;
@@ -268,19 +301,30 @@ async fn drive(
                         lost(opened, protocol, peer, &format!("{code}{detail}"));
                         Ended::Lost
                     };
+                    exchange.finish();
                     link.close(code, CLOSE_LINGER).await;
                     return ended;
                 }
-                Event::Hello(_) => {}
+                _ => {}
             }
         }
+        exchange.fill(&mut session);
         link.flush(&mut session, now);
-        let stop = async {
+        let other = async {
             shutdown.wait().await;
-            CloseCode::ShuttingDown
-        };
-        match link.wait(&session, stop).await {
-            Wake::Inbound(Inbound::Frame(bytes)) => session.handle_bytes(Instant::now(), &bytes),
+            Wake::Stop(CloseCode::ShuttingDown)
+        }
+        .or(async {
+            exchange.added().await;
+            Wake::Added
+        });
+        match link.wait(&session, other).await {
+            Wake::Inbound(Inbound::Frame(bytes)) => {
+                session.handle_bytes(Instant::now(), &bytes);
+                if link.inbound_idle() {
+                    session.commit_now();
+                }
+            }
             Wake::Inbound(Inbound::Closed(LinkError::Frame(e))) => session.fail(Instant::now(), e),
             Wake::Inbound(Inbound::Closed(LinkError::WriteTimeout(d))) => session.close(
                 CloseCode::WriteTimeout,
@@ -291,10 +335,12 @@ async fn drive(
             ),
             Wake::Inbound(Inbound::Closed(e)) => {
                 lost(opened, protocol, peer, &e.to_string());
+                exchange.finish();
                 return Ended::Lost;
             }
             Wake::Timer => session.handle_timeout(Instant::now()),
             Wake::Stop(code) => session.close(code, ""),
+            Wake::Added => {}
         }
     }
 }

@@ -13,6 +13,8 @@ mod kind {
     pub const HELLO: u8 = 0x01;
     pub const WELCOME: u8 = 0x02;
     pub const HEARTBEAT: u8 = 0x03;
+    pub const MESSAGE: u8 = 0x10;
+    pub const ACK: u8 = 0x11;
 }
 
 /// Why a link was closed. Carried as the QUIC application error code, and as `4000 + code` in a
@@ -109,6 +111,17 @@ pub struct Hello {
     /// The edge declares the link dead after this long without a frame from the cloud, so the
     /// cloud sends heartbeats well within it.
     pub read_deadline: Duration,
+    /// How many messages the edge sends ahead of acknowledgements.
+    pub window: u32,
+    /// The edge's outbox: its stream id, and the first sequence number it still holds.
+    pub up_stream: u64,
+    /// See `up_stream`.
+    pub up_first: u64,
+    /// The cloud-to-edge stream the edge knows (0: none), and the last sequence number it
+    /// processed from it.
+    pub down_stream: u64,
+    /// See `down_stream`.
+    pub down_seq: u64,
 }
 
 /// The cloud's answer to an accepted HELLO.
@@ -120,6 +133,15 @@ pub struct Welcome {
     pub keepalive: Duration,
     /// How often the cloud sends a heartbeat when it has nothing else to send.
     pub heartbeat: Duration,
+    /// How many messages the cloud sends ahead of acknowledgements.
+    pub window: u32,
+    /// The cloud's queue for this node: its stream id, and the first sequence number it holds.
+    pub down_stream: u64,
+    /// See `down_stream`.
+    pub down_first: u64,
+    /// The last sequence number of the edge's stream the cloud has processed: the edge resumes
+    /// after it.
+    pub up_seq: u64,
 }
 
 /// One protocol frame.
@@ -131,6 +153,15 @@ pub enum Frame {
     Welcome(Welcome),
     /// Either way: "I am alive"; sent when a side has been silent for its heartbeat interval.
     Heartbeat,
+    /// Either way: one message of the sender's stream.
+    Message {
+        /// Its sequence number in the sender's stream.
+        seq: u64,
+        /// The encoded [`Message`](crate::message::Message).
+        payload: Vec<u8>,
+    },
+    /// Either way: every message of the receiver's peer stream up to `seq` is safely processed.
+    Ack(u64),
 }
 
 /// Why bytes are not a frame.
@@ -199,14 +230,31 @@ impl Frame {
                 out.extend_from_slice(&millis(h.read_deadline).to_be_bytes());
                 put_str(out, &h.project_id);
                 put_str(out, &h.node_id);
+                out.extend_from_slice(&h.window.to_be_bytes());
+                for v in [h.up_stream, h.up_first, h.down_stream, h.down_seq] {
+                    out.extend_from_slice(&v.to_be_bytes());
+                }
             }
             Frame::Welcome(w) => {
                 out.push(kind::WELCOME);
                 out.push(w.version);
                 out.extend_from_slice(&millis(w.keepalive).to_be_bytes());
                 out.extend_from_slice(&millis(w.heartbeat).to_be_bytes());
+                out.extend_from_slice(&w.window.to_be_bytes());
+                for v in [w.down_stream, w.down_first, w.up_seq] {
+                    out.extend_from_slice(&v.to_be_bytes());
+                }
             }
             Frame::Heartbeat => out.push(kind::HEARTBEAT),
+            Frame::Message { seq, payload } => {
+                out.push(kind::MESSAGE);
+                out.extend_from_slice(&seq.to_be_bytes());
+                out.extend_from_slice(payload);
+            }
+            Frame::Ack(seq) => {
+                out.push(kind::ACK);
+                out.extend_from_slice(&seq.to_be_bytes());
+            }
         }
     }
 
@@ -232,13 +280,27 @@ impl Frame {
                 read_deadline: r.millis()?,
                 project_id: r.str()?,
                 node_id: r.str()?,
+                window: r.u32()?,
+                up_stream: r.u64()?,
+                up_first: r.u64()?,
+                down_stream: r.u64()?,
+                down_seq: r.u64()?,
             }),
             kind::WELCOME => Frame::Welcome(Welcome {
                 version: r.u8()?,
                 keepalive: r.millis()?,
                 heartbeat: r.millis()?,
+                window: r.u32()?,
+                down_stream: r.u64()?,
+                down_first: r.u64()?,
+                up_seq: r.u64()?,
             }),
             kind::HEARTBEAT => Frame::Heartbeat,
+            kind::MESSAGE => Frame::Message {
+                seq: r.u64()?,
+                payload: r.0.to_vec(),
+            },
+            kind::ACK => Frame::Ack(r.u64()?),
             other => return Err(FrameError::UnknownType(other)),
         })
     }
@@ -261,6 +323,11 @@ impl Reader<'_> {
     fn u32(&mut self) -> Result<u32, FrameError> {
         Ok(u32::from_be_bytes(
             self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+    fn u64(&mut self) -> Result<u64, FrameError> {
+        Ok(u64::from_be_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
         ))
     }
     fn millis(&mut self) -> Result<Duration, FrameError> {
@@ -342,6 +409,11 @@ mod tests {
             node_id: "edge-node".into(),
             heartbeat: Duration::from_secs(15),
             read_deadline: Duration::from_millis(1500),
+            window: 256,
+            up_stream: 0x0102030405060708,
+            up_first: 1,
+            down_stream: 0,
+            down_seq: 0,
         })
     }
 
@@ -351,8 +423,22 @@ mod tests {
             version: 1,
             keepalive: Duration::from_secs(30),
             heartbeat: Duration::from_millis(500),
+            window: 64,
+            down_stream: 9,
+            down_first: 100,
+            up_seq: 42,
         });
-        for f in [hello(), welcome, Frame::Heartbeat] {
+        let message = Frame::Message {
+            seq: 7,
+            payload: b"payload".to_vec(),
+        };
+        for f in [
+            hello(),
+            welcome,
+            Frame::Heartbeat,
+            message,
+            Frame::Ack(u64::MAX),
+        ] {
             assert_eq!(Frame::decode(&f.encode()), Ok(f.clone()));
         }
     }
@@ -362,7 +448,11 @@ mod tests {
         let bytes = hello().encode();
         let mut want = vec![0x01, 1, 0, 0, 0x3a, 0x98, 0, 0, 0x05, 0xdc, 1, b'p', 9];
         want.extend_from_slice(b"edge-node");
+        want.extend_from_slice(&[0, 0, 1, 0]);
+        want.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0, 0, 0, 0, 0, 1]);
+        want.extend_from_slice(&[0; 16]);
         assert_eq!(bytes, want);
+        assert_eq!(Frame::Ack(258).encode(), vec![0x11, 0, 0, 0, 0, 0, 0, 1, 2]);
     }
 
     #[test]
@@ -378,8 +468,8 @@ mod tests {
             );
         }
         let mut bad = full.clone();
-        let at = bad.len() - 1;
-        bad[at] = 0xff;
+        bad[21] = 0xff; // the last byte of the node id
+
         assert_eq!(Frame::decode(&bad), Err(FrameError::BadString));
         // Later versions may append fields.
         let mut longer = full;

@@ -121,6 +121,11 @@ impl Link {
             .unwrap_or(Inbound::Closed(LinkError::Eof))
     }
 
+    /// Whether no inbound item is waiting.
+    pub fn inbound_idle(&self) -> bool {
+        self.inbound.is_empty()
+    }
+
     /// Sends everything `session` has queued.
     pub fn flush(&self, session: &mut Session, now: Instant) {
         while let Some(f) = session.poll_transmit(now) {
@@ -142,8 +147,9 @@ impl Link {
             .await;
     }
 
-    /// Waits for whichever comes first: an inbound item, the session's next timer, or `stop`.
-    pub async fn wait<S: Future<Output = CloseCode>>(&self, session: &Session, stop: S) -> Wake {
+    /// Waits for whichever comes first: an inbound item, the session's next timer, or `other`
+    /// (the caller's stop signal, new messages to send, …).
+    pub async fn wait<S: Future<Output = Wake>>(&self, session: &Session, other: S) -> Wake {
         let timer = async {
             match session.poll_timeout() {
                 Some(at) => smol::Timer::at(at).await,
@@ -152,8 +158,7 @@ impl Link {
             Wake::Timer
         };
         let inbound = async { Wake::Inbound(self.recv().await) };
-        let stop = async { Wake::Stop(stop.await) };
-        inbound.or(stop).or(timer).await
+        inbound.or(other).or(timer).await
     }
 }
 
@@ -164,8 +169,10 @@ pub enum Wake {
     Inbound(Inbound),
     /// The session's timer is due.
     Timer,
-    /// The caller's stop future finished: close the link with this code.
+    /// The caller wants the link closed with this code.
     Stop(CloseCode),
+    /// There are new messages to send.
+    Added,
 }
 
 /// The task ends of a link's channels.

@@ -219,6 +219,11 @@ pub struct CloudSpec {
     pub keepalive: f64,
     pub node_limit: usize,
     pub max_streams: u32,
+    /// The queues' folder, relative to the test's folder.
+    pub state: String,
+    /// Extra lines for the `apps:` and `queues:` sections (indented by two spaces).
+    pub apps_extra: String,
+    pub queues_extra: String,
 }
 
 impl Default for CloudSpec {
@@ -229,6 +234,9 @@ impl Default for CloudSpec {
             keepalive: 10.0,
             node_limit: 100,
             max_streams: 100,
+            state: "cloud-state".into(),
+            apps_extra: String::new(),
+            queues_extra: String::new(),
         }
     }
 }
@@ -238,6 +246,8 @@ pub struct Cloud {
     pub hub: Hub,
     pub ws_port: u16,
     pub quic_port: u16,
+    /// The application endpoint, `ws://127.0.0.1:PORT`.
+    pub apps: String,
 }
 
 impl Cloud {
@@ -265,7 +275,7 @@ pub fn start_cloud(dir: &Path, pki: &Path, spec: &CloudSpec) -> Cloud {
     std::fs::write(
         &file,
         format!(
-            "cloudhub:\n  protocol_websocket: true\n  port: {}\n  protocol_quic: true\n  quic_port: {}\n  max_incomingstreams: {}\n  address: 127.0.0.1\n  ca: {}\n  cert: {}\n  key: {}\n  keepalive-interval: {}\n  write-timeout: 5\n  node-limit: {}\n",
+            "cloudhub:\n  protocol_websocket: true\n  port: {}\n  protocol_quic: true\n  quic_port: {}\n  max_incomingstreams: {}\n  address: 127.0.0.1\n  ca: {}\n  cert: {}\n  key: {}\n  keepalive-interval: {}\n  write-timeout: 5\n  node-limit: {}\napps:\n  listen: 127.0.0.1:0\n{}queues:\n  dir: {}\n{}",
             spec.ws_port,
             spec.quic_port,
             spec.max_streams,
@@ -273,7 +283,10 @@ pub fn start_cloud(dir: &Path, pki: &Path, spec: &CloudSpec) -> Cloud {
             pki.join("server.crt").display(),
             pki.join("server.key").display(),
             spec.keepalive,
-            spec.node_limit
+            spec.node_limit,
+            spec.apps_extra,
+            dir.join(&spec.state).display(),
+            spec.queues_extra,
         ),
     )
     .unwrap();
@@ -281,11 +294,20 @@ pub fn start_cloud(dir: &Path, pki: &Path, spec: &CloudSpec) -> Cloud {
     let ws_port = port_from(&hub.wait_for("websocket listening on"));
     let quic_port = port_from(&hub.wait_for("quic listening on"));
     hub.cursor = 0;
+    let apps = apps_url(&mut hub);
+    hub.cursor = 0;
     Cloud {
         hub,
         ws_port,
         quic_port,
+        apps,
     }
+}
+
+/// The application endpoint a hub logged.
+pub fn apps_url(hub: &mut Hub) -> String {
+    let line = hub.wait_for("apps listening on ws://");
+    line[line.find("ws://").unwrap()..].trim().to_owned()
 }
 
 fn unique(path: PathBuf) -> PathBuf {
@@ -315,6 +337,11 @@ pub struct EdgeSpec {
     pub backoff_max: f64,
     /// Extra lines for the controller section (indented by two spaces).
     pub controller_extra: String,
+    /// The outbox folder; by default one of its own for each configuration written.
+    pub state: Option<PathBuf>,
+    /// Extra lines for the outbox and apps sections (indented by two spaces).
+    pub outbox_extra: String,
+    pub apps_extra: String,
 }
 
 impl EdgeSpec {
@@ -334,6 +361,9 @@ impl EdgeSpec {
             backoff_initial: 0.2,
             backoff_max: 1.0,
             controller_extra: String::new(),
+            state: None,
+            outbox_extra: String::new(),
+            apps_extra: String::new(),
         }
     }
 
@@ -346,10 +376,14 @@ impl EdgeSpec {
             Proto::Quic => format!("127.0.0.1:{}", self.port),
         };
         let file = unique(dir.join(format!("edge-{}-{}", self.node_id, self.proto.name())));
+        let state = self
+            .state
+            .clone()
+            .unwrap_or_else(|| file.with_extension("state"));
         std::fs::write(
             &file,
             format!(
-                "{proto}:\n  url: {url}\n  cafile: {ca}\n  certfile: {cert}\n  keyfile: {key}\n  handshake-timeout: {hs}\n  write-deadline: 5\n  read-deadline: {rd}\ncontroller:\n  protocol: {proto}\n  heartbeat: {hb}\n  project-id: proj\n  node-id: {node}\n  backoff-initial: {binit}\n  backoff-max: {bmax}\n{extra}",
+                "{proto}:\n  url: {url}\n  cafile: {ca}\n  certfile: {cert}\n  keyfile: {key}\n  handshake-timeout: {hs}\n  write-deadline: 5\n  read-deadline: {rd}\ncontroller:\n  protocol: {proto}\n  heartbeat: {hb}\n  project-id: proj\n  node-id: {node}\n  backoff-initial: {binit}\n  backoff-max: {bmax}\n{extra}apps:\n  listen: 127.0.0.1:0\n{apps}outbox:\n  dir: {state}\n{outbox}",
                 proto = self.proto.name(),
                 ca = self.ca.display(),
                 cert = self.cert.display(),
@@ -361,6 +395,9 @@ impl EdgeSpec {
                 binit = self.backoff_initial,
                 bmax = self.backoff_max,
                 extra = self.controller_extra,
+                apps = self.apps_extra,
+                state = state.display(),
+                outbox = self.outbox_extra,
             ),
         )
         .unwrap();

@@ -1,0 +1,84 @@
+//! The cloud's durable state per node: the queue of messages for it (kept while it is offline)
+//! and what was received from it.
+//!
+//! Layout under `queues.dir`: `nodes/{node-id}/out/` (the queue) and `nodes/{node-id}/in.state`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use crate::config::{QueueConfig, valid_id};
+use crate::exchange::Inbound;
+use crate::queue::Queue;
+
+/// One node's queue and receive state.
+pub struct NodeStreams {
+    /// Messages for the node.
+    pub out: Arc<Queue>,
+    /// What was received from the node.
+    pub inbound: Arc<Mutex<Inbound>>,
+}
+
+/// Every node's streams, opened on first use.
+pub struct NodeQueues {
+    dir: PathBuf,
+    config: QueueConfig,
+    nodes: Mutex<HashMap<String, Arc<NodeStreams>>>,
+}
+
+impl NodeQueues {
+    /// Opens the queues of every node that has one under `config.dir`.
+    pub fn open(config: &QueueConfig) -> Result<Arc<NodeQueues>, String> {
+        let dir = config.dir.join("nodes");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let queues = Arc::new(NodeQueues {
+            dir: dir.clone(),
+            config: config.clone(),
+            nodes: Mutex::new(HashMap::new()),
+        });
+        let entries =
+            std::fs::read_dir(&dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+        for entry in entries.flatten() {
+            if let Some(node) = entry.file_name().to_str() {
+                if valid_id(node).is_ok() {
+                    queues.node(node)?;
+                }
+            }
+        }
+        Ok(queues)
+    }
+
+    /// The streams of `node_id`, opening them if needed.
+    pub fn node(&self, node_id: &str) -> Result<Arc<NodeStreams>, String> {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = nodes.get(node_id) {
+            return Ok(n.clone());
+        }
+        valid_id(node_id).map_err(|p| format!("node id {p}"))?;
+        let base = self.dir.join(node_id);
+        let out = Queue::open(&base.join("out"), &self.config)
+            .map_err(|e| format!("cannot open the queue of node {node_id}: {e}"))?;
+        let inbound = Inbound::open(&base.join("in.state"))
+            .map_err(|e| format!("cannot open the receive state of node {node_id}: {e}"))?;
+        let streams = Arc::new(NodeStreams { out, inbound });
+        nodes.insert(node_id.to_owned(), streams.clone());
+        Ok(streams)
+    }
+
+    /// The queue of messages for `node_id`.
+    pub fn out(&self, node_id: &str) -> Result<Arc<Queue>, String> {
+        Ok(self.node(node_id)?.out.clone())
+    }
+
+    /// Messages queued per node, for every node with a queue.
+    pub fn queued(&self) -> Vec<(String, u64)> {
+        let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut list: Vec<(String, u64)> = nodes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.out.len()))
+            .collect();
+        list.sort();
+        list
+    }
+}

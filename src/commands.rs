@@ -1,0 +1,227 @@
+//! `hub pub`, `hub sub`, `hub req` and `hub nodes`: the client commands a person types.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use async_tungstenite::tungstenite::Message as WsMessage;
+
+use crate::cli::{NodesArgs, PubArgs, ReqArgs, SubArgs};
+use crate::client::{self, content_arg};
+use crate::message::Message;
+
+fn fail(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("hub: {e}");
+    ExitCode::from(1)
+}
+
+/// `hub pub`.
+pub fn publish(args: PubArgs) -> ExitCode {
+    smol::block_on(async {
+        let mut ws = match client::connect(&args.url, "/").await {
+            Ok(ws) => ws,
+            Err(e) => return fail(e),
+        };
+        let template = Message {
+            source: args.source,
+            group: args.group,
+            operation: args.operation,
+            resource: args.resource,
+            content: b"null".to_vec(),
+            ..Message::default()
+        };
+        if args.stdin {
+            let stdin = smol::Unblock::new(std::io::stdin());
+            return match client::publish_lines(ws, template, stdin).await {
+                Ok((accepted, 0)) => {
+                    println!("{accepted} accepted");
+                    ExitCode::SUCCESS
+                }
+                Ok((accepted, refused)) => {
+                    println!("{accepted} accepted, {refused} refused");
+                    ExitCode::from(1)
+                }
+                Err(e) => fail(e),
+            };
+        }
+        let mut msg = Message {
+            content: content_arg(args.content.as_deref().unwrap_or("null")),
+            ..template
+        };
+        msg.fill_header();
+        match client::publish(&mut ws, &msg).await {
+            Ok(()) => {
+                println!("{}", msg.id);
+                let _ = ws.close(None).await;
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(format!("refused: {e}")),
+        }
+    })
+}
+
+/// `hub sub`.
+pub fn subscribe(args: SubArgs) -> ExitCode {
+    let mut path = format!("/?resource={}", encode(&args.resource));
+    if let Some(g) = &args.group {
+        path.push_str(&format!("&group={}", encode(g)));
+    }
+    smol::block_on(async {
+        let mut ws = match client::connect(&args.url, &path).await {
+            Ok(ws) => ws,
+            Err(e) => return fail(e),
+        };
+        let mut seen = 0u64;
+        let stdout = std::io::stdout();
+        while args.count.is_none_or(|n| seen < n) {
+            let msg = match client::next(&mut ws).await {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => return fail(e),
+                None => return fail("the hub closed the connection"),
+            };
+            if msg.source == "hub" && msg.group == "hub" {
+                if msg.operation == "error" {
+                    eprintln!("hub: {}", client::notice_error(&msg));
+                }
+                continue; // notices about this command's own replies
+            }
+            {
+                let mut out = stdout.lock();
+                let _ = writeln!(out, "{}", msg.to_json());
+                let _ = out.flush();
+            }
+            seen += 1;
+            if msg.sync && (args.reply.is_some() || args.echo) {
+                let mut answer = Message {
+                    parent_id: msg.id.clone(),
+                    source: "hub-cli".into(),
+                    group: msg.group.clone(),
+                    operation: "response".into(),
+                    resource: msg.resource.clone(),
+                    content: match &args.reply {
+                        Some(r) => content_arg(r),
+                        None => msg.content.clone(),
+                    },
+                    ..Message::default()
+                };
+                answer.fill_header();
+                if let Err(e) = ws.send(WsMessage::text(answer.to_json())).await {
+                    return fail(e);
+                }
+            }
+        }
+        let _ = ws.close(None).await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// `hub req`.
+pub fn request(args: ReqArgs) -> ExitCode {
+    if !(args.timeout.is_finite() && args.timeout > 0.0) {
+        eprintln!("hub req: --timeout must be a positive number of seconds");
+        return ExitCode::from(2);
+    }
+    smol::block_on(async {
+        let mut ws = match client::connect(&args.url, "/").await {
+            Ok(ws) => ws,
+            Err(e) => return fail(e),
+        };
+        let mut msg = Message {
+            sync: true,
+            source: "hub-cli".into(),
+            group: args.group,
+            operation: args.operation,
+            resource: args.resource,
+            content: content_arg(args.content.as_deref().unwrap_or("null")),
+            ..Message::default()
+        };
+        msg.fill_header();
+        match client::request(&mut ws, &msg, Duration::from_secs_f64(args.timeout)).await {
+            Ok(answer) => {
+                println!("{}", answer.to_json());
+                let _ = ws.close(None).await;
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(format!("request {} failed: {e}", msg.id)),
+        }
+    })
+}
+
+/// `hub nodes`.
+pub fn nodes(args: NodesArgs) -> ExitCode {
+    smol::block_on(async {
+        let mut ws = match client::connect(&args.url, "/nodes").await {
+            Ok(ws) => ws,
+            Err(e) => return fail(e),
+        };
+        let text = loop {
+            match smol::stream::StreamExt::next(&mut ws).await {
+                Some(Ok(WsMessage::Text(t))) => break t.to_string(),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return fail(e),
+                None => return fail("the hub sent no node list (is this a cloud hub?)"),
+            }
+        };
+        if args.json {
+            println!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        let rows: Vec<serde_json::Value> = match serde_json::from_str(&text) {
+            Ok(r) => r,
+            Err(e) => return fail(format!("bad node list: {e}")),
+        };
+        println!(
+            "{:<24} {:<10} {:<22} {:<20} {:>8}",
+            "NODE", "PROTOCOL", "ADDRESS", "SINCE (UTC)", "QUEUED"
+        );
+        for r in rows {
+            let s = |k: &str| r[k].as_str().unwrap_or("-").to_owned();
+            let since = r["since"].as_u64().map_or_else(|| "-".to_owned(), utc);
+            println!(
+                "{:<24} {:<10} {:<22} {:<20} {:>8}",
+                s("node_id"),
+                s("protocol"),
+                s("address"),
+                since,
+                r["queued"].as_u64().unwrap_or(0)
+            );
+        }
+        ExitCode::SUCCESS
+    })
+}
+
+/// `YYYY-MM-DD HH:MM:SS` for milliseconds since the epoch.
+fn utc(ms: u64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp((ms / 1000) as i64)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+/// Percent-encodes a query value.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn encodes_query_values() {
+        assert_eq!(super::encode("node/a b&c"), "node/a%20b%26c");
+        assert_eq!(super::utc(86_400_000 + 3_723_000), "1970-01-02 01:02:03");
+    }
+}

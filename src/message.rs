@@ -1,0 +1,377 @@
+//! The message model: KubeEdge's `model.Message` (header, route, content).
+//!
+//! Applications exchange it as JSON (`{"header":{"msg_id","parent_msg_id","timestamp","sync"},
+//! "route":{"source","group","operation","resource"},"content":…}`); the hubs carry it in a compact
+//! binary form (see `docs/protocol.md`). The content is opaque to the hub: any JSON value on the
+//! application side, its JSON text as bytes on the link.
+
+use std::fmt;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// One message.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Message {
+    /// `header.msg_id`: unique per message; the hub makes one when the application leaves it empty.
+    pub id: String,
+    /// `header.parent_msg_id`: the request this message answers, or empty.
+    pub parent_id: String,
+    /// `header.timestamp`: milliseconds since the Unix epoch.
+    pub timestamp: i64,
+    /// `header.sync`: a request that expects an answer.
+    pub sync: bool,
+    /// `route.source`: who sent it.
+    pub source: String,
+    /// `route.group`: the kind of message (KubeEdge: `resource`, `user`, …).
+    pub group: String,
+    /// `route.operation`: what to do (`insert`, `update`, `response`, …).
+    pub operation: String,
+    /// `route.resource`: what it is about; `node/{node-id}/…` addresses a node from the cloud.
+    pub resource: String,
+    /// `content`: JSON text.
+    pub content: Vec<u8>,
+}
+
+/// Why bytes or JSON are not a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MessageError {
+    /// The binary form ends early or a string is not UTF-8.
+    Malformed(&'static str),
+    /// The JSON is not a message.
+    Json(String),
+    /// A field is longer than the binary form allows.
+    FieldTooLong(&'static str, usize),
+    /// The whole message is over the configured limit.
+    TooLarge(usize, usize),
+}
+
+impl fmt::Display for MessageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MessageError::Malformed(what) => write!(f, "malformed message: {what}"),
+            MessageError::Json(e) => write!(f, "not a message: {e}"),
+            MessageError::FieldTooLong(field, n) => {
+                write!(f, "{field} is {n} bytes, over its limit")
+            }
+            MessageError::TooLarge(n, max) => {
+                write!(f, "message of {n} bytes is over the {max}-byte limit")
+            }
+        }
+    }
+}
+
+impl std::error::Error for MessageError {}
+
+/// Longest `msg_id`, `parent_msg_id`, `source`, `group` and `operation` (one length byte).
+pub const MAX_SHORT_FIELD: usize = 255;
+/// Longest `resource` (two length bytes).
+pub const MAX_RESOURCE: usize = 65535;
+
+const FLAG_SYNC: u8 = 1;
+
+fn put8(out: &mut Vec<u8>, field: &'static str, s: &str) -> Result<(), MessageError> {
+    if s.len() > MAX_SHORT_FIELD {
+        return Err(MessageError::FieldTooLong(field, s.len()));
+    }
+    out.push(s.len() as u8);
+    out.extend_from_slice(s.as_bytes());
+    Ok(())
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], MessageError> {
+        if self.0.len() < n {
+            return Err(MessageError::Malformed("truncated"));
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
+    }
+    fn string(&mut self, n: usize) -> Result<String, MessageError> {
+        String::from_utf8(self.take(n)?.to_vec())
+            .map_err(|_| MessageError::Malformed("string is not UTF-8"))
+    }
+    fn str8(&mut self) -> Result<String, MessageError> {
+        let n = usize::from(self.take(1)?[0]);
+        self.string(n)
+    }
+    fn str16(&mut self) -> Result<String, MessageError> {
+        let b = self.take(2)?;
+        self.string(usize::from(u16::from_be_bytes([b[0], b[1]])))
+    }
+}
+
+impl Message {
+    /// The binary form: `flags u8 | timestamp i64 | msg_id str8 | parent_msg_id str8 | source str8 |
+    /// group str8 | operation str8 | resource str16 | content (the rest)`, integers big-endian.
+    pub fn encode(&self) -> Result<Vec<u8>, MessageError> {
+        if self.resource.len() > MAX_RESOURCE {
+            return Err(MessageError::FieldTooLong(
+                "route.resource",
+                self.resource.len(),
+            ));
+        }
+        let mut out = Vec::with_capacity(
+            16 + self.id.len()
+                + self.parent_id.len()
+                + self.source.len()
+                + self.group.len()
+                + self.operation.len()
+                + self.resource.len()
+                + self.content.len(),
+        );
+        out.push(if self.sync { FLAG_SYNC } else { 0 });
+        out.extend_from_slice(&self.timestamp.to_be_bytes());
+        put8(&mut out, "header.msg_id", &self.id)?;
+        put8(&mut out, "header.parent_msg_id", &self.parent_id)?;
+        put8(&mut out, "route.source", &self.source)?;
+        put8(&mut out, "route.group", &self.group)?;
+        put8(&mut out, "route.operation", &self.operation)?;
+        out.extend_from_slice(&(self.resource.len() as u16).to_be_bytes());
+        out.extend_from_slice(self.resource.as_bytes());
+        out.extend_from_slice(&self.content);
+        Ok(out)
+    }
+
+    /// Reads the binary form.
+    pub fn decode(bytes: &[u8]) -> Result<Message, MessageError> {
+        let mut r = Reader(bytes);
+        let flags = r.take(1)?[0];
+        let ts = r.take(8)?;
+        let timestamp = i64::from_be_bytes(ts.try_into().expect("8 bytes"));
+        Ok(Message {
+            sync: flags & FLAG_SYNC != 0,
+            timestamp,
+            id: r.str8()?,
+            parent_id: r.str8()?,
+            source: r.str8()?,
+            group: r.str8()?,
+            operation: r.str8()?,
+            resource: r.str16()?,
+            content: r.0.to_vec(),
+        })
+    }
+
+    /// Reads an application's JSON message. Missing header fields are left empty or zero (see
+    /// [`fill_header`](Self::fill_header)); a missing content is `null`.
+    pub fn from_json(text: &str) -> Result<Message, MessageError> {
+        #[derive(Deserialize, Default)]
+        #[serde(default)]
+        struct Header {
+            msg_id: String,
+            parent_msg_id: String,
+            timestamp: i64,
+            sync: bool,
+        }
+        #[derive(Deserialize, Default)]
+        #[serde(default)]
+        struct Route {
+            source: String,
+            group: String,
+            operation: String,
+            resource: String,
+        }
+        #[derive(Deserialize)]
+        struct Json<'a> {
+            #[serde(default)]
+            header: Header,
+            #[serde(default)]
+            route: Route,
+            #[serde(borrow, default)]
+            content: Option<&'a RawValue>,
+        }
+        let j: Json<'_> =
+            serde_json::from_str(text).map_err(|e| MessageError::Json(e.to_string()))?;
+        Ok(Message {
+            id: j.header.msg_id,
+            parent_id: j.header.parent_msg_id,
+            timestamp: j.header.timestamp,
+            sync: j.header.sync,
+            source: j.route.source,
+            group: j.route.group,
+            operation: j.route.operation,
+            resource: j.route.resource,
+            content: j
+                .content
+                .map_or_else(|| b"null".to_vec(), |c| c.get().as_bytes().to_vec()),
+        })
+    }
+
+    /// The JSON an application receives.
+    pub fn to_json(&self) -> String {
+        let s = |v: &str| serde_json::to_string(v).expect("strings serialize");
+        let content = match std::str::from_utf8(&self.content) {
+            Ok(c) if !c.trim().is_empty() => c,
+            _ => "null",
+        };
+        format!(
+            r#"{{"header":{{"msg_id":{},"parent_msg_id":{},"timestamp":{},"sync":{}}},"route":{{"source":{},"group":{},"operation":{},"resource":{}}},"content":{}}}"#,
+            s(&self.id),
+            s(&self.parent_id),
+            self.timestamp,
+            self.sync,
+            s(&self.source),
+            s(&self.group),
+            s(&self.operation),
+            s(&self.resource),
+            content
+        )
+    }
+
+    /// Gives the message an id (random, UUID-shaped) and a timestamp (now) when it has none.
+    pub fn fill_header(&mut self) {
+        if self.id.is_empty() {
+            self.id = new_id();
+        }
+        if self.timestamp == 0 {
+            self.timestamp = now_millis();
+        }
+    }
+
+    /// A message from the hub itself about `about` (its `parent_msg_id` is `about`'s id):
+    /// `operation` is `accepted`, `error`, …; `error` becomes `{"error": "…"}` content.
+    pub fn notice(about: &Message, operation: &str, error: Option<&str>) -> Message {
+        Message {
+            id: new_id(),
+            parent_id: about.id.clone(),
+            timestamp: now_millis(),
+            sync: false,
+            source: "hub".into(),
+            group: "hub".into(),
+            operation: operation.into(),
+            resource: about.resource.clone(),
+            content: match error {
+                Some(e) => serde_json::json!({ "error": e }).to_string().into_bytes(),
+                None => b"null".to_vec(),
+            },
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A random id shaped like a UUID v4.
+pub fn new_id() -> String {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .expect("the system's random source works");
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+/// The prefix a cloud application puts before a resource to address node `node_id`.
+pub fn node_prefix(node_id: &str) -> String {
+    format!("node/{node_id}/")
+}
+
+/// Splits `node/{node-id}/rest` into the node id and `rest`; `None` when the resource does not
+/// address a node.
+pub fn split_node_resource(resource: &str) -> Option<(&str, &str)> {
+    let rest = resource.strip_prefix("node/")?;
+    let (node, rest) = rest.split_once('/').unwrap_or((rest, ""));
+    crate::config::valid_id(node).ok()?;
+    Some((node, rest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Message {
+        Message {
+            id: "4f1c9a52-0000-4000-8000-000000000001".into(),
+            parent_id: String::new(),
+            timestamp: 1_700_000_000_123,
+            sync: true,
+            source: "app".into(),
+            group: "resource".into(),
+            operation: "update".into(),
+            resource: "devices/valve-1".into(),
+            content: br#"{"open":true,"level":0.5}"#.to_vec(),
+        }
+    }
+
+    #[test]
+    fn binary_round_trip_and_truncation() {
+        let m = sample();
+        let bytes = m.encode().unwrap();
+        assert_eq!(Message::decode(&bytes).unwrap(), m);
+        // Every cut inside the header fields is refused; a cut in the content just shortens it.
+        let header_len = bytes.len() - m.content.len();
+        for cut in 0..header_len {
+            assert!(Message::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn json_round_trip_keeps_content_verbatim() {
+        let m = sample();
+        let json = m.to_json();
+        assert!(
+            json.contains(r#""content":{"open":true,"level":0.5}"#),
+            "{json}"
+        );
+        assert_eq!(Message::from_json(&json).unwrap(), m);
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["header"]["sync"], true);
+        assert_eq!(v["route"]["resource"], "devices/valve-1");
+    }
+
+    #[test]
+    fn json_defaults_and_errors() {
+        let mut m = Message::from_json(r#"{"route":{"resource":"a/b"}}"#).unwrap();
+        assert_eq!(m.content, b"null");
+        assert!(m.id.is_empty() && m.timestamp == 0);
+        m.fill_header();
+        assert_eq!(m.id.len(), 36);
+        assert!(m.timestamp > 1_600_000_000_000);
+        assert!(Message::from_json("[1,2]").is_err());
+        assert!(Message::from_json(r#"{"header":{"sync":"yes"}}"#).is_err());
+        let long = Message {
+            group: "g".repeat(256),
+            ..Message::default()
+        };
+        assert_eq!(
+            long.encode(),
+            Err(MessageError::FieldTooLong("route.group", 256))
+        );
+    }
+
+    #[test]
+    fn node_resources() {
+        assert_eq!(
+            split_node_resource("node/edge-7/devices/x"),
+            Some(("edge-7", "devices/x"))
+        );
+        assert_eq!(split_node_resource("node/edge-7"), Some(("edge-7", "")));
+        assert_eq!(split_node_resource("node//x"), None);
+        assert_eq!(split_node_resource("devices/x"), None);
+        assert_eq!(split_node_resource("node/bad id/x"), None);
+    }
+
+    #[test]
+    fn ids_are_unique_uuid_shaped() {
+        let a = new_id();
+        assert_ne!(a, new_id());
+        assert_eq!(a.as_bytes()[14], b'4');
+    }
+}

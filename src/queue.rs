@@ -1,0 +1,295 @@
+//! A durable queue in use: the [`store::Log`](crate::store::Log) behind a group-commit task.
+//!
+//! Applications' messages arrive one at a time from many connections; the append task takes
+//! everything waiting, writes it in one batch and (with `fsync: always`) one fsync, and only then
+//! answers each publisher. Readers (the link) see a record once its batch is complete.
+
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use smol::channel::{Receiver, Sender};
+
+use crate::config::QueueConfig;
+use crate::store::{AppendError, Fsync, Limits, Log, Reader};
+
+/// The most records written in one batch.
+const MAX_BATCH: usize = 4096;
+
+struct Append {
+    records: Vec<Vec<u8>>,
+    reply: Sender<Result<u64, String>>,
+}
+
+/// A durable queue shared by its producers (applications) and its consumer (the link).
+pub struct Queue {
+    log: Mutex<Log>,
+    stream: u64,
+    /// Records with a sequence number below this are complete and may be read.
+    visible: AtomicU64,
+    /// Holds one token when records were added since the consumer last looked.
+    added_tx: Sender<()>,
+    added_rx: Receiver<()>,
+    appends: Sender<Append>,
+}
+
+impl Queue {
+    /// Opens (or creates) the queue in `dir` and starts its append task (and, with
+    /// `fsync: periodic`, a task that syncs every second).
+    pub fn open(dir: &Path, config: &QueueConfig) -> io::Result<Arc<Queue>> {
+        let limits = Limits {
+            max_messages: config.max_messages,
+            max_bytes: config.max_bytes,
+        };
+        let log = Log::open(dir, limits, config.fsync)?;
+        let (added_tx, added_rx) = smol::channel::bounded(1);
+        let (appends, requests) = smol::channel::unbounded();
+        let queue = Arc::new(Queue {
+            stream: log.stream_id(),
+            visible: AtomicU64::new(log.next_seq()),
+            log: Mutex::new(log),
+            added_tx,
+            added_rx,
+            appends,
+        });
+        smol::spawn(append_task(Arc::downgrade(&queue), requests)).detach();
+        if config.fsync == Fsync::Periodic {
+            let weak = Arc::downgrade(&queue);
+            smol::spawn(async move {
+                loop {
+                    smol::Timer::after(Duration::from_secs(1)).await;
+                    let Some(q) = weak.upgrade() else { return };
+                    if let Err(e) = smol::unblock(move || q.lock().sync()).await {
+                        log::error!("queue sync failed: {e}");
+                    }
+                }
+            })
+            .detach();
+        }
+        Ok(queue)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Log> {
+        self.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends `records`; returns the first one's sequence number once they are durable (as the
+    /// fsync policy defines it), or why they were refused (the queue is full, …). Nothing of a
+    /// refused batch is kept.
+    pub async fn append(&self, records: Vec<Vec<u8>>) -> Result<u64, String> {
+        self.submit(records).await
+    }
+
+    /// Hands `records` to the append task without waiting; the returned future finishes with the
+    /// outcome. Batches submitted one after another are appended in that order.
+    pub fn submit(
+        &self,
+        records: Vec<Vec<u8>>,
+    ) -> impl std::future::Future<Output = Result<u64, String>> + use<> {
+        let (reply, answer) = smol::channel::bounded(1);
+        let sent = self.appends.try_send(Append { records, reply });
+        async move {
+            sent.map_err(|_| "the queue is closed".to_owned())?;
+            answer
+                .recv()
+                .await
+                .unwrap_or_else(|_| Err("the queue is closed".into()))
+        }
+    }
+
+    /// The stream id the log was created with.
+    pub fn stream(&self) -> u64 {
+        self.stream
+    }
+
+    /// The first sequence number still held (acknowledged + 1).
+    pub fn first(&self) -> u64 {
+        self.lock().acked() + 1
+    }
+
+    /// Unacknowledged messages.
+    pub fn len(&self) -> u64 {
+        self.lock().len()
+    }
+
+    /// Whether every message was acknowledged.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Records below this sequence number may be read.
+    pub fn visible(&self) -> u64 {
+        self.visible.load(Ordering::Acquire)
+    }
+
+    /// A reader from sequence number `from`.
+    pub fn reader(&self, from: u64) -> io::Result<Reader> {
+        self.lock().reader(from)
+    }
+
+    /// Everything up to `seq` was acknowledged by the peer: reclaim it. A peer that processed
+    /// numbers beyond what this queue holds (its unsynced tail was lost in a power cut) moves the
+    /// numbering past them, so new messages are not taken for repeats.
+    pub fn ack(&self, seq: u64) -> io::Result<()> {
+        let mut log = self.lock();
+        if seq >= log.next_seq() {
+            log::warn!(
+                "the peer processed up to {seq}, beyond this queue's {}: continuing after it",
+                log.next_seq() - 1
+            );
+            log.skip_to(seq + 1)?;
+            self.visible.store(log.next_seq(), Ordering::Release);
+        }
+        log.ack(seq)
+    }
+
+    /// Finishes when records were added since the last call finished.
+    pub async fn added(&self) {
+        let _ = self.added_rx.recv().await;
+    }
+}
+
+async fn append_task(queue: std::sync::Weak<Queue>, requests: Receiver<Append>) {
+    while let Ok(first) = requests.recv().await {
+        let mut batch = vec![first];
+        let mut count = batch[0].records.len();
+        while count < MAX_BATCH {
+            match requests.try_recv() {
+                Ok(more) => {
+                    count += more.records.len();
+                    batch.push(more);
+                }
+                Err(_) => break,
+            }
+        }
+        let Some(q) = queue.upgrade() else { return };
+        let (q, batch, results) = smol::unblock(move || {
+            let results = write_batch(&mut q.lock(), &batch);
+            (q, batch, results)
+        })
+        .await;
+        {
+            let log = q.lock();
+            q.visible.store(log.next_seq(), Ordering::Release);
+        }
+        let _ = q.added_tx.try_send(());
+        for (req, result) in batch.into_iter().zip(results) {
+            let _ = req.reply.try_send(result);
+        }
+    }
+}
+
+/// Writes the whole batch at once; if that is refused (full), each request on its own, so one
+/// publisher's large batch does not fail another's small one.
+fn write_batch(log: &mut Log, batch: &[Append]) -> Vec<Result<u64, String>> {
+    let all: Vec<&[u8]> = batch
+        .iter()
+        .flat_map(|a| a.records.iter().map(Vec::as_slice))
+        .collect();
+    match log.append(&all) {
+        Ok(mut seq) => batch
+            .iter()
+            .map(|a| {
+                let first = seq;
+                seq += a.records.len() as u64;
+                Ok(first)
+            })
+            .collect(),
+        Err(AppendError::Full { .. }) if batch.len() > 1 => batch
+            .iter()
+            .map(|a| {
+                let refs: Vec<&[u8]> = a.records.iter().map(Vec::as_slice).collect();
+                log.append(&refs).map_err(|e| e.to_string())
+            })
+            .collect(),
+        Err(e) => batch.iter().map(|_| Err(e.to_string())).collect(),
+    }
+}
+
+/// Takes the lock on the state folder `dir` (creating it), so two hubs never share queues; the
+/// lock lasts as long as the returned file is open (the operating system drops it when the
+/// process ends, however it ends).
+pub fn lock_dir(dir: &Path) -> Result<std::fs::File, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+        .map_err(|_| format!("{} is in use by another hub process", dir.display()))?;
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &Path, max_messages: u64) -> QueueConfig {
+        QueueConfig {
+            dir: dir.to_owned(),
+            max_messages,
+            max_bytes: 1 << 30,
+            fsync: Fsync::Always,
+            window: 8,
+        }
+    }
+
+    #[test]
+    fn group_commit_order_and_full() {
+        let tmp = tempfile::tempdir().unwrap();
+        let q = Queue::open(tmp.path(), &config(tmp.path(), 5)).unwrap();
+        smol::block_on(async {
+            // Submitted one after another without waiting: appended in that order.
+            let pending: Vec<_> = (0..4u8).map(|i| q.submit(vec![vec![i]])).collect();
+            let mut seqs = Vec::new();
+            for p in pending {
+                seqs.push(p.await.unwrap());
+            }
+            assert_eq!(seqs, vec![1, 2, 3, 4]);
+            assert_eq!(q.visible(), 5);
+            // Two more do not fit in five: refused whole, nothing kept.
+            let err = q.append(vec![vec![9], vec![9]]).await.unwrap_err();
+            assert!(err.contains("full"), "{err}");
+            assert_eq!(q.len(), 4);
+            let mut r = q.reader(1).unwrap();
+            let mut got = Vec::new();
+            r.read(q.visible(), 10, &mut got).unwrap();
+            assert_eq!(
+                got.iter().map(|(s, p)| (*s, p[0])).collect::<Vec<_>>(),
+                vec![(1, 0), (2, 1), (3, 2), (4, 3)]
+            );
+        });
+    }
+
+    #[test]
+    fn a_peer_ahead_of_the_queue_moves_its_numbering_on() {
+        let tmp = tempfile::tempdir().unwrap();
+        let q = Queue::open(tmp.path(), &config(tmp.path(), 100)).unwrap();
+        smol::block_on(async {
+            assert_eq!(q.append(vec![vec![1], vec![2]]).await.unwrap(), 1);
+            // The peer says it processed up to 7 (this queue lost its tail in a power cut).
+            q.ack(7).unwrap();
+            assert_eq!(
+                q.append(vec![vec![3]]).await.unwrap(),
+                8,
+                "no number the peer has seen is reused"
+            );
+            assert_eq!((q.first(), q.len()), (8, 1));
+        });
+    }
+
+    #[test]
+    fn a_state_folder_is_locked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let _held = lock_dir(tmp.path()).unwrap();
+        let again = lock_dir(tmp.path()).unwrap_err();
+        assert!(again.contains("in use by another hub process"), "{again}");
+    }
+}

@@ -1,0 +1,191 @@
+//! A tiny state file holding two `u64` values, rewritten in place yet never lost to a torn write.
+//!
+//! The file has two 32-byte slots, at offsets 0 and 4096 (separate disk blocks):
+//! `tag: 4 bytes | generation: u64 LE | a: u64 LE | b: u64 LE | crc32 of the 28 bytes before: u32 LE`.
+//! A write goes to the slot of `generation % 2` with a generation one higher than the newest
+//! valid slot, so the other slot still holds the previous value; reading takes the valid slot
+//! (right tag, right CRC) with the highest generation. One `pwrite` (+ `fdatasync`) per update,
+//! no rename.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+const SLOT_LEN: usize = 32;
+const SLOT_STRIDE: u64 = 4096;
+
+/// One small state file (see the module docs).
+#[derive(Debug)]
+pub(crate) struct SlotFile {
+    path: PathBuf,
+    tag: [u8; 4],
+    file: Option<File>,
+    generation: u64,
+    /// The file was created and its directory entry is not synced yet.
+    created: bool,
+}
+
+impl SlotFile {
+    /// Opens `path` (a missing file is fine: it is created by the first write) and returns the
+    /// newest valid `(a, b)`, or `None` when the file is missing or holds no valid slot.
+    pub(crate) fn open(path: &Path, tag: [u8; 4]) -> io::Result<(SlotFile, Option<(u64, u64)>)> {
+        let mut slots = SlotFile {
+            path: path.to_owned(),
+            tag,
+            file: None,
+            generation: 0,
+            created: false,
+        };
+        let file = match OpenOptions::new().read(true).write(true).open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((slots, None)),
+            Err(e) => return Err(e),
+        };
+        let mut best: Option<(u64, u64, u64)> = None;
+        for i in 0..2 {
+            let mut buf = [0u8; SLOT_LEN];
+            if read_full_at(&file, &mut buf, i * SLOT_STRIDE)? < SLOT_LEN {
+                continue;
+            }
+            if let Some(v) = decode(&buf, tag) {
+                if best.is_none_or(|b| v.0 > b.0) {
+                    best = Some(v);
+                }
+            }
+        }
+        slots.file = Some(file);
+        Ok(match best {
+            Some((generation, a, b)) => {
+                slots.generation = generation;
+                (slots, Some((a, b)))
+            }
+            None => (slots, None),
+        })
+    }
+
+    /// Writes `(a, b)` into the older slot (not synced; see [`SlotFile::sync`]).
+    pub(crate) fn write(&mut self, a: u64, b: u64) -> io::Result<()> {
+        if self.file.is_none() {
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&self.path)?;
+            self.file = Some(f);
+            self.created = true;
+        }
+        let generation = self.generation + 1;
+        let buf = encode(self.tag, generation, a, b);
+        let file = self.file.as_ref().expect("opened above");
+        file.write_all_at(&buf, (generation % 2) * SLOT_STRIDE)?;
+        self.generation = generation;
+        Ok(())
+    }
+
+    /// `fdatasync` of the file, and of its directory when the file was created since the last sync.
+    pub(crate) fn sync(&mut self) -> io::Result<()> {
+        if let Some(f) = &self.file {
+            f.sync_data()?;
+        }
+        if self.created {
+            sync_parent(&self.path)?;
+            self.created = false;
+        }
+        Ok(())
+    }
+}
+
+/// `fsync` of the directory holding `path`, so a newly created or renamed entry survives power loss.
+pub(crate) fn sync_parent(path: &Path) -> io::Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(parent)?.sync_all()
+}
+
+/// Reads into `buf` from `offset` until it is full or the file ends; returns the bytes read.
+pub(crate) fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+fn encode(tag: [u8; 4], generation: u64, a: u64, b: u64) -> [u8; SLOT_LEN] {
+    let mut buf = [0u8; SLOT_LEN];
+    buf[0..4].copy_from_slice(&tag);
+    buf[4..12].copy_from_slice(&generation.to_le_bytes());
+    buf[12..20].copy_from_slice(&a.to_le_bytes());
+    buf[20..28].copy_from_slice(&b.to_le_bytes());
+    let crc = crc32fast::hash(&buf[..28]);
+    buf[28..32].copy_from_slice(&crc.to_le_bytes());
+    buf
+}
+
+fn decode(buf: &[u8; SLOT_LEN], tag: [u8; 4]) -> Option<(u64, u64, u64)> {
+    let word = |at: usize| u64::from_le_bytes(buf[at..at + 8].try_into().expect("8 bytes"));
+    let crc = u32::from_le_bytes(buf[28..32].try_into().expect("4 bytes"));
+    if buf[0..4] != tag || crc32fast::hash(&buf[..28]) != crc || word(4) == 0 {
+        return None;
+    }
+    Some((word(4), word(12), word(20)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TAG: [u8; 4] = *b"TEST";
+
+    fn reopen(path: &Path) -> Option<(u64, u64)> {
+        SlotFile::open(path, TAG).unwrap().1
+    }
+
+    #[test]
+    fn keeps_the_newest_value_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        let (mut s, v) = SlotFile::open(&path, TAG).unwrap();
+        assert_eq!(v, None);
+        assert!(!path.exists(), "opening must not create the file");
+        for i in 1..=5u64 {
+            s.write(i, i * 10).unwrap();
+            s.sync().unwrap();
+            assert_eq!(reopen(&path), Some((i, i * 10)));
+        }
+        // Writing after a reopen continues from the newest generation.
+        let (mut s, _) = SlotFile::open(&path, TAG).unwrap();
+        s.write(6, 60).unwrap();
+        assert_eq!(reopen(&path), Some((6, 60)));
+    }
+
+    #[test]
+    fn a_damaged_newest_slot_falls_back_to_the_previous_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        let (mut s, _) = SlotFile::open(&path, TAG).unwrap();
+        s.write(1, 1).unwrap();
+        s.write(2, 2).unwrap(); // generation 2: slot 0
+        s.write(3, 3).unwrap(); // generation 3: slot 1
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[SLOT_STRIDE as usize + 14] ^= 0x40; // flip a bit in the value of slot 1
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(reopen(&path), Some((2, 2)));
+        // Torn: slot 1 cut short.
+        std::fs::write(&path, &bytes[..SLOT_STRIDE as usize + 10]).unwrap();
+        assert_eq!(reopen(&path), Some((2, 2)));
+        // The wrong kind of file is no state at all.
+        let (_, v) = SlotFile::open(&path, *b"ELSE").unwrap();
+        assert_eq!(v, None);
+    }
+}
