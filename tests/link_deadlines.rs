@@ -210,3 +210,111 @@ fn edge_comes_back_after_a_cloud_restart_within_the_backoff_cap() {
         cloud.hub.wait_for("node edge-node connected");
     }
 }
+
+/// Connects as `edge-node`, says HELLO, then never reads again until told to stop.
+fn stalled_reader(
+    proto: Proto,
+    port: u16,
+    pki: &std::path::Path,
+    stop: std::sync::mpsc::Receiver<()>,
+) {
+    let creds = hub::tls::Credentials::load(
+        &pki.join("node-edge-node.crt"),
+        &pki.join("node-edge-node.key"),
+    )
+    .unwrap();
+    let ca = pki.join("ca.crt");
+    smol::block_on(async {
+        let _held: Box<dyn std::any::Any> = match proto {
+            Proto::Websocket => {
+                let tls = hub::tls::client_config(&ca, &creds, b"http/1.1", false).unwrap();
+                let ep = hub::config::Endpoint {
+                    host: "127.0.0.1".into(),
+                    port,
+                };
+                let (mut ws, _) = hub::transport::ws::connect(
+                    &ep,
+                    "/proj/edge-node/events",
+                    std::sync::Arc::new(tls),
+                )
+                .await
+                .unwrap();
+                ws.send(async_tungstenite::tungstenite::Message::binary(
+                    hello("edge-node").encode(),
+                ))
+                .await
+                .unwrap();
+                Box::new(ws)
+            }
+            Proto::Quic => {
+                let tls = hub::tls::client_config(&ca, &creds, hub::proto::ALPN, false).unwrap();
+                let config =
+                    hub::transport::quic::client_config(tls, Duration::from_secs(60)).unwrap();
+                let endpoint = hub::transport::quic::client_endpoint(false).unwrap();
+                let mut first = Vec::new();
+                encode_len_prefixed(&hello("edge-node"), &mut first);
+                let addr = format!("127.0.0.1:{port}").parse().unwrap();
+                let held =
+                    hub::transport::quic::connect(&endpoint, config, addr, "127.0.0.1", &first)
+                        .await
+                        .unwrap();
+                Box::new((endpoint, held))
+            }
+        };
+        // Hold the connection without reading from it.
+        let _ = stop.recv_timeout(Duration::from_secs(60));
+    });
+}
+
+#[test]
+fn a_node_that_stops_reading_is_dropped_after_write_timeout() {
+    for proto in BOTH {
+        let tmp = tempfile::tempdir().unwrap();
+        let pki = common::link_pki(tmp.path());
+        let spec = CloudSpec {
+            keepalive: 60.0,
+            write_timeout: 1.0,
+            ..CloudSpec::default()
+        };
+        let mut cloud = common::start_cloud(tmp.path(), &pki, &spec);
+        let (stop, stopped) = std::sync::mpsc::channel();
+        let port = cloud.port(proto);
+        let p = pki.clone();
+        let client = std::thread::spawn(move || stalled_reader(proto, port, &p, stopped));
+        cloud
+            .hub
+            .wait_for(&format!("node edge-node connected over {}", proto.name()));
+
+        // 40 messages of 400 kB: far more than socket buffers and QUIC flow control take.
+        let big = format!("\"{}\"", "x".repeat(400_000));
+        let lines: String = (0..40).map(|_| format!("{big}\n")).collect();
+        let template = hub::message::Message {
+            resource: "node/edge-node/bulk".into(),
+            ..Default::default()
+        };
+        let (accepted, refused) = smol::block_on(async {
+            let ws = hub::client::connect(&cloud.apps, "/").await.unwrap();
+            hub::client::publish_lines(ws, template, smol::io::Cursor::new(lines.into_bytes()))
+                .await
+                .unwrap()
+        });
+        assert_eq!((accepted, refused), (40, 0));
+        let dropped = cloud.hub.wait_for("node edge-node disconnected");
+        assert!(
+            dropped.contains("write timeout: writes blocked for 1.0s"),
+            "{dropped}"
+        );
+        stop.send(()).unwrap();
+        client.join().unwrap();
+        // Nothing was lost: the messages wait in the node's queue.
+        let nodes = smol::block_on(async {
+            let mut ws = hub::client::connect(&cloud.apps, "/nodes").await.unwrap();
+            use smol::stream::StreamExt;
+            match ws.next().await {
+                Some(Ok(async_tungstenite::tungstenite::Message::Text(t))) => t.to_string(),
+                other => panic!("{other:?}"),
+            }
+        });
+        assert!(nodes.contains("\"queued\":40"), "{nodes}");
+    }
+}

@@ -217,6 +217,7 @@ pub struct CloudSpec {
     pub ws_port: u16,
     pub quic_port: u16,
     pub keepalive: f64,
+    pub write_timeout: f64,
     pub node_limit: usize,
     pub max_streams: u32,
     /// The queues' folder, relative to the test's folder.
@@ -232,6 +233,7 @@ impl Default for CloudSpec {
             ws_port: 0,
             quic_port: 0,
             keepalive: 10.0,
+            write_timeout: 5.0,
             node_limit: 100,
             max_streams: 100,
             state: "cloud-state".into(),
@@ -275,7 +277,7 @@ pub fn start_cloud(dir: &Path, pki: &Path, spec: &CloudSpec) -> Cloud {
     std::fs::write(
         &file,
         format!(
-            "cloudhub:\n  protocol_websocket: true\n  port: {}\n  protocol_quic: true\n  quic_port: {}\n  max_incomingstreams: {}\n  address: 127.0.0.1\n  ca: {}\n  cert: {}\n  key: {}\n  keepalive-interval: {}\n  write-timeout: 5\n  node-limit: {}\napps:\n  listen: 127.0.0.1:0\n{}queues:\n  dir: {}\n{}",
+            "cloudhub:\n  protocol_websocket: true\n  port: {}\n  protocol_quic: true\n  quic_port: {}\n  max_incomingstreams: {}\n  address: 127.0.0.1\n  ca: {}\n  cert: {}\n  key: {}\n  keepalive-interval: {}\n  write-timeout: {}\n  node-limit: {}\napps:\n  listen: 127.0.0.1:0\n{}queues:\n  dir: {}\n{}",
             spec.ws_port,
             spec.quic_port,
             spec.max_streams,
@@ -283,6 +285,7 @@ pub fn start_cloud(dir: &Path, pki: &Path, spec: &CloudSpec) -> Cloud {
             pki.join("server.crt").display(),
             pki.join("server.key").display(),
             spec.keepalive,
+            spec.write_timeout,
             spec.node_limit,
             spec.apps_extra,
             dir.join(&spec.state).display(),
