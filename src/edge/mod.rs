@@ -319,12 +319,7 @@ async fn drive(
             Wake::Added
         });
         match link.wait(&session, other).await {
-            Wake::Inbound(Inbound::Frame(bytes)) => {
-                session.handle_bytes(Instant::now(), &bytes);
-                if link.inbound_idle() {
-                    session.commit_now();
-                }
-            }
+            Wake::Inbound(Inbound::Frame(bytes)) => session.handle_bytes(Instant::now(), &bytes),
             Wake::Inbound(Inbound::Closed(LinkError::Frame(e))) => session.fail(Instant::now(), e),
             Wake::Inbound(Inbound::Closed(LinkError::WriteTimeout(d))) => session.close(
                 CloseCode::WriteTimeout,

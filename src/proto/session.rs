@@ -416,13 +416,6 @@ impl Session {
         }
     }
 
-    /// The caller has nothing more to feed for now: ask for the commit of what was received
-    /// rather than wait for [`ACK_DELAY`], so an idle link acknowledges at once while a busy one
-    /// still batches.
-    pub fn commit_now(&mut self) {
-        self.request_commit();
-    }
-
     fn ack_every(&self) -> u64 {
         (u64::from(self.window) / 4).max(1)
     }

@@ -121,11 +121,6 @@ impl Link {
             .unwrap_or(Inbound::Closed(LinkError::Eof))
     }
 
-    /// Whether no inbound item is waiting.
-    pub fn inbound_idle(&self) -> bool {
-        self.inbound.is_empty()
-    }
-
     /// Sends everything `session` has queued.
     pub fn flush(&self, session: &mut Session, now: Instant) {
         while let Some(f) = session.poll_transmit(now) {

@@ -212,10 +212,28 @@ pub fn spawn_link(
         while let Ok(out) = outbound.recv().await {
             match out {
                 Outbound::Frame(f) => {
+                    // Everything already waiting goes out with it, in one write.
                     buf.clear();
                     encode_len_prefixed(&f, &mut buf);
+                    let mut close = None;
+                    while buf.len() < 1 << 20 {
+                        match outbound.try_recv() {
+                            Ok(Outbound::Frame(f)) => encode_len_prefixed(&f, &mut buf),
+                            Ok(Outbound::Close(code)) => {
+                                close = Some(code);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
                     let err = match timeout(write_deadline, send.write_all(&buf)).await {
-                        Some(Ok(())) => continue,
+                        Some(Ok(())) => match close {
+                            None => continue,
+                            Some(code) => {
+                                conn.close(VarInt::from(code.code()), code.reason().as_bytes());
+                                break;
+                            }
+                        },
                         Some(Err(quinn::WriteError::ConnectionLost(c))) => connection_error(&c),
                         Some(Err(e)) => LinkError::Io(format!("QUIC control stream: {e}")),
                         None => LinkError::WriteTimeout(write_deadline),

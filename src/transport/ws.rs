@@ -12,6 +12,7 @@ use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsClos
 use async_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use async_tungstenite::tungstenite::{self, Message};
 use futures_rustls::TlsConnector;
+use futures_util::SinkExt;
 use rustls::pki_types::ServerName;
 use smol::Async;
 use smol::io::{AsyncRead, AsyncWrite};
@@ -60,6 +61,13 @@ fn closed(frame: Option<CloseFrame>) -> LinkError {
     }
 }
 
+fn close_frame(code: CloseCode) -> CloseFrame {
+    CloseFrame {
+        code: WsCloseCode::from(ws_close_code(code)),
+        reason: code.reason().into(),
+    }
+}
+
 /// Turns an upgraded WebSocket into a [`Link`], spawning its reader and writer tasks.
 pub fn spawn_link<S>(ws: WebSocketStream<S>, peer: SocketAddr, write_deadline: Duration) -> Link
 where
@@ -93,9 +101,30 @@ where
         while let Ok(out) = outbound.recv().await {
             match out {
                 Outbound::Frame(f) => {
-                    let sent = timeout(write_deadline, tx.send(Message::binary(f.encode()))).await;
-                    let err = match sent {
-                        Some(Ok(())) => continue,
+                    // Everything already waiting goes out with it, in one flush.
+                    let mut close = None;
+                    let batch = async {
+                        tx.feed(Message::binary(f.encode())).await?;
+                        while let Ok(more) = outbound.try_recv() {
+                            match more {
+                                Outbound::Frame(f) => tx.feed(Message::binary(f.encode())).await?,
+                                Outbound::Close(code) => {
+                                    close = Some(code);
+                                    break;
+                                }
+                            }
+                        }
+                        tx.flush().await
+                    };
+                    let err = match timeout(write_deadline, batch).await {
+                        Some(Ok(())) => match close {
+                            None => continue,
+                            Some(code) => {
+                                let _ = timeout(write_deadline, tx.close(Some(close_frame(code))))
+                                    .await;
+                                break;
+                            }
+                        },
                         Some(Err(e)) => link_error(e),
                         None => LinkError::WriteTimeout(write_deadline),
                     };
@@ -103,11 +132,7 @@ where
                     break;
                 }
                 Outbound::Close(code) => {
-                    let frame = CloseFrame {
-                        code: WsCloseCode::from(ws_close_code(code)),
-                        reason: code.reason().into(),
-                    };
-                    let _ = timeout(write_deadline, tx.close(Some(frame))).await;
+                    let _ = timeout(write_deadline, tx.close(Some(close_frame(code)))).await;
                     break;
                 }
             }

@@ -1,0 +1,237 @@
+//! `hub-bench`: load for a running cloud/edge pair through their application endpoints, like
+//! iperf for hub. It prints figures; it never decides pass or fail.
+//!
+//! - `throughput`: publish N messages at one endpoint (pipelined, a bounded number awaiting their
+//!   "accepted" notice) while a subscriber at the other counts them; prints messages/s and MB/s
+//!   to "accepted" and to "delivered", and checks that all arrived, in order, once.
+//! - `latency`: sequential sync requests answered by an application on the other side
+//!   (`hub sub --echo`); prints p50, p99 and max round trip.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use argh::FromArgs;
+use async_tungstenite::tungstenite::Message as WsMessage;
+use futures_util::SinkExt;
+use hub::client;
+use hub::message::Message;
+use smol::stream::StreamExt;
+
+#[derive(FromArgs)]
+/// Load for a running hub pair, through the application endpoints.
+struct Bench {
+    #[argh(subcommand)]
+    command: Command,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum Command {
+    Throughput(Throughput),
+    Latency(Latency),
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand, name = "throughput")]
+/// Publish at one endpoint, receive at the other; messages/s and MB/s.
+struct Throughput {
+    /// endpoint to publish at (ws://HOST:PORT or unix:PATH)
+    #[argh(option)]
+    publish: String,
+    /// resource to publish to (from the cloud: node/NODE-ID/...)
+    #[argh(option)]
+    resource: String,
+    /// endpoint to subscribe at
+    #[argh(option)]
+    subscribe: String,
+    /// resource prefix to subscribe to (as seen there)
+    #[argh(option)]
+    prefix: String,
+    /// messages to send (default 100000)
+    #[argh(option, default = "100_000")]
+    count: u64,
+    /// content bytes per message (default 256)
+    #[argh(option, default = "256")]
+    size: usize,
+    /// messages awaiting their notice at most (default 4096)
+    #[argh(option, default = "4096")]
+    inflight: u64,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand, name = "latency")]
+/// Sequential requests answered by an echoing application on the other side.
+struct Latency {
+    /// endpoint to ask at
+    #[argh(option)]
+    url: String,
+    /// resource the echoing application answers (from the cloud: node/NODE-ID/...)
+    #[argh(option)]
+    resource: String,
+    /// requests (default 1000)
+    #[argh(option, default = "1000")]
+    count: usize,
+    /// content bytes per request (default 64)
+    #[argh(option, default = "64")]
+    size: usize,
+}
+
+fn content(size: usize, n: u64) -> Vec<u8> {
+    // A JSON string of exactly `size` bytes (at least the number itself), counter first.
+    let head = format!("\"{n} ");
+    let fill = size.saturating_sub(head.len() + 1);
+    let mut c = head.into_bytes();
+    c.extend(std::iter::repeat_n(b'x', fill));
+    c.push(b'"');
+    c
+}
+
+fn number(content: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(content).ok()?;
+    text.trim_start_matches('"').split(' ').next()?.parse().ok()
+}
+
+async fn throughput(t: Throughput) -> Result<(), String> {
+    let path = format!("/?resource={}", t.prefix);
+    let mut sub = client::connect(&t.subscribe, &path).await?;
+    let publisher = client::connect(&t.publish, "/").await?;
+    let (mut tx, mut rx) = publisher.split();
+    let count = t.count;
+    let started = Instant::now();
+
+    let receiver = smol::spawn(async move {
+        let mut next = 0u64;
+        while next < count {
+            match client::next(&mut sub).await {
+                Some(Ok(m)) => match number(&m.content) {
+                    Some(n) if n == next => next += 1,
+                    Some(n) => return Err(format!("received {n} when {next} was due")),
+                    None => {}
+                },
+                Some(Err(e)) => return Err(e),
+                None => return Err(format!("subscriber closed after {next}")),
+            }
+        }
+        Ok(started.elapsed())
+    });
+
+    let (acked_tx, acked_rx) = smol::channel::unbounded::<u64>();
+    let notices = smol::spawn(async move {
+        let mut accepted = 0u64;
+        while accepted < count {
+            match rx.next().await {
+                Some(Ok(WsMessage::Text(t))) => {
+                    let m = Message::from_json(&t).map_err(|e| e.to_string())?;
+                    match m.operation.as_str() {
+                        "accepted" => {
+                            accepted += 1;
+                            let _ = acked_tx.try_send(accepted);
+                        }
+                        "error" => return Err(format!("refused: {}", client::notice_error(&m))),
+                        _ => {}
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Err("publisher connection closed".into()),
+            }
+        }
+        Ok(started.elapsed())
+    });
+
+    let mut accepted = 0u64;
+    for n in 0..count {
+        while n - accepted >= t.inflight {
+            accepted = acked_rx
+                .recv()
+                .await
+                .map_err(|_| "notices stopped".to_owned())?;
+            while let Ok(a) = acked_rx.try_recv() {
+                accepted = a;
+            }
+        }
+        let mut m = Message {
+            source: "hub-bench".into(),
+            group: "bench".into(),
+            operation: "update".into(),
+            resource: t.resource.clone(),
+            content: content(t.size, n),
+            ..Message::default()
+        };
+        m.fill_header();
+        tx.feed(WsMessage::text(m.to_json()))
+            .await
+            .map_err(|e| e.to_string())?;
+        if n % 64 == 63 {
+            futures_flush(&mut tx).await?;
+        }
+    }
+    futures_flush(&mut tx).await?;
+    let to_accepted = notices.await?;
+    let to_delivered = receiver.await?;
+    let mb = (count as f64) * (t.size as f64) / 1e6;
+    println!(
+        "{count} messages of {} B: accepted {:.0} msg/s ({:.1} MB/s), delivered {:.0} msg/s ({:.1} MB/s), in order, once",
+        t.size,
+        count as f64 / to_accepted.as_secs_f64(),
+        mb / to_accepted.as_secs_f64(),
+        count as f64 / to_delivered.as_secs_f64(),
+        mb / to_delivered.as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn futures_flush<S>(tx: &mut S) -> Result<(), String>
+where
+    S: futures_util::Sink<WsMessage, Error = async_tungstenite::tungstenite::Error> + Unpin,
+{
+    tx.flush().await.map_err(|e| e.to_string())
+}
+
+async fn latency(l: Latency) -> Result<(), String> {
+    let mut ws = client::connect(&l.url, "/").await?;
+    let mut samples = Vec::with_capacity(l.count);
+    for n in 0..l.count as u64 {
+        let mut m = Message {
+            sync: true,
+            source: "hub-bench".into(),
+            group: "bench".into(),
+            operation: "query".into(),
+            resource: l.resource.clone(),
+            content: content(l.size, n),
+            ..Message::default()
+        };
+        m.fill_header();
+        let t0 = Instant::now();
+        client::request(&mut ws, &m, Duration::from_secs(10)).await?;
+        samples.push(t0.elapsed());
+    }
+    samples.sort();
+    let pct = |p: f64| samples[((samples.len() as f64 - 1.0) * p).round() as usize];
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "{} requests: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+        samples.len(),
+        ms(pct(0.5)),
+        ms(pct(0.99)),
+        ms(*samples.last().unwrap_or(&Duration::ZERO))
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let bench: Bench = argh::from_env();
+    let result = smol::block_on(async {
+        match bench.command {
+            Command::Throughput(t) => throughput(t).await,
+            Command::Latency(l) => latency(l).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hub-bench: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
