@@ -6,7 +6,7 @@ CARGO      ?= cargo
 
 BIN := target/release/hub
 
-.PHONY: all build check test demo release install uninstall arm-check clean
+.PHONY: all build check test demo bench release install uninstall arm-check clean
 
 all: build
 
@@ -25,6 +25,10 @@ test: check arm-check
 # The main job end to end: PKI, a cloud, two gateways, messages both ways, a request.
 demo:
 	scripts/demo.sh
+
+# Figures for hub and a Mosquitto bridge side by side (docs/benchmarks.md).
+bench:
+	scripts/bench.sh
 
 # Static musl binaries for aarch64 and armv7 with `cross` (needs Docker), packaged in dist/.
 release:

@@ -7,6 +7,8 @@
 //! - `latency`: sequential sync requests answered by an application on the other side
 //!   (`hub sub --echo`); prints p50, p99 and max round trip.
 
+mod mqtt;
+
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -29,6 +31,34 @@ struct Bench {
 enum Command {
     Throughput(Throughput),
     Latency(Latency),
+    Mqtt(Mqtt),
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand, name = "mqtt")]
+/// The same job through MQTT brokers (e.g. a Mosquitto bridge), for comparison.
+struct Mqtt {
+    /// broker to publish at (HOST:PORT, plain TCP)
+    #[argh(option)]
+    publish: String,
+    /// broker to subscribe at (HOST:PORT, plain TCP)
+    #[argh(option)]
+    subscribe: String,
+    /// topic
+    #[argh(option)]
+    topic: String,
+    /// quality of service, 0 or 1 (default 1)
+    #[argh(option, default = "1")]
+    qos: u8,
+    /// messages to send (default 100000)
+    #[argh(option, default = "100_000")]
+    count: u64,
+    /// payload bytes per message (default 256)
+    #[argh(option, default = "256")]
+    size: usize,
+    /// messages awaiting PUBACK at most, at QoS 1 (default 4096)
+    #[argh(option, default = "4096")]
+    inflight: u64,
 }
 
 #[derive(FromArgs)]
@@ -225,6 +255,30 @@ fn main() -> ExitCode {
         match bench.command {
             Command::Throughput(t) => throughput(t).await,
             Command::Latency(l) => latency(l).await,
+            Command::Mqtt(m) => {
+                if m.qos > 1 {
+                    return Err("--qos is 0 or 1".to_owned());
+                }
+                let took = mqtt::throughput(
+                    &m.publish,
+                    &m.subscribe,
+                    &m.topic,
+                    m.count,
+                    m.size,
+                    m.qos,
+                    m.inflight,
+                )
+                .await?;
+                println!(
+                    "{} messages of {} B at QoS {}: delivered {:.0} msg/s ({:.1} MB/s), in order, once",
+                    m.count,
+                    m.size,
+                    m.qos,
+                    m.count as f64 / took.as_secs_f64(),
+                    m.count as f64 * m.size as f64 / 1e6 / took.as_secs_f64()
+                );
+                Ok(())
+            }
         }
     });
     match result {

@@ -1,0 +1,199 @@
+#!/usr/bin/env bash
+# Benchmarks on this machine, side by side with a Mosquitto 2.0 bridge doing the same job.
+# Prints one table of figures; nothing here passes or fails on a number.
+#
+#   scripts/bench.sh            # defaults: 100000 messages of 256 B, 10000 of 16 KiB
+#   COUNT=200000 scripts/bench.sh
+#
+# hub: applications -> edge hub -> cloud hub -> applications (and back), at-least-once, through
+# the real processes and their application endpoints, with target/release/hub-bench as the
+# applications. Mosquitto: an edge broker bridging to a cloud broker over mutual TLS (the same
+# dev PKI), QoS 1 and QoS 0, publisher with a bounded in-flight window (hub-bench mqtt).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+COUNT=${COUNT:-100000}
+BIG_COUNT=${BIG_COUNT:-10000}
+REQUESTS=${REQUESTS:-2000}
+
+if ! command -v mosquitto >/dev/null; then
+  echo "installing mosquitto (Debian's package) for the comparison" >&2
+  apt-get update -qq >/dev/null 2>&1 || true
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null
+fi
+echo "building release binaries" >&2
+cargo build --release --locked --quiet
+HUB=$PWD/target/release/hub
+BENCH=$PWD/target/release/hub-bench
+W=$(mktemp -d "${TMPDIR:-/tmp}/hub-bench.XXXXXX")
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$W"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+wait_log() { # file pattern
+  for _ in $(seq 200); do grep -m1 -E "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
+  echo "bench: no '$2' in $1" >&2; cat "$1" >&2; exit 1
+}
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+ROWS=()
+row() { ROWS+=("$(printf '%-44s %s' "$1" "$2")"); echo "$1: $2" >&2; }
+rate() { grep -oE "$1 [0-9]+ msg/s" <<<"$2" | grep -oE '[0-9]+' | head -1; }
+
+"$HUB" certs --dir "$W/pki" --node edge-node --node bridge >/dev/null
+
+# --- hub -----------------------------------------------------------------------------------
+cat >"$W/cloud.yaml" <<YAML
+cloudhub:
+  protocol_websocket: true
+  port: 0
+  protocol_quic: true
+  quic_port: 0
+  address: 127.0.0.1
+  ca: $W/pki/ca.crt
+  cert: $W/pki/server.crt
+  key: $W/pki/server.key
+apps:
+  listen: 127.0.0.1:0
+queues:
+  dir: $W/cloud
+  max-messages: 100000000
+  max-bytes: 100000000000
+YAML
+RUST_LOG=warn,hub::apps=info,hub::cloud=info "$HUB" cloud -c "$W/cloud.yaml" 2>"$W/cloud.log" &
+CLOUD_PID=$!
+PIDS+=("$CLOUD_PID")
+WS_PORT=$(wait_log "$W/cloud.log" 'websocket listening on' | grep -oE '[0-9]+$')
+QUIC_PORT=$(wait_log "$W/cloud.log" 'quic listening on' | grep -oE '[0-9]+$')
+CLOUD=$(wait_log "$W/cloud.log" 'apps listening on' | grep -oE 'ws://[0-9.:]+')
+
+for proto in websocket quic; do
+  if [ "$proto" = websocket ]; then
+    link="websocket:
+  url: wss://127.0.0.1:$WS_PORT/bench/edge-node/events"
+  else
+    link="quic:
+  url: 127.0.0.1:$QUIC_PORT"
+  fi
+  cat >"$W/edge-$proto.yaml" <<YAML
+$link
+  cafile: $W/pki/ca.crt
+  certfile: $W/pki/node-edge-node.crt
+  keyfile: $W/pki/node-edge-node.key
+controller:
+  protocol: $proto
+  project-id: bench
+  node-id: edge-node
+apps:
+  listen: 127.0.0.1:0
+outbox:
+  dir: $W/edge-$proto
+  max-messages: 100000000
+  max-bytes: 100000000000
+YAML
+  RUST_LOG=warn,hub::apps=info,hub::edge=info "$HUB" edge -c "$W/edge-$proto.yaml" 2>"$W/edge-$proto.log" &
+  EDGE_PID=$!
+  PIDS+=("$EDGE_PID")
+  EDGE=$(wait_log "$W/edge-$proto.log" 'apps listening on' | grep -oE 'ws://[0-9.:]+')
+  wait_log "$W/edge-$proto.log" 'connected to the cloud' >/dev/null
+  row "idle RSS, hub edge ($proto), KiB" "$(rss_kib "$EDGE_PID")"
+  for size in 256 16384; do
+    n=$COUNT; [ "$size" = 256 ] || n=$BIG_COUNT
+    out=$("$BENCH" throughput --publish "$EDGE" --resource up --subscribe "$CLOUD" --prefix node/edge-node/up --count "$n" --size "$size")
+    row "hub $proto edge->cloud ${size} B, msg/s" "$(rate delivered "$out") ($out)"
+    eval "HUB_UP_${proto}_${size}=$(rate delivered "$out")"
+    out=$("$BENCH" throughput --publish "$CLOUD" --resource node/edge-node/down --subscribe "$EDGE" --prefix down --count "$n" --size "$size")
+    row "hub $proto cloud->edge ${size} B, msg/s" "$(rate delivered "$out") ($out)"
+    eval "HUB_DOWN_${proto}_${size}=$(rate delivered "$out")"
+  done
+  "$HUB" sub -u "$EDGE" -r echo --echo >/dev/null &
+  ECHO=$!
+  PIDS+=("$ECHO")
+  sleep 0.3
+  out=$("$BENCH" latency --url "$CLOUD" --resource node/edge-node/echo --count "$REQUESTS")
+  row "hub $proto request round trip" "$out"
+  kill "$ECHO" "$EDGE_PID"
+  wait "$EDGE_PID" 2>/dev/null || true
+done
+row "RSS, hub cloud after the runs, KiB" "$(rss_kib "$CLOUD_PID")"
+kill "$CLOUD_PID"; wait "$CLOUD_PID" 2>/dev/null || true
+
+# --- Mosquitto bridge ------------------------------------------------------------------------
+TLS_PORT=$(free_port); CLOUD_MQTT=$(free_port); EDGE_MQTT=$(free_port)
+cat >"$W/mosq-cloud.conf" <<CONF
+user root
+per_listener_settings false
+allow_anonymous true
+persistence false
+log_type error
+max_queued_messages 1000000
+max_inflight_messages 1000
+listener $TLS_PORT 127.0.0.1
+cafile $W/pki/ca.crt
+certfile $W/pki/server.crt
+keyfile $W/pki/server.key
+require_certificate true
+listener $CLOUD_MQTT 127.0.0.1
+CONF
+cat >"$W/mosq-edge.conf" <<CONF
+user root
+per_listener_settings false
+allow_anonymous true
+persistence false
+log_type error
+max_queued_messages 1000000
+max_inflight_messages 1000
+listener $EDGE_MQTT 127.0.0.1
+connection cloud
+address 127.0.0.1:$TLS_PORT
+bridge_protocol_version mqttv311
+bridge_cafile $W/pki/ca.crt
+bridge_certfile $W/pki/node-bridge.crt
+bridge_keyfile $W/pki/node-bridge.key
+cleansession false
+restart_timeout 1 1
+try_private true
+topic up1/# out 1
+topic up0/# out 0
+topic down1/# in 1
+topic down0/# in 0
+CONF
+mosquitto -c "$W/mosq-cloud.conf" 2>"$W/mosq-cloud.log" &
+PIDS+=($!)
+mosquitto -c "$W/mosq-edge.conf" 2>"$W/mosq-edge.log" &
+PIDS+=($!)
+sleep 1.5 # the bridge connects on its own schedule
+for qos in 1 0; do
+  for size in 256 16384; do
+    n=$COUNT; [ "$size" = 256 ] || n=$BIG_COUNT
+    out=$("$BENCH" mqtt --publish "127.0.0.1:$EDGE_MQTT" --subscribe "127.0.0.1:$CLOUD_MQTT" --topic "up$qos/x" --qos "$qos" --count "$n" --size "$size")
+    row "mosquitto QoS $qos edge->cloud ${size} B, msg/s" "$(rate delivered "$out")"
+    eval "MQ_UP_${qos}_${size}=$(rate delivered "$out")"
+    out=$("$BENCH" mqtt --publish "127.0.0.1:$CLOUD_MQTT" --subscribe "127.0.0.1:$EDGE_MQTT" --topic "down$qos/x" --qos "$qos" --count "$n" --size "$size")
+    row "mosquitto QoS $qos cloud->edge ${size} B, msg/s" "$(rate delivered "$out")"
+    eval "MQ_DOWN_${qos}_${size}=$(rate delivered "$out")"
+  done
+done
+
+# --- ratios and footprint --------------------------------------------------------------------
+for proto in websocket quic; do
+  for dir in UP DOWN; do
+    for size in 256 16384; do
+      h=HUB_${dir}_${proto}_${size}; q1=MQ_${dir}_1_${size}; q0=MQ_${dir}_0_${size}
+      row "ratio hub $proto/mosquitto QoS 1 ($dir, $size B)" "$(python3 -c "print(f'{${!h}/${!q1}:.2f}x')")"
+      row "ratio hub $proto/mosquitto QoS 0 ($dir, $size B)" "$(python3 -c "print(f'{${!h}/${!q0}:.2f}x')")"
+    done
+  done
+done
+row "binary size, native ($(uname -m)), bytes" "$(stat -c %s "$HUB")"
+for t in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
+  f=target/arm-check/$t/release/hub
+  [ -f "$f" ] && row "binary size, $t (make arm-check), bytes" "$(stat -c %s "$f")"
+done
+
+echo
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); mosquitto $(mosquitto -h | head -1 | awk '{print $3}')"
+printf '%s\n' "${ROWS[@]}"

@@ -1,0 +1,233 @@
+//! Just enough MQTT 3.1.1 to load a Mosquitto bridge the way `throughput` loads hub: CONNECT,
+//! PUBLISH at QoS 0 or 1 with a bounded number awaiting PUBACK, SUBSCRIBE, and PUBACK for what a
+//! subscriber receives. Plain TCP to a broker on this machine.
+
+use std::net::TcpStream;
+use std::time::Instant;
+
+use smol::Async;
+use smol::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+
+/// One MQTT connection.
+pub struct Client {
+    reader: BufReader<Async<TcpStream>>,
+    writer: Async<TcpStream>,
+    out: Vec<u8>,
+}
+
+fn remaining_length(mut n: usize, out: &mut Vec<u8>) {
+    loop {
+        let mut b = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if n == 0 {
+            return;
+        }
+    }
+}
+
+fn string(s: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// A received packet: its type (high nibble of the first byte), flags and body.
+pub struct Packet {
+    pub kind: u8,
+    pub flags: u8,
+    pub body: Vec<u8>,
+}
+
+impl Client {
+    /// Connects with a clean session.
+    pub async fn connect(addr: &str, client_id: &str) -> Result<Client, String> {
+        let tcp = TcpStream::connect(addr).map_err(|e| format!("MQTT connect to {addr}: {e}"))?;
+        tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+        let writer =
+            Async::new(tcp.try_clone().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        let reader = BufReader::with_capacity(1 << 16, Async::new(tcp).map_err(|e| e.to_string())?);
+        let mut c = Client {
+            reader,
+            writer,
+            out: Vec::new(),
+        };
+        let mut body = Vec::new();
+        string("MQTT", &mut body);
+        body.push(4); // protocol level 3.1.1
+        body.push(0x02); // clean session
+        body.extend_from_slice(&60u16.to_be_bytes());
+        string(client_id, &mut body);
+        c.packet(0x10, &body);
+        c.flush().await?;
+        let ack = c.read().await?;
+        if ack.kind != 2 || ack.body.get(1) != Some(&0) {
+            return Err(format!("MQTT connect refused: {:?}", ack.body));
+        }
+        Ok(c)
+    }
+
+    fn packet(&mut self, first: u8, body: &[u8]) {
+        self.out.push(first);
+        remaining_length(body.len(), &mut self.out);
+        self.out.extend_from_slice(body);
+    }
+
+    /// Queues a PUBLISH (`id` is used at QoS 1).
+    pub fn publish(&mut self, topic: &str, payload: &[u8], qos: u8, id: u16) {
+        let mut head = Vec::with_capacity(topic.len() + 4);
+        string(topic, &mut head);
+        if qos > 0 {
+            head.extend_from_slice(&id.to_be_bytes());
+        }
+        self.out.push(0x30 | (qos << 1));
+        remaining_length(head.len() + payload.len(), &mut self.out);
+        self.out.extend_from_slice(&head);
+        self.out.extend_from_slice(payload);
+    }
+
+    /// Queues a PUBACK.
+    pub fn puback(&mut self, id: u16) {
+        self.packet(0x40, &id.to_be_bytes());
+    }
+
+    /// Subscribes to `filter` at `qos` and waits for SUBACK.
+    pub async fn subscribe(&mut self, filter: &str, qos: u8) -> Result<(), String> {
+        let mut body = 1u16.to_be_bytes().to_vec();
+        string(filter, &mut body);
+        body.push(qos);
+        self.packet(0x82, &body);
+        self.flush().await?;
+        loop {
+            let p = self.read().await?;
+            if p.kind == 9 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Writes what was queued.
+    pub async fn flush(&mut self) -> Result<(), String> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        self.writer
+            .write_all(&self.out)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.out.clear();
+        Ok(())
+    }
+
+    /// Reads one packet.
+    pub async fn read(&mut self) -> Result<Packet, String> {
+        let mut first = [0u8; 1];
+        self.reader
+            .read_exact(&mut first)
+            .await
+            .map_err(|e| format!("MQTT read: {e}"))?;
+        let (mut len, mut shift) = (0usize, 0);
+        loop {
+            let mut b = [0u8; 1];
+            self.reader
+                .read_exact(&mut b)
+                .await
+                .map_err(|e| format!("MQTT read: {e}"))?;
+            len |= usize::from(b[0] & 0x7f) << shift;
+            if b[0] & 0x80 == 0 {
+                break;
+            }
+            shift += 7;
+            if shift > 21 {
+                return Err("MQTT: bad remaining length".into());
+            }
+        }
+        let mut body = vec![0u8; len];
+        self.reader
+            .read_exact(&mut body)
+            .await
+            .map_err(|e| format!("MQTT read: {e}"))?;
+        Ok(Packet {
+            kind: first[0] >> 4,
+            flags: first[0] & 0x0f,
+            body,
+        })
+    }
+}
+
+/// Publishes `count` payloads of `size` bytes to `topic` at `pub_addr` (at most `inflight`
+/// awaiting PUBACK at QoS 1) while a subscriber at `sub_addr` counts them in order; returns the
+/// time until all were delivered.
+pub async fn throughput(
+    pub_addr: &str,
+    sub_addr: &str,
+    topic: &str,
+    count: u64,
+    size: usize,
+    qos: u8,
+    inflight: u64,
+) -> Result<std::time::Duration, String> {
+    let mut sub =
+        Client::connect(sub_addr, &format!("hub-bench-sub-{}", std::process::id())).await?;
+    sub.subscribe(topic, qos).await?;
+    let mut publisher =
+        Client::connect(pub_addr, &format!("hub-bench-pub-{}", std::process::id())).await?;
+    let started = Instant::now();
+    let receiver = smol::spawn(async move {
+        let mut next = 0u64;
+        while next < count {
+            let p = sub.read().await?;
+            if p.kind != 3 {
+                continue;
+            }
+            let qos = (p.flags >> 1) & 3;
+            let tlen = usize::from(u16::from_be_bytes([p.body[0], p.body[1]]));
+            let mut at = 2 + tlen;
+            if qos > 0 {
+                let id = u16::from_be_bytes([p.body[at], p.body[at + 1]]);
+                sub.puback(id);
+                at += 2;
+            }
+            let payload = &p.body[at..];
+            let n: u64 = std::str::from_utf8(&payload[..payload.len().min(20)])
+                .ok()
+                .and_then(|s| s.split(' ').next())
+                .and_then(|s| s.parse().ok())
+                .ok_or("MQTT: payload without a counter")?;
+            if n != next {
+                return Err(format!("MQTT: received {n} when {next} was due"));
+            }
+            next += 1;
+            if next % 64 == 0 || next == count {
+                sub.flush().await?;
+            }
+        }
+        sub.flush().await?;
+        Ok::<_, String>(started.elapsed())
+    });
+    // The publisher: PUBACKs are read on the same connection whenever the window is full.
+    let mut acked = 0u64;
+    let mut sent = 0u64;
+    let mut payload = vec![b'x'; size.max(20)];
+    while sent < count || (qos > 0 && acked < count) {
+        while sent < count && (qos == 0 || sent - acked < inflight) {
+            let head = format!("{sent} ");
+            payload[..head.len()].copy_from_slice(head.as_bytes());
+            publisher.publish(topic, &payload, qos, (sent % 65535 + 1) as u16);
+            sent += 1;
+            if publisher.out.len() > 1 << 16 {
+                break;
+            }
+        }
+        publisher.flush().await?;
+        if qos > 0 && (sent - acked >= inflight || sent == count) {
+            let p = publisher.read().await?;
+            if p.kind == 4 {
+                acked += 1;
+            }
+        }
+    }
+    receiver.await
+}
