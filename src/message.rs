@@ -202,23 +202,33 @@ impl Message {
 
     /// The JSON an application receives.
     pub fn to_json(&self) -> String {
-        let s = |v: &str| serde_json::to_string(v).expect("strings serialize");
         let content = match std::str::from_utf8(&self.content) {
             Ok(c) if !c.trim().is_empty() => c,
             _ => "null",
         };
-        format!(
-            r#"{{"header":{{"msg_id":{},"parent_msg_id":{},"timestamp":{},"sync":{}}},"route":{{"source":{},"group":{},"operation":{},"resource":{}}},"content":{}}}"#,
-            s(&self.id),
-            s(&self.parent_id),
-            self.timestamp,
-            self.sync,
-            s(&self.source),
-            s(&self.group),
-            s(&self.operation),
-            s(&self.resource),
-            content
-        )
+        let mut out = String::with_capacity(160 + self.resource.len() + content.len());
+        out.push_str(r#"{"header":{"msg_id":"#);
+        json_string(&mut out, &self.id);
+        out.push_str(r#","parent_msg_id":"#);
+        json_string(&mut out, &self.parent_id);
+        out.push_str(r#","timestamp":"#);
+        out.push_str(&self.timestamp.to_string());
+        out.push_str(if self.sync {
+            r#","sync":true},"route":{"source":"#
+        } else {
+            r#","sync":false},"route":{"source":"#
+        });
+        json_string(&mut out, &self.source);
+        out.push_str(r#","group":"#);
+        json_string(&mut out, &self.group);
+        out.push_str(r#","operation":"#);
+        json_string(&mut out, &self.operation);
+        out.push_str(r#","resource":"#);
+        json_string(&mut out, &self.resource);
+        out.push_str(r#"},"content":"#);
+        out.push_str(content);
+        out.push('}');
+        out
     }
 
     /// Gives the message an id (random, UUID-shaped) and a timestamp (now) when it has none.
@@ -258,23 +268,56 @@ pub fn now_millis() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// A random id shaped like a UUID v4.
+/// Appends `s` as a JSON string: quoted, with `"`, `\` and control characters escaped.
+fn json_string(out: &mut String, s: &str) {
+    out.push('"');
+    let mut start = 0;
+    for (i, c) in s.char_indices() {
+        let escaped = match c {
+            '"' => "\\\"".to_owned(),
+            '\\' => "\\\\".to_owned(),
+            '\n' => "\\n".to_owned(),
+            '\r' => "\\r".to_owned(),
+            '\t' => "\\t".to_owned(),
+            c if (c as u32) < 0x20 => format!("\\u{:04x}", c as u32),
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        out.push_str(&escaped);
+        start = i + c.len_utf8();
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
+}
+
+/// A new id shaped like a UUID v4: unique within the process (a counter) and across processes
+/// (a 64-bit random seed from the system, taken once), without a system call per id.
 pub fn new_id() -> String {
-    use ring::rand::SecureRandom;
-    let mut b = [0u8; 16];
-    ring::rand::SystemRandom::new()
-        .fill(&mut b)
-        .expect("the system's random source works");
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEED: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let seed = *SEED.get_or_init(|| {
+        use ring::rand::SecureRandom;
+        let mut b = [0u8; 8];
+        ring::rand::SystemRandom::new()
+            .fill(&mut b)
+            .expect("the system's random source works");
+        u64::from_le_bytes(b)
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    // The seed's bits fill the first half; the second is the counter, masked by more of them
+    // (a bijection, so no two ids of one process are ever equal).
+    let mask = seed.rotate_left(29).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let hi = (seed & 0xffff_ffff_ffff_0fff) | 0x4000; // version 4
+    let lo = ((n ^ mask) & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000; // variant 10
     format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        hi >> 32,
+        (hi >> 16) & 0xffff,
+        hi & 0xffff,
+        lo >> 48,
+        lo & 0xffff_ffff_ffff
     )
 }
 
@@ -337,6 +380,19 @@ mod tests {
     }
 
     #[test]
+    fn json_escapes_strings_like_serde() {
+        let m = Message {
+            resource: "a\"b\\c\nd\u{1}é/☃".into(),
+            source: "tab\there".into(),
+            ..sample()
+        };
+        let v: serde_json::Value = serde_json::from_str(&m.to_json()).unwrap();
+        assert_eq!(v["route"]["resource"], m.resource.as_str());
+        assert_eq!(v["route"]["source"], "tab\there");
+        assert_eq!(Message::from_json(&m.to_json()).unwrap(), m);
+    }
+
+    #[test]
     fn json_defaults_and_errors() {
         let mut m = Message::from_json(r#"{"route":{"resource":"a/b"}}"#).unwrap();
         assert_eq!(m.content, b"null");
@@ -373,5 +429,8 @@ mod tests {
         let a = new_id();
         assert_ne!(a, new_id());
         assert_eq!(a.as_bytes()[14], b'4');
+        assert!(matches!(a.as_bytes()[19], b'8' | b'9' | b'a' | b'b'), "{a}");
+        let many: std::collections::HashSet<String> = (0..10_000).map(|_| new_id()).collect();
+        assert_eq!(many.len(), 10_000);
     }
 }
