@@ -69,6 +69,7 @@ PIDS+=("$CLOUD_PID")
 WS_PORT=$(wait_log "$W/cloud.log" 'websocket listening on' | grep -oE '[0-9]+$')
 QUIC_PORT=$(wait_log "$W/cloud.log" 'quic listening on' | grep -oE '[0-9]+$')
 CLOUD=$(wait_log "$W/cloud.log" 'apps listening on' | grep -oE 'ws://[0-9.:]+')
+row "idle RSS, hub cloud, KiB" "$(rss_kib "$CLOUD_PID")"
 
 for proto in websocket quic; do
   if [ "$proto" = websocket ]; then
@@ -120,6 +121,39 @@ YAML
 done
 row "RSS, hub cloud after the runs, KiB" "$(rss_kib "$CLOUD_PID")"
 kill "$CLOUD_PID"; wait "$CLOUD_PID" 2>/dev/null || true
+
+# Memory under backlog: an edge whose cloud is unreachable takes BACKLOG messages of 256 B.
+BACKLOG=${BACKLOG:-1000000}
+cat >"$W/edge-backlog.yaml" <<YAML
+quic:
+  url: 127.0.0.1:$(free_port)
+  cafile: $W/pki/ca.crt
+  certfile: $W/pki/node-edge-node.crt
+  keyfile: $W/pki/node-edge-node.key
+controller:
+  protocol: quic
+  project-id: bench
+  node-id: edge-node
+apps:
+  listen: 127.0.0.1:0
+outbox:
+  dir: $W/edge-backlog
+  max-messages: 100000000
+  max-bytes: 100000000000
+YAML
+RUST_LOG=warn,hub::apps=info "$HUB" edge -c "$W/edge-backlog.yaml" 2>"$W/edge-backlog.log" &
+EDGE_PID=$!
+PIDS+=("$EDGE_PID")
+EDGE=$(wait_log "$W/edge-backlog.log" 'apps listening on' | grep -oE 'ws://[0-9.:]+')
+python3 -c "import sys; sys.stdout.write(('\"' + 'x' * 254 + '\"\n') * $BACKLOG)" >"$W/backlog.lines"
+t0=$(date +%s.%N)
+out=$("$HUB" pub -u "$EDGE" -r backlog --stdin <"$W/backlog.lines")
+t1=$(date +%s.%N)
+row "edge backlog: $out, accepted msg/s (hub pub --stdin)" "$(python3 -c "print(round($BACKLOG / ($t1 - $t0)))")"
+row "RSS, hub edge with $BACKLOG messages queued, KiB" "$(rss_kib "$EDGE_PID")"
+row "disk, edge outbox with $BACKLOG messages, bytes" "$(du -sb "$W/edge-backlog" | cut -f1)"
+kill "$EDGE_PID"; wait "$EDGE_PID" 2>/dev/null || true
+rm -f "$W/backlog.lines"
 
 # --- Mosquitto bridge ------------------------------------------------------------------------
 TLS_PORT=$(free_port); CLOUD_MQTT=$(free_port); EDGE_MQTT=$(free_port)
