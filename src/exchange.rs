@@ -151,8 +151,15 @@ impl Exchange {
             Event::Commit(seq) => {
                 {
                     let mut inbound = lock(&self.inbound);
-                    inbound.stream = session.inbound_stream();
-                    inbound.delivered = inbound.delivered.max(seq);
+                    let stream = session.inbound_stream();
+                    if inbound.stream == stream {
+                        inbound.delivered = inbound.delivered.max(seq);
+                    } else {
+                        // A new peer stream (a reinstalled gateway, a wiped queue): its numbers
+                        // start over, and the old stream's position means nothing for it.
+                        inbound.stream = stream;
+                        inbound.delivered = seq;
+                    }
                     inbound.save();
                 }
                 session.committed(seq);
@@ -235,5 +242,92 @@ impl Exchange {
     /// The link ended: record what was delivered, so the next link resumes after it.
     pub fn finish(&self) {
         lock(&self.inbound).save();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::VERSION;
+    use crate::proto::frame::{Frame, Hello};
+    use std::time::{Duration, Instant};
+
+    fn hello(up_stream: u64) -> Hello {
+        Hello {
+            version: VERSION,
+            project_id: "p".into(),
+            node_id: "n".into(),
+            heartbeat: Duration::from_secs(1),
+            read_deadline: Duration::from_secs(10),
+            window: 64,
+            up_stream,
+            up_first: 1,
+            down_stream: 0,
+            down_seq: 0,
+        }
+    }
+
+    fn message(n: u8) -> Vec<u8> {
+        Message {
+            id: format!("m{n}"),
+            resource: "r".into(),
+            content: b"1".to_vec(),
+            ..Message::default()
+        }
+        .encode()
+        .unwrap()
+    }
+
+    /// A cloud-side session for an edge whose outbox stream is `up_stream`, fed `count` messages.
+    fn link(ex: &mut Exchange, up_stream: u64, count: u8) -> Session {
+        let now = Instant::now();
+        let mut s = Session::cloud(now, Duration::from_secs(30), 64);
+        s.handle_frame(now, Frame::Hello(hello(up_stream)));
+        assert!(matches!(s.poll_event(), Some(Event::Hello(_))));
+        s.accept(now, ex.streams());
+        for seq in 1..=count {
+            s.handle_frame(
+                now,
+                Frame::Message {
+                    seq: u64::from(seq),
+                    payload: message(seq),
+                },
+            );
+        }
+        s.handle_timeout(now + Duration::from_secs(1));
+        while let Some(ev) = s.poll_event() {
+            ex.handle(&mut s, ev);
+        }
+        s
+    }
+
+    #[test]
+    fn a_new_peer_stream_does_not_inherit_the_old_position() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = crate::config::QueueConfig {
+            dir: tmp.path().join("out"),
+            max_messages: 100,
+            max_bytes: 1 << 30,
+            fsync: crate::store::Fsync::Never,
+            window: 64,
+        };
+        let out = Queue::open(&config.dir, &config).unwrap();
+        let inbound = Inbound::open(&tmp.path().join("in.state")).unwrap();
+        let local = Arc::new(Local::new(Duration::from_secs(1)));
+        let mut ex = Exchange::new(out, inbound.clone(), local, None);
+
+        link(&mut ex, 0xaaaa, 5);
+        assert_eq!((ex.streams().in_stream, ex.streams().in_seq), (0xaaaa, 5));
+        // The gateway is reinstalled: a new outbox stream, numbered from 1 again. Its first link
+        // drops before any message arrives; the position recorded must be the new stream's.
+        link(&mut ex, 0xbbbb, 0);
+        assert_eq!((ex.streams().in_stream, ex.streams().in_seq), (0xbbbb, 0));
+        let reopened = Inbound::open(&tmp.path().join("in.state")).unwrap();
+        let state = lock(&reopened);
+        assert_eq!(
+            (state.stream, state.delivered),
+            (0xbbbb, 0),
+            "and that is what is on disk"
+        );
     }
 }
