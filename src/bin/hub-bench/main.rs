@@ -8,6 +8,7 @@
 //!   (`hub sub --echo`); prints p50, p99 and max round trip.
 
 mod mqtt;
+mod relay;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -32,6 +33,23 @@ enum Command {
     Throughput(Throughput),
     Latency(Latency),
     Mqtt(Mqtt),
+    Relay(Relay),
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand, name = "relay")]
+/// Forward 127.0.0.1 traffic to a target with a delay each way; SIGUSR1 blackholes it, SIGUSR2
+/// restores it.
+struct Relay {
+    /// where to forward (IP:PORT)
+    #[argh(option)]
+    to: std::net::SocketAddr,
+    /// relay UDP (QUIC) instead of TCP
+    #[argh(switch)]
+    udp: bool,
+    /// emulated round trip in milliseconds (half of it each way; default 0)
+    #[argh(option, default = "0.0")]
+    rtt_ms: f64,
 }
 
 #[derive(FromArgs)]
@@ -255,6 +273,14 @@ fn main() -> ExitCode {
         match bench.command {
             Command::Throughput(t) => throughput(t).await,
             Command::Latency(l) => latency(l).await,
+            Command::Relay(r) => {
+                relay::run(
+                    r.to,
+                    r.udp,
+                    Duration::from_secs_f64(r.rtt_ms.max(0.0) / 2000.0),
+                )
+                .await
+            }
             Command::Mqtt(m) => {
                 if m.qos > 1 {
                     return Err("--qos is 0 or 1".to_owned());
