@@ -34,8 +34,8 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_log() { # file pattern
-  for _ in $(seq 200); do grep -m1 -E "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
+wait_log() { # file pattern [tenths of a second, default 200]
+  for _ in $(seq "${3:-200}"); do grep -m1 -E "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
   echo "bench: no '$2' in $1" >&2; cat "$1" >&2; exit 1
 }
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
@@ -222,6 +222,52 @@ row "RSS, hub edge with $BACKLOG messages queued, KiB" "$(rss_kib "$EDGE_PID")"
 row "disk, edge outbox with $BACKLOG messages, bytes" "$(du -sb "$W/edge-backlog" | cut -f1)"
 kill "$EDGE_PID"; wait "$EDGE_PID" 2>/dev/null || true
 rm -f "$W/backlog.lines"
+
+# --- scale: many idle nodes on one cloud ------------------------------------------------------
+# SCALE nodes, half over WebSocket and half over QUIC, each with its own certificate, connect to a
+# fresh cloud (max_incomingstreams 100: quinn sets up every allowed stream per connection) and stay
+# idle with heartbeats; RSS per node and CPU while idle are read from /proc. The default is 4000:
+# the cloud keeps about three files open per node (queue segment, acknowledgement and receive
+# state), so 10,000 nodes need more than the 20,000 descriptors these machines allow.
+SCALE=${SCALE:-4000}
+"$HUB" certs --dir "$W/scale-pki" $(seq -f 'sim-%.0f' 0 $((SCALE - 1)) | sed 's/^/--node /') >/dev/null
+cat >"$W/scale-cloud.yaml" <<YAML
+cloudhub:
+  protocol_websocket: true
+  port: 0
+  protocol_quic: true
+  quic_port: 0
+  address: 127.0.0.1
+  max_incomingstreams: 100
+  ca: $W/scale-pki/ca.crt
+  cert: $W/scale-pki/server.crt
+  key: $W/scale-pki/server.key
+  node-limit: $((SCALE + 10))
+apps:
+  listen: 127.0.0.1:0
+queues:
+  dir: $W/scale-cloud
+YAML
+RUST_LOG=warn,hub::cloud=info "$HUB" cloud -c "$W/scale-cloud.yaml" 2>"$W/scale-cloud.log" &
+SCALE_PID=$!
+PIDS+=("$SCALE_PID")
+S_WS=$(wait_log "$W/scale-cloud.log" 'websocket listening on' | grep -oE '[0-9.]+:[0-9]+$')
+S_QUIC=$(wait_log "$W/scale-cloud.log" 'quic listening on' | grep -oE '[0-9.]+:[0-9]+$')
+before=$(rss_kib "$SCALE_PID")
+"$BENCH" scale --websocket "$S_WS" --quic "$S_QUIC" --pki "$W/scale-pki" --nodes "$SCALE" --hold 15 >"$W/scale.out" &
+SIM=$!
+PIDS+=("$SIM")
+connected=$(wait_log "$W/scale.out" '^connected' 1800)
+sleep 2 # settle after the last handshake
+after=$(rss_kib "$SCALE_PID")
+cpu0=$(awk '{print $14 + $15}' "/proc/$SCALE_PID/stat")
+sleep 10
+cpu1=$(awk '{print $14 + $15}' "/proc/$SCALE_PID/stat")
+row "scale: $SCALE nodes" "$connected"
+row "scale: hub cloud RSS, KiB (before -> with nodes)" "$before -> $after ($(( (after - before) / SCALE )) KiB per node)"
+row "scale: hub cloud CPU while idle, % of one core" "$(( (cpu1 - cpu0) * 100 / $(getconf CLK_TCK) / 10 ))"
+wait "$SIM" || true
+kill "$SCALE_PID"; wait "$SCALE_PID" 2>/dev/null || true
 
 # --- Mosquitto bridge ------------------------------------------------------------------------
 TLS_PORT=$(free_port); CLOUD_MQTT=$(free_port); EDGE_MQTT=$(free_port)

@@ -9,6 +9,7 @@
 
 mod mqtt;
 mod relay;
+mod scale;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -34,6 +35,7 @@ enum Command {
     Latency(Latency),
     Mqtt(Mqtt),
     Relay(Relay),
+    Scale(scale::Scale),
 }
 
 #[derive(FromArgs)]
@@ -273,6 +275,7 @@ fn main() -> ExitCode {
         match bench.command {
             Command::Throughput(t) => throughput(t).await,
             Command::Latency(l) => latency(l).await,
+            Command::Scale(s) => scale::run(s).await,
             Command::Relay(r) => {
                 relay::run(
                     r.to,
