@@ -437,8 +437,10 @@ async fn serve(
                         format!(": {detail}")
                     };
                     log_end(admission.is_some(), &node, &format!("{code}{detail}"));
-                    if let Some(ex) = &exchange {
+                    if let Some(ex) = exchange.take() {
                         ex.finish();
+                        drop(ex);
+                        cloud.queues.release(&node);
                     }
                     link.close(code, CLOSE_LINGER).await;
                     return;
@@ -477,8 +479,10 @@ async fn serve(
             ),
             Wake::Inbound(Inbound::Closed(e)) => {
                 log_end(admission.is_some(), &node, &e.to_string());
-                if let Some(ex) = &exchange {
+                if let Some(ex) = exchange.take() {
                     ex.finish();
+                    drop(ex);
+                    cloud.queues.release(&node);
                 }
                 return;
             }
@@ -519,7 +523,7 @@ fn admit(
     let streams = cloud
         .queues
         .node(&hello.node_id)
-        .map_err(|e| (CloseCode::ShuttingDown, e))?;
+        .map_err(|e| (CloseCode::Unavailable, e))?;
     let admission = cloud
         .registry
         .admit(&hello.node_id, protocol, peer)

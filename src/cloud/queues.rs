@@ -71,6 +71,18 @@ impl NodeQueues {
         Ok(self.node(node_id)?.out.clone())
     }
 
+    /// Closes the files of `node_id`'s queue and receive state if nothing is queued for it and
+    /// nothing else uses them (its link ended); they are opened again when needed.
+    pub fn release(&self, node_id: &str) {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        let idle = nodes.get(node_id).is_some_and(|n| {
+            Arc::strong_count(&n.out) == 1 && Arc::strong_count(&n.inbound) == 1 && n.out.is_empty()
+        });
+        if idle {
+            nodes.remove(node_id);
+        }
+    }
+
     /// Messages queued per node, for every node with a queue.
     pub fn queued(&self) -> Vec<(String, u64)> {
         let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());

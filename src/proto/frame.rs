@@ -39,11 +39,13 @@ pub enum CloseCode {
     WriteTimeout,
     /// The peer speaks a protocol version this side does not.
     UnsupportedVersion,
+    /// The cloud cannot serve the node now (its queue cannot be opened, …); try again later.
+    Unavailable,
 }
 
 impl CloseCode {
     /// Every code, in wire order.
-    pub const ALL: [CloseCode; 9] = [
+    pub const ALL: [CloseCode; 10] = [
         CloseCode::ShuttingDown,
         CloseCode::Replaced,
         CloseCode::NodeLimit,
@@ -53,6 +55,7 @@ impl CloseCode {
         CloseCode::Timeout,
         CloseCode::WriteTimeout,
         CloseCode::UnsupportedVersion,
+        CloseCode::Unavailable,
     ];
 
     /// The number on the wire.
@@ -67,6 +70,7 @@ impl CloseCode {
             CloseCode::Timeout => 7,
             CloseCode::WriteTimeout => 8,
             CloseCode::UnsupportedVersion => 9,
+            CloseCode::Unavailable => 10,
         }
     }
 
@@ -87,6 +91,7 @@ impl CloseCode {
             CloseCode::Timeout => "heartbeat timeout",
             CloseCode::WriteTimeout => "write timeout",
             CloseCode::UnsupportedVersion => "unsupported protocol version",
+            CloseCode::Unavailable => "cloud unavailable",
         }
     }
 }
