@@ -26,60 +26,80 @@ fn hello(node: &str) -> Frame {
     })
 }
 
-/// Connects as `edge-node`, says HELLO, then says nothing more (but keeps the connection open
-/// and keeps reading) until `hold` has passed.
-fn silent_node(proto: Proto, port: u16, pki: &std::path::Path, hold: Duration) {
+/// A raw node connection made with the hub's own transport code, after its HELLO.
+enum Raw {
+    Websocket(Box<async_tungstenite::WebSocketStream<hub::transport::ws::ClientStream>>),
+    Quic(
+        quinn::Endpoint,
+        quinn::Connection,
+        quinn::SendStream,
+        quinn::RecvStream,
+    ),
+}
+
+/// Connects as `edge-node` over `proto` and says HELLO.
+async fn raw_node(proto: Proto, port: u16, pki: &std::path::Path) -> Raw {
     let creds = hub::tls::Credentials::load(
         &pki.join("node-edge-node.crt"),
         &pki.join("node-edge-node.key"),
     )
     .unwrap();
     let ca = pki.join("ca.crt");
+    match proto {
+        Proto::Websocket => {
+            let tls = hub::tls::client_config(&ca, &creds, b"http/1.1", false).unwrap();
+            let ep = hub::config::Endpoint {
+                host: "127.0.0.1".into(),
+                port,
+            };
+            let (mut ws, _) = hub::transport::ws::connect(
+                &ep,
+                "/proj/edge-node/events",
+                std::sync::Arc::new(tls),
+            )
+            .await
+            .unwrap();
+            ws.send(async_tungstenite::tungstenite::Message::binary(
+                hello("edge-node").encode(),
+            ))
+            .await
+            .unwrap();
+            Raw::Websocket(Box::new(ws))
+        }
+        Proto::Quic => {
+            let tls = hub::tls::client_config(&ca, &creds, hub::proto::ALPN, false).unwrap();
+            let config = hub::transport::quic::client_config(tls, Duration::from_secs(60)).unwrap();
+            let endpoint = hub::transport::quic::client_endpoint(false).unwrap();
+            let mut first = Vec::new();
+            encode_len_prefixed(&hello("edge-node"), &mut first);
+            let addr = format!("127.0.0.1:{port}").parse().unwrap();
+            let (conn, send, recv, _) =
+                hub::transport::quic::connect(&endpoint, config, addr, "127.0.0.1", &first)
+                    .await
+                    .unwrap();
+            Raw::Quic(endpoint, conn, send, recv)
+        }
+    }
+}
+
+/// Connects as `edge-node`, says HELLO, then says nothing more (but keeps the connection open
+/// and keeps reading) until `hold` has passed.
+fn silent_node(proto: Proto, port: u16, pki: &std::path::Path, hold: Duration) {
     smol::block_on(async {
-        match proto {
-            Proto::Websocket => {
-                let tls = hub::tls::client_config(&ca, &creds, b"http/1.1", false).unwrap();
-                let ep = hub::config::Endpoint {
-                    host: "127.0.0.1".into(),
-                    port,
-                };
-                let (mut ws, _) = hub::transport::ws::connect(
-                    &ep,
-                    "/proj/edge-node/events",
-                    std::sync::Arc::new(tls),
-                )
-                .await
-                .unwrap();
-                ws.send(async_tungstenite::tungstenite::Message::binary(
-                    hello("edge-node").encode(),
-                ))
-                .await
-                .unwrap();
-                let _ = hub::transport::timeout(hold, async {
+        let raw = raw_node(proto, port, pki).await;
+        let _ = hub::transport::timeout(hold, async move {
+            match raw {
+                Raw::Websocket(mut ws) => {
                     use smol::stream::StreamExt;
                     while let Some(Ok(_)) = ws.next().await {}
-                })
-                .await;
-            }
-            Proto::Quic => {
-                let tls = hub::tls::client_config(&ca, &creds, hub::proto::ALPN, false).unwrap();
-                let config =
-                    hub::transport::quic::client_config(tls, Duration::from_secs(60)).unwrap();
-                let endpoint = hub::transport::quic::client_endpoint(false).unwrap();
-                let mut first = Vec::new();
-                encode_len_prefixed(&hello("edge-node"), &mut first);
-                let addr = format!("127.0.0.1:{port}").parse().unwrap();
-                let (_conn, _send, mut recv, _) =
-                    hub::transport::quic::connect(&endpoint, config, addr, "127.0.0.1", &first)
-                        .await
-                        .unwrap();
-                let _ = hub::transport::timeout(hold, async {
+                }
+                Raw::Quic(_endpoint, _conn, _send, mut recv) => {
                     let mut buf = [0u8; 1024];
                     while let Ok(Some(_)) = recv.read(&mut buf).await {}
-                })
-                .await;
+                }
             }
-        }
+        })
+        .await;
     });
 }
 
@@ -218,52 +238,8 @@ fn stalled_reader(
     pki: &std::path::Path,
     stop: std::sync::mpsc::Receiver<()>,
 ) {
-    let creds = hub::tls::Credentials::load(
-        &pki.join("node-edge-node.crt"),
-        &pki.join("node-edge-node.key"),
-    )
-    .unwrap();
-    let ca = pki.join("ca.crt");
-    smol::block_on(async {
-        let _held: Box<dyn std::any::Any> = match proto {
-            Proto::Websocket => {
-                let tls = hub::tls::client_config(&ca, &creds, b"http/1.1", false).unwrap();
-                let ep = hub::config::Endpoint {
-                    host: "127.0.0.1".into(),
-                    port,
-                };
-                let (mut ws, _) = hub::transport::ws::connect(
-                    &ep,
-                    "/proj/edge-node/events",
-                    std::sync::Arc::new(tls),
-                )
-                .await
-                .unwrap();
-                ws.send(async_tungstenite::tungstenite::Message::binary(
-                    hello("edge-node").encode(),
-                ))
-                .await
-                .unwrap();
-                Box::new(ws)
-            }
-            Proto::Quic => {
-                let tls = hub::tls::client_config(&ca, &creds, hub::proto::ALPN, false).unwrap();
-                let config =
-                    hub::transport::quic::client_config(tls, Duration::from_secs(60)).unwrap();
-                let endpoint = hub::transport::quic::client_endpoint(false).unwrap();
-                let mut first = Vec::new();
-                encode_len_prefixed(&hello("edge-node"), &mut first);
-                let addr = format!("127.0.0.1:{port}").parse().unwrap();
-                let held =
-                    hub::transport::quic::connect(&endpoint, config, addr, "127.0.0.1", &first)
-                        .await
-                        .unwrap();
-                Box::new((endpoint, held))
-            }
-        };
-        // Hold the connection without reading from it.
-        let _ = stop.recv_timeout(Duration::from_secs(60));
-    });
+    let _held = smol::block_on(raw_node(proto, port, pki));
+    let _ = stop.recv_timeout(Duration::from_secs(60));
 }
 
 #[test]
