@@ -226,10 +226,10 @@ rm -f "$W/backlog.lines"
 # --- scale: many idle nodes on one cloud ------------------------------------------------------
 # SCALE nodes, half over WebSocket and half over QUIC, each with its own certificate, connect to a
 # fresh cloud (max_incomingstreams 100: quinn sets up every allowed stream per connection) and stay
-# idle with heartbeats; RSS per node and CPU while idle are read from /proc. The default is 4000:
-# the cloud keeps about three files open per node (queue segment, acknowledgement and receive
-# state), so 10,000 nodes need more than the 20,000 descriptors these machines allow.
-SCALE=${SCALE:-4000}
+# idle with heartbeats; RSS per node and CPU while idle are read from /proc. The cloud holds one
+# descriptor per node (its queue's segment) besides each WebSocket's socket: 10,000 nodes need
+# about 15,000 of the 20,000 these machines allow.
+SCALE=${SCALE:-10000}
 "$HUB" certs --dir "$W/scale-pki" $(seq -f 'sim-%.0f' 0 $((SCALE - 1)) | sed 's/^/--node /') >/dev/null
 cat >"$W/scale-cloud.yaml" <<YAML
 cloudhub:
@@ -318,10 +318,10 @@ for qos in 1 0; do
   for size in 256 16384; do
     n=$COUNT; [ "$size" = 256 ] || n=$BIG_COUNT
     out=$("$BENCH" mqtt --publish "127.0.0.1:$EDGE_MQTT" --subscribe "127.0.0.1:$CLOUD_MQTT" --topic "up$qos/x" --qos "$qos" --count "$n" --size "$size")
-    row "mosquitto QoS $qos edge->cloud ${size} B, msg/s" "$(rate delivered "$out")"
+    row "mosquitto QoS $qos edge->cloud ${size} B, msg/s" "$(rate delivered "$out") ($(grep -oE '[0-9]+ lost' <<<"$out"))"
     eval "MQ_UP_${qos}_${size}=$(rate delivered "$out")"
     out=$("$BENCH" mqtt --publish "127.0.0.1:$CLOUD_MQTT" --subscribe "127.0.0.1:$EDGE_MQTT" --topic "down$qos/x" --qos "$qos" --count "$n" --size "$size")
-    row "mosquitto QoS $qos cloud->edge ${size} B, msg/s" "$(rate delivered "$out")"
+    row "mosquitto QoS $qos cloud->edge ${size} B, msg/s" "$(rate delivered "$out") ($(grep -oE '[0-9]+ lost' <<<"$out"))"
     eval "MQ_DOWN_${qos}_${size}=$(rate delivered "$out")"
   done
 done

@@ -94,7 +94,6 @@ struct Dirty {
 #[derive(Debug)]
 pub struct Log {
     dir: PathBuf,
-    dir_file: File,
     limits: Limits,
     fsync: Fsync,
     segment_max: u64,
@@ -172,7 +171,6 @@ impl Log {
         let active = open_for_append(dir, last.first)?;
         let mut log = Log {
             dir: dir.to_owned(),
-            dir_file,
             limits,
             fsync,
             segment_max: (limits.max_bytes / 8).clamp(MIN_SEGMENT_BYTES, SEGMENT_BYTES),
@@ -296,7 +294,7 @@ impl Log {
             Fsync::Always => {
                 self.active.sync_data()?;
                 if created {
-                    self.dir_file.sync_all()?;
+                    File::open(&self.dir)?.sync_all()?;
                 }
             }
             Fsync::Periodic | Fsync::Never => {
@@ -368,7 +366,7 @@ impl Log {
             self.dirty.active = false;
         }
         if self.dirty.dir {
-            self.dir_file.sync_all()?;
+            File::open(&self.dir)?.sync_all()?;
             self.dirty.dir = false;
         }
         if self.dirty.acked {
@@ -392,6 +390,7 @@ impl Log {
         } else {
             self.dirty.acked = true;
         }
+        self.acked_file.release();
         self.acked = upto;
         self.reclaim()
     }
@@ -420,7 +419,7 @@ impl Log {
         );
         self.rotate(seq)?;
         if self.fsync == Fsync::Always {
-            self.dir_file.sync_all()?;
+            File::open(&self.dir)?.sync_all()?;
         } else {
             self.dirty.dir = true;
         }

@@ -50,6 +50,7 @@ impl RecvState {
         if sync {
             self.file.sync()?;
         }
+        self.file.release();
         Ok(())
     }
 }

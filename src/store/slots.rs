@@ -24,6 +24,8 @@ pub(crate) struct SlotFile {
     generation: u64,
     /// The file was created and its directory entry is not synced yet.
     created: bool,
+    /// Written since the last sync.
+    dirty: bool,
 }
 
 impl SlotFile {
@@ -36,6 +38,7 @@ impl SlotFile {
             file: None,
             generation: 0,
             created: false,
+            dirty: false,
         };
         let file = match OpenOptions::new().read(true).write(true).open(path) {
             Ok(f) => f,
@@ -54,7 +57,7 @@ impl SlotFile {
                 }
             }
         }
-        slots.file = Some(file);
+        drop(file); // reopened by the next write
         Ok(match best {
             Some((generation, a, b)) => {
                 slots.generation = generation;
@@ -82,13 +85,28 @@ impl SlotFile {
         let file = self.file.as_ref().expect("opened above");
         file.write_all_at(&buf, (generation % 2) * SLOT_STRIDE)?;
         self.generation = generation;
+        self.dirty = true;
         Ok(())
+    }
+
+    /// Closes the file until the next write (a hub with thousands of queues holds no descriptor
+    /// per state file); what was written stays in the page cache and [`sync`](Self::sync) still
+    /// reaches it.
+    pub(crate) fn release(&mut self) {
+        self.file = None;
     }
 
     /// `fdatasync` of the file, and of its directory when the file was created since the last sync.
     pub(crate) fn sync(&mut self) -> io::Result<()> {
-        if let Some(f) = &self.file {
-            f.sync_data()?;
+        if self.dirty {
+            match &self.file {
+                Some(f) => f.sync_data()?,
+                None => OpenOptions::new()
+                    .write(true)
+                    .open(&self.path)?
+                    .sync_data()?,
+            }
+            self.dirty = false;
         }
         if self.created {
             sync_parent(&self.path)?;

@@ -288,7 +288,7 @@ fn main() -> ExitCode {
                 if m.qos > 1 {
                     return Err("--qos is 0 or 1".to_owned());
                 }
-                let took = mqtt::throughput(
+                let (received, took) = mqtt::throughput(
                     &m.publish,
                     &m.subscribe,
                     &m.topic,
@@ -299,12 +299,13 @@ fn main() -> ExitCode {
                 )
                 .await?;
                 println!(
-                    "{} messages of {} B at QoS {}: delivered {:.0} msg/s ({:.1} MB/s), in order, once",
+                    "{} messages of {} B at QoS {}: delivered {:.0} msg/s ({:.1} MB/s), in order, {} lost",
                     m.count,
                     m.size,
                     m.qos,
-                    m.count as f64 / took.as_secs_f64(),
-                    m.count as f64 * m.size as f64 / 1e6 / took.as_secs_f64()
+                    received as f64 / took.as_secs_f64(),
+                    received as f64 * m.size as f64 / 1e6 / took.as_secs_f64(),
+                    m.count - received
                 );
                 Ok(())
             }
