@@ -294,3 +294,127 @@ fn a_node_that_stops_reading_is_dropped_after_write_timeout() {
         assert!(nodes.contains("\"queued\":40"), "{nodes}");
     }
 }
+
+/// A stand-in cloud that accepts one edge, answers its HELLO with WELCOME and then never reads
+/// again until told to stop. Returns its port.
+fn stalled_cloud(proto: Proto, pki: &std::path::Path, stop: std::sync::mpsc::Receiver<()>) -> u16 {
+    use hub::proto::frame::Welcome;
+    let welcome = Frame::Welcome(Welcome {
+        version: hub::proto::VERSION,
+        keepalive: Duration::from_secs(60),
+        heartbeat: Duration::from_secs(1),
+        window: 256,
+        down_stream: 7,
+        down_first: 1,
+        up_seq: 0,
+    });
+    let (ca, cert, key) = (
+        pki.join("ca.crt"),
+        pki.join("server.crt"),
+        pki.join("server.key"),
+    );
+    let (port_tx, port_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        smol::block_on(async {
+            let _held: Box<dyn std::any::Any> = match proto {
+                Proto::Websocket => {
+                    let tls =
+                        hub::tls::server_config(&ca, &cert, &key, b"http/1.1", false).unwrap();
+                    let listener =
+                        smol::Async::<std::net::TcpListener>::bind(([127, 0, 0, 1], 0)).unwrap();
+                    port_tx
+                        .send(listener.get_ref().local_addr().unwrap().port())
+                        .unwrap();
+                    let (tcp, _) = listener.accept().await.unwrap();
+                    let stream = futures_rustls::TlsAcceptor::from(std::sync::Arc::new(tls))
+                        .accept(tcp)
+                        .await
+                        .unwrap();
+                    #[allow(clippy::result_large_err)] // the callback's type is tungstenite's
+                    let callback = |_: &async_tungstenite::tungstenite::handshake::server::Request,
+                                    mut resp: async_tungstenite::tungstenite::handshake::server::Response| {
+                        resp.headers_mut().insert("Sec-WebSocket-Protocol", hub::proto::WS_SUBPROTOCOL.parse().unwrap());
+                        Ok(resp)
+                    };
+                    let mut ws = async_tungstenite::accept_hdr_async(stream, callback)
+                        .await
+                        .unwrap();
+                    use smol::stream::StreamExt;
+                    let _hello = ws.next().await;
+                    ws.send(async_tungstenite::tungstenite::Message::binary(
+                        welcome.encode(),
+                    ))
+                    .await
+                    .unwrap();
+                    Box::new(ws)
+                }
+                Proto::Quic => {
+                    let tls =
+                        hub::tls::server_config(&ca, &cert, &key, hub::proto::ALPN, false).unwrap();
+                    let transport =
+                        hub::transport::quic::transport_config(100, Duration::from_secs(60));
+                    let endpoint = hub::transport::quic::server_endpoint(
+                        "127.0.0.1:0".parse().unwrap(),
+                        tls,
+                        transport,
+                    )
+                    .unwrap();
+                    port_tx.send(endpoint.local_addr().unwrap().port()).unwrap();
+                    let conn = endpoint.accept().await.unwrap().await.unwrap();
+                    let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+                    let mut hello = [0u8; 64];
+                    let _ = recv.read(&mut hello).await;
+                    let mut out = Vec::new();
+                    encode_len_prefixed(&welcome, &mut out);
+                    send.write_all(&out).await.unwrap();
+                    Box::new((endpoint, conn, send, recv))
+                }
+            };
+            let _ = stop.recv_timeout(Duration::from_secs(60));
+        });
+    });
+    port_rx.recv_timeout(Duration::from_secs(10)).unwrap()
+}
+
+#[test]
+fn an_edge_whose_writes_stall_drops_the_link_after_write_deadline() {
+    for proto in BOTH {
+        let tmp = tempfile::tempdir().unwrap();
+        let pki = common::link_pki(tmp.path());
+        let (stop, stopped) = std::sync::mpsc::channel();
+        let port = stalled_cloud(proto, &pki, stopped);
+        let mut spec = EdgeSpec::new(proto, &pki, "edge-node", port);
+        spec.read_deadline = 30.0;
+        spec.backoff_initial = 30.0;
+        spec.backoff_max = 30.0;
+        let file = spec.write(tmp.path());
+        let text = std::fs::read_to_string(&file)
+            .unwrap()
+            .replace("write-deadline: 5", "write-deadline: 1");
+        std::fs::write(&file, text).unwrap();
+        let mut edge = common::Hub::start("edge", &["edge", "-c", file.to_str().unwrap()]);
+        let apps = common::apps_url(&mut edge);
+        edge.wait_for("connected to the cloud");
+
+        // 16 MB for a cloud that reads nothing: far more than socket buffers or QUIC flow control.
+        let big = format!("\"{}\"", "x".repeat(400_000));
+        let lines: String = (0..40).map(|_| format!("{big}\n")).collect();
+        let template = hub::message::Message {
+            resource: "bulk".into(),
+            ..Default::default()
+        };
+        let (accepted, _) = smol::block_on(async {
+            let ws = hub::client::connect(&apps, "/").await.unwrap();
+            hub::client::publish_lines(ws, template, smol::io::Cursor::new(lines.into_bytes()))
+                .await
+                .unwrap()
+        });
+        assert_eq!(accepted, 40);
+        let lost = edge.wait_for("link to the cloud lost");
+        assert!(
+            lost.contains("write timeout: writes blocked for 1.0s (write-deadline)"),
+            "{lost}"
+        );
+        let _ = stop.send(());
+    }
+}
