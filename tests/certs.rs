@@ -63,7 +63,7 @@ fn writes_a_pki_that_verifies_both_ways() {
         ("server.crt", "server.key"),
         ("node-edge-1.crt", "node-edge-1.key"),
     ] {
-        hub::tls::load_identity(&dir.join(crt), &dir.join(key)).unwrap();
+        hub::tls::Credentials::load(&dir.join(crt), &dir.join(key)).unwrap();
     }
 
     let roots = std::sync::Arc::new(hub::tls::load_roots(&dir.join("ca.crt")).unwrap());

@@ -179,7 +179,7 @@ impl Checker<'_> {
 
     /// The certificate at `cert` and the key at `key` belong together.
     fn key_pair(&self, key_key: &str, cert: &Path, key: &Path) -> Result<(), ConfigError> {
-        crate::tls::load_identity(cert, key)
+        crate::tls::Credentials::load(cert, key)
             .map(drop)
             .map_err(|e| self.invalid(key_key, e.to_string()))
     }

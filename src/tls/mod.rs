@@ -94,27 +94,6 @@ pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
-/// Loads a certificate chain and its private key, and checks that they belong together.
-pub fn load_identity(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
-    let chain = load_certs(cert)?;
-    let der = load_key(key)?;
-    let signing = provider()
-        .key_provider
-        .load_private_key(der)
-        .map_err(|e| TlsError::BadKey(key.to_owned(), format!("unusable private key: {e}")))?;
-    let certified = CertifiedKey::new(chain, signing);
-    certified.keys_match().map_err(|_| {
-        TlsError::BadKey(
-            key.to_owned(),
-            format!(
-                "this key does not belong to the certificate in {}",
-                cert.display()
-            ),
-        )
-    })?;
-    Ok(Arc::new(certified))
-}
-
 /// A certificate chain and its private key, checked to belong together.
 pub struct Credentials {
     /// The chain, leaf first.
@@ -144,11 +123,24 @@ impl Clone for Credentials {
 impl Credentials {
     /// Loads `cert` and `key` and checks that the key belongs to the certificate.
     pub fn load(cert: &Path, key: &Path) -> Result<Credentials, TlsError> {
-        load_identity(cert, key)?;
-        Ok(Credentials {
+        let creds = Credentials {
             chain: load_certs(cert)?,
             key: load_key(key)?,
-        })
+        };
+        let signing = provider()
+            .key_provider
+            .load_private_key(creds.key.clone_key())
+            .map_err(|e| TlsError::BadKey(key.to_owned(), format!("unusable private key: {e}")))?;
+        CertifiedKey::new(creds.chain.clone(), signing)
+            .keys_match()
+            .map_err(|_| {
+                let why = format!(
+                    "this key does not belong to the certificate in {}",
+                    cert.display()
+                );
+                TlsError::BadKey(key.to_owned(), why)
+            })?;
+        Ok(creds)
     }
 
     /// The identity in the leaf certificate.
