@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: a generated PKI and the built binary.
 #![allow(dead_code)]
 
+pub mod apps;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
