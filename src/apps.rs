@@ -157,7 +157,7 @@ where
 
 /// Binds a unix socket readable and writable by its owner only, replacing a stale socket file.
 fn bind_unix(path: &Path) -> Result<Async<UnixListener>, String> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if meta.file_type().is_socket() {
             let _ = std::fs::remove_file(path);
@@ -165,15 +165,31 @@ fn bind_unix(path: &Path) -> Result<Async<UnixListener>, String> {
             return Err(format!("{} exists and is not a socket", path.display()));
         }
     }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    }
-    let listener = Async::<UnixListener>::bind(path)
-        .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("cannot restrict {}: {e}", path.display()))?;
-    Ok(listener)
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    // The socket is made in a private folder (mode 0700), restricted to its owner there and only
+    // then moved to `path`: at no moment can anyone else connect through a looser mode.
+    let private = dir.join(format!(".hub-apps-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(|e| format!("cannot create {}: {e}", private.display()))?;
+    let staged = private.join("socket");
+    let bound = Async::<UnixListener>::bind(&staged)
+        .map_err(|e| format!("cannot listen on {}: {e}", path.display()))
+        .and_then(|listener| {
+            std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| format!("cannot restrict {}: {e}", path.display()))?;
+            std::fs::rename(&staged, path)
+                .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+            Ok(listener)
+        });
+    let _ = std::fs::remove_dir_all(&private);
+    bound
 }
 
 /// The request's path and subscription filter, as the upgrade saw them.
