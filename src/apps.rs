@@ -59,7 +59,8 @@ pub struct Apps {
 type Accepted = Pin<Box<dyn Future<Output = Result<u64, String>> + Send>>;
 
 impl Apps {
-    /// Puts an application's message on its way; the future finishes once it is durable.
+    /// Puts an application's message on its way; the future finishes once it is durable (for a
+    /// request or a response: once it is written).
     fn publish(&self, msg: &mut Message) -> Result<Accepted, String> {
         let queue = match &self.route {
             Route::Edge(outbox) => outbox.clone(),
@@ -83,7 +84,10 @@ impl Apps {
                 self.max_message_bytes
             ));
         }
-        Ok(Box::pin(queue.submit(vec![bytes])))
+        // Requests and responses are written but not synced on their own: they are useless after
+        // a restart, which ends the requester's connection and its wait.
+        let durable = !msg.sync && msg.parent_id.is_empty();
+        Ok(Box::pin(queue.submit_with(vec![bytes], durable)))
     }
 }
 

@@ -173,7 +173,7 @@ impl Exchange {
     fn send_back(&self, reply: Message) {
         match reply.encode() {
             Ok(bytes) => {
-                let done = self.out.submit(vec![bytes]);
+                let done = self.out.submit_with(vec![bytes], false);
                 smol::spawn(async move {
                     if let Err(e) = done.await {
                         log::warn!("cannot answer a request nobody took: {e}");

@@ -20,6 +20,8 @@ const MAX_BATCH: usize = 4096;
 
 struct Append {
     records: Vec<Vec<u8>>,
+    /// Whether the reply waits for the fsync policy (false: for requests and responses).
+    durable: bool,
     reply: Sender<Result<u64, String>>,
 }
 
@@ -88,8 +90,24 @@ impl Queue {
         &self,
         records: Vec<Vec<u8>>,
     ) -> impl std::future::Future<Output = Result<u64, String>> + use<> {
+        self.submit_with(records, true)
+    }
+
+    /// [`submit`](Self::submit), for records whose reply need not wait for an fsync when
+    /// `durable` is false: requests and responses, which are of no use after a restart (their
+    /// requester's connection ends with the hub). They still keep their place in the queue's
+    /// order, so they never overtake what was submitted before them.
+    pub fn submit_with(
+        &self,
+        records: Vec<Vec<u8>>,
+        durable: bool,
+    ) -> impl std::future::Future<Output = Result<u64, String>> + use<> {
         let (reply, answer) = smol::channel::bounded(1);
-        let sent = self.appends.try_send(Append { records, reply });
+        let sent = self.appends.try_send(Append {
+            records,
+            durable,
+            reply,
+        });
         async move {
             sent.map_err(|_| "the queue is closed".to_owned())?;
             answer
@@ -188,7 +206,15 @@ fn write_batch(log: &mut Log, batch: &[Append]) -> Vec<Result<u64, String>> {
         .iter()
         .flat_map(|a| a.records.iter().map(Vec::as_slice))
         .collect();
-    match log.append(&all) {
+    let durable = batch.iter().any(|a| a.durable);
+    let append = |log: &mut Log, records: &[&[u8]], durable: bool| {
+        if durable {
+            log.append(records)
+        } else {
+            log.append_unsynced(records)
+        }
+    };
+    match append(log, &all, durable) {
         Ok(mut seq) => batch
             .iter()
             .map(|a| {
@@ -201,7 +227,7 @@ fn write_batch(log: &mut Log, batch: &[Append]) -> Vec<Result<u64, String>> {
             .iter()
             .map(|a| {
                 let refs: Vec<&[u8]> = a.records.iter().map(Vec::as_slice).collect();
-                log.append(&refs).map_err(|e| e.to_string())
+                append(log, &refs, a.durable).map_err(|e| e.to_string())
             })
             .collect(),
         Err(e) => batch.iter().map(|_| Err(e.to_string())).collect(),
@@ -266,6 +292,33 @@ mod tests {
                 vec![(1, 0), (2, 1), (3, 2), (4, 3)]
             );
         });
+    }
+
+    #[test]
+    fn unsynced_records_keep_their_place_in_the_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let q = Queue::open(tmp.path(), &config(tmp.path(), 100)).unwrap();
+        smol::block_on(async {
+            let pending: Vec<_> = (0..6u8)
+                .map(|i| q.submit_with(vec![vec![i]], i % 2 == 0))
+                .collect();
+            let mut seqs = Vec::new();
+            for p in pending {
+                seqs.push(p.await.unwrap());
+            }
+            assert_eq!(seqs, vec![1, 2, 3, 4, 5, 6]);
+            assert_eq!(q.visible(), 7);
+        });
+        drop(q);
+        // What was written unsynced is in the files all the same: a reopened queue has it.
+        let q = Queue::open(tmp.path(), &config(tmp.path(), 100)).unwrap();
+        let mut got = Vec::new();
+        q.reader(1)
+            .unwrap()
+            .read(q.visible(), 10, &mut got)
+            .unwrap();
+        let bytes: Vec<u8> = got.iter().map(|(_, p)| p[0]).collect();
+        assert_eq!(bytes, vec![0, 1, 2, 3, 4, 5]);
     }
 
     #[test]

@@ -205,6 +205,18 @@ impl Log {
     /// back. With [`Fsync::Always`] it `fdatasync`s each file written (and the directory when a
     /// segment was created) before returning.
     pub fn append(&mut self, records: &[&[u8]]) -> Result<u64, AppendError> {
+        self.append_with(records, true)
+    }
+
+    /// [`append`](Self::append) for records not worth a sync of their own (requests and
+    /// responses, which end with their requester's connection anyway): under [`Fsync::Always`]
+    /// the `fdatasync` is left to the next durable append or segment change, unless this batch
+    /// created a segment. Other policies behave as with [`append`](Self::append).
+    pub fn append_unsynced(&mut self, records: &[&[u8]]) -> Result<u64, AppendError> {
+        self.append_with(records, false)
+    }
+
+    fn append_with(&mut self, records: &[&[u8]], durable: bool) -> Result<u64, AppendError> {
         if self.broken {
             return Err(AppendError::Io(io::Error::other(
                 "an earlier write failed and could not be undone; reopen the log",
@@ -245,7 +257,7 @@ impl Log {
             next_seq: self.next_seq,
             bytes: self.bytes,
         };
-        match self.write_batch(records, fresh_segment) {
+        match self.write_batch(records, fresh_segment, durable) {
             Ok(created) => {
                 if created && self.segments.len() > 1 {
                     // The segment(s) left behind may be fully acknowledged already.
@@ -269,7 +281,12 @@ impl Log {
     }
 
     /// Writes the batch, rotating segments as needed; returns whether a segment was created.
-    fn write_batch(&mut self, records: &[&[u8]], fresh_segment: bool) -> io::Result<bool> {
+    fn write_batch(
+        &mut self,
+        records: &[&[u8]],
+        fresh_segment: bool,
+        durable: bool,
+    ) -> io::Result<bool> {
         let mut created = false;
         let mut seq = self.next_seq;
         self.buf.clear();
@@ -291,6 +308,10 @@ impl Log {
         self.flush_buf()?;
         self.next_seq = seq;
         match self.fsync {
+            // The active segment's next sync (or its close on rotation) covers an unsynced
+            // batch; only a new directory entry is synced at once, since a later durable
+            // append into that segment would not sync it.
+            Fsync::Always if !durable && !created => {}
             Fsync::Always => {
                 self.active.sync_data()?;
                 if created {
