@@ -17,6 +17,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use async_tungstenite::WebSocketStream;
+use futures_util::SinkExt;
 use async_tungstenite::tungstenite::Message as WsMessage;
 use async_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use async_tungstenite::tungstenite::http::StatusCode;
@@ -35,6 +36,8 @@ use crate::shutdown::Shutdown;
 const APP_QUEUE: usize = 65536;
 /// Publishes of one application awaiting their notice before the hub stops reading from it.
 const IN_FLIGHT: usize = 4096;
+/// Messages to one application written with one flush at most.
+const WRITE_BATCH: usize = 256;
 
 /// Where this hub sends what its applications publish.
 pub enum Route {
@@ -295,10 +298,20 @@ where
     let (out, out_rx) = smol::channel::bounded::<String>(APP_QUEUE);
     let subscription = filter.map(|f| apps.local.subscribe(f, out.clone()));
 
-    // Writer: everything for this application, in order.
+    // Writer: everything for this application, in order. Whatever is waiting goes out with one
+    // flush (one write for many notices or messages, not one each).
     let writer = smol::spawn(async move {
-        while let Ok(text) = out_rx.recv().await {
-            if tx.send(WsMessage::text(text)).await.is_err() {
+        'open: while let Ok(text) = out_rx.recv().await {
+            if tx.feed(WsMessage::text(text)).await.is_err() {
+                break;
+            }
+            for _ in 1..WRITE_BATCH {
+                let Ok(text) = out_rx.try_recv() else { break };
+                if tx.feed(WsMessage::text(text)).await.is_err() {
+                    break 'open;
+                }
+            }
+            if tx.flush().await.is_err() {
                 break;
             }
         }
@@ -321,13 +334,13 @@ where
     });
 
     while let Some(Ok(frame)) = rx.next().await {
-        let text = match frame {
-            WsMessage::Text(t) => t.to_string(),
-            WsMessage::Binary(b) => String::from_utf8_lossy(&b).into_owned(),
+        let parsed = match &frame {
+            WsMessage::Text(t) => Message::from_json(t.as_str()),
+            WsMessage::Binary(b) => Message::from_json(&String::from_utf8_lossy(b)),
             WsMessage::Close(_) => break,
             _ => continue,
         };
-        let mut msg = match Message::from_json(&text) {
+        let mut msg = match parsed {
             Ok(m) => m,
             Err(e) => {
                 let _ = out
@@ -340,9 +353,11 @@ where
             }
         };
         msg.fill_header();
+        // What a notice needs of the message: its id and resource (not a copy of its content).
         let about = Message {
-            content: Vec::new(),
-            ..msg.clone()
+            id: msg.id.clone(),
+            resource: msg.resource.clone(),
+            ..Message::default()
         };
         match apps.publish(&mut msg) {
             Ok(accepted) => {

@@ -47,6 +47,11 @@
 //! reached a receiver; their numbers are then handed out again unless the sender, told by its
 //! peer how far it got, calls [`Log::skip_to`].
 //!
+//! The `acked` file is never synced on its own (only by [`Log::sync`]): after a power loss it may
+//! say less than was acknowledged, and the records in between are sent again. Receivers drop them
+//! as repeats (they resume from their own position), so a sync per acknowledgement would buy
+//! nothing but an `fdatasync` each time.
+//!
 //! # Costs
 //!
 //! Memory is O(number of segments) (16 bytes each) plus one write buffer; records are never
@@ -397,8 +402,8 @@ impl Log {
         Ok(())
     }
 
-    /// Acknowledges every record with sequence number <= `upto`: persists that in the `acked`
-    /// file (synced with [`Fsync::Always`]) and deletes the segments all of whose records are
+    /// Acknowledges every record with sequence number <= `upto`: writes that to the `acked` file
+    /// (not synced, see "Durability" above) and deletes the segments all of whose records are
     /// acknowledged. `upto` beyond `next_seq - 1` is clamped; going backwards is ignored.
     pub fn ack(&mut self, upto: u64) -> io::Result<()> {
         let upto = upto.min(self.next_seq - 1);
@@ -406,11 +411,7 @@ impl Log {
             return Ok(());
         }
         self.acked_file.write(upto, 0)?;
-        if self.fsync == Fsync::Always {
-            self.acked_file.sync()?;
-        } else {
-            self.dirty.acked = true;
-        }
+        self.dirty.acked = true;
         self.acked_file.release();
         self.acked = upto;
         self.reclaim()
