@@ -8,6 +8,7 @@ pub use queues::{NodeQueues, NodeStreams};
 pub use registry::{Admission, NodeInfo, Registry};
 
 use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,13 @@ use crate::transport::{Inbound, Link, LinkError, Wake, quic, timeout, ws};
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// How long shutdown waits for links to close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// Handshakes in progress at once on each transport. Each holds a socket or a QUIC connection
+/// (with every allowed stream set up) and TLS state until it completes or keepalive-interval
+/// passes; beyond this, new connections are turned away at once.
+pub const MAX_PENDING_HANDSHAKES: usize = 1024;
+/// Handshakes in progress beyond which a QUIC source must first prove it receives at its address
+/// (a stateless Retry), so datagrams from sources that never answer cost the cloud nothing.
+pub const QUIC_RETRY_ABOVE: usize = 256;
 
 /// What every connection task shares.
 struct Cloud {
@@ -43,6 +51,55 @@ struct Cloud {
     shutdown: Shutdown,
     /// Each connection task holds a clone; shutdown waits until all are dropped.
     active: smol::channel::Sender<()>,
+    /// Handshakes in progress over WebSocket and over QUIC (see [`Pending`]).
+    pending: [AtomicUsize; 2],
+    /// For each transport: when connections turned away for load were last logged, and how many
+    /// since.
+    shed: Mutex<[(Option<Instant>, u64); 2]>,
+}
+
+impl Cloud {
+    /// Handshakes in progress over `protocol`.
+    fn pending(&self, protocol: Protocol) -> usize {
+        self.pending[protocol as usize].load(Ordering::Relaxed)
+    }
+
+    /// Logs a connection turned away because too many handshakes are in progress: at most one
+    /// line a second, counting the others, so a flood cannot flood the log.
+    fn shed(&self, protocol: Protocol, what: impl FnOnce() -> String) {
+        let mut all = self.shed.lock().unwrap_or_else(|e| e.into_inner());
+        let shed = &mut all[protocol as usize];
+        shed.1 += 1;
+        let due = shed
+            .0
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(1));
+        if due {
+            log::warn!(
+                "{}: {} handshakes in progress (limit {MAX_PENDING_HANDSHAKES}, QUIC Retry above {QUIC_RETRY_ABOVE}); {} turned away since the last such line",
+                what(),
+                self.pending(protocol),
+                shed.1
+            );
+            *shed = (Some(Instant::now()), 0);
+        }
+    }
+}
+
+/// One handshake in progress, counted in [`Cloud::pending`] until dropped.
+struct Pending(Arc<Cloud>, usize);
+
+impl Pending {
+    fn new(cloud: &Arc<Cloud>, protocol: Protocol) -> Pending {
+        let i = protocol as usize;
+        cloud.pending[i].fetch_add(1, Ordering::Relaxed);
+        Pending(cloud.clone(), i)
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.pending[self.1].fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The addresses the cloud actually listens on (ports resolved when the config says 0).
@@ -68,6 +125,8 @@ pub async fn run(config: CloudConfig, shutdown: Shutdown) -> Result<(), String> 
         local: local.clone(),
         shutdown: shutdown.clone(),
         active,
+        pending: Default::default(),
+        shed: Mutex::default(),
     });
     let listing = (registry, queues.clone());
     let apps = Arc::new(Apps {
@@ -155,8 +214,16 @@ async fn ws_accept_loop(listener: Async<TcpListener>, acceptor: TlsAcceptor, clo
         match accepted {
             None => return,
             Some(Ok((stream, peer))) => {
+                if cloud.pending(Protocol::Websocket) >= MAX_PENDING_HANDSHAKES {
+                    cloud.shed(Protocol::Websocket, || {
+                        format!("closed websocket connection from {peer} at once")
+                    });
+                    continue;
+                }
+                let pending = Pending::new(&cloud, Protocol::Websocket);
                 let _ = stream.get_ref().set_nodelay(true);
-                smol::spawn(ws_handshake(stream, peer, acceptor.clone(), cloud.clone())).detach();
+                let task = ws_handshake(stream, peer, acceptor.clone(), cloud.clone(), pending);
+                smol::spawn(task).detach();
             }
             Some(Err(e)) => {
                 // Out of file descriptors, most likely: pause rather than spin.
@@ -243,11 +310,15 @@ fn check_upgrade(
     Ok((project, node))
 }
 
+/// The upgrade callback's decision: the project and node ids, or the refusal (status and reason).
+type Verdict = Result<(String, String), String>;
+
 async fn ws_handshake(
     tcp: Async<std::net::TcpStream>,
     peer: SocketAddr,
     acceptor: TlsAcceptor,
     cloud: Arc<Cloud>,
+    pending: Pending,
 ) {
     let _active = cloud.active.clone();
     let limit = cloud.config.keepalive_interval;
@@ -257,8 +328,8 @@ async fn ws_handshake(
             .await
             .map_err(|e| format!("TLS: {e}"))?;
         let identity = leaf_identity(stream.get_ref().1.peer_certificates())?;
-        let verdict: Arc<Mutex<Result<(String, String), String>>> =
-            Arc::new(Mutex::new(Err("no upgrade request".into())));
+        // None until the callback saw an upgrade request.
+        let verdict: Arc<Mutex<Option<Verdict>>> = Arc::new(Mutex::new(None));
         let record = verdict.clone();
         let registry = cloud.registry.clone();
         let id = identity.clone();
@@ -268,7 +339,7 @@ async fn ws_handshake(
             let mut slot = record.lock().unwrap_or_else(|e| e.into_inner());
             match checked {
                 Ok(ids) => {
-                    *slot = Ok(ids);
+                    *slot = Some(Ok(ids));
                     resp.headers_mut().insert(
                         "Sec-WebSocket-Protocol",
                         WS_SUBPROTOCOL.parse().expect("valid header"),
@@ -276,7 +347,7 @@ async fn ws_handshake(
                     Ok(resp)
                 }
                 Err((status, reason)) => {
-                    *slot = Err(format!("{} {reason}", status.as_u16()));
+                    *slot = Some(Err(format!("{} {reason}", status.as_u16())));
                     Err(refusal(status, &reason))
                 }
             }
@@ -286,12 +357,15 @@ async fn ws_handshake(
                 .await;
         let ids = verdict.lock().unwrap_or_else(|e| e.into_inner()).clone();
         match (upgraded, ids) {
-            (Ok(ws), Ok(ids)) => Ok((ws, identity, Some(ids))),
-            (_, Err(refused)) => Err(refused),
-            (Err(e), Ok(_)) => Err(format!("WebSocket upgrade: {e}")),
+            (Ok(ws), Some(Ok(ids))) => Ok((ws, identity, Some(ids))),
+            (_, Some(Err(refused))) => Err(refused),
+            (Err(e), _) => Err(format!("WebSocket upgrade: {e}")),
+            (Ok(_), None) => Err("no upgrade request".into()),
         }
     };
-    match timeout(limit, handshake).await {
+    let handshake = timeout(limit, handshake).await;
+    drop(pending);
+    match handshake {
         None => log::info!(
             "refused websocket connection from {peer}: no handshake within {:.1}s",
             limit.as_secs_f64()
@@ -313,7 +387,24 @@ async fn quic_accept_loop(endpoint: quinn::Endpoint, cloud: Arc<Cloud>) {
             })
             .await;
         let Some(incoming) = incoming else { return };
-        smol::spawn(quic_handshake(incoming, cloud.clone())).detach();
+        let (peer, busy) = (incoming.remote_address(), cloud.pending(Protocol::Quic));
+        if busy >= QUIC_RETRY_ABOVE && incoming.may_retry() {
+            if incoming.retry().is_ok() {
+                cloud.shed(Protocol::Quic, || {
+                    format!("asked quic source {peer} to prove its address (Retry)")
+                });
+            }
+            continue;
+        }
+        if busy >= MAX_PENDING_HANDSHAKES {
+            incoming.refuse();
+            cloud.shed(Protocol::Quic, || {
+                format!("refused quic connection from {peer} at once")
+            });
+            continue;
+        }
+        let pending = Pending::new(&cloud, Protocol::Quic);
+        smol::spawn(quic_handshake(incoming, cloud.clone(), pending)).detach();
     }
 }
 
@@ -324,7 +415,7 @@ fn quic_peer_certs(conn: &quinn::Connection) -> Option<Vec<CertificateDer<'stati
         .map(|b| *b)
 }
 
-async fn quic_handshake(incoming: quinn::Incoming, cloud: Arc<Cloud>) {
+async fn quic_handshake(incoming: quinn::Incoming, cloud: Arc<Cloud>, pending: Pending) {
     let _active = cloud.active.clone();
     let peer = incoming.remote_address();
     let limit = cloud.config.keepalive_interval;
@@ -364,7 +455,9 @@ async fn quic_handshake(incoming: quinn::Incoming, cloud: Arc<Cloud>) {
         let (send, recv) = conn.accept_bi().await.map_err(|e| format!("QUIC: {e}"))?;
         Ok::<_, String>((conn, send, recv, identity))
     };
-    match timeout(limit, handshake).await {
+    let handshake = timeout(limit, handshake).await;
+    drop(pending);
+    match handshake {
         None => log::info!(
             "refused quic connection from {peer}: no handshake within {:.1}s",
             limit.as_secs_f64()

@@ -182,6 +182,8 @@ pub enum FrameError {
     Oversized(usize),
     /// An empty frame (no type byte).
     Empty,
+    /// A WebSocket text message, where every frame is a binary message.
+    Text,
 }
 
 impl fmt::Display for FrameError {
@@ -194,6 +196,7 @@ impl fmt::Display for FrameError {
                 write!(f, "frame of {n} bytes is over the {MAX_FRAME}-byte limit")
             }
             FrameError::Empty => f.write_str("empty frame"),
+            FrameError::Text => f.write_str("text message on a binary protocol"),
         }
     }
 }

@@ -18,16 +18,24 @@ use crate::proto::frame::{StreamDecoder, encode_len_prefixed};
 
 /// Bidirectional streams the edge lets the cloud open towards it.
 const EDGE_MAX_STREAMS: u32 = 100;
+/// Bytes a peer may send ahead of what this side has read, on one stream and on all streams of a
+/// connection together (quinn's default stream window). The protocol reads one stream; without
+/// the connection-wide bound, data on every other stream the peer may open would be buffered up
+/// to this much per stream.
+const RECEIVE_WINDOW: u32 = 1_250_000;
 
 /// QUIC transport settings: `max_streams` concurrent bidirectional streams for the peer (the
 /// protocol opens no unidirectional ones, so none are allowed), an idle timeout of `idle`, no QUIC
 /// keep-alives (the session's heartbeats keep the link busy). quinn sets up the state of every
 /// allowed stream when a connection starts, about 60 bytes each: 10,000 allowed streams cost
-/// about 600 KB per connection.
+/// about 600 KB per connection. Unread data is bounded by [`RECEIVE_WINDOW`] per connection,
+/// however many streams the peer opens.
 pub fn transport_config(max_streams: u32, idle: Duration) -> TransportConfig {
     let mut t = TransportConfig::default();
     t.max_concurrent_bidi_streams(VarInt::from_u32(max_streams));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    t.stream_receive_window(VarInt::from_u32(RECEIVE_WINDOW));
+    t.receive_window(VarInt::from_u32(RECEIVE_WINDOW));
     t.max_idle_timeout(IdleTimeout::try_from(idle).ok());
     t.keep_alive_interval(None);
     t

@@ -82,9 +82,7 @@ where
             let item = match rx.next().await {
                 Some(Ok(Message::Binary(b))) => Inbound::Frame(b.to_vec()),
                 Some(Ok(Message::Close(frame))) => Inbound::Closed(closed(frame)),
-                Some(Ok(Message::Text(_))) => {
-                    Inbound::Closed(LinkError::Io("text message on a binary protocol".into()))
-                }
+                Some(Ok(Message::Text(_))) => Inbound::Closed(LinkError::Frame(FrameError::Text)),
                 Some(Ok(_)) => continue, // ping, pong: answered by tungstenite
                 Some(Err(e)) => Inbound::Closed(link_error(e)),
                 None => Inbound::Closed(LinkError::Eof),
