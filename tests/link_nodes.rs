@@ -88,12 +88,13 @@ fn second_connection_for_a_node_replaces_the_first() {
     }
 }
 
-#[test]
-fn quic_peer_cannot_open_more_than_max_incomingstreams() {
+/// Connects to a cloud allowing `max_streams` as `edge-node` and returns how many streams it could
+/// open in all (the control stream included), trying up to `try_up_to`.
+fn streams_granted(max_streams: u32, try_up_to: usize) -> usize {
     let tmp = tempfile::tempdir().unwrap();
     let pki = common::link_pki(tmp.path());
     let spec = CloudSpec {
-        max_streams: 3,
+        max_streams,
         ..CloudSpec::default()
     };
     let mut cloud = common::start_cloud(tmp.path(), &pki, &spec);
@@ -121,22 +122,39 @@ fn quic_peer_cannot_open_more_than_max_incomingstreams() {
     let mut first = Vec::new();
     hub::proto::frame::encode_len_prefixed(&hello, &mut first);
     let addr = format!("127.0.0.1:{}", cloud.quic_port).parse().unwrap();
-    smol::block_on(async {
+    let opened = smol::block_on(async {
         let (conn, _send, _recv, _) =
             hub::transport::quic::connect(&endpoint, config, addr, "127.0.0.1", &first)
                 .await
                 .unwrap();
-        // The control stream is one of the three; two more open, the fourth must wait for credit.
+        // The control stream is the first; open more until one must wait for credit.
         let mut extra = Vec::new();
-        for _ in 0..2 {
-            let (mut s, r) = conn.open_bi().await.unwrap();
-            s.write_all(b"x").await.unwrap();
-            extra.push((s, r));
+        while extra.len() + 1 < try_up_to {
+            let wait = Duration::from_millis(if extra.is_empty() { 3000 } else { 500 });
+            match hub::transport::timeout(wait, conn.open_bi()).await {
+                Some(Ok((mut s, r))) => {
+                    s.write_all(b"x").await.unwrap();
+                    extra.push((s, r));
+                }
+                Some(Err(e)) => panic!("{e}"),
+                None => break,
+            }
         }
-        let fourth = hub::transport::timeout(Duration::from_millis(1500), conn.open_bi()).await;
-        assert!(fourth.is_none(), "a fourth stream was allowed");
+        extra.len() + 1
     });
     cloud.hub.wait_for("node edge-node connected over quic");
+    opened
+}
+
+#[test]
+fn quic_peer_cannot_open_more_than_max_incomingstreams() {
+    assert_eq!(streams_granted(3, 10), 3, "max_incomingstreams: 3");
+    // Beyond 100 the hub grants 100 (its protocol uses one stream; each allowed one costs state).
+    assert_eq!(
+        streams_granted(10_000, 150),
+        100,
+        "max_incomingstreams: 10000"
+    );
 }
 
 #[test]

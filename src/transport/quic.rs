@@ -24,15 +24,21 @@ const EDGE_MAX_STREAMS: u32 = 100;
 /// to this much per stream.
 const RECEIVE_WINDOW: u32 = 1_250_000;
 
-/// QUIC transport settings: `max_streams` concurrent bidirectional streams for the peer (the
-/// protocol opens no unidirectional ones, so none are allowed), an idle timeout of `idle`, no QUIC
-/// keep-alives (the session's heartbeats keep the link busy). quinn sets up the state of every
-/// allowed stream when a connection starts, about 60 bytes each: 10,000 allowed streams cost
-/// about 600 KB per connection. Unread data is bounded by [`RECEIVE_WINDOW`] per connection,
-/// however many streams the peer opens.
+/// The most concurrent streams granted to a peer, whatever `max_incomingstreams` says. The
+/// protocol uses one stream per connection; KubeEdge's default of 10,000 is sized for a stream per
+/// message, and quinn sets up the state of every allowed stream when a connection starts (about
+/// 60 bytes each): 10,000 would cost about 600 KB per node, 100 cost 6 KB.
+pub const MAX_GRANTED_STREAMS: u32 = 100;
+
+/// QUIC transport settings: `max_streams` (at most [`MAX_GRANTED_STREAMS`]) concurrent
+/// bidirectional streams for the peer (the protocol opens no unidirectional ones, so none are
+/// allowed), an idle timeout of `idle`, no QUIC keep-alives (the session's heartbeats keep the link
+/// busy). Unread data is bounded by [`RECEIVE_WINDOW`] per connection, however many streams the
+/// peer opens.
 pub fn transport_config(max_streams: u32, idle: Duration) -> TransportConfig {
     let mut t = TransportConfig::default();
-    t.max_concurrent_bidi_streams(VarInt::from_u32(max_streams));
+    let granted = max_streams.min(MAX_GRANTED_STREAMS);
+    t.max_concurrent_bidi_streams(VarInt::from_u32(granted));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
     t.stream_receive_window(VarInt::from_u32(RECEIVE_WINDOW));
     t.receive_window(VarInt::from_u32(RECEIVE_WINDOW));
