@@ -17,10 +17,11 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use async_tungstenite::WebSocketStream;
-use futures_util::SinkExt;
 use async_tungstenite::tungstenite::Message as WsMessage;
 use async_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use async_tungstenite::tungstenite::http::StatusCode;
+use async_tungstenite::tungstenite::protocol::WebSocketConfig;
+use futures_util::SinkExt;
 use smol::Async;
 use smol::future::FutureExt;
 use smol::io::{AsyncRead, AsyncWrite};
@@ -271,7 +272,10 @@ where
         t.path = path;
         Ok(resp)
     };
-    let ws = match async_tungstenite::accept_hdr_async(stream, callback).await {
+    let config = WebSocketConfig::default().read_buffer_size(crate::transport::ws::READ_BUFFER);
+    let ws = match async_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config))
+        .await
+    {
         Ok(ws) => ws,
         Err(e) => {
             log::debug!("application upgrade failed: {e}");

@@ -27,11 +27,17 @@ pub type ClientStream = futures_rustls::client::TlsStream<Async<TcpStream>>;
 /// The TLS stream the cloud's WebSocket runs on.
 pub type ServerStream = futures_rustls::server::TlsStream<Async<TcpStream>>;
 
-/// WebSocket limits: no message or frame over [`MAX_FRAME`].
+/// What one read from the TLS stream asks for. tungstenite zero-fills this much of its read
+/// buffer before every read, so with its default (128 KiB) every idle connection kept 128 KiB
+/// resident; a larger frame still gets a buffer of its own size, read in steps of this.
+pub const READ_BUFFER: usize = 8 * 1024;
+
+/// WebSocket limits: no message or frame over [`MAX_FRAME`]; reads of [`READ_BUFFER`].
 pub fn config() -> WebSocketConfig {
     WebSocketConfig::default()
         .max_message_size(Some(MAX_FRAME))
         .max_frame_size(Some(MAX_FRAME))
+        .read_buffer_size(READ_BUFFER)
 }
 
 /// The WebSocket close code carrying hub close code `code`.
