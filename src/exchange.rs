@@ -71,6 +71,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Messages most sent per [`Exchange::fill`] round.
 const FILL_BATCH: usize = 512;
+/// Payload bytes sent and not yet acknowledged at most (besides the window's count of messages),
+/// so a peer that stops reading holds this much of this side's memory, not window x the largest
+/// message (256 x 1 MiB by default). One message is always let through, whatever its size.
+pub const MAX_IN_FLIGHT_BYTES: usize = 4 << 20;
 
 /// One link's message traffic.
 pub struct Exchange {
@@ -81,6 +85,9 @@ pub struct Exchange {
     prefix: Option<String>,
     reader: Option<Reader>,
     batch: Vec<(u64, Vec<u8>)>,
+    /// Sent and unacknowledged: each message's sequence number and size, and their total.
+    in_flight: VecDeque<(u64, usize)>,
+    in_flight_bytes: usize,
 }
 
 impl Exchange {
@@ -98,6 +105,8 @@ impl Exchange {
             prefix,
             reader: None,
             batch: Vec::new(),
+            in_flight: VecDeque::new(),
+            in_flight_bytes: 0,
         }
     }
 
@@ -143,6 +152,13 @@ impl Exchange {
                 None
             }
             Event::Acked(seq) => {
+                while let Some(&(s, len)) = self.in_flight.front() {
+                    if s > seq {
+                        break;
+                    }
+                    self.in_flight.pop_front();
+                    self.in_flight_bytes -= len;
+                }
                 if let Err(e) = self.out.ack(seq) {
                     log::error!("cannot reclaim acknowledged messages: {e}");
                 }
@@ -190,7 +206,8 @@ impl Exchange {
         loop {
             let room = session.send_capacity() as usize;
             let visible = self.out.visible();
-            if room == 0 || session.next_send_seq() >= visible {
+            let budget = MAX_IN_FLIGHT_BYTES.saturating_sub(self.in_flight_bytes);
+            if room == 0 || budget == 0 || session.next_send_seq() >= visible {
                 return;
             }
             if self
@@ -211,7 +228,7 @@ impl Exchange {
             }
             let reader = self.reader.as_mut().expect("set above");
             self.batch.clear();
-            match reader.read(visible, room.min(FILL_BATCH), &mut self.batch) {
+            match reader.read_limited(visible, room.min(FILL_BATCH), budget, &mut self.batch) {
                 Ok(0) => return,
                 Ok(_) => {}
                 Err(e) => {
@@ -229,6 +246,8 @@ impl Exchange {
                     self.reader = None;
                     return;
                 }
+                self.in_flight.push_back((seq, payload.len()));
+                self.in_flight_bytes += payload.len();
                 session.send_message(seq, payload);
             }
         }
@@ -329,5 +348,37 @@ mod tests {
             (0xbbbb, 0),
             "and that is what is on disk"
         );
+    }
+
+    #[test]
+    fn unacknowledged_bytes_are_bounded_as_well_as_messages() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = crate::config::QueueConfig {
+            dir: tmp.path().join("out"),
+            max_messages: 100,
+            max_bytes: 1 << 30,
+            fsync: crate::store::Fsync::Never,
+            window: 64,
+        };
+        let out = Queue::open(&config.dir, &config).unwrap();
+        let big = vec![7u8; 1 << 20];
+        smol::block_on(out.append(vec![big; 10])).unwrap();
+        let inbound = Inbound::open(&tmp.path().join("in.state")).unwrap();
+        let local = Arc::new(Local::new(Duration::from_secs(1)));
+        let mut ex = Exchange::new(out, inbound, local, None);
+
+        let mut s = link(&mut ex, 0xaaaa, 0);
+        assert_eq!(s.send_capacity(), 64, "the window would allow all ten");
+        ex.fill(&mut s);
+        assert_eq!(s.next_send_seq(), 5, "4 MiB sent, no more");
+        ex.fill(&mut s);
+        assert_eq!(s.next_send_seq(), 5, "still 4 MiB unacknowledged");
+        let now = Instant::now();
+        s.handle_frame(now, Frame::Ack(3));
+        while let Some(ev) = s.poll_event() {
+            ex.handle(&mut s, ev);
+        }
+        ex.fill(&mut s);
+        assert_eq!(s.next_send_seq(), 8, "three acknowledged, three more sent");
     }
 }

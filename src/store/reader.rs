@@ -40,8 +40,21 @@ impl Reader {
         max: usize,
         out: &mut Vec<(u64, Vec<u8>)>,
     ) -> io::Result<usize> {
+        self.read_limited(visible, max, usize::MAX, out)
+    }
+
+    /// [`read`](Self::read), stopping also once the payloads handed out reach `max_bytes` (the
+    /// record that reaches it is included, so at least one record comes when any is visible).
+    pub fn read_limited(
+        &mut self,
+        visible: u64,
+        max: usize,
+        max_bytes: usize,
+        out: &mut Vec<(u64, Vec<u8>)>,
+    ) -> io::Result<usize> {
         let mut n = 0;
-        while n < max && self.position < visible {
+        let mut bytes = 0;
+        while n < max && bytes < max_bytes && self.position < visible {
             if self.cursor.is_none() && !self.locate(visible, None)? {
                 break;
             }
@@ -49,7 +62,9 @@ impl Reader {
             let offset = cursor.offset();
             match cursor.next(visible)? {
                 Step::Record { seq, payload } => {
-                    out.push((seq, cursor.bytes(payload).to_vec()));
+                    let payload = cursor.bytes(payload).to_vec();
+                    bytes += payload.len();
+                    out.push((seq, payload));
                     self.position = seq + 1;
                     n += 1;
                 }
