@@ -8,12 +8,25 @@
 # hub: applications -> edge hub -> cloud hub -> applications (and back), at-least-once, through
 # the real processes and their application endpoints, with target/release/hub-bench as the
 # applications. Mosquitto: an edge broker bridging to a cloud broker over mutual TLS (the same
-# dev PKI), QoS 1 and QoS 0, publisher with a bounded in-flight window (hub-bench mqtt).
+# dev PKI), QoS 1 and QoS 0, publisher with a bounded in-flight window (hub-bench mqtt), and
+# request round trips through the bridge. Then hub under emulated loss and latency, QUIC vs
+# WebSocket, between two network namespaces (scripts/bench-loss.sh; skipped where namespaces or
+# TUN devices are unavailable).
+#
+# Environment: COUNT, BIG_COUNT (messages per throughput run), REQUESTS (round trips),
+# MQ_STOCK_REQUESTS, BACKLOG, SCALE, and those of scripts/bench-loss.sh (LOSSES, RTT_MS, DURATION,
+# LOSS_REQUESTS). Run as root: it installs mosquitto with apt if missing, and the loss section
+# creates network namespaces.
 set -euo pipefail
+if [ "${1:-}" = --help ] || [ "${1:-}" = -h ]; then
+  sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+  exit 0
+fi
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 COUNT=${COUNT:-100000}
 BIG_COUNT=${BIG_COUNT:-10000}
 REQUESTS=${REQUESTS:-2000}
+MQ_STOCK_REQUESTS=${MQ_STOCK_REQUESTS:-200} # about 44 ms each
 
 if ! command -v mosquitto >/dev/null; then
   echo "installing mosquitto (Debian's package) for the comparison" >&2
@@ -116,6 +129,7 @@ YAML
   sleep 0.3
   out=$("$BENCH" latency --url "$CLOUD" --resource node/edge-node/echo --count "$REQUESTS")
   row "hub $proto request round trip" "$out"
+  eval "HUB_RT_${proto}='$out'"
   kill "$ECHO" "$EDGE_PID"
   wait "$EDGE_PID" 2>/dev/null || true
 done
@@ -308,12 +322,18 @@ topic up1/# out 1
 topic up0/# out 0
 topic down1/# in 1
 topic down0/# in 0
+topic req/# in 1
+topic rep/# out 1
 CONF
-mosquitto -c "$W/mosq-cloud.conf" 2>"$W/mosq-cloud.log" &
-PIDS+=($!)
-mosquitto -c "$W/mosq-edge.conf" 2>"$W/mosq-edge.log" &
-PIDS+=($!)
-sleep 1.5 # the bridge connects on its own schedule
+mq_start() { # config suffix
+  mosquitto -c "$W/mosq-cloud$1.conf" 2>"$W/mosq-cloud$1.log" &
+  MQ_CLOUD_PID=$!
+  mosquitto -c "$W/mosq-edge$1.conf" 2>"$W/mosq-edge$1.log" &
+  MQ_EDGE_PID=$!
+  PIDS+=("$MQ_CLOUD_PID" "$MQ_EDGE_PID")
+  sleep 1.5 # the bridge connects on its own schedule
+}
+mq_start ""
 for qos in 1 0; do
   for size in 256 16384; do
     n=$COUNT; [ "$size" = 256 ] || n=$BIG_COUNT
@@ -325,8 +345,44 @@ for qos in 1 0; do
     eval "MQ_DOWN_${qos}_${size}=$(rate delivered "$out")"
   done
 done
+# Request round trips, QoS 1: a requester at the cloud broker, an echoing responder at the edge
+# broker; both brokers restarted with set_tcp_nodelay (not above: the throughput runs stay as
+# they were). It covers the sockets the brokers accept but not the one the edge broker's bridge
+# opens, where a reply waits for the delayed ACK; so a second run with TCP_NODELAY set on that
+# socket from outside (scripts/tcp-nodelay.py).
+kill "$MQ_CLOUD_PID" "$MQ_EDGE_PID"
+wait "$MQ_CLOUD_PID" "$MQ_EDGE_PID" 2>/dev/null || true
+for side in cloud edge; do
+  { echo "set_tcp_nodelay true"; cat "$W/mosq-$side.conf"; } >"$W/mosq-$side-rt.conf"
+done
+mq_start -rt
+mq_requests() { # count
+  "$BENCH" mqtt --publish "127.0.0.1:$CLOUD_MQTT" --subscribe "127.0.0.1:$EDGE_MQTT" --topic req/x \
+    --reply-topic rep/x --requests "$1" --size 64
+}
+out=$(mq_requests "$MQ_STOCK_REQUESTS")
+row "mosquitto request round trip (QoS 1)" "$out"
+if scripts/tcp-nodelay.py "$MQ_EDGE_PID" "$TLS_PORT" >/dev/null; then
+  MQ_RT=$(mq_requests "$REQUESTS")
+  row "mosquitto request round trip, bridge NODELAY" "$MQ_RT"
+else
+  MQ_RT=$out
+  row "mosquitto request round trip, bridge NODELAY" "not measured: could not set TCP_NODELAY on the bridge"
+fi
+
+# --- under loss and latency (network namespaces and a userspace link emulator) ----------------
+HUB=$HUB BENCH=$BENCH scripts/bench-loss.sh >"$W/loss.rows" &
+LOSS_PID=$!
+PIDS+=("$LOSS_PID")
+wait "$LOSS_PID" || echo "bench: the loss section failed" >&2
+mapfile -t -O "${#ROWS[@]}" ROWS <"$W/loss.rows"
 
 # --- ratios and footprint --------------------------------------------------------------------
+ms_of() { grep -oE "$1 [0-9.]+" <<<"$2" | grep -oE '[0-9.]+$'; }
+for proto in websocket quic; do
+  h=HUB_RT_$proto
+  row "ratio hub $proto/mosquitto request p50, p99" "$(python3 -c "print(f'{$(ms_of p50 "${!h}")/$(ms_of p50 "$MQ_RT"):.2f}x, {$(ms_of p99 "${!h}")/$(ms_of p99 "$MQ_RT"):.2f}x')")"
+done
 for proto in websocket quic; do
   for dir in UP DOWN; do
     for size in 256 16384; do

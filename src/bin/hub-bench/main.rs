@@ -4,8 +4,11 @@
 //! - `throughput`: publish N messages at one endpoint (pipelined, a bounded number awaiting their
 //!   "accepted" notice) while a subscriber at the other counts them; prints messages/s and MB/s
 //!   to "accepted" and to "delivered", and checks that all arrived, in order, once.
+//!   With `--duration` it publishes for a fixed time with a bounded number of messages in flight
+//!   end to end, and prints the goodput: what was delivered within that time.
 //! - `latency`: sequential sync requests answered by an application on the other side
 //!   (`hub sub --echo`); prints p50, p99 and max round trip.
+//! - `mqtt`: the same two jobs through MQTT brokers (a Mosquitto bridge), for comparison.
 
 mod mqtt;
 mod relay;
@@ -19,6 +22,7 @@ use async_tungstenite::tungstenite::Message as WsMessage;
 use futures_util::SinkExt;
 use hub::client;
 use hub::message::Message;
+use hub::transport::timeout;
 use smol::stream::StreamExt;
 
 #[derive(FromArgs)]
@@ -56,17 +60,25 @@ struct Relay {
 
 #[derive(FromArgs)]
 #[argh(subcommand, name = "mqtt")]
-/// The same job through MQTT brokers (e.g. a Mosquitto bridge), for comparison.
+/// The same jobs through MQTT brokers (e.g. a Mosquitto bridge), for comparison: throughput, or
+/// with --requests, sequential request round trips at QoS 1.
 struct Mqtt {
-    /// broker to publish at (HOST:PORT, plain TCP)
+    /// broker to publish at (HOST:PORT, plain TCP); with --requests, the requester's broker
     #[argh(option)]
     publish: String,
-    /// broker to subscribe at (HOST:PORT, plain TCP)
+    /// broker to subscribe at (HOST:PORT, plain TCP); with --requests, the echoing responder's
     #[argh(option)]
     subscribe: String,
-    /// topic
+    /// topic (with --requests: the requests' topic)
     #[argh(option)]
     topic: String,
+    /// make this many sequential requests instead: the responder publishes each back on
+    /// --reply-topic, which the requester awaits; prints p50, p99 and max round trip
+    #[argh(option, default = "0")]
+    requests: u64,
+    /// topic the responder answers on (with --requests)
+    #[argh(option, default = "String::new()")]
+    reply_topic: String,
     /// quality of service, 0 or 1 (default 1)
     #[argh(option, default = "1")]
     qos: u8,
@@ -103,9 +115,14 @@ struct Throughput {
     /// content bytes per message (default 256)
     #[argh(option, default = "256")]
     size: usize,
-    /// messages awaiting their notice at most (default 4096)
+    /// messages awaiting their notice at most (default 4096); with --duration, messages
+    /// published but not yet delivered at most
     #[argh(option, default = "4096")]
     inflight: u64,
+    /// publish for this many seconds instead of --count messages, and report what was delivered
+    /// within them (goodput); what is in flight at the end is left to the hubs
+    #[argh(option)]
+    duration: Option<f64>,
 }
 
 #[derive(FromArgs)]
@@ -231,6 +248,108 @@ async fn throughput(t: Throughput) -> Result<(), String> {
     Ok(())
 }
 
+/// Publishes for `secs` seconds with at most `t.inflight` messages published but not yet
+/// delivered, and prints what was delivered within that time. What is still in flight at the end
+/// is left to the hubs: run the next measurement through a fresh edge (or another resource).
+async fn goodput(t: Throughput, secs: f64) -> Result<(), String> {
+    let path = format!("/?resource={}", t.prefix);
+    let mut sub = client::connect(&t.subscribe, &path).await?;
+    let publisher = client::connect(&t.publish, "/").await?;
+    let (mut tx, mut rx) = publisher.split();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(secs);
+    let (delivered_tx, delivered_rx) = smol::channel::unbounded::<u64>();
+
+    let receiver = smol::spawn(async move {
+        let mut next = 0u64;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(next);
+            }
+            let Some(got) = timeout(left, client::next(&mut sub)).await else {
+                return Ok(next);
+            };
+            match got {
+                Some(Ok(m)) => match number(&m.content) {
+                    Some(n) if n == next => {
+                        next += 1;
+                        let _ = delivered_tx.try_send(next);
+                    }
+                    Some(n) => return Err(format!("received {n} when {next} was due")),
+                    None => {}
+                },
+                Some(Err(e)) => return Err(e),
+                None => return Err(format!("subscriber closed after {next}")),
+            }
+        }
+    });
+
+    // Notices are read (and refusals reported) but do not pace the publisher here.
+    let notices = smol::spawn(async move {
+        loop {
+            match rx.next().await {
+                Some(Ok(WsMessage::Text(t))) => {
+                    let m = Message::from_json(&t).map_err(|e| e.to_string())?;
+                    if m.operation == "error" {
+                        return Err::<(), _>(format!("refused: {}", client::notice_error(&m)));
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Err("publisher connection closed".into()),
+            }
+        }
+    });
+
+    let (mut n, mut delivered) = (0u64, 0u64);
+    'publishing: while Instant::now() < deadline {
+        while n - delivered >= t.inflight {
+            futures_flush(&mut tx).await?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            match timeout(left, delivered_rx.recv()).await {
+                Some(Ok(d)) => delivered = d,
+                Some(Err(_)) | None => break 'publishing,
+            }
+            while let Ok(d) = delivered_rx.try_recv() {
+                delivered = d;
+            }
+        }
+        if notices.is_finished() {
+            notices.await?;
+            return Err("notices stopped".into());
+        }
+        let mut m = Message {
+            source: "hub-bench".into(),
+            group: "bench".into(),
+            operation: "update".into(),
+            resource: t.resource.clone(),
+            content: content(t.size, n),
+            ..Message::default()
+        };
+        m.fill_header();
+        tx.feed(WsMessage::text(m.to_json()))
+            .await
+            .map_err(|e| e.to_string())?;
+        n += 1;
+        if n % 64 == 0 {
+            futures_flush(&mut tx).await?;
+        }
+    }
+    futures_flush(&mut tx).await?;
+    let delivered = receiver.await?;
+    drop(notices);
+    let rate = delivered as f64 / secs;
+    println!(
+        "delivered {rate:.0} msg/s ({:.2} MB/s) over {secs} s: {delivered} messages of {} B in order, once ({} more published, in flight at the end; at most {} allowed)",
+        rate * t.size as f64 / 1e6,
+        t.size,
+        n - delivered,
+        t.inflight
+    );
+    Ok(())
+}
+
 async fn futures_flush<S>(tx: &mut S) -> Result<(), String>
 where
     S: futures_util::Sink<WsMessage, Error = async_tungstenite::tungstenite::Error> + Unpin,
@@ -256,24 +375,36 @@ async fn latency(l: Latency) -> Result<(), String> {
         client::request(&mut ws, &m, Duration::from_secs(10)).await?;
         samples.push(t0.elapsed());
     }
+    println!("{}", percentiles(samples));
+    Ok(())
+}
+
+/// "N requests: p50 .., p99 .., max .." of round-trip samples.
+fn percentiles(mut samples: Vec<Duration>) -> String {
+    if samples.is_empty() {
+        return "0 requests".to_owned();
+    }
     samples.sort();
     let pct = |p: f64| samples[((samples.len() as f64 - 1.0) * p).round() as usize];
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    println!(
+    format!(
         "{} requests: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
         samples.len(),
         ms(pct(0.5)),
         ms(pct(0.99)),
-        ms(*samples.last().unwrap_or(&Duration::ZERO))
-    );
-    Ok(())
+        ms(samples[samples.len() - 1])
+    )
 }
 
 fn main() -> ExitCode {
     let bench: Bench = argh::from_env();
     let result = smol::block_on(async {
         match bench.command {
-            Command::Throughput(t) => throughput(t).await,
+            Command::Throughput(t) => match t.duration {
+                Some(secs) if secs > 0.0 => goodput(t, secs).await,
+                Some(_) => Err("--duration is a positive number of seconds".to_owned()),
+                None => throughput(t).await,
+            },
             Command::Latency(l) => latency(l).await,
             Command::Scale(s) => scale::run(s).await,
             Command::Relay(r) => {
@@ -283,6 +414,22 @@ fn main() -> ExitCode {
                     Duration::from_secs_f64(r.rtt_ms.max(0.0) / 2000.0),
                 )
                 .await
+            }
+            Command::Mqtt(m) if m.requests > 0 => {
+                if m.reply_topic.is_empty() {
+                    return Err("--requests needs --reply-topic".to_owned());
+                }
+                let samples = mqtt::round_trips(
+                    &m.publish,
+                    &m.subscribe,
+                    &m.topic,
+                    &m.reply_topic,
+                    m.requests,
+                    m.size,
+                )
+                .await?;
+                println!("{}", percentiles(samples));
+                Ok(())
             }
             Command::Mqtt(m) => {
                 if m.qos > 1 {

@@ -1,6 +1,6 @@
-//! Just enough MQTT 3.1.1 to load a Mosquitto bridge the way `throughput` loads hub: CONNECT,
-//! PUBLISH at QoS 0 or 1 with a bounded number awaiting PUBACK, SUBSCRIBE, and PUBACK for what a
-//! subscriber receives. Plain TCP to a broker on this machine.
+//! Just enough MQTT 3.1.1 to load a Mosquitto bridge the way `throughput` and `latency` load hub:
+//! CONNECT, PUBLISH at QoS 0 or 1 with a bounded number awaiting PUBACK, SUBSCRIBE, and PUBACK for
+//! what a subscriber receives. Plain TCP to a broker on this machine.
 
 use std::net::TcpStream;
 use std::time::Instant;
@@ -157,6 +157,105 @@ impl Client {
     }
 }
 
+impl Packet {
+    /// A PUBLISH's QoS, packet id (0 at QoS 0) and payload.
+    fn publish_parts(&self) -> Result<(u8, u16, &[u8]), String> {
+        let qos = (self.flags >> 1) & 3;
+        let short = || "MQTT: short PUBLISH".to_owned();
+        let tlen = usize::from(u16::from_be_bytes([
+            *self.body.first().ok_or_else(short)?,
+            *self.body.get(1).ok_or_else(short)?,
+        ]));
+        let mut at = 2 + tlen;
+        let mut id = 0;
+        if qos > 0 {
+            let b = self.body.get(at..at + 2).ok_or_else(short)?;
+            id = u16::from_be_bytes([b[0], b[1]]);
+            at += 2;
+        }
+        Ok((qos, id, self.body.get(at..).ok_or_else(short)?))
+    }
+}
+
+/// The counter at the start of a payload ("N xxxx...").
+fn counter(payload: &[u8]) -> Option<u64> {
+    std::str::from_utf8(&payload[..payload.len().min(20)])
+        .ok()?
+        .split(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Sequential request round trips at QoS 1: a requester at `req_addr` publishes `count` payloads
+/// of `size` bytes to `topic`, one at a time, each time waiting for the same payload on
+/// `reply_topic`; a responder at `resp_addr`, subscribed to `topic`, publishes what it receives
+/// to `reply_topic`. With a bridge between the two brokers, each round trip crosses it twice.
+pub async fn round_trips(
+    req_addr: &str,
+    resp_addr: &str,
+    topic: &str,
+    reply_topic: &str,
+    count: u64,
+    size: usize,
+) -> Result<Vec<Duration>, String> {
+    let pid = std::process::id();
+    let mut responder = Client::connect(resp_addr, &format!("hub-bench-echo-{pid}")).await?;
+    responder.subscribe(topic, 1).await?;
+    let mut requester = Client::connect(req_addr, &format!("hub-bench-req-{pid}")).await?;
+    requester.subscribe(reply_topic, 1).await?;
+    let reply = reply_topic.to_owned();
+    let echo: smol::Task<Result<(), String>> = smol::spawn(async move {
+        let mut id = 0u16;
+        loop {
+            let p = responder.read().await?;
+            if p.kind != 3 {
+                continue;
+            }
+            let (qos, rid, payload) = p.publish_parts()?;
+            if qos > 0 {
+                responder.puback(rid);
+            }
+            id = id % 65535 + 1;
+            responder.publish(&reply, payload, 1, id);
+            responder.flush().await?;
+        }
+    });
+    let mut samples = Vec::with_capacity(count as usize);
+    let mut payload = vec![b'x'; size.max(20)];
+    for n in 0..count {
+        let head = format!("{n} ");
+        payload[..head.len()].copy_from_slice(head.as_bytes());
+        requester.publish(topic, &payload, 1, (n % 65535 + 1) as u16);
+        let t0 = Instant::now();
+        requester.flush().await?;
+        loop {
+            let read = hub::transport::timeout(Duration::from_secs(10), requester.read()).await;
+            let Some(p) = read else {
+                if echo.is_finished() {
+                    echo.await?;
+                }
+                return Err(format!("MQTT: no reply to request {n} within 10 s"));
+            };
+            let p = p?;
+            if p.kind != 3 {
+                continue;
+            }
+            let (qos, rid, got) = p.publish_parts()?;
+            if qos > 0 {
+                requester.puback(rid);
+            }
+            if counter(got) == Some(n) {
+                break;
+            }
+        }
+        samples.push(t0.elapsed());
+        requester.flush().await?;
+    }
+    drop(echo);
+    Ok(samples)
+}
+
 /// Publishes `count` payloads of `size` bytes to `topic` at `pub_addr` (at most `inflight`
 /// awaiting PUBACK at QoS 1) while a subscriber at `sub_addr` counts them in order; returns how
 /// many arrived and when the last did.
@@ -193,20 +292,11 @@ pub async fn throughput(
             if p.kind != 3 {
                 continue;
             }
-            let qos = (p.flags >> 1) & 3;
-            let tlen = usize::from(u16::from_be_bytes([p.body[0], p.body[1]]));
-            let mut at = 2 + tlen;
+            let (qos, id, payload) = p.publish_parts()?;
             if qos > 0 {
-                let id = u16::from_be_bytes([p.body[at], p.body[at + 1]]);
                 sub.puback(id);
-                at += 2;
             }
-            let payload = &p.body[at..];
-            let n: u64 = std::str::from_utf8(&payload[..payload.len().min(20)])
-                .ok()
-                .and_then(|s| s.split(' ').next())
-                .and_then(|s| s.parse().ok())
-                .ok_or("MQTT: payload without a counter")?;
+            let n = counter(payload).ok_or("MQTT: payload without a counter")?;
             if n != next && (qos > 0 || n < next) {
                 return Err(format!("MQTT: received {n} when {next} was due"));
             }
