@@ -96,31 +96,33 @@ rate() { grep -oE 'delivered [0-9]+ msg/s \([0-9.]+ MB/s\)' <<<"$1" | sed 's/^de
 p99() { grep -oE 'p99 [0-9.]+' <<<"$1" | grep -oE '[0-9.]+$'; }
 
 # TCP's congestion control: this machine's default, and if that is not a loss-based one (BBR),
-# also Cubic, or Reno where a namespace may not choose Cubic (tcp_allowed_congestion_control):
-# QUIC here is quinn with its default, Cubic. Set in both namespaces; new connections use it.
+# also Cubic, or Reno where a namespace may not choose Cubic (tcp_allowed_congestion_control).
+# Set in both namespaces; new connections use it. QUIC runs twice: with quinn's default, Cubic,
+# and with quinn's BBR (quic.congestion / cloudhub.quic-congestion: bbr).
 CC=$(ip netns exec "$NS_E" sysctl -n net.ipv4.tcp_congestion_control)
-CASES="websocket-$CC quic"
+CASES="websocket-$CC quic-cubic quic-bbr"
 if [ "$CC" != cubic ] && [ "$CC" != reno ]; then
   if grep -qw cubic /proc/sys/net/ipv4/tcp_allowed_congestion_control; then
-    CASES="websocket-$CC websocket-cubic quic"
+    CASES="websocket-$CC websocket-cubic quic-cubic quic-bbr"
   else
-    CASES="websocket-$CC websocket-reno quic"
+    CASES="websocket-$CC websocket-reno quic-cubic quic-bbr"
   fi
 fi
-set_cc() {
-  [ "$1" = quic ] && return 0
-  for ns in "$NS_C" "$NS_E"; do ip netns exec "$ns" sysctl -qw "net.ipv4.tcp_congestion_control=$1"; done
+set_cc() { # case
+  [ "${1%%-*}" = quic ] && return 0
+  for ns in "$NS_C" "$NS_E"; do ip netns exec "$ns" sysctl -qw "net.ipv4.tcp_congestion_control=${1#*-}"; done
 }
 
 # A fresh edge (and outbox) per measurement, so that no backlog of the previous one competes.
-edge_up() { # protocol tag; sets EDGE_PID and EDGE_LOG
+edge_up() { # protocol tag [quic congestion]; sets EDGE_PID and EDGE_LOG
   local proto=$1 link
   if [ "$proto" = websocket ]; then
     link="websocket:
   url: wss://$ADDR_C:$WS_PORT/bench/edge-node/events"
   else
     link="quic:
-  url: $ADDR_C:$QUIC_PORT"
+  url: $ADDR_C:$QUIC_PORT
+  congestion: ${3:-cubic}"
   fi
   cat >"$W/edge-$proto.yaml" <<YAML
 $link
@@ -170,12 +172,20 @@ for loss in $LOSSES; do
     p=$(ip netns exec "$NS_E" ping -q -c 200 -i 0.01 "$ADDR_C" | tail -2 | tr '\n' ' ')
     row "$L: ping x200" "$(grep -oE '[0-9.]+% packet loss' <<<"$p"), rtt $(grep -oE '= [0-9./]+' <<<"$p" | cut -c3-) ms (min/avg/max/mdev)"
   fi
-  cat >"$W/cloud.yaml" <<YAML
+  for case in $CASES; do
+    proto=${case%%-*}
+    label="$proto (${case#*-})"
+    [ "$proto" = websocket ] && label="websocket (TCP ${case#*-})"
+    congestion=cubic; [ "$case" = quic-bbr ] && congestion=bbr
+    # A cloud per case: its QUIC congestion controller is the case's too (it sends the ACKs,
+    # and the requests of the round trips).
+    cat >"$W/cloud.yaml" <<YAML
 cloudhub:
   protocol_websocket: true
   port: 0
   protocol_quic: true
   quic_port: 0
+  quic-congestion: $congestion
   address: $ADDR_C
   ca: $W/pki/ca.crt
   cert: $W/pki/server.crt
@@ -184,23 +194,20 @@ apps:
   listen: "off"
   unix: $W/cloud.sock
 queues:
-  dir: $W/cloud-$loss
+  dir: $W/cloud-$loss-$case
   max-messages: 100000000
   max-bytes: 100000000000
 YAML
-  RUST_LOG=warn,hub::apps=info,hub::cloud=info ip netns exec "$NS_C" "$HUB" cloud -c "$W/cloud.yaml" 2>"$W/cloud-$loss.log" &
-  CLOUD_PID=$!
-  PIDS+=("$CLOUD_PID")
-  WS_PORT=$(wait_log "$W/cloud-$loss.log" 'websocket listening on' | grep -oE '[0-9]+$')
-  QUIC_PORT=$(wait_log "$W/cloud-$loss.log" 'quic listening on' | grep -oE '[0-9]+$')
-  wait_log "$W/cloud-$loss.log" 'apps listening on unix' >/dev/null
-  for case in $CASES; do
-    proto=${case%%-*}
-    label=$proto
-    [ "$proto" = websocket ] && label="websocket (TCP ${case#*-})"
-    set_cc "${case#*-}"
+    CLOUD_LOG=$W/cloud-$loss-$case.log
+    RUST_LOG=warn,hub::apps=info,hub::cloud=info ip netns exec "$NS_C" "$HUB" cloud -c "$W/cloud.yaml" 2>"$CLOUD_LOG" &
+    CLOUD_PID=$!
+    PIDS+=("$CLOUD_PID")
+    WS_PORT=$(wait_log "$CLOUD_LOG" 'websocket listening on' | grep -oE '[0-9]+$')
+    QUIC_PORT=$(wait_log "$CLOUD_LOG" 'quic listening on' | grep -oE '[0-9]+$')
+    wait_log "$CLOUD_LOG" 'apps listening on unix' >/dev/null
+    set_cc "$case"
     for size in 256 16384; do
-      edge_up "$proto" "$loss-$case-$size"
+      edge_up "$proto" "$loss-$case-$size" "$congestion"
       inflight=4096; [ "$size" = 256 ] || inflight=256
       cpu0=$(cpu_ticks "$NETEM_PID")
       out=$("$BENCH" throughput --publish "unix:$W/edge.sock" --resource "g-$case-$size" \
@@ -211,29 +218,32 @@ YAML
       eval "G_${case//-/_}_${size}=$(grep -oE 'delivered [0-9]+' <<<"$out" | grep -oE '[0-9]+')"
       edge_down
     done
-    if [ "$case" = quic ] || [ "$case" = "websocket-$CC" ]; then
-      edge_up "$proto" "$loss-$case-rt"
+    if [ "$proto" = quic ] || [ "$case" = "websocket-$CC" ]; then
+      edge_up "$proto" "$loss-$case-rt" "$congestion"
       "$HUB" sub -u "unix:$W/edge.sock" -r echo --echo >/dev/null &
       ECHO=$!
       PIDS+=("$ECHO")
       sleep 0.3
       out=$("$BENCH" latency --url "unix:$W/cloud.sock" --resource node/edge-node/echo --count "$LOSS_REQUESTS")
       row "$L: $label request round trip" "$out"
-      eval "P99_$proto=$(p99 "$out")"
+      eval "P99_${case//-/_}=$(p99 "$out")"
       kill "$ECHO"
       edge_down
     fi
-    set_cc "$CC"
+    set_cc "websocket-$CC"
+    kill "$CLOUD_PID"
+    wait "$CLOUD_PID" 2>/dev/null || true
   done
-  for case in $CASES; do
-    [ "$case" = quic ] && continue
-    small=G_${case//-/_}_256 big=G_${case//-/_}_16384
-    row "$L: QUIC/WebSocket (TCP ${case#*-}) goodput" \
-      "$(python3 -c "print(f'256 B {$G_quic_256 / max(${!small}, 1):.2f}x, 16 KiB {$G_quic_16384 / max(${!big}, 1):.2f}x')")"
+  for q in cubic bbr; do
+    for case in $CASES; do
+      [ "${case%%-*}" = quic ] && continue
+      small=G_${case//-/_}_256 big=G_${case//-/_}_16384 qs=G_quic_${q}_256 qb=G_quic_${q}_16384
+      row "$L: QUIC ($q)/WebSocket (TCP ${case#*-}) goodput" \
+        "$(python3 -c "print(f'256 B {${!qs} / max(${!small}, 1):.2f}x, 16 KiB {${!qb} / max(${!big}, 1):.2f}x')")"
+    done
+    qp=P99_quic_$q wp=P99_websocket_$CC
+    row "$L: QUIC ($q)/WebSocket (TCP $CC) request p99" "$(python3 -c "print(f'{${!qp} / ${!wp}:.2f}x')")"
   done
-  row "$L: QUIC/WebSocket request p99" "$(python3 -c "print(f'{$P99_quic / $P99_websocket:.2f}x')")"
-  kill "$CLOUD_PID"
-  wait "$CLOUD_PID" 2>/dev/null || true
   netem_stop
   row "$L: emulator" "$(grep -E '^netem (hubc|hube)' "$NETEM_OUT" | sed 's/^netem //' | tr '\n' ';' | sed 's/;$//; s/;/; /'), $(grep -oE 'peak [0-9]+ packets/s' "$NETEM_OUT")"
 done

@@ -333,6 +333,7 @@ fn hub_sections_take_effect() {
         (1000, 10 << 20, 32)
     );
     assert_eq!(e.outbox.fsync, hub::store::Fsync::Periodic);
+    assert_eq!(e.congestion, hub::config::Congestion::Bbr);
     // Defaults: loopback endpoints, safe fsync, a window of 256.
     let c = CloudConfig::from_yaml(
         Path::new("c.yaml"),
@@ -344,6 +345,7 @@ fn hub_sections_take_effect() {
     assert_eq!(c.queues.dir, Path::new("/var/lib/hub/cloud"));
     assert_eq!(c.queues.fsync, hub::store::Fsync::Always);
     assert_eq!((c.queues.max_messages, c.queues.window), (100_000, 256));
+    assert_eq!(c.quic_congestion, hub::config::Congestion::Cubic);
     let s = EdgeConfig::from_yaml(
         Path::new("e.yaml"),
         &fixture("edge", "seed-quic.yaml", tmp.path()),
@@ -352,4 +354,5 @@ fn hub_sections_take_effect() {
     .unwrap();
     assert_eq!(s.apps.listen, Some("127.0.0.1:10060".parse().unwrap()));
     assert_eq!(s.outbox.dir, Path::new("/var/lib/hub/edge"));
+    assert_eq!(s.congestion, hub::config::Congestion::Cubic);
 }

@@ -351,8 +351,11 @@ fn stalled_cloud(proto: Proto, pki: &std::path::Path, stop: std::sync::mpsc::Rec
                 Proto::Quic => {
                     let tls =
                         hub::tls::server_config(&ca, &cert, &key, hub::proto::ALPN, false).unwrap();
-                    let transport =
-                        hub::transport::quic::transport_config(100, Duration::from_secs(60));
+                    let transport = hub::transport::quic::transport_config(
+                        100,
+                        Duration::from_secs(60),
+                        hub::config::Congestion::Cubic,
+                    );
                     let endpoint = hub::transport::quic::server_endpoint(
                         "127.0.0.1:0".parse().unwrap(),
                         tls,

@@ -155,8 +155,11 @@ pub async fn run(config: CloudConfig, shutdown: Shutdown) -> Result<(), String> 
     if let Some(addr) = config.quic {
         let tls = tls::server_config(&config.ca, &config.cert, &config.key, ALPN, true)
             .map_err(|e| e.to_string())?;
-        let transport =
-            quic::transport_config(config.max_incoming_streams, config.keepalive_interval * 2);
+        let transport = quic::transport_config(
+            config.max_incoming_streams,
+            config.keepalive_interval * 2,
+            config.quic_congestion,
+        );
         let ep = quic::server_endpoint(addr, tls, transport)?;
         log::info!(
             "quic listening on {}",

@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{
-    AppsConfig, Checker, ConfigError, QueueConfig, RawApps, RawQueue, SideDefaults, parse_file,
-    parse_str,
+    AppsConfig, Checker, ConfigError, Congestion, QueueConfig, RawApps, RawQueue, SideDefaults,
+    parse_file, parse_str,
 };
 
 /// The cloud's defaults for the sections hub adds.
@@ -46,6 +46,8 @@ struct RawCloudHub {
     write_timeout: Option<f64>,
     #[serde(rename = "node-limit")]
     node_limit: Option<i64>,
+    #[serde(rename = "quic-congestion")]
+    quic_congestion: Option<String>,
 }
 
 /// The cloud hub's validated configuration.
@@ -57,6 +59,8 @@ pub struct CloudConfig {
     pub quic: Option<SocketAddr>,
     /// `max_incomingstreams`: streams a QUIC peer may have open at once.
     pub max_incoming_streams: u32,
+    /// `quic-congestion`: the congestion controller of QUIC connections.
+    pub quic_congestion: Congestion,
     /// `ca`: the CA bundle client certificates must chain to.
     pub ca: PathBuf,
     /// `cert`: the server certificate chain.
@@ -135,6 +139,8 @@ impl CloudConfig {
             websocket: websocket_on.then(|| SocketAddr::new(address, port)),
             quic: quic_on.then(|| SocketAddr::new(address, quic_port)),
             max_incoming_streams,
+            quic_congestion: c
+                .congestion("cloudhub.quic-congestion", raw.quic_congestion.as_deref())?,
             ca,
             cert,
             key,
@@ -160,8 +166,10 @@ impl CloudConfig {
         }
         if let Some(a) = self.quic {
             listeners.push(format!(
-                "quic on {a} (max {} streams)",
+                "quic on {a} ({} streams a node, {})",
                 self.max_incoming_streams
+                    .min(crate::transport::quic::MAX_GRANTED_STREAMS),
+                self.quic_congestion.name()
             ));
         }
         format!(

@@ -6,8 +6,8 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use super::{
-    AppsConfig, Checker, ConfigError, QueueConfig, RawApps, RawQueue, SideDefaults, parse_file,
-    parse_str, valid_id,
+    AppsConfig, Checker, ConfigError, Congestion, QueueConfig, RawApps, RawQueue, SideDefaults,
+    parse_file, parse_str, valid_id,
 };
 
 /// The edge's defaults for the sections hub adds.
@@ -46,6 +46,9 @@ struct RawLink {
     write_deadline: Option<f64>,
     #[serde(rename = "read-deadline")]
     read_deadline: Option<f64>,
+    /// QUIC only.
+    #[serde(default, deserialize_with = "scalar_string")]
+    congestion: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -246,6 +249,8 @@ pub struct EdgeConfig {
     pub write_deadline: Duration,
     /// `read-deadline`: the link is dead when nothing arrived from the cloud for this long.
     pub read_deadline: Duration,
+    /// `quic.congestion`: the QUIC congestion controller.
+    pub congestion: Congestion,
     /// `controller.heartbeat`: how often the edge sends a heartbeat.
     pub heartbeat: Duration,
     /// `controller.placement-url`, when `controller.placement` is on.
@@ -378,6 +383,21 @@ impl EdgeConfig {
             ));
         }
 
+        if raw
+            .websocket
+            .as_ref()
+            .is_some_and(|w| w.congestion.is_some())
+        {
+            return Err(c.invalid(
+                "websocket.congestion",
+                "applies to QUIC only (TCP's is the kernel's); set quic.congestion",
+            ));
+        }
+        let congestion = c.congestion(
+            "quic.congestion",
+            raw.quic.as_ref().and_then(|q| q.congestion.as_deref()),
+        )?;
+
         Ok(EdgeConfig {
             protocol,
             endpoint,
@@ -392,6 +412,7 @@ impl EdgeConfig {
             )?,
             write_deadline: c.duration(&key("write-deadline"), link.write_deadline, 15.0, 1.0)?,
             read_deadline: c.duration(&key("read-deadline"), link.read_deadline, 15.0, 1.0)?,
+            congestion,
             heartbeat: c.duration("controller.heartbeat", ctl.heartbeat, 15.0, 1.0)?,
             placement,
             refresh,
@@ -408,7 +429,7 @@ impl EdgeConfig {
     pub fn summary(&self) -> String {
         let target = match self.protocol {
             Protocol::Websocket => format!("wss://{}{}", self.endpoint, self.websocket_path()),
-            Protocol::Quic => format!("quic {}", self.endpoint),
+            Protocol::Quic => format!("quic {} ({})", self.endpoint, self.congestion.name()),
         };
         let placement = match &self.placement {
             Some(u) => format!(", placement via https://{}{}", u.endpoint, u.path),

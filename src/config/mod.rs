@@ -218,6 +218,29 @@ pub struct AppsConfig {
     pub max_message_bytes: usize,
 }
 
+/// The congestion controller of QUIC connections (`quic.congestion` on the edge,
+/// `cloudhub.quic-congestion` on the cloud): what a sender does when packets are lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Congestion {
+    /// CUBIC (quinn's default): backs off on every loss, like most TCP stacks.
+    #[default]
+    Cubic,
+    /// quinn's BBR, which paces by measured bandwidth and round trip and hardly slows down for
+    /// random loss; far higher goodput on lossy links (docs/benchmarks.md), but quinn marks its
+    /// implementation experimental.
+    Bbr,
+}
+
+impl Congestion {
+    /// The name the configuration uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Congestion::Cubic => "cubic",
+            Congestion::Bbr => "bbr",
+        }
+    }
+}
+
 /// A durable queue's settings (`queues:` in the cloud file, `outbox:` in the edge file).
 #[derive(Debug, Clone)]
 pub struct QueueConfig {
@@ -302,6 +325,14 @@ impl Checker<'_> {
                 (crate::proto::MAX_FRAME - 64) as i64,
             )? as usize,
         })
+    }
+
+    fn congestion(&self, key: &str, raw: Option<&str>) -> Result<Congestion, ConfigError> {
+        match raw {
+            None | Some("cubic") => Ok(Congestion::Cubic),
+            Some("bbr") => Ok(Congestion::Bbr),
+            Some(s) => Err(self.invalid(key, format!("{s:?} is not cubic or bbr"))),
+        }
     }
 
     fn queue(

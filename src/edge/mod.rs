@@ -203,7 +203,7 @@ fn build_tls(
     let websocket =
         tls::client_config(&config.ca, creds, b"http/1.1", false).map_err(|e| e.to_string())?;
     let quic_tls = tls::client_config(&config.ca, creds, ALPN, true).map_err(|e| e.to_string())?;
-    let quic = quic::client_config(quic_tls, config.read_deadline * 2)?;
+    let quic = quic::client_config_with(quic_tls, config.read_deadline * 2, config.congestion)?;
     Ok(Tls {
         generation,
         websocket: Arc::new(websocket),

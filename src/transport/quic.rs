@@ -13,7 +13,7 @@ use quinn::{
 };
 
 use super::{Inbound, Link, LinkError, Outbound, deliver, timeout};
-use crate::config::Protocol;
+use crate::config::{Congestion, Protocol};
 use crate::proto::frame::{StreamDecoder, encode_len_prefixed};
 
 /// Bidirectional streams the edge lets the cloud open towards it.
@@ -35,8 +35,15 @@ pub const MAX_GRANTED_STREAMS: u32 = 100;
 /// allowed), an idle timeout of `idle`, no QUIC keep-alives (the session's heartbeats keep the link
 /// busy). Unread data is bounded by [`RECEIVE_WINDOW`] per connection, however many streams the
 /// peer opens.
-pub fn transport_config(max_streams: u32, idle: Duration) -> TransportConfig {
+pub fn transport_config(
+    max_streams: u32,
+    idle: Duration,
+    congestion: Congestion,
+) -> TransportConfig {
     let mut t = TransportConfig::default();
+    if congestion == Congestion::Bbr {
+        t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+    }
     let granted = max_streams.min(MAX_GRANTED_STREAMS);
     t.max_concurrent_bidi_streams(VarInt::from_u32(granted));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
@@ -81,14 +88,25 @@ pub fn client_endpoint(ipv6: bool) -> Result<Endpoint, String> {
     .map_err(|e| format!("QUIC endpoint: {e}"))
 }
 
-/// The edge's quinn client configuration from a rustls one (which must allow early data for 0-RTT).
+/// The edge's quinn client configuration from a rustls one (which must allow early data for 0-RTT),
+/// with quinn's default congestion controller.
 pub fn client_config(
     tls: rustls::ClientConfig,
     idle: Duration,
 ) -> Result<quinn::ClientConfig, String> {
+    client_config_with(tls, idle, Congestion::Cubic)
+}
+
+/// [`client_config`] with the congestion controller `congestion`.
+pub fn client_config_with(
+    tls: rustls::ClientConfig,
+    idle: Duration,
+    congestion: Congestion,
+) -> Result<quinn::ClientConfig, String> {
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| format!("QUIC TLS setup: {e}"))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(Arc::new(transport_config(EDGE_MAX_STREAMS, idle)));
+    let transport = transport_config(EDGE_MAX_STREAMS, idle, congestion);
+    config.transport_config(Arc::new(transport));
     Ok(config)
 }
 
