@@ -6,7 +6,7 @@ CARGO      ?= cargo
 
 BIN := target/release/hub
 
-.PHONY: all build check test demo bench release install uninstall arm-check clean
+.PHONY: all build check test demo bench release install uninstall arm-check fuzz fuzz-smoke clean
 
 all: build
 
@@ -19,8 +19,8 @@ check:
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	$(CARGO) test --locked
 
-# What CI runs: the quick loop, then the ARM builds run under qemu.
-test: check arm-check
+# What CI runs: the quick loop, a short fuzzing pass, then the ARM builds run under qemu.
+test: check fuzz-smoke arm-check
 
 # The main job end to end: PKI, a cloud, two gateways, messages both ways, a request.
 demo:
@@ -52,6 +52,16 @@ uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/hub $(DESTDIR)$(PREFIX)/bin/cloudhub $(DESTDIR)$(PREFIX)/bin/edgehub
 	rm -f $(DESTDIR)$(PREFIX)/lib/systemd/system/cloudhub.service $(DESTDIR)$(PREFIX)/lib/systemd/system/edgehub.service
 	rm -rf $(DESTDIR)$(PREFIX)/share/doc/hub
+
+# Fuzzes the frame codec, the session and the config parsers for SECONDS in all, shared by the
+# targets (scripts/fuzz.sh; needs cargo-fuzz, installed if missing).
+SECONDS ?= 600
+fuzz:
+	scripts/fuzz.sh $(SECONDS)
+
+# A short fuzzing pass for CI: an unoptimized build, then every target for 15 s.
+fuzz-smoke:
+	scripts/fuzz.sh --dev 60
 
 # Builds aarch64 and armv7 static binaries with Debian's Rust 1.85 and runs them under qemu.
 arm-check:

@@ -298,8 +298,8 @@ impl Session {
                 self.peer_window = w.window.max(1);
                 let local = self.local;
                 // The cloud processed our stream up to up_seq; we resume after it, never before
-                // what we still hold.
-                let out_start = (w.up_seq + 1).max(local.out_first);
+                // what we still hold. Saturating: up_seq comes off the wire.
+                let out_start = w.up_seq.saturating_add(1).max(local.out_first);
                 let in_expected = if w.down_stream == local.in_stream {
                     (local.in_seq + 1).max(w.down_first)
                 } else {
@@ -342,7 +342,8 @@ impl Session {
             h.up_first.max(1)
         };
         let out_start = if h.down_stream == local.out_stream {
-            (h.down_seq + 1).max(local.out_first)
+            // Saturating: down_seq comes off the wire.
+            h.down_seq.saturating_add(1).max(local.out_first)
         } else {
             local.out_first
         };
@@ -433,7 +434,15 @@ impl Session {
             self.close(CloseCode::ProtocolError, why);
             return;
         }
-        self.in_expected += 1;
+        let Some(next) = self.in_expected.checked_add(1) else {
+            // The peer's first position was the last number there is: nothing can follow.
+            self.close(
+                CloseCode::ProtocolError,
+                format!("message {seq} ends the sequence"),
+            );
+            return;
+        };
+        self.in_expected = next;
         self.in_uncommitted += 1;
         self.events.push_back(Event::Message { seq, payload });
         if self.commit_due.is_none() {
@@ -975,6 +984,62 @@ mod tests {
         assert!(
             matches!(c.poll_event(), Some(Event::Close(CloseCode::ProtocolError, d)) if d.contains("3 when 2"))
         );
+    }
+
+    #[test]
+    fn positions_at_the_end_of_the_range_do_not_overflow() {
+        let now = Instant::now();
+        // A WELCOME claiming the edge's stream was processed to the last number there is, and
+        // starting the cloud's stream there.
+        let mut edge = Session::edge(now, hello(S, 10 * S));
+        edge.poll_transmit(now);
+        edge.handle_frame(
+            now,
+            Frame::Welcome(Welcome {
+                version: VERSION,
+                keepalive: 30 * S,
+                heartbeat: S,
+                window: 16,
+                down_stream: 2,
+                down_first: u64::MAX,
+                up_seq: u64::MAX,
+            }),
+        );
+        assert!(edge.is_open());
+        assert_eq!(edge.next_send_seq(), u64::MAX);
+        events(&mut edge);
+        edge.handle_frame(
+            now,
+            Frame::Message {
+                seq: u64::MAX,
+                payload: vec![],
+            },
+        );
+        assert!(
+            matches!(edge.poll_event(), Some(Event::Close(CloseCode::ProtocolError, d)) if d.contains("ends the sequence"))
+        );
+
+        // A HELLO claiming the cloud's stream was processed to the last number there is.
+        let mut cloud = Session::cloud(now, 30 * S, 16);
+        cloud.handle_frame(
+            now,
+            Frame::Hello(Hello {
+                down_stream: 2,
+                down_seq: u64::MAX,
+                ..hello(S, 10 * S)
+            }),
+        );
+        cloud.accept(
+            now,
+            Streams {
+                out_stream: 2,
+                out_first: 1,
+                in_stream: 0,
+                in_seq: 0,
+            },
+        );
+        assert!(cloud.is_open());
+        assert_eq!(cloud.next_send_seq(), u64::MAX);
     }
 
     #[test]
