@@ -239,9 +239,8 @@ rm -f "$W/backlog.lines"
 
 # --- scale: many idle nodes on one cloud ------------------------------------------------------
 # SCALE nodes, half over WebSocket and half over QUIC, each with its own certificate, connect to a
-# fresh cloud (max_incomingstreams 100: quinn sets up every allowed stream per connection) and stay
-# idle with heartbeats; RSS per node and CPU while idle are read from /proc. The cloud holds one
-# descriptor per node (its queue's segment) besides each WebSocket's socket: 10,000 nodes need
+# fresh cloud with default settings and stay idle with heartbeats; RSS per node and CPU while
+# idle are read from /proc. The cloud holds one descriptor per node (its queue's segment) besides each WebSocket's socket: 10,000 nodes need
 # about 15,000 of the 20,000 these machines allow.
 SCALE=${SCALE:-10000}
 "$HUB" certs --dir "$W/scale-pki" $(seq -f 'sim-%.0f' 0 $((SCALE - 1)) | sed 's/^/--node /') >/dev/null
@@ -252,7 +251,6 @@ cloudhub:
   protocol_quic: true
   quic_port: 0
   address: 127.0.0.1
-  max_incomingstreams: 100
   ca: $W/scale-pki/ca.crt
   cert: $W/scale-pki/server.crt
   key: $W/scale-pki/server.key
