@@ -159,8 +159,12 @@ impl Exchange {
                     self.in_flight.pop_front();
                     self.in_flight_bytes -= len;
                 }
-                if let Err(e) = self.out.ack(seq) {
-                    log::error!("cannot reclaim acknowledged messages: {e}");
+                match self.out.ack(seq) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                        session.close(CloseCode::ProtocolError, e.to_string());
+                    }
+                    Err(e) => log::error!("cannot reclaim acknowledged messages: {e}"),
                 }
                 None
             }
@@ -380,5 +384,42 @@ mod tests {
         }
         ex.fill(&mut s);
         assert_eq!(s.next_send_seq(), 8, "three acknowledged, three more sent");
+    }
+
+    #[test]
+    fn a_peer_claiming_impossible_progress_is_closed_on() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = crate::config::QueueConfig {
+            dir: tmp.path().join("out"),
+            max_messages: 100,
+            max_bytes: 1 << 30,
+            fsync: crate::store::Fsync::Never,
+            window: 64,
+        };
+        let out = Queue::open(&config.dir, &config).unwrap();
+        let inbound = Inbound::open(&tmp.path().join("in.state")).unwrap();
+        let local = Arc::new(Local::new(Duration::from_secs(1)));
+        let mut ex = Exchange::new(out.clone(), inbound, local, None);
+        let now = Instant::now();
+        let mut s = Session::cloud(now, Duration::from_secs(30), 64);
+        // The edge says it processed this queue's stream up to the last number there is.
+        let hello = Hello {
+            down_stream: out.stream(),
+            down_seq: u64::MAX - 1,
+            ..hello(0xaaaa)
+        };
+        s.handle_frame(now, Frame::Hello(hello));
+        assert!(matches!(s.poll_event(), Some(Event::Hello(_))));
+        s.accept(now, ex.streams());
+        let mut closed = None;
+        while let Some(ev) = s.poll_event() {
+            if let Some(Event::Close(code, why)) = ex.handle(&mut s, ev) {
+                closed = Some((code, why));
+            }
+        }
+        let (code, why) = closed.expect("the link is closed");
+        assert_eq!(code, CloseCode::ProtocolError);
+        assert!(why.contains("claims to have processed"), "{why}");
+        assert_eq!(out.first(), 1, "and the queue's numbering is untouched");
     }
 }

@@ -29,6 +29,8 @@ struct Append {
 pub struct Queue {
     log: Mutex<Log>,
     stream: u64,
+    /// Unacknowledged records kept at most (`max-messages`).
+    max_messages: u64,
     /// Records with a sequence number below this are complete and may be read.
     visible: AtomicU64,
     /// Holds one token when records were added since the consumer last looked.
@@ -50,6 +52,7 @@ impl Queue {
         let (appends, requests) = smol::channel::unbounded();
         let queue = Arc::new(Queue {
             stream: log.stream_id(),
+            max_messages: config.max_messages,
             visible: AtomicU64::new(log.next_seq()),
             log: Mutex::new(log),
             added_tx,
@@ -149,9 +152,21 @@ impl Queue {
 
     /// Everything up to `seq` was acknowledged by the peer: reclaim it. A peer that processed
     /// numbers beyond what this queue holds (its unsynced tail was lost in a power cut) moves the
-    /// numbering past them, so new messages are not taken for repeats.
+    /// numbering past them, so new messages are not taken for repeats. A lost tail holds at most
+    /// `max_messages` records (the queue never held more), so a claim beyond that is refused
+    /// (`InvalidData`) and changes nothing.
     pub fn ack(&self, seq: u64) -> io::Result<()> {
         let mut log = self.lock();
+        let issued = log.next_seq() - 1;
+        if seq - issued.min(seq) > self.max_messages {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the peer claims to have processed up to {seq}, more than {} beyond the {issued} this queue issued; ignored",
+                    self.max_messages
+                ),
+            ));
+        }
         if seq >= log.next_seq() {
             log::warn!(
                 "the peer processed up to {seq}, beyond this queue's {}: continuing after it",
@@ -336,6 +351,25 @@ mod tests {
             );
             assert_eq!((q.first(), q.len()), (8, 1));
         });
+    }
+
+    #[test]
+    fn a_peer_cannot_move_the_numbering_beyond_what_could_have_been_lost() {
+        let tmp = tempfile::tempdir().unwrap();
+        let q = Queue::open(tmp.path(), &config(tmp.path(), 100)).unwrap();
+        smol::block_on(q.append(vec![vec![1]])).unwrap();
+        for claim in [102, u64::MAX] {
+            let err = q.ack(claim).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        }
+        assert_eq!(q.first(), 1, "nothing acknowledged");
+        // 100 past the one issued could have been lost with the tail: taken.
+        q.ack(101).unwrap();
+        assert_eq!(
+            smol::block_on(q.append(vec![vec![2]])).unwrap(),
+            102,
+            "numbering goes on after the claim"
+        );
     }
 
     #[test]
