@@ -324,20 +324,30 @@ mod tests {
         s
     }
 
-    #[test]
-    fn a_new_peer_stream_does_not_inherit_the_old_position() {
-        let tmp = tempfile::tempdir().unwrap();
+    /// An outgoing queue in `dir` (at most 100 messages, window 64).
+    fn queue(dir: &Path) -> Arc<Queue> {
         let config = crate::config::QueueConfig {
-            dir: tmp.path().join("out"),
+            dir: dir.join("out"),
             max_messages: 100,
             max_bytes: 1 << 30,
             fsync: crate::store::Fsync::Never,
             window: 64,
         };
-        let out = Queue::open(&config.dir, &config).unwrap();
-        let inbound = Inbound::open(&tmp.path().join("in.state")).unwrap();
+        Queue::open(&config.dir, &config).unwrap()
+    }
+
+    /// An exchange sending from `out`, with its receive state in `dir`.
+    fn exchange(dir: &Path, out: Arc<Queue>) -> (Exchange, Arc<Mutex<Inbound>>) {
+        let inbound = Inbound::open(&dir.join("in.state")).unwrap();
         let local = Arc::new(Local::new(Duration::from_secs(1)));
-        let mut ex = Exchange::new(out, inbound.clone(), local, None);
+        (Exchange::new(out, inbound.clone(), local, None), inbound)
+    }
+
+    #[test]
+    fn a_new_peer_stream_does_not_inherit_the_old_position() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = queue(tmp.path());
+        let (mut ex, _) = exchange(tmp.path(), out);
 
         link(&mut ex, 0xaaaa, 5);
         assert_eq!((ex.streams().in_stream, ex.streams().in_seq), (0xaaaa, 5));
@@ -357,19 +367,10 @@ mod tests {
     #[test]
     fn unacknowledged_bytes_are_bounded_as_well_as_messages() {
         let tmp = tempfile::tempdir().unwrap();
-        let config = crate::config::QueueConfig {
-            dir: tmp.path().join("out"),
-            max_messages: 100,
-            max_bytes: 1 << 30,
-            fsync: crate::store::Fsync::Never,
-            window: 64,
-        };
-        let out = Queue::open(&config.dir, &config).unwrap();
+        let out = queue(tmp.path());
         let big = vec![7u8; 1 << 20];
         smol::block_on(out.append(vec![big; 10])).unwrap();
-        let inbound = Inbound::open(&tmp.path().join("in.state")).unwrap();
-        let local = Arc::new(Local::new(Duration::from_secs(1)));
-        let mut ex = Exchange::new(out, inbound, local, None);
+        let (mut ex, _) = exchange(tmp.path(), out);
 
         let mut s = link(&mut ex, 0xaaaa, 0);
         assert_eq!(s.send_capacity(), 64, "the window would allow all ten");
@@ -389,17 +390,8 @@ mod tests {
     #[test]
     fn a_peer_claiming_impossible_progress_is_closed_on() {
         let tmp = tempfile::tempdir().unwrap();
-        let config = crate::config::QueueConfig {
-            dir: tmp.path().join("out"),
-            max_messages: 100,
-            max_bytes: 1 << 30,
-            fsync: crate::store::Fsync::Never,
-            window: 64,
-        };
-        let out = Queue::open(&config.dir, &config).unwrap();
-        let inbound = Inbound::open(&tmp.path().join("in.state")).unwrap();
-        let local = Arc::new(Local::new(Duration::from_secs(1)));
-        let mut ex = Exchange::new(out.clone(), inbound, local, None);
+        let out = queue(tmp.path());
+        let (mut ex, _) = exchange(tmp.path(), out.clone());
         let now = Instant::now();
         let mut s = Session::cloud(now, Duration::from_secs(30), 64);
         // The edge says it processed this queue's stream up to the last number there is.

@@ -106,9 +106,25 @@ fn accepted(results: &[Result<(), String>], kill_after: u64) -> u64 {
     accepted
 }
 
-/// Publishes a marker to `resource` at `apps`, reads `sub` up to it and checks that what came
-/// before it are numbers from `base .. base + SENT`, strictly increasing (so in order and without
-/// repeats), and that every one of the `accepted` first is there.
+/// Publishes a marker to `resource` at `apps` and returns what `sub` received before it.
+fn until_marker(what: &str, apps: &str, resource: &str, sub: &mut Connection) -> Vec<Message> {
+    let marker = format!("\"end of {what}\"");
+    block("publish the marker", async {
+        let mut ws = client::connect(apps, "/").await.unwrap();
+        client::publish(&mut ws, &message(resource, &marker))
+            .await
+            .unwrap();
+    });
+    let mut got = receive_until(sub, |got| {
+        got.last().is_some_and(|m| m.content == marker.as_bytes())
+    });
+    got.pop();
+    got
+}
+
+/// Reads `sub` up to a marker published after the round and checks that what came before it are
+/// numbers from `base .. base + SENT`, strictly increasing (so in order and without repeats), and
+/// that every one of the `accepted` first is there.
 fn check_round(
     what: &str,
     apps: &str,
@@ -117,17 +133,7 @@ fn check_round(
     base: u64,
     accepted: u64,
 ) -> usize {
-    let marker = format!("\"end of {what}\"");
-    block("publish the marker", async {
-        let mut ws = client::connect(apps, "/").await.unwrap();
-        client::publish(&mut ws, &message(resource, &marker))
-            .await
-            .unwrap();
-    });
-    let got = receive_until(sub, |got| {
-        got.last().is_some_and(|m| m.content == marker.as_bytes())
-    });
-    let numbers: Vec<u64> = got[..got.len() - 1]
+    let numbers: Vec<u64> = until_marker(what, apps, resource, sub)
         .iter()
         .map(|m| number(m).unwrap_or_else(|| panic!("{what}: {}", m.to_json())))
         .collect();
@@ -302,17 +308,8 @@ fn trickle(apps: String, resource: String, stop: Arc<AtomicBool>) -> u64 {
 /// Reads `sub` until the marker published to `resource` at `apps` arrives and checks that the
 /// messages before it are exactly `0 .. n`, in order.
 fn drained_exactly(what: &str, apps: &str, resource: &str, sub: &mut Connection, n: u64) {
-    let marker = format!("\"end of {what}\"");
-    block("publish the marker", async {
-        let mut ws = client::connect(apps, "/").await.unwrap();
-        client::publish(&mut ws, &message(resource, &marker))
-            .await
-            .unwrap();
-    });
-    let got = receive_until(sub, |got| {
-        got.last().is_some_and(|m| m.content == marker.as_bytes())
-    });
-    let numbers: Vec<Option<u64>> = got[..got.len() - 1].iter().map(number).collect();
+    let got = until_marker(what, apps, resource, sub);
+    let numbers: Vec<Option<u64>> = got.iter().map(number).collect();
     let expected: Vec<Option<u64>> = (0..n).map(Some).collect();
     if numbers != expected {
         let first_bad = numbers
