@@ -29,8 +29,6 @@ struct Append {
 pub struct Queue {
     log: Mutex<Log>,
     stream: u64,
-    /// Unacknowledged records kept at most (`max-messages`).
-    max_messages: u64,
     /// Records with a sequence number below this are complete and may be read.
     visible: AtomicU64,
     /// Holds one token when records were added since the consumer last looked.
@@ -52,7 +50,6 @@ impl Queue {
         let (appends, requests) = smol::channel::unbounded();
         let queue = Arc::new(Queue {
             stream: log.stream_id(),
-            max_messages: config.max_messages,
             visible: AtomicU64::new(log.next_seq()),
             log: Mutex::new(log),
             added_tx,
@@ -158,12 +155,12 @@ impl Queue {
     pub fn ack(&self, seq: u64) -> io::Result<()> {
         let mut log = self.lock();
         let issued = log.next_seq() - 1;
-        if seq - issued.min(seq) > self.max_messages {
+        let max_messages = log.limits().max_messages;
+        if seq - issued.min(seq) > max_messages {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!(
-                    "the peer claims to have processed up to {seq}, more than {} beyond the {issued} this queue issued; ignored",
-                    self.max_messages
+                    "the peer claims to have processed up to {seq}, more than {max_messages} beyond the {issued} this queue issued; ignored"
                 ),
             ));
         }

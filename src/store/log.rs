@@ -194,6 +194,11 @@ impl Log {
         Ok(log)
     }
 
+    /// The bounds this log was opened with.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
     /// Random non-zero u64 chosen when the log was created (persisted in the dir), so a receiver
     /// can tell a fresh log (e.g. a wiped gateway) from the one it knew.
     pub fn stream_id(&self) -> u64 {
