@@ -217,16 +217,7 @@ async fn throughput(t: Throughput) -> Result<(), String> {
                 accepted = a;
             }
         }
-        let mut m = Message {
-            source: "hub-bench".into(),
-            group: "bench".into(),
-            operation: "update".into(),
-            resource: t.resource.clone(),
-            content: content(t.size, n),
-            ..Message::default()
-        };
-        m.fill_header();
-        tx.feed(WsMessage::text(m.to_json()))
+        tx.feed(WsMessage::text(numbered(&t, n)))
             .await
             .map_err(|e| e.to_string())?;
         if n % 64 == 63 {
@@ -319,16 +310,7 @@ async fn goodput(t: Throughput, secs: f64) -> Result<(), String> {
             notices.await?;
             return Err("notices stopped".into());
         }
-        let mut m = Message {
-            source: "hub-bench".into(),
-            group: "bench".into(),
-            operation: "update".into(),
-            resource: t.resource.clone(),
-            content: content(t.size, n),
-            ..Message::default()
-        };
-        m.fill_header();
-        tx.feed(WsMessage::text(m.to_json()))
+        tx.feed(WsMessage::text(numbered(&t, n)))
             .await
             .map_err(|e| e.to_string())?;
         n += 1;
@@ -348,6 +330,21 @@ async fn goodput(t: Throughput, secs: f64) -> Result<(), String> {
         t.inflight
     );
     Ok(())
+}
+
+/// Message `n` of a throughput run, as JSON; its content is a JSON string of `t.size` bytes
+/// that begins with `n`.
+fn numbered(t: &Throughput, n: u64) -> String {
+    let mut m = Message {
+        source: "hub-bench".into(),
+        group: "bench".into(),
+        operation: "update".into(),
+        resource: t.resource.clone(),
+        content: content(t.size, n),
+        ..Message::default()
+    };
+    m.fill_header();
+    m.to_json()
 }
 
 async fn futures_flush<S>(tx: &mut S) -> Result<(), String>
