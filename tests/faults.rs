@@ -14,50 +14,27 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use common::apps::*;
-use common::{Cloud, CloudSpec, EdgeSpec, Proto, Relay};
+use common::{Cloud, CloudSpec, EdgeSpec, Proto, Relay, Rng};
 use hub::client::{self, Connection};
 use hub::message::Message;
 
 /// Kill rounds per protocol and hub.
 const ROUNDS: u64 = 5;
 
-/// A small deterministic generator (SplitMix64) for kill points and cut lengths.
-struct Rng(u64);
-
-impl Rng {
-    /// Seeded from `HUB_FAULT_SEED`, else from the clock; prints the seed for replaying.
-    fn from_env(test: &str) -> Rng {
-        let seed = std::env::var("HUB_FAULT_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-            });
-        eprintln!("{test}: HUB_FAULT_SEED={seed}");
-        Rng(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `range`.
-    fn within(&mut self, range: std::ops::Range<u64>) -> u64 {
-        range.start + self.next() % (range.end - range.start)
-    }
-
-    /// A duration between `lo` and `hi` seconds.
-    fn secs(&mut self, lo: f64, hi: f64) -> Duration {
-        let unit = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
-        Duration::from_secs_f64(lo + (hi - lo) * unit)
-    }
+/// The generator for kill points and cut lengths: seeded from `HUB_FAULT_SEED`, else from the
+/// clock; prints the seed for replaying.
+fn rng_from_env(test: &str) -> Rng {
+    let seed = std::env::var("HUB_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("{test}: HUB_FAULT_SEED={seed}");
+    Rng(seed)
 }
 
 /// Messages published per kill round.
@@ -170,7 +147,7 @@ fn check_round(
 
 #[test]
 fn killed_edge_loses_no_accepted_message() {
-    let mut rng = Rng::from_env("killed_edge_loses_no_accepted_message");
+    let mut rng = rng_from_env("killed_edge_loses_no_accepted_message");
     for proto in BOTH {
         let tmp = tempfile::tempdir().unwrap();
         let pki = common::link_pki(tmp.path());
@@ -180,7 +157,7 @@ fn killed_edge_loses_no_accepted_message() {
         spec.state = Some(tmp.path().join("edge-outbox"));
         for round in 1..=ROUNDS {
             let base = round * 100_000;
-            let kill_after = rng.within(1..SENT * 3 / 4);
+            let kill_after = 1 + rng.below(SENT * 3 / 4 - 1);
             let (mut edge, apps) = start_edge(&spec, tmp.path());
             edge.wait_for_within("connected to the cloud", WAIT);
             let publisher = stream_until(&apps, "stream", base, kill_after);
@@ -210,7 +187,7 @@ fn restart_cloud(dir: &Path, pki: &Path, spec: &mut CloudSpec) -> Cloud {
 
 #[test]
 fn killed_cloud_loses_no_message_queued_for_a_node() {
-    let mut rng = Rng::from_env("killed_cloud_loses_no_message_queued_for_a_node");
+    let mut rng = rng_from_env("killed_cloud_loses_no_message_queued_for_a_node");
     for proto in BOTH {
         let tmp = tempfile::tempdir().unwrap();
         let pki = common::link_pki(tmp.path());
@@ -220,7 +197,7 @@ fn killed_cloud_loses_no_message_queued_for_a_node() {
         let mut at_edge = subscribe(&edge_apps, "stream");
         for round in 1..=ROUNDS {
             let base = round * 100_000;
-            let kill_after = rng.within(1..SENT * 3 / 4);
+            let kill_after = 1 + rng.below(SENT * 3 / 4 - 1);
             let publisher = stream_until(&cloud.apps, "node/edge-node/stream", base, kill_after);
             cloud.hub.kill9();
             let accepted = accepted(&publisher.join().unwrap(), kill_after);
@@ -424,7 +401,7 @@ fn flap(proto: Proto, seed_rng: &mut Rng) {
 
 #[test]
 fn blackholed_and_flapping_links_lose_nothing() {
-    let mut rng = Rng::from_env("blackholed_and_flapping_links_lose_nothing");
+    let mut rng = rng_from_env("blackholed_and_flapping_links_lose_nothing");
     let seeds = [Rng(rng.next()), Rng(rng.next())];
     let runs: Vec<_> = BOTH
         .into_iter()

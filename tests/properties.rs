@@ -8,6 +8,7 @@
 //! Each test prints its seed; `HUB_PROPTEST_SEED=N` replays from it and `HUB_PROPTEST_CASES=N`
 //! changes how many cases run. A failing case prints the seed that replays it alone.
 
+mod common;
 #[path = "properties/sim.rs"]
 mod sim;
 
@@ -26,24 +27,8 @@ use hub::queue::Queue;
 use hub::store::Fsync;
 use smol::channel::Receiver;
 
+use common::Rng;
 use sim::{Choices, Config, Sim};
-
-/// splitmix64: small, fast and good enough to spread test cases.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 impl Choices for Rng {
     fn byte(&mut self) -> Option<u8> {

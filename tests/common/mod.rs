@@ -3,6 +3,31 @@
 
 pub mod apps;
 
+/// SplitMix64: a small deterministic generator for the tests' random choices, replayable from
+/// its seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number below `n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    /// A duration between `lo` and `hi` seconds.
+    pub fn secs(&mut self, lo: f64, hi: f64) -> std::time::Duration {
+        let unit = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
+        std::time::Duration::from_secs_f64(lo + (hi - lo) * unit)
+    }
+}
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
