@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_tungstenite::tungstenite::Message as WsMessage;
+use common::apps::{block, is_hub_notice, message};
 use common::{Cloud, CloudSpec, EdgeSpec, Hub, Proto};
 use hub::client::{self, Connection};
-use hub::message::Message;
 use hub::proto::frame::{Frame, Hello, encode_len_prefixed};
 use smol::io::AsyncWriteExt;
 use smol::stream::StreamExt;
@@ -23,11 +23,6 @@ use smol::stream::StreamExt;
 const KEEPALIVE: f64 = 2.0;
 /// How long any one wait may take before a test fails.
 const WAIT: Duration = Duration::from_secs(20);
-
-fn block<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    smol::block_on(hub::transport::timeout(WAIT, fut))
-        .unwrap_or_else(|| panic!("{what}: not done within {WAIT:?}"))
-}
 
 // ---------------------------------------------------------------------------------------------
 // The well-behaved edge and the messages it keeps carrying.
@@ -114,58 +109,16 @@ fn mentions(line: &str, addr: SocketAddr) -> bool {
 
 /// The cloud's line saying a connection from `peer` was refused or ended.
 fn wait_for_peer(hub: &Hub, proto: Proto, peer: SocketAddr) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let found = hub.lines_with(&peer.to_string()).into_iter().find(|l| {
-            mentions(l, peer)
-                && l.contains(proto.name())
-                && (l.contains("refused ") || l.contains("disconnected"))
-        });
-        if let Some(line) = found {
-            return line;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{}: nothing logged about {peer} within {WAIT:?}; log:\n{}",
-            hub.name,
-            hub.lines_with("").join("\n")
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    hub.first_line(&format!("about {peer}"), WAIT, |l| {
+        mentions(l, peer)
+            && l.contains(proto.name())
+            && (l.contains("refused ") || l.contains("disconnected"))
+    })
 }
 
-/// The first log line of `hub` so far containing `needle`, waiting for it if there is none yet.
+/// The first log line of `hub` containing `needle`, waiting for it if there is none yet.
 fn logged(hub: &Hub, needle: &str) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(line) = hub.lines_with(needle).into_iter().next() {
-            return line;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{}: no line with {needle:?} within {WAIT:?}",
-            hub.name
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A message from a test application.
-fn message(resource: &str, n: u64) -> Message {
-    let mut m = Message {
-        source: "test".into(),
-        group: "user".into(),
-        operation: "update".into(),
-        resource: resource.into(),
-        content: n.to_string().into_bytes(),
-        ..Message::default()
-    };
-    m.fill_header();
-    m
-}
-
-fn is_hub_notice(m: &Message) -> bool {
-    m.source == "hub" && m.group == "hub"
+    hub.first_line(&format!("with {needle:?}"), WAIT, |l| l.contains(needle))
 }
 
 /// Connects to the application endpoint at `url` subscribed to `prefix`, once the subscription is
@@ -226,10 +179,10 @@ impl Flow {
                 while !s.load(Ordering::SeqCst) {
                     let round = Instant::now();
                     let step = async {
-                        client::publish(&mut edge_pub, &message("up", n))
+                        client::publish(&mut edge_pub, &message("up", &n.to_string()))
                             .await
                             .map_err(|e| format!("publishing {n} at the edge: {e}"))?;
-                        let down = message(&format!("node/{node}/down"), n);
+                        let down = message(&format!("node/{node}/down"), &n.to_string());
                         client::publish(&mut cloud_pub, &down)
                             .await
                             .map_err(|e| format!("publishing {n} at the cloud: {e}"))?;
@@ -321,7 +274,7 @@ fn hello(node: &str, version: u8) -> Frame {
 fn message_frame() -> Frame {
     Frame::Message {
         seq: 1,
-        payload: message("up", 0).encode().unwrap(),
+        payload: message("up", "0").encode().unwrap(),
     }
 }
 

@@ -159,6 +159,33 @@ impl Hub {
         self.wait_for_within(needle, PATIENCE)
     }
 
+    /// The first log line (from the start, whatever earlier waits matched) for which `wanted`
+    /// holds, waiting for it up to `within`; panics naming `what` after that.
+    pub fn first_line(
+        &self,
+        what: &str,
+        within: Duration,
+        wanted: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + within;
+        let (lines, cv) = &*self.log;
+        let mut guard = lines.lock().unwrap();
+        loop {
+            if let Some(line) = guard.iter().find(|l| wanted(l)) {
+                return line.clone();
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                panic!(
+                    "{}: no log line {what} within {within:?}; log:\n{}",
+                    self.name,
+                    guard.join("\n")
+                );
+            }
+            guard = cv.wait_timeout(guard, deadline - now).unwrap().0;
+        }
+    }
+
     /// Every log line so far containing `needle`.
     pub fn lines_with(&self, needle: &str) -> Vec<String> {
         self.log
