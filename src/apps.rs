@@ -69,12 +69,7 @@ impl Apps {
         let queue = match &self.route {
             Route::Edge(outbox) => outbox.clone(),
             Route::Cloud(queues) => {
-                let (node, rest) = split_node_resource(&msg.resource).ok_or_else(|| {
-                    format!(
-                        "resource {:?} does not start with node/{{node-id}}/",
-                        msg.resource
-                    )
-                })?;
+                let (node, rest) = split_node_resource(&msg.resource)?;
                 let queue = queues.out(node)?;
                 msg.resource = rest.to_owned();
                 queue

@@ -326,13 +326,22 @@ pub fn node_prefix(node_id: &str) -> String {
     format!("node/{node_id}/")
 }
 
-/// Splits `node/{node-id}/rest` into the node id and `rest`; `None` when the resource does not
-/// address a node.
-pub fn split_node_resource(resource: &str) -> Option<(&str, &str)> {
-    let rest = resource.strip_prefix("node/")?;
+/// Splits `node/{node-id}/rest` into the node id and `rest`.
+///
+/// # Errors
+/// One sentence saying why the resource addresses no node: it does not start with `node/`, or
+/// the id is not a node id in its canonical form (`config::valid_id`: `node/EDGE/…`, `node/../…`
+/// and `node/./…` address no node, rather than another spelling of one or a folder).
+pub fn split_node_resource(resource: &str) -> Result<(&str, &str), String> {
+    let Some(rest) = resource.strip_prefix("node/") else {
+        return Err(format!(
+            "resource {resource:?} does not start with node/{{node-id}}/"
+        ));
+    };
     let (node, rest) = rest.split_once('/').unwrap_or((rest, ""));
-    crate::config::valid_id(node).ok()?;
-    Some((node, rest))
+    crate::config::valid_id(node)
+        .map_err(|p| format!("resource {resource:?} names no node: node id {p}"))?;
+    Ok((node, rest))
 }
 
 #[cfg(test)]
@@ -416,12 +425,24 @@ mod tests {
     fn node_resources() {
         assert_eq!(
             split_node_resource("node/edge-7/devices/x"),
-            Some(("edge-7", "devices/x"))
+            Ok(("edge-7", "devices/x"))
         );
-        assert_eq!(split_node_resource("node/edge-7"), Some(("edge-7", "")));
-        assert_eq!(split_node_resource("node//x"), None);
-        assert_eq!(split_node_resource("devices/x"), None);
-        assert_eq!(split_node_resource("node/bad id/x"), None);
+        assert_eq!(split_node_resource("node/edge-7"), Ok(("edge-7", "")));
+        for bad in [
+            "node//x",
+            "devices/x",
+            "node/bad id/x",
+            "node/../cmd",
+            "node/./cmd",
+            "node/EDGE-7/x",
+        ] {
+            assert!(split_node_resource(bad).is_err(), "{bad}");
+        }
+        assert!(
+            split_node_resource("node/Gw/x")
+                .unwrap_err()
+                .contains("so write \"gw\"")
+        );
     }
 
     #[test]

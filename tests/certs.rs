@@ -166,15 +166,22 @@ fn refuses_to_overwrite_without_force() {
 fn refuses_bad_names() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().join("pki");
-    let out = common::run(
-        &common::hub_bin(),
-        &["certs", "--dir", d.to_str().unwrap(), "--node", "../escape"],
-    );
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("node id"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!d.exists(), "nothing written");
+    for (node, why) in [
+        ("../escape", "node id \"../escape\" has the character '/'"),
+        (
+            "..",
+            "node id \"..\" must start and end with a letter or a digit",
+        ),
+        ("EDGE", "node id \"EDGE\" has the upper-case letter 'E'"),
+    ] {
+        let out = common::run(
+            &common::hub_bin(),
+            &["certs", "--dir", d.to_str().unwrap(), "--node", node],
+        );
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(why), "{node}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(!d.exists(), "nothing written");
+    }
 }

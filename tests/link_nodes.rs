@@ -88,6 +88,38 @@ fn second_connection_for_a_node_replaces_the_first() {
     }
 }
 
+/// Two gateways configured with the same node id and certificate take turns replacing each
+/// other: the cloud says so at warning level, with both addresses, and counts it per node.
+#[test]
+fn two_gateways_with_one_identity_are_reported() {
+    for proto in [Proto::Websocket, Proto::Quic] {
+        let tmp = tempfile::tempdir().unwrap();
+        let pki = common::link_pki(tmp.path());
+        let mut cloud = common::start_cloud(tmp.path(), &pki, &CloudSpec::default());
+        let mut spec = EdgeSpec::new(proto, &pki, "edge-node", cloud.port(proto));
+        spec.backoff_initial = 0.2;
+        spec.backoff_max = 0.5;
+        let mut first = spec.start(tmp.path());
+        first.wait_for("connected to the cloud");
+        let _second = spec.start(tmp.path());
+        for round in 1..=3 {
+            let warned = cloud
+                .hub
+                .wait_for("two gateways may be using this node's identity");
+            assert!(warned.contains(" WARN "), "{warned}");
+            assert!(
+                warned.contains(&format!("({round} time(s) so far)")),
+                "{warned}"
+            );
+            // Both addresses: the newcomer's and the one it replaced.
+            let addrs: Vec<&str> = warned.matches("127.0.0.1:").collect();
+            assert_eq!(addrs.len(), 2, "{warned}");
+        }
+        let row = common::apps::node_row(&cloud.apps, "edge-node");
+        assert!(row["conflicts"].as_u64().unwrap() >= 3, "{row}");
+    }
+}
+
 /// Connects to a cloud allowing `max_streams` as `edge-node` and returns how many streams it could
 /// open in all (the control stream included), trying up to `try_up_to`.
 fn streams_granted(max_streams: u32, try_up_to: usize) -> usize {

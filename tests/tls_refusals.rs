@@ -184,6 +184,37 @@ fn expired_client_certificate_is_refused() {
     );
 }
 
+/// A certificate for `EDGE-NODE` (another spelling of the node id) presented by node
+/// `edge-node`: ids compare byte for byte, so it is not that node's certificate.
+#[test]
+fn certificate_for_another_spelling_of_the_node_is_refused() {
+    let (tmp, pki, ca) = setup();
+    let cert = ca.issue(
+        tmp.path(),
+        "upper-edge-node",
+        "EDGE-NODE",
+        &["EDGE-NODE"],
+        ExtendedKeyUsagePurpose::ClientAuth,
+        Duration::hours(-1),
+        Duration::days(1),
+    );
+    client_certificate_is_refused(
+        tmp.path(),
+        &pki,
+        &ca,
+        cert,
+        &[
+            "identity mismatch",
+            "CN=EDGE-NODE, DNS=EDGE-NODE",
+            "is not node edge-node",
+        ],
+        &[
+            (Proto::Websocket, &["403 identity mismatch"]),
+            (Proto::Quic, &["identity mismatch"]),
+        ],
+    );
+}
+
 #[test]
 fn client_certificate_not_yet_valid_is_refused() {
     let (tmp, pki, ca) = setup();

@@ -200,6 +200,7 @@ fn nodes_json(registry: &Registry, queues: &NodeQueues) -> String {
                 "address": link.map(|n| n.peer.to_string()),
                 "since": since.map(|d| d.as_millis() as u64),
                 "queued": queued.iter().find(|(n, _)| n == id).map_or(0, |(_, q)| *q),
+                "conflicts": link.map_or(0, |n| n.conflicts),
             })
         })
         .collect();
@@ -245,16 +246,18 @@ fn leaf_identity(certs: Option<&[CertificateDer<'_>]>) -> Result<CertIdentity, S
     CertIdentity::from_der(leaf).ok_or_else(|| "client certificate is not readable X.509".into())
 }
 
-/// The project and node ids from `/{project-id}/{node-id}/events`.
-fn parse_events_path(path: &str) -> Option<(String, String)> {
-    let mut parts = path.strip_prefix('/')?.split('/');
-    let (project, node, events) = (parts.next()?, parts.next()?, parts.next()?);
-    if events != "events" || parts.next().is_some() {
-        return None;
-    }
-    valid_id(project).ok()?;
-    valid_id(node).ok()?;
-    Some((project.to_owned(), node.to_owned()))
+/// The project and node ids from `/{project-id}/{node-id}/events`, or why the path is not that.
+fn parse_events_path(path: &str) -> Result<(String, String), String> {
+    let shape = || format!("no such path {path}; use /{{project-id}}/{{node-id}}/events");
+    let mut parts = path.strip_prefix('/').ok_or_else(shape)?.split('/');
+    let (Some(project), Some(node), Some("events"), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(shape());
+    };
+    valid_id(project).map_err(|p| format!("{}: project id {p}", shape()))?;
+    valid_id(node).map_err(|p| format!("{}: node id {p}", shape()))?;
+    Ok((project.to_owned(), node.to_owned()))
 }
 
 fn refusal(status: StatusCode, reason: &str) -> ErrorResponse {
@@ -269,15 +272,8 @@ fn check_upgrade(
     identity: &CertIdentity,
     registry: &Registry,
 ) -> Result<(String, String), (StatusCode, String)> {
-    let (project, node) = parse_events_path(req.uri().path()).ok_or_else(|| {
-        (
-            StatusCode::NOT_FOUND,
-            format!(
-                "no such path {}; use /{{project-id}}/{{node-id}}/events",
-                req.uri().path()
-            ),
-        )
-    })?;
+    let (project, node) =
+        parse_events_path(req.uri().path()).map_err(|why| (StatusCode::NOT_FOUND, why))?;
     let offered = req
         .headers()
         .get_all("Sec-WebSocket-Protocol")
@@ -511,7 +507,9 @@ async fn serve(
             };
             match event {
                 Event::Hello(hello) => {
-                    node = hello.node_id.clone();
+                    if valid_id(&hello.node_id).is_ok() {
+                        node = hello.node_id.clone(); // else it stays out of the log lines
+                    }
                     match admit(&cloud, &hello, &url_ids, &identity, protocol, peer) {
                         Ok((a, ex)) => {
                             session.accept(now, ex.streams());
@@ -599,6 +597,16 @@ fn admit(
     protocol: Protocol,
     peer: SocketAddr,
 ) -> Result<(Admission, Exchange), (CloseCode, String)> {
+    // Checked before anything else reads them: the ids become a registry key, a queue folder and
+    // log lines, so only the canonical form gets that far.
+    valid_id(&hello.project_id).map_err(|p| {
+        (
+            CloseCode::IdentityMismatch,
+            format!("HELLO's project id {p}"),
+        )
+    })?;
+    valid_id(&hello.node_id)
+        .map_err(|p| (CloseCode::IdentityMismatch, format!("HELLO's node id {p}")))?;
     if let Some((p, n)) = url_ids {
         if *p != hello.project_id || *n != hello.node_id {
             let why = format!(

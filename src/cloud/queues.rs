@@ -40,10 +40,21 @@ impl NodeQueues {
         let entries =
             std::fs::read_dir(&dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
         for entry in entries.flatten() {
-            if let Some(node) = entry.file_name().to_str() {
-                if valid_id(node).is_ok() {
+            let name = entry.file_name();
+            match name.to_str().map(|n| (n, valid_id(n))) {
+                Some((node, Ok(()))) => {
                     queues.node(node)?;
                 }
+                // Not made by this hub (or by an older one that took other spellings): left
+                // alone, and said once, rather than read as some node's queue.
+                Some((_, Err(why))) => log::warn!(
+                    "ignoring {}: not a node's queue (node id {why})",
+                    entry.path().display()
+                ),
+                None => log::warn!(
+                    "ignoring {}: not a node's queue (the name is not UTF-8)",
+                    entry.path().display()
+                ),
             }
         }
         Ok(queues)

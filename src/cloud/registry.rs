@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use smol::channel::{Receiver, Sender};
 
@@ -22,10 +22,20 @@ pub struct NodeInfo {
     pub peer: SocketAddr,
     /// When this connection was admitted.
     pub since: SystemTime,
+    /// How many times a connection of this node was replaced from another address within
+    /// [`CONFLICT_WINDOW`] of being admitted, since the cloud started: two gateways using one
+    /// identity (a copied configuration, a stolen certificate) take turns like that.
+    pub conflicts: u64,
 }
+
+/// A node replaced from another address this soon after it connected counts as an identity
+/// conflict (see [`NodeInfo::conflicts`]). A gateway that really moved (a new network, a new
+/// address) had its old link up for longer, or lost it silently, so it does not look like this.
+pub const CONFLICT_WINDOW: Duration = Duration::from_secs(60);
 
 struct Entry {
     id: u64,
+    admitted: Instant,
     info: NodeInfo,
     /// Dropped when a newer connection replaces this one.
     _replace: Sender<()>,
@@ -35,7 +45,14 @@ struct Entry {
 pub struct Registry {
     limit: usize,
     next_id: AtomicU64,
-    nodes: Mutex<HashMap<String, Entry>>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    nodes: HashMap<String, Entry>,
+    /// [`NodeInfo::conflicts`] of every node that had one, connected or not.
+    conflicts: HashMap<String, u64>,
 }
 
 /// A node's place in the registry; dropping it removes the node (unless a newer connection
@@ -56,7 +73,7 @@ impl Admission {
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        let mut nodes = self.registry.lock();
+        let nodes = &mut self.registry.lock().nodes;
         if nodes.get(&self.node_id).is_some_and(|e| e.id == self.id) {
             nodes.remove(&self.node_id);
         }
@@ -69,18 +86,18 @@ impl Registry {
         Arc::new(Registry {
             limit,
             next_id: AtomicU64::new(1),
-            nodes: Mutex::new(HashMap::new()),
+            state: Mutex::default(),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
-        self.nodes.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether `node_id` would be admitted now: it is connected already (and would be replaced),
     /// or there is room.
     pub fn has_room_for(&self, node_id: &str) -> bool {
-        let nodes = self.lock();
+        let nodes = &self.lock().nodes;
         nodes.contains_key(node_id) || nodes.len() < self.limit
     }
 
@@ -92,23 +109,40 @@ impl Registry {
         protocol: Protocol,
         peer: SocketAddr,
     ) -> Option<Admission> {
-        let mut nodes = self.lock();
+        let mut state = self.lock();
+        let State { nodes, conflicts } = &mut *state;
         if !nodes.contains_key(node_id) && nodes.len() >= self.limit {
             return None;
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = smol::channel::bounded(1);
+        let now = Instant::now();
+        if let Some(old) = nodes.get(node_id) {
+            let up = now.saturating_duration_since(old.admitted);
+            if old.info.peer != peer && up < CONFLICT_WINDOW {
+                let n = conflicts.entry(node_id.to_owned()).or_default();
+                *n += 1;
+                log::warn!(
+                    "node {node_id}: a connection from {peer} replaces the one from {} that connected {:.1}s ago ({n} time(s) so far); two gateways may be using this node's identity (a copied configuration or a stolen certificate)",
+                    old.info.peer,
+                    up.as_secs_f64()
+                );
+            }
+        }
+        let conflicts = conflicts.get(node_id).copied().unwrap_or(0);
         let info = NodeInfo {
             node_id: node_id.to_owned(),
             protocol,
             peer,
             since: SystemTime::now(),
+            conflicts,
         };
         // Replacing the entry drops the old one's sender, which tells its connection.
         nodes.insert(
             node_id.to_owned(),
             Entry {
                 id,
+                admitted: now,
                 info,
                 _replace: tx,
             },
@@ -123,14 +157,14 @@ impl Registry {
 
     /// The connected nodes, sorted by id.
     pub fn nodes(&self) -> Vec<NodeInfo> {
-        let mut list: Vec<NodeInfo> = self.lock().values().map(|e| e.info.clone()).collect();
+        let mut list: Vec<NodeInfo> = self.lock().nodes.values().map(|e| e.info.clone()).collect();
         list.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         list
     }
 
     /// How many nodes are connected.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().nodes.len()
     }
 
     /// Whether no node is connected.
@@ -165,7 +199,16 @@ mod tests {
         drop(a); // the old connection ending does not remove the new one
         assert_eq!(r.len(), 2);
         assert_eq!(r.nodes()[0].protocol, Protocol::Websocket);
+        assert_eq!(r.nodes()[0].conflicts, 0, "the same address reconnecting");
+        let elsewhere: SocketAddr = "127.0.0.2:2".parse().unwrap();
+        let a3 = r.admit("a", Protocol::Quic, elsewhere).unwrap();
+        assert_eq!(r.nodes()[0].conflicts, 1, "another address, seconds later");
         drop(a2);
+        drop(a3);
+        assert_eq!(r.len(), 1, "a left");
+        let a4 = r.admit("a", Protocol::Quic, addr()).unwrap();
+        assert_eq!(r.nodes()[0].conflicts, 1, "kept while the node was away");
+        drop(a4);
         assert_eq!(r.len(), 1);
         assert!(r.admit("c", Protocol::Quic, addr()).is_some());
     }

@@ -185,21 +185,43 @@ impl Checker<'_> {
     }
 }
 
-/// A project or node id: non-empty, at most 64 characters of `A-Z a-z 0-9 . _ -`, so it fits
-/// a URL path segment and a certificate name unchanged.
+/// Longest project or node id, in bytes.
+pub const MAX_ID_LEN: usize = 64;
+
+/// Checks that `id` is a project or node id in its one canonical form (`docs/protocol.md` §4):
+/// 1 to [`MAX_ID_LEN`] characters of `a-z 0-9 . _ -`, starting and ending with a letter or a
+/// digit, as a Kubernetes node name (RFC 1123 labels) but also allowing `_`.
+///
+/// There is no other spelling of an id: ids are never lowered, trimmed or otherwise mapped, and
+/// every comparison (certificate, URL, HELLO, registry, queue folders, resources) is byte for
+/// byte. So an id is the same string as a path segment (never `.` or `..`, never hidden, never an
+/// option such as `-x`), on a file system that ignores case, in a URL, a topic, a log line and a
+/// certificate. Errors are one sentence naming the offending character.
 pub fn valid_id(id: &str) -> Result<(), String> {
     if id.is_empty() {
         return Err("is required".into());
     }
-    if id.len() > 64 {
-        return Err(format!("{id:?} is longer than 64 characters"));
+    if id.len() > MAX_ID_LEN {
+        return Err(format!("{id:?} is longer than {MAX_ID_LEN} characters"));
+    }
+    if let Some(c) = id.chars().find(|c| c.is_ascii_uppercase()) {
+        return Err(format!(
+            "{id:?} has the upper-case letter {c:?}; ids are lower case, so write {:?}",
+            id.to_ascii_lowercase()
+        ));
     }
     if let Some(c) = id
         .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')))
     {
         return Err(format!(
-            "{id:?} has the character {c:?}; use only letters, digits, '.', '_' and '-'"
+            "{id:?} has the character {c:?}; use only lower-case letters, digits, '.', '_' and '-'"
+        ));
+    }
+    let alnum = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    if !alnum(id.chars().next()) || !alnum(id.chars().last()) {
+        return Err(format!(
+            "{id:?} must start and end with a letter or a digit"
         ));
     }
     Ok(())
@@ -375,5 +397,51 @@ impl Checker<'_> {
             fsync,
             window: self.count(&key("window"), raw.window, 256, 1, 65536)? as u32,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_id;
+
+    #[test]
+    fn ids_have_one_canonical_form() {
+        for ok in [
+            "edge-node",
+            "e632aba927ea4ac2b575ec1603d56f10",
+            "a",
+            "n.1_x-2",
+            "0",
+        ] {
+            assert_eq!(valid_id(ok), Ok(()), "{ok}");
+        }
+        assert!(valid_id(&"a".repeat(64)).is_ok());
+        let refused = [
+            ("", "required"),
+            (
+                "EDGE",
+                "upper-case letter 'E'; ids are lower case, so write \"edge\"",
+            ),
+            ("Gw", "write \"gw\""),
+            (".", "start and end"),
+            ("..", "start and end"),
+            ("...", "start and end"),
+            (".hidden", "start and end"),
+            ("-rf", "start and end"),
+            ("trailing.", "start and end"),
+            ("a/b", "character '/'"),
+            ("a b", "character ' '"),
+            ("caf\u{e9}", "character"),
+            ("a\nb", "character '\\n'"),
+        ];
+        for (id, why) in refused {
+            let e = valid_id(id).expect_err(id);
+            assert!(e.contains(why), "{id:?}: {e}");
+        }
+        assert!(
+            valid_id(&"a".repeat(65))
+                .unwrap_err()
+                .contains("longer than 64")
+        );
     }
 }

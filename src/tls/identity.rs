@@ -51,14 +51,15 @@ impl CertIdentity {
         Some(id)
     }
 
-    /// Whether `node_id` is this certificate's identity: a common name or a DNS name equal to it
-    /// (DNS names compare without regard to ASCII case).
+    /// Whether `node_id` is this certificate's identity: a common name or a DNS name equal to it,
+    /// byte for byte. Node ids have one canonical form (lower case, `config::valid_id`), so a
+    /// certificate written `EDGE` is not node `edge`: comparing without regard to case would let
+    /// one certificate speak for every spelling of a name (`docs/protocol.md` §4).
     pub fn is(&self, node_id: &str) -> bool {
-        self.common_names.iter().any(|n| n == node_id)
-            || self
-                .dns_names
-                .iter()
-                .any(|n| n.eq_ignore_ascii_case(node_id))
+        self.common_names
+            .iter()
+            .chain(&self.dns_names)
+            .any(|n| n == node_id)
     }
 
     /// A short description for logs: `CN=…, DNS=…, serial …`.
@@ -66,9 +67,13 @@ impl CertIdentity {
         let mut parts: Vec<String> = self
             .common_names
             .iter()
-            .map(|n| format!("CN={n}"))
+            .map(|n| format!("CN={}", n.escape_debug()))
             .collect();
-        parts.extend(self.dns_names.iter().map(|n| format!("DNS={n}")));
+        parts.extend(
+            self.dns_names
+                .iter()
+                .map(|n| format!("DNS={}", n.escape_debug())),
+        );
         parts.push(format!("serial {}", self.serial));
         parts.join(", ")
     }
@@ -205,11 +210,24 @@ mod tests {
             "IP SANs are not names"
         );
         assert_eq!(id.serial, "ab12");
-        assert!(id.is("edge-1") && id.is("OTHER") && !id.is("edge-2") && !id.is("10.0.0.1"));
+        assert!(id.is("edge-1") && id.is("other") && !id.is("edge-2") && !id.is("10.0.0.1"));
         assert_eq!(
             id.describe(),
             "CN=edge-1, DNS=edge-1.example, DNS=other, serial ab12"
         );
+    }
+
+    #[test]
+    fn names_compare_byte_for_byte() {
+        let id = CertIdentity::from_der(&cert(Some("edge"), &["edge"], 4)).unwrap();
+        assert!(id.is("edge"));
+        for other in ["EDGE", "Edge", "edge ", "edge."] {
+            assert!(!id.is(other), "{other:?}");
+        }
+        let upper = CertIdentity::from_der(&cert(Some("GW"), &["Gw"], 5)).unwrap();
+        assert!(!upper.is("gw"), "a certificate for GW or Gw is not node gw");
+        let odd = CertIdentity::from_der(&cert(Some("a\nb"), &[], 6)).unwrap();
+        assert_eq!(odd.describe(), "CN=a\\nb, serial 06");
     }
 
     #[test]

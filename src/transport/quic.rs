@@ -187,8 +187,9 @@ fn connection_error(e: &ConnectionError) -> LinkError {
                 .and_then(crate::proto::CloseCode::from_code)
             {
                 Some(code) => LinkError::Closed(code),
+                // The peer's words go into a log line: quoted, so they cannot forge lines.
                 None => LinkError::ClosedOther(format!(
-                    "QUIC application close {raw} {}",
+                    "QUIC application close {raw} {:?}",
                     String::from_utf8_lossy(&close.reason)
                 )),
             }

@@ -63,7 +63,10 @@ fn closed(frame: Option<CloseFrame>) -> LinkError {
     let raw = u16::from(frame.code);
     match raw.checked_sub(4000).and_then(CloseCode::from_code) {
         Some(code) => LinkError::Closed(code),
-        None => LinkError::ClosedOther(format!("WebSocket close {raw} {}", frame.reason)),
+        // The peer's words go into a log line: quoted, so they cannot forge lines.
+        None => {
+            LinkError::ClosedOther(format!("WebSocket close {raw} {:?}", frame.reason.as_str()))
+        }
     }
 }
 
