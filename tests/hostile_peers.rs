@@ -634,6 +634,41 @@ fn hostile_websocket_peers_are_refused_while_an_edge_keeps_flowing() {
     assert_eq!(block("end", ws_end(&mut ws)), protocol_error);
     bench.still_serving("a text message");
 
+    // WebSocket pings are not hub traffic (docs/protocol.md §1.1): a peer that says HELLO and
+    // then only pings is dropped after keepalive-interval like a silent one.
+    let (mut ws, peer) = block("connect", ws_peer(port, &pki));
+    block(
+        "send",
+        ws.send(WsMessage::binary(hello("edge-node", 1).encode())),
+    )
+    .unwrap();
+    bench
+        .cloud
+        .hub
+        .wait_for("node edge-node connected over websocket");
+    let at = Instant::now();
+    let end = block("pings until the end", async {
+        loop {
+            let next = hub::transport::timeout(Duration::from_millis(200), ws.next()).await;
+            match next {
+                None => ws.send(WsMessage::Ping(vec![1].into())).await.unwrap(),
+                Some(Some(Ok(WsMessage::Close(Some(f))))) => {
+                    return format!("close {} {}", u16::from(f.code), f.reason);
+                }
+                Some(Some(Ok(_))) => {}
+                Some(other) => return format!("{other:?}"),
+            }
+        }
+    });
+    assert_eq!(end, "close 4007 heartbeat timeout");
+    assert!(
+        at.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        at.elapsed()
+    );
+    bench.refused(peer, &["heartbeat timeout: nothing received for 2."]);
+    bench.still_serving("pings only");
+
     let (delivered, worst) = bench.finish();
     eprintln!("websocket attacks: {delivered} messages each way, slowest round {worst:?}");
 }
@@ -790,6 +825,59 @@ fn hostile_quic_peers_are_refused_while_an_edge_keeps_flowing() {
     assert!(line.contains("node edge-node disconnected"), "{line}");
     assert_eq!(block("end", quic_end(&peer.conn)), protocol_error);
     bench.still_serving("a second HELLO");
+
+    // Another ALPN: the TLS handshake itself fails with no_application_protocol, carried as QUIC
+    // transport close 0x178 (docs/protocol.md §1.2), not as a hub close code.
+    let end = block("a connection with another ALPN", async {
+        let tls = hub::tls::client_config(
+            &pki.join("ca.crt"),
+            &node_creds(&pki, "edge-node"),
+            b"h3",
+            false,
+        )
+        .unwrap();
+        let config = hub::transport::quic::client_config(tls, Duration::from_secs(60)).unwrap();
+        let endpoint = hub::transport::quic::client_endpoint(false).unwrap();
+        let cloud = SocketAddr::from(([127, 0, 0, 1], port));
+        match endpoint
+            .connect_with(config, cloud, "127.0.0.1")
+            .unwrap()
+            .await
+        {
+            Ok(_) => panic!("a connection with ALPN h3"),
+            Err(quinn::ConnectionError::ConnectionClosed(c)) => u64::from(c.error_code),
+            Err(other) => panic!("{other}"),
+        }
+    });
+    assert_eq!(
+        end, 0x178,
+        "CRYPTO_ERROR with alert 120 (no_application_protocol)"
+    );
+    bench.still_serving("another ALPN");
+
+    // A connection that never opens its control stream: closed after keepalive-interval with
+    // code 7, as a silent link is (docs/protocol.md §3).
+    let end = block("a connection without streams", async {
+        let tls = hub::tls::client_config(
+            &pki.join("ca.crt"),
+            &node_creds(&pki, "edge-node"),
+            hub::proto::ALPN,
+            false,
+        )
+        .unwrap();
+        let config = hub::transport::quic::client_config(tls, Duration::from_secs(60)).unwrap();
+        let endpoint = hub::transport::quic::client_endpoint(false).unwrap();
+        let cloud = SocketAddr::from(([127, 0, 0, 1], port));
+        let conn = endpoint
+            .connect_with(config, cloud, "127.0.0.1")
+            .unwrap()
+            .await
+            .unwrap();
+        quic_end(&conn).await
+    });
+    assert_eq!(end, "close 7 heartbeat timeout");
+    logged(&bench.cloud.hub, "no control stream within 2.0s");
+    bench.still_serving("no stream");
 
     let (delivered, worst) = bench.finish();
     eprintln!("quic attacks: {delivered} messages each way, slowest round {worst:?}");

@@ -418,6 +418,9 @@ async fn quic_handshake(incoming: quinn::Incoming, cloud: Arc<Cloud>, pending: P
     let _active = cloud.active.clone();
     let peer = incoming.remote_address();
     let limit = cloud.config.keepalive_interval;
+    // The connection once there is one, so a peer that never opens its control stream can be told
+    // why it is closed (code 7), as a silent link would be.
+    let opened: Mutex<Option<quinn::Connection>> = Mutex::new(None);
     let handshake = async {
         let connecting = incoming.accept().map_err(|e| format!("QUIC: {e}"))?;
         // A resumed edge sends HELLO as 0-RTT data; its identity comes with the resumed session,
@@ -429,12 +432,14 @@ async fn quic_handshake(incoming: quinn::Incoming, cloud: Arc<Cloud>, pending: P
                 let conn = connecting
                     .await
                     .map_err(|e| format!("QUIC handshake: {e}"))?;
+                *opened.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
                 let certs = quic_peer_certs(&conn);
                 let identity = leaf_identity(certs.as_deref())?;
                 let (send, recv) = conn.accept_bi().await.map_err(|e| format!("QUIC: {e}"))?;
                 return Ok((conn, send, recv, identity));
             }
         };
+        *opened.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
         let certs = match quic_peer_certs(&conn) {
             Some(c) => Some(c),
             None => {
@@ -457,10 +462,21 @@ async fn quic_handshake(incoming: quinn::Incoming, cloud: Arc<Cloud>, pending: P
     let handshake = timeout(limit, handshake).await;
     drop(pending);
     match handshake {
-        None => log::info!(
-            "refused quic connection from {peer}: no handshake within {:.1}s",
-            limit.as_secs_f64()
-        ),
+        None => {
+            let opened = opened.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let what = match opened {
+                Some(conn) => {
+                    let code = CloseCode::Timeout;
+                    conn.close(code.code().into(), code.reason().as_bytes());
+                    "no control stream"
+                }
+                None => "no handshake",
+            };
+            log::info!(
+                "refused quic connection from {peer}: {what} within {:.1}s",
+                limit.as_secs_f64()
+            );
+        }
         Some(Err(e)) => log::info!("refused quic connection from {peer}: {e}"),
         Some(Ok((conn, send, recv, identity))) => {
             let link = quic::spawn_link(conn, send, recv, cloud.config.write_timeout);

@@ -479,10 +479,21 @@ mod tests {
         bad[21] = 0xff; // the last byte of the node id
 
         assert_eq!(Frame::decode(&bad), Err(FrameError::BadString));
-        // Later versions may append fields.
+        // Later versions may append fields, to every frame type but MESSAGE (whose content runs
+        // to the end): docs/protocol.md section 2.
         let mut longer = full;
         longer.extend_from_slice(b"more");
         assert_eq!(Frame::decode(&longer), Ok(hello()));
+        assert_eq!(Frame::decode(&[0x03, 1, 2, 3]), Ok(Frame::Heartbeat));
+        let mut ack = Frame::Ack(7).encode();
+        ack.extend_from_slice(b"more");
+        assert_eq!(Frame::decode(&ack), Ok(Frame::Ack(7)));
+        // The close codes section 1.2 gives for a bad length.
+        assert_eq!(FrameError::Empty.close_code(), CloseCode::ProtocolError);
+        assert_eq!(
+            FrameError::Oversized(MAX_FRAME + 1).close_code(),
+            CloseCode::Oversized
+        );
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //! `read-deadline / 3` of the edge.
 //!
 //! Messages: each direction is a stream of sequence-numbered messages from the sender's durable
-//! queue. The sender keeps at most the peer's window of messages unacknowledged; the receiver
+//! queue. Each side announces a receive window; the sender keeps at most the peer's window of
+//! messages unacknowledged, and a receiver closes on a peer that sends more. The receiver
 //! takes them strictly in order, drops repeats, and acknowledges cumulatively once the caller has
 //! made them safe ([`Event::Commit`] → [`Session::committed`]), every quarter window or after
 //! [`ACK_DELAY`]. HELLO and WELCOME carry each side's stream ids and positions, so after a
@@ -104,9 +105,10 @@ pub struct Session {
     /// What the edge said in HELLO (cloud), or what the cloud said in WELCOME (edge).
     peer_hello: Option<Hello>,
     peer_welcome: Option<Welcome>,
-    /// Messages this side sends ahead of acknowledgements (announced to the peer).
+    /// This side's receive window: messages it takes ahead of its acknowledgements, announced to
+    /// the peer (HELLO or WELCOME `window`) and enforced.
     window: u32,
-    /// Messages the peer sends ahead of acknowledgements.
+    /// The peer's receive window: messages this side may send ahead of its acknowledgements.
     peer_window: u32,
     /// Edge: its stream positions, as put in HELLO.
     local: Streams,
@@ -146,7 +148,7 @@ impl Session {
     }
 
     /// A cloud session, waiting for HELLO; `keepalive` is its deadline (`keepalive-interval`),
-    /// `window` the messages it sends ahead of acknowledgements.
+    /// `window` its receive window: the messages it takes ahead of its acknowledgements.
     pub fn cloud(now: Instant, keepalive: Duration, window: u32) -> Session {
         Session::new(Role::Cloud, now, keepalive, keepalive, window)
     }
@@ -431,6 +433,16 @@ impl Session {
         }
         if seq > self.in_expected {
             let why = format!("message {seq} when {} was expected", self.in_expected);
+            self.close(CloseCode::ProtocolError, why);
+            return;
+        }
+        if seq - self.in_committed > u64::from(self.window) {
+            // This side announced how many it takes ahead of its acknowledgements; a peer that
+            // sends more would make it hold more than it agreed to.
+            let why = format!(
+                "message {seq} with only {} acknowledged: over the window of {}",
+                self.in_committed, self.window
+            );
             self.close(CloseCode::ProtocolError, why);
             return;
         }
@@ -921,6 +933,68 @@ mod tests {
             ),
             "ACK beyond what was sent"
         );
+    }
+
+    #[test]
+    fn a_peer_sending_beyond_the_receive_window_is_closed_on() {
+        let now = Instant::now();
+        // The cloud's receive window is 3 (WELCOME window); the edge ignores it.
+        let mut c = Session::cloud(now, 30 * S, 3);
+        c.handle_frame(now, Frame::Hello(hello(S, 10 * S)));
+        c.poll_event();
+        c.accept(now, Streams::default());
+        while c.poll_event().is_some() {}
+        c.committed(0);
+        for seq in 1..=3 {
+            c.handle_frame(
+                now,
+                Frame::Message {
+                    seq,
+                    payload: vec![1],
+                },
+            );
+        }
+        assert!(!c.is_closed(), "three within the window");
+        let mut got = events(&mut c);
+        got.retain(|e| matches!(e, Event::Commit(_)));
+        assert_eq!(got, vec![Event::Commit(1)], "asked to commit, not yet done");
+        // Not yet acknowledged (the commit is still with the caller): a fourth is over the window.
+        c.handle_frame(
+            now,
+            Frame::Message {
+                seq: 4,
+                payload: vec![1],
+            },
+        );
+        match events(&mut c).pop() {
+            Some(Event::Close(CloseCode::ProtocolError, why)) => {
+                assert!(why.contains("over the window of 3"), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
+
+        // Once acknowledged, the window moves on.
+        let mut c = Session::cloud(now, 30 * S, 3);
+        c.handle_frame(now, Frame::Hello(hello(S, 10 * S)));
+        c.poll_event();
+        c.accept(now, Streams::default());
+        while c.poll_event().is_some() {}
+        c.committed(0);
+        for seq in 1..=6 {
+            c.handle_frame(
+                now,
+                Frame::Message {
+                    seq,
+                    payload: vec![1],
+                },
+            );
+            while let Some(e) = c.poll_event() {
+                if let Event::Commit(n) = e {
+                    c.committed(n);
+                }
+            }
+        }
+        assert!(!c.is_closed(), "each acknowledged before the next");
     }
 
     #[test]
