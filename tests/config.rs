@@ -4,6 +4,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use hub::config::{CloudConfig, EdgeConfig, Protocol};
@@ -355,4 +356,205 @@ fn hub_sections_take_effect() {
     assert_eq!(s.apps.listen, Some("127.0.0.1:10060".parse().unwrap()));
     assert_eq!(s.outbox.dir, Path::new("/var/lib/hub/edge"));
     assert_eq!(s.congestion, hub::config::Congestion::Cubic);
+}
+
+#[test]
+fn a_byte_order_mark_is_accepted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = common::dev_pki(tmp.path());
+    let p = |f: &str| pki.join(f).display().to_string();
+    let files = [
+        (
+            "cloud",
+            format!(
+                "cloudhub:\r\n  ca: {}\r\n  cert: {}\r\n  key: {}\r\n",
+                p("ca.crt"),
+                p("server.crt"),
+                p("server.key")
+            ),
+        ),
+        (
+            "edge",
+            format!(
+                "quic:\n  url: localhost:10001\n  cafile: {}\n  certfile: {}\n  keyfile: {}\ncontroller:\n  protocol: quic\n  project-id: p\n  node-id: edge-node\n",
+                p("ca.crt"),
+                p("node-edge-node.crt"),
+                p("node-edge-node.key")
+            ),
+        ),
+    ];
+    for (kind, text) in files {
+        // What Notepad saves: a UTF-8 byte-order mark first.
+        let file = tmp.path().join(format!("{kind}hub.yaml"));
+        std::fs::write(&file, format!("\u{feff}{text}")).unwrap();
+        let out = common::run(
+            &common::hub_bin(),
+            &[kind, "--check", "-c", file.to_str().unwrap()],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{kind}: {stderr}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).starts_with(&format!("{kind}hub: ")),
+            "{kind}"
+        );
+    }
+    let text = format!(
+        "\u{feff}cloudhub:\n  ca: {}\n  cert: {}\n  key: {}\n",
+        p("ca.crt"),
+        p("server.crt"),
+        p("server.key")
+    );
+    CloudConfig::from_yaml(Path::new("c.yaml"), &text).unwrap();
+
+    // Certificates and keys saved the same way (with CRLF too) read as they are without the mark;
+    // the mark must not hide a chain's first certificate.
+    let marked = |f: &str| {
+        let plain = std::fs::read_to_string(pki.join(f)).unwrap();
+        let path = tmp.path().join(format!("marked-{f}"));
+        std::fs::write(&path, format!("\u{feff}{}", plain.replace('\n', "\r\n"))).unwrap();
+        path
+    };
+    let (ca, cert, key) = (marked("ca.crt"), marked("server.crt"), marked("server.key"));
+    assert_eq!(
+        hub::tls::load_certs(&cert).unwrap(),
+        hub::tls::load_certs(&pki.join("server.crt")).unwrap()
+    );
+    let text = format!(
+        "cloudhub:\n  ca: {}\n  cert: {}\n  key: {}\n",
+        ca.display(),
+        cert.display(),
+        key.display()
+    );
+    CloudConfig::from_yaml(Path::new("c.yaml"), &text).unwrap_or_else(|e| panic!("{e}"));
+
+    // Not UTF-8 at all: said so, with the place.
+    let file = tmp.path().join("utf16.yaml");
+    std::fs::write(&file, b"\xff\xfec\x00l\x00").unwrap();
+    let err = CloudConfig::load(&file).unwrap_err().to_string();
+    assert!(
+        err.ends_with("the file is UTF-16 text; save it as UTF-8"),
+        "{err}"
+    );
+    std::fs::write(&file, b"cloudhub:\n  ca: \xe9t\xe9.crt\n").unwrap();
+    let err = CloudConfig::load(&file).unwrap_err().to_string();
+    assert!(
+        err.ends_with("not UTF-8 text (byte 0xe9 on line 2)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn relative_paths_are_read_from_the_files_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let etc = tmp.path().join("etc/hub");
+    std::fs::create_dir_all(&etc).unwrap();
+    common::dev_pki(&etc);
+    let cloud = etc.join("cloudhub.yaml");
+    std::fs::write(
+        &cloud,
+        "cloudhub:\n  ca: pki/ca.crt\n  cert: ./pki/server.crt\n  key: pki/server.key\napps:\n  unix: run/cloud.sock\nqueues:\n  dir: state\n",
+    )
+    .unwrap();
+    let edge = etc.join("edgehub.yaml");
+    std::fs::write(
+        &edge,
+        "websocket:\n  url: wss://localhost:10000/p/edge-node/events\n  certfile: pki/node-edge-node.crt\n  keyfile: pki/node-edge-node.key\nquic:\n  cafile: pki/ca.crt\ncontroller:\n  project-id: p\n  node-id: edge-node\n  auth-info-files-path: secret\napps:\n  unix: edge.sock\noutbox:\n  dir: ../../var/outbox\n",
+    )
+    .unwrap();
+
+    let c = CloudConfig::load(&cloud).unwrap();
+    assert_eq!(c.ca, etc.join("pki/ca.crt"));
+    assert_eq!(c.cert, etc.join("pki/server.crt"));
+    assert_eq!(c.key, etc.join("pki/server.key"));
+    assert_eq!(c.apps.unix, Some(etc.join("run/cloud.sock")));
+    assert_eq!(c.queues.dir, etc.join("state"));
+    let e = EdgeConfig::load(&edge).unwrap();
+    assert_eq!(e.ca, etc.join("pki/ca.crt"));
+    assert_eq!(e.cert, etc.join("pki/node-edge-node.crt"));
+    assert_eq!(e.key, etc.join("pki/node-edge-node.key"));
+    assert_eq!(e.refresh.unwrap().path, etc.join("secret"));
+    assert_eq!(e.apps.unix, Some(etc.join("edge.sock")));
+    assert_eq!(e.outbox.dir, etc.join("../../var/outbox"));
+
+    // The binary, started elsewhere (systemd starts it in /), with the file named absolutely or
+    // relatively to where it starts.
+    let check = |cwd: &Path, kind: &str, file: &str| {
+        Command::new(common::hub_bin())
+            .args([kind, "--check", "-c", file])
+            .current_dir(cwd)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    };
+    for (cwd, prefix) in [
+        (Path::new("/"), etc.to_str().unwrap()),
+        (tmp.path(), "etc/hub"),
+    ] {
+        for kind in ["cloud", "edge"] {
+            let out = check(cwd, kind, &format!("{prefix}/{kind}hub.yaml"));
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(0), "{kind} from {cwd:?}: {stderr}");
+        }
+        let out = check(cwd, "edge", &format!("{prefix}/edgehub.yaml"));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains(&format!("ca {}/pki/ca.crt", etc.display())),
+            "{stdout}"
+        );
+    }
+
+    // Running from /, the hub makes its socket and its queues beside the file.
+    std::fs::write(
+        &cloud,
+        "cloudhub:\n  port: 0\n  address: 127.0.0.1\n  ca: pki/ca.crt\n  cert: pki/server.crt\n  key: pki/server.key\napps:\n  listen: 127.0.0.1:0\n  unix: run/cloud.sock\nqueues:\n  dir: state\n",
+    )
+    .unwrap();
+    let mut hub = Command::new(common::hub_bin())
+        .args(["cloud", "-c", cloud.to_str().unwrap()])
+        .current_dir("/")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = hub.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let want = format!("apps listening on unix:{}/run/cloud.sock", etc.display());
+    let mut log = Vec::new();
+    loop {
+        match rx.recv_timeout(common::PATIENCE) {
+            Ok(line) if line.contains(&want) => break,
+            Ok(line) => log.push(line),
+            Err(_) => {
+                let _ = hub.kill();
+                panic!("no {want:?}; log:\n{}", log.join("\n"));
+            }
+        }
+    }
+    assert!(etc.join("run/cloud.sock").exists());
+    assert!(etc.join("state").is_dir(), "queues beside the file");
+    hub.kill().unwrap();
+    hub.wait().unwrap();
+
+    // An error about a file names the full path that was tried.
+    std::fs::write(
+        &cloud,
+        "cloudhub:\n  ca: pki/missing.crt\n  cert: pki/server.crt\n  key: pki/server.key\n",
+    )
+    .unwrap();
+    let out = check(tmp.path(), "cloud", "etc/hub/cloudhub.yaml");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot read {}/pki/missing.crt", etc.display())),
+        "{stderr}"
+    );
 }

@@ -93,7 +93,7 @@ impl CloudConfig {
     }
 
     fn validate(file: &Path, raw: RawFile) -> Result<Self, ConfigError> {
-        let c = Checker { file };
+        let c = Checker::new(file);
         let apps = c.apps(raw.apps, DEFAULTS.listen)?;
         let queues = c.queue("queues", raw.queues, &DEFAULTS)?;
         let Some(raw) = raw.cloudhub else {

@@ -292,7 +292,7 @@ impl EdgeConfig {
     }
 
     fn validate(file: &Path, raw: RawFile, default_ca: &Path) -> Result<Self, ConfigError> {
-        let c = Checker { file };
+        let c = Checker::new(file);
         let Some(ctl) = raw.controller else {
             return Err(c.invalid("controller", "is required"));
         };
@@ -369,7 +369,10 @@ impl EdgeConfig {
             60.0,
         )?;
         let refresh = match ctl.auth_info_files_path {
-            Some(p) if !p.as_os_str().is_empty() => Some(CredentialRefresh { path: p, interval }),
+            Some(p) if !p.as_os_str().is_empty() => Some(CredentialRefresh {
+                path: c.resolve(&p),
+                interval,
+            }),
             _ => None,
         };
 

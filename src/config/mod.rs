@@ -71,17 +71,41 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Reads `file` and parses it as YAML into the raw shape `T`.
+/// Reads `file` and parses it as YAML into the raw shape `T`. The file must be UTF-8 (a
+/// byte-order mark is allowed, as editors on Windows save one).
 fn parse_file<T: serde::de::DeserializeOwned>(file: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+    let bytes = std::fs::read(file).map_err(|source| ConfigError::Read {
         file: file.to_owned(),
         source,
     })?;
+    let text = match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => {
+            let bytes = e.as_bytes();
+            let message = if bytes.starts_with(&[0xff, 0xfe]) || bytes.starts_with(&[0xfe, 0xff]) {
+                "the file is UTF-16 text; save it as UTF-8".to_owned()
+            } else {
+                let at = e.utf8_error().valid_up_to();
+                let line = bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+                format!(
+                    "the file is not UTF-8 text (byte 0x{:02x} on line {line})",
+                    bytes[at]
+                )
+            };
+            return Err(ConfigError::Syntax {
+                file: file.to_owned(),
+                message,
+            });
+        }
+    };
     parse_str(file, &text)
 }
 
-/// Parses YAML `text` (read from `file`) into the raw shape `T`.
+/// Parses YAML `text` (read from `file`) into the raw shape `T`. A leading byte-order mark
+/// (U+FEFF) is skipped: YAML allows one, but the parser would take it for the start of a second
+/// document.
 fn parse_str<T: serde::de::DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     if text.trim().is_empty() {
         return Err(ConfigError::Syntax {
             file: file.to_owned(),
@@ -94,12 +118,45 @@ fn parse_str<T: serde::de::DeserializeOwned>(file: &Path, text: &str) -> Result<
     })
 }
 
-/// Builds [`ConfigError::Invalid`] errors for one file.
-struct Checker<'a> {
-    file: &'a Path,
+/// The folder relative paths in `file` are read from: the file's own folder, made absolute
+/// (against the working directory when `file` itself is relative), so that a configuration means
+/// the same files whatever directory the hub starts in (systemd starts it in `/`).
+fn base_dir(file: &Path) -> PathBuf {
+    let parent = file.parent().unwrap_or(Path::new(""));
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    std::path::absolute(parent).unwrap_or_else(|_| parent.to_owned())
 }
 
-impl Checker<'_> {
+/// Builds [`ConfigError::Invalid`] errors for one file and resolves the paths it names.
+struct Checker<'a> {
+    file: &'a Path,
+    /// See [`base_dir`].
+    base: PathBuf,
+}
+
+impl<'a> Checker<'a> {
+    fn new(file: &'a Path) -> Self {
+        Checker {
+            file,
+            base: base_dir(file),
+        }
+    }
+
+    /// `path` as the hub uses it: absolute paths as they are, relative ones under the
+    /// configuration file's folder ([`base_dir`]), so errors and logs name the full path.
+    fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_owned()
+        } else {
+            let path = path.strip_prefix(".").unwrap_or(path);
+            self.base.join(path)
+        }
+    }
+
     fn invalid(&self, key: &str, problem: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
             file: self.file.to_owned(),
@@ -149,10 +206,10 @@ impl Checker<'_> {
         Ok(self.count(key, value, default, 0, 65535)? as u16)
     }
 
-    /// A path that must be given and not be empty.
+    /// A path that must be given and not be empty, resolved (see [`resolve`](Self::resolve)).
     fn path(&self, key: &str, value: Option<&PathBuf>) -> Result<PathBuf, ConfigError> {
         match value {
-            Some(p) if !p.as_os_str().is_empty() => Ok(p.clone()),
+            Some(p) if !p.as_os_str().is_empty() => Ok(self.resolve(p)),
             _ => Err(self.invalid(key, "is required")),
         }
     }
@@ -323,7 +380,10 @@ impl Checker<'_> {
                 )
             })?)
         };
-        let unix = raw.unix.filter(|p| !p.as_os_str().is_empty());
+        let unix = raw
+            .unix
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(|p| self.resolve(&p));
         if listen.is_none() && unix.is_none() {
             return Err(self.invalid(
                 "apps.listen",
@@ -376,7 +436,7 @@ impl Checker<'_> {
         };
         Ok(QueueConfig {
             dir: match raw.dir {
-                Some(p) if !p.as_os_str().is_empty() => p,
+                Some(p) if !p.as_os_str().is_empty() => self.resolve(&p),
                 Some(_) => return Err(self.invalid(&key("dir"), "is empty")),
                 None => PathBuf::from(d.dir),
             },

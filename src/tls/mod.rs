@@ -66,10 +66,21 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The bytes of the PEM file at `path`, less a leading UTF-8 byte-order mark: editors on
+/// Windows save one, and in front of the first `-----BEGIN` line it would hide that item from
+/// the PEM parser (a chain would silently lose its leaf).
+fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
+    let mut bytes = std::fs::read(path).map_err(|e| TlsError::Read(path.to_owned(), e))?;
+    if bytes.starts_with(b"\xef\xbb\xbf") {
+        bytes.drain(..3);
+    }
+    Ok(bytes)
+}
+
 /// Loads every certificate in the PEM file at `path` (a chain, leaf first); at least one.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| pem_error(path, e, "certificate"))?
+    let pem = read_pem(path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| pem_error(path, e, "certificate"))?;
     if certs.is_empty() {
@@ -80,7 +91,7 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 
 /// Loads the first private key (PKCS#8, PKCS#1 or SEC1) in the PEM file at `path`.
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| pem_error(path, e, "private key"))
+    PrivateKeyDer::from_pem_slice(&read_pem(path)?).map_err(|e| pem_error(path, e, "private key"))
 }
 
 /// Loads the CA bundle at `path` as trust anchors; every certificate in it must parse as one.
