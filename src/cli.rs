@@ -2,14 +2,14 @@
 
 use std::path::PathBuf;
 
-use argh::FromArgs;
+use argh::{ArgsInfo, FromArgs};
 
 /// Default cloud configuration file.
 pub const DEFAULT_CLOUD_CONFIG: &str = "/etc/hub/cloudhub.yaml";
 /// Default edge configuration file.
 pub const DEFAULT_EDGE_CONFIG: &str = "/etc/hub/edgehub.yaml";
 
-#[derive(FromArgs, Debug)]
+#[derive(FromArgs, ArgsInfo, Debug)]
 /// hub: a cloud/edge messaging hub. `hub cloud` accepts edge nodes over WebSocket and QUIC with
 /// mutual TLS; `hub edge` connects a gateway to it. Linked as `cloudhub` or `edgehub`, the binary
 /// acts as `hub cloud` or `hub edge`.
@@ -22,7 +22,7 @@ pub struct Hub {
     pub command: Option<Command>,
 }
 
-#[derive(FromArgs, Debug)]
+#[derive(FromArgs, ArgsInfo, Debug)]
 #[argh(subcommand)]
 /// The subcommands.
 pub enum Command {
@@ -42,7 +42,7 @@ pub enum Command {
     Nodes(NodesArgs),
 }
 
-#[derive(FromArgs, Debug)]
+#[derive(FromArgs, ArgsInfo, Debug)]
 #[argh(subcommand, name = "cloud")]
 /// Run the cloud hub (CloudHub): accept edge nodes over WebSocket and QUIC with mutual TLS.
 pub struct CloudArgs {
@@ -54,7 +54,7 @@ pub struct CloudArgs {
     pub check: bool,
 }
 
-#[derive(FromArgs, Debug)]
+#[derive(FromArgs, ArgsInfo, Debug)]
 #[argh(subcommand, name = "edge")]
 /// Run the edge hub (EdgeHub): connect this gateway to the cloud hub and keep the link up.
 pub struct EdgeArgs {
@@ -66,7 +66,7 @@ pub struct EdgeArgs {
     pub check: bool,
 }
 
-#[derive(FromArgs, Debug)]
+#[derive(FromArgs, ArgsInfo, Debug)]
 #[argh(subcommand, name = "certs")]
 /// Write a development PKI: a CA, a server certificate for the cloud and one client certificate per
 /// node (CN and DNS name = node id). Files: ca.crt, ca.key, server.crt, server.key,
@@ -96,7 +96,7 @@ pub fn default_url() -> String {
     std::env::var("HUB_URL").unwrap_or_else(|_| "ws://127.0.0.1:10050".into())
 }
 
-#[derive(FromArgs, Debug)]
+#[derive(FromArgs, ArgsInfo, Debug)]
 #[argh(subcommand, name = "pub")]
 /// Publish a message through a hub's application endpoint and wait until it is accepted (in the
 /// durable queue). From the cloud, address a node with resource node/NODE-ID/....
@@ -116,15 +116,17 @@ pub struct PubArgs {
     /// route.source (default hub-cli)
     #[argh(option, short = 's', default = "String::from(\"hub-cli\")")]
     pub source: String,
-    /// publish one message per line of standard input (each line is its content)
+    /// publish one message per line of standard input (each line is its content); a bad line
+    /// is reported with its number and the others still go
     #[argh(switch)]
     pub stdin: bool,
-    /// the content: JSON, or else taken as a string
+    /// the content: JSON (kept as written, e.g. -5 or 1e400), or else taken as a string; a
+    /// string that starts with '-' goes after `--`
     #[argh(positional)]
     pub content: Option<String>,
 }
 
-#[derive(FromArgs, Debug)]
+#[derive(FromArgs, ArgsInfo, Debug)]
 #[argh(subcommand, name = "sub")]
 /// Subscribe through a hub's application endpoint and print each message as a JSON line.
 pub struct SubArgs {
@@ -148,7 +150,7 @@ pub struct SubArgs {
     pub echo: bool,
 }
 
-#[derive(FromArgs, Debug)]
+#[derive(FromArgs, ArgsInfo, Debug)]
 #[argh(subcommand, name = "req")]
 /// Send a sync request through a hub's application endpoint and print the answer; exit 1 when
 /// the answer is an error (no answer in time, nobody subscribed, refused).
@@ -169,12 +171,13 @@ pub struct ReqArgs {
     /// first)
     #[argh(option, short = 't', default = "35.0")]
     pub timeout: f64,
-    /// the content: JSON, or else taken as a string
+    /// the content: JSON (kept as written, e.g. -5 or 1e400), or else taken as a string; a
+    /// string that starts with '-' goes after `--`
     #[argh(positional)]
     pub content: Option<String>,
 }
 
-#[derive(FromArgs, Debug)]
+#[derive(FromArgs, ArgsInfo, Debug)]
 #[argh(subcommand, name = "nodes")]
 /// List the nodes a cloud hub knows: connected ones with protocol, address and since when, and
 /// every node with messages queued for it.
@@ -185,4 +188,185 @@ pub struct NodesArgs {
     /// print the JSON the hub answered instead of a table
     #[argh(switch)]
     pub json: bool,
+}
+
+/// Whether `word` is a JSON number that starts with `-` (`-5`, `-3.5`, `-1e400`): text argh
+/// would take for an option name, although no option is spelt like that.
+fn is_negative_number(word: &str) -> bool {
+    let Some(rest) = word.strip_prefix('-') else {
+        return false;
+    };
+    let b = rest.as_bytes();
+    let digits = |mut i: usize| {
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        (i > start).then_some(i)
+    };
+    // int = 0 | [1-9][0-9]*
+    let mut i = match b.first() {
+        Some(b'0') => 1,
+        Some(b'1'..=b'9') => digits(0).unwrap_or(0),
+        _ => return false,
+    };
+    if b.get(i) == Some(&b'.') {
+        let Some(j) = digits(i + 1) else { return false };
+        i = j;
+    }
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(b.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        let Some(j) = digits(i) else { return false };
+        i = j;
+    }
+    i == b.len()
+}
+
+/// The subcommand named in `args` (the words after the program name): its index and what argh
+/// knows of it. Words before it are `hub`'s own switches (`-V`, `--help`).
+fn find_subcommand(args: &[String]) -> Option<(usize, argh::CommandInfoWithArgs)> {
+    let index = args.iter().position(|a| !a.starts_with('-'))?;
+    Hub::get_args_info()
+        .commands
+        .into_iter()
+        .find(|c| c.name == args[index])
+        .map(|c| (index, c.command))
+}
+
+/// `args` (the words after the program name) arranged so that argh reads a negative number as
+/// CONTENT.
+///
+/// argh takes every word that starts with `-` for an option, so `hub pub -r t -5` would fail
+/// with "Unrecognized argument: -5" while `hub pub -r t -- -5` works. When a command that takes
+/// CONTENT is given a negative JSON number where an option name would stand, its options
+/// (with their values) keep their order in front and its positional words move, in their order,
+/// behind a `--`. Everything else is returned unchanged; a word that starts with `-` and is not
+/// a number still needs the `--` (see [`usage_hint`]).
+pub fn numbers_as_content(args: &[String]) -> Vec<String> {
+    let unchanged = args.to_vec();
+    let Some((at, info)) = find_subcommand(args) else {
+        return unchanged;
+    };
+    if info.positionals.is_empty() {
+        return unchanged;
+    }
+    let takes_value = |word: &str| {
+        info.flags.iter().any(|f| {
+            matches!(f.kind, argh::FlagInfoKind::Option { .. })
+                && (f.long == word || f.short.is_some_and(|c| word == format!("-{c}")))
+        })
+    };
+    let mut options = Vec::new();
+    let mut positionals = Vec::new();
+    let mut moved = false;
+    let mut words = args[at + 1..].iter();
+    while let Some(word) = words.next() {
+        if word == "--" {
+            positionals.extend(words.by_ref().cloned());
+            break;
+        }
+        if is_negative_number(word) {
+            moved = true;
+            positionals.push(word.clone());
+        } else if word.starts_with('-') || word == "help" {
+            options.push(word.clone());
+            if takes_value(word) {
+                options.extend(words.next().cloned());
+            }
+        } else {
+            positionals.push(word.clone());
+        }
+    }
+    if !moved {
+        return unchanged;
+    }
+    let mut out = args[..=at].to_vec();
+    out.extend(options);
+    out.push("--".into());
+    out.extend(positionals);
+    out
+}
+
+/// A line to add to argh's usage error for `args`, when the error is a word starting with `-`
+/// that the command does not know and the command takes CONTENT: how to pass such content.
+pub fn usage_hint(program: &str, args: &[String], error: &str) -> Option<String> {
+    let word = error.strip_prefix("Unrecognized argument: ")?.trim();
+    if !word.starts_with('-') || word.starts_with("--") {
+        return None;
+    }
+    let (at, info) = find_subcommand(args)?;
+    if info.positionals.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "To give CONTENT that starts with '-', put `--` before it: {program} {} [OPTIONS] -- {word}",
+        args[at]
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(s: &str) -> Vec<String> {
+        s.split(' ').map(String::from).collect()
+    }
+
+    #[test]
+    fn negative_numbers() {
+        for yes in ["-5", "-0", "-3.5", "-1e400", "-2E+3", "-0.5e-7"] {
+            assert!(is_negative_number(yes), "{yes}");
+        }
+        for no in [
+            "5", "-", "--", "-r", "-05", "-5.", "-.5", "-1e", "-1e+", "-5x", "--5",
+        ] {
+            assert!(!is_negative_number(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn negative_numbers_become_content() {
+        let cases = [
+            ("pub -r t -5", "pub -r t -- -5"),
+            ("pub -5 -r t", "pub -r t -- -5"),
+            ("pub -r -5 -3.5", "pub -r -5 -- -3.5"),
+            (
+                "pub --resource t --stdin -1e400",
+                "pub --resource t --stdin -- -1e400",
+            ),
+            ("req -t 2 -r x -7", "req -t 2 -r x -- -7"),
+            ("pub -r t 5", "pub -r t 5"),
+            ("pub -r t -- -5", "pub -r t -- -5"),
+            ("pub -r t -x", "pub -r t -x"),
+            ("sub -n 3 --reply -5", "sub -n 3 --reply -5"),
+            ("cloud -c -5", "cloud -c -5"),
+            ("-V", "-V"),
+        ];
+        for (given, want) in cases {
+            assert_eq!(numbers_as_content(&words(given)), words(want), "{given}");
+        }
+        let parsed = Hub::from_args(&["hub"], &["pub", "-r", "t", "--", "-5"]).unwrap();
+        assert!(matches!(
+            parsed.command,
+            Some(Command::Pub(PubArgs { content: Some(c), .. })) if c == "-5"
+        ));
+    }
+
+    #[test]
+    fn hint_for_dash_content() {
+        let hint = usage_hint("hub", &words("pub -r t -x"), "Unrecognized argument: -x\n");
+        assert_eq!(
+            hint.as_deref(),
+            Some(
+                "To give CONTENT that starts with '-', put `--` before it: hub pub [OPTIONS] -- -x"
+            )
+        );
+        assert_eq!(
+            usage_hint("hub", &words("nodes -x"), "Unrecognized argument: -x\n"),
+            None
+        );
+    }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::Message as WsMessage;
 use smol::Async;
-use smol::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader};
+use smol::io::{AsyncBufRead, AsyncRead, AsyncWrite, BufReader};
 use smol::stream::StreamExt;
 
 use crate::message::Message;
@@ -117,10 +117,13 @@ pub fn notice_error(m: &Message) -> String {
         .unwrap_or_else(|| String::from_utf8_lossy(&m.content).into_owned())
 }
 
-/// Content given on the command line: JSON if it parses as JSON, else a JSON string.
+/// Content given on the command line or read from a line: when `text` is JSON, its JSON text
+/// unchanged (less surrounding whitespace), so that `-5`, `1.50` or `1e400` arrive exactly as
+/// written, the way an application's content does (JSON is checked for syntax only; a number's
+/// size is not limited); anything else becomes a JSON string.
 pub fn content_arg(text: &str) -> Vec<u8> {
-    match serde_json::from_str::<serde_json::Value>(text) {
-        Ok(_) => text.trim().as_bytes().to_vec(),
+    match serde_json::from_str::<&serde_json::value::RawValue>(text) {
+        Ok(raw) => raw.get().trim().as_bytes().to_vec(),
         Err(_) => serde_json::Value::String(text.to_owned())
             .to_string()
             .into_bytes(),
@@ -144,23 +147,139 @@ pub async fn publish(ws: &mut Connection, msg: &Message) -> Result<(), String> {
     Err("the hub closed the connection".into())
 }
 
-/// Publishes one message per line read from `input` (each line is content, see
-/// [`content_arg`]), pipelined; returns (accepted, refused), printing each refusal to stderr.
-pub async fn publish_lines<R: AsyncRead + Unpin>(
+/// The longest line [`publish_input`] reads: the link's frame limit
+/// ([`MAX_FRAME`](crate::proto::MAX_FRAME)), which no hub accepts a message beyond. Longer lines
+/// are refused without being held in memory.
+pub const MAX_LINE: usize = crate::proto::MAX_FRAME;
+
+/// What became of the lines [`publish_input`] read.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LineTotals {
+    /// Lines the hub accepted (in its durable queue).
+    pub accepted: u64,
+    /// Lines refused, by the hub (over its size limit, queue full, ...) or before sending (not
+    /// UTF-8, longer than [`MAX_LINE`]).
+    pub refused: u64,
+    /// Lines sent whose notice never came (the connection ended first).
+    pub unconfirmed: u64,
+    /// Why reading or sending stopped before the end of the input, if it did.
+    pub stopped: Option<String>,
+}
+
+impl LineTotals {
+    /// Whether every line was accepted and the whole input read.
+    pub fn all_accepted(&self) -> bool {
+        self.refused == 0 && self.unconfirmed == 0 && self.stopped.is_none()
+    }
+}
+
+impl std::fmt::Display for LineTotals {
+    /// `N accepted`, then `, N refused` and `, N unconfirmed` when there are any.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} accepted", self.accepted)?;
+        if self.refused > 0 {
+            write!(f, ", {} refused", self.refused)?;
+        }
+        if self.unconfirmed > 0 {
+            write!(f, ", {} unconfirmed", self.unconfirmed)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads the next line of `input` into `line`, without its `\n` (or `\r\n`), keeping at most
+/// `max` bytes. Returns `None` at the end of the input, else `Some(length)` with the line's full
+/// length, which exceeds `max` when the line was cut (the rest of it is read and dropped).
+async fn read_line<R: AsyncBufRead + Unpin>(
+    input: &mut R,
+    line: &mut Vec<u8>,
+    max: usize,
+) -> io::Result<Option<usize>> {
+    line.clear();
+    let mut length = 0usize;
+    let mut any = false;
+    loop {
+        // `poll_fill_buf` once per chunk (futures-lite's `fill_buf` polls twice and panics when
+        // the second poll of a reader at its end is pending).
+        let (used, end) = std::future::poll_fn(|cx| {
+            let chunk = match Pin::new(&mut *input).poll_fill_buf(cx) {
+                Poll::Ready(Ok(chunk)) => chunk,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            };
+            if chunk.is_empty() {
+                return Poll::Ready(Ok((0, true)));
+            }
+            any = true;
+            let (part, used, end) = match chunk.iter().position(|&b| b == b'\n') {
+                Some(i) => (&chunk[..i], i + 1, true),
+                None => (chunk, chunk.len(), false),
+            };
+            length += part.len();
+            if length <= max {
+                line.extend_from_slice(part);
+            }
+            Poll::Ready(Ok((used, end)))
+        })
+        .await?;
+        Pin::new(&mut *input).consume(used);
+        if end {
+            break;
+        }
+    }
+    if !any {
+        return Ok(None);
+    }
+    if length <= max && line.last() == Some(&b'\r') {
+        line.pop();
+        length -= 1;
+    }
+    Ok(Some(length))
+}
+
+/// Why a line is refused before it is sent: not UTF-8 (naming the first bad byte and its
+/// column) or longer than `max` bytes.
+fn refuse_line(line: &[u8], length: usize, max: usize) -> Result<&str, String> {
+    if length > max {
+        return Err(format!(
+            "{length} bytes, over the {max}-byte limit of any message"
+        ));
+    }
+    std::str::from_utf8(line).map_err(|e| {
+        let at = e.valid_up_to();
+        format!(
+            "not UTF-8 text (byte 0x{:02x} at column {})",
+            line[at],
+            at + 1
+        )
+    })
+}
+
+/// Publishes one message per line of `input` (each line is content, see [`content_arg`];
+/// blank lines are skipped), pipelined. Every bad line is refused on its own, with its line
+/// number on standard error (`line 2: refused: not UTF-8 text ...`), and the rest continue:
+/// lines that are not UTF-8 or longer than [`MAX_LINE`] are refused here, the hub refuses what
+/// it cannot take (its notice names why). Returns the totals; the connection is closed at the
+/// end.
+pub async fn publish_input<R: AsyncRead + Unpin>(
     ws: Connection,
     template: Message,
     input: R,
-) -> Result<(u64, u64), String> {
+) -> LineTotals {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
     let (mut tx, mut rx) = ws.split();
     // How many were sent, once all were (u64::MAX until then).
-    let total = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
+    let total = Arc::new(AtomicU64::new(u64::MAX));
+    // The line number of each message awaiting its notice.
+    let lines_of: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
     let known = total.clone();
+    let pending = lines_of.clone();
     let counter = smol::spawn(async move {
         let (mut accepted, mut refused) = (0u64, 0u64);
-        loop {
-            if accepted + refused >= known.load(std::sync::atomic::Ordering::SeqCst) {
-                break;
-            }
+        while accepted + refused < known.load(Ordering::SeqCst) {
             let Some(item) = rx.next().await else { break };
             let Ok(WsMessage::Text(t)) = item else {
                 if item.is_err() {
@@ -171,47 +290,100 @@ pub async fn publish_lines<R: AsyncRead + Unpin>(
             let Ok(m) = Message::from_json(&t) else {
                 continue;
             };
-            if m.source == "hub" && m.group == "hub" {
-                match m.operation.as_str() {
-                    "accepted" => accepted += 1,
-                    "error" => {
-                        refused += 1;
-                        eprintln!("refused {}: {}", m.parent_id, notice_error(&m));
-                    }
-                    _ => {}
+            if !(m.source == "hub" && m.group == "hub") {
+                continue;
+            }
+            let line = pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&m.parent_id);
+            match m.operation.as_str() {
+                "accepted" => accepted += 1,
+                "error" => {
+                    refused += 1;
+                    let at = line.map_or_else(|| "a line".to_owned(), |n| format!("line {n}"));
+                    crate::console::warn(format_args!(
+                        "{at}: refused: {} (msg_id {})",
+                        notice_error(&m),
+                        m.parent_id
+                    ));
                 }
+                _ => {}
             }
         }
         (accepted, refused)
     });
-    let mut lines = BufReader::new(input).lines();
-    let mut sent = 0u64;
-    while let Some(line) = lines.next().await {
-        let line = line.map_err(|e| e.to_string())?;
-        if line.trim().is_empty() {
+
+    let mut totals = LineTotals::default();
+    let mut input = BufReader::new(input);
+    let mut line = Vec::new();
+    let (mut number, mut sent) = (0u64, 0u64);
+    loop {
+        let length = match read_line(&mut input, &mut line, MAX_LINE).await {
+            Ok(Some(n)) => n,
+            Ok(None) => break,
+            Err(e) => {
+                totals.stopped = Some(format!("cannot read line {}: {e}", number + 1));
+                break;
+            }
+        };
+        number += 1;
+        let text = match refuse_line(&line, length, MAX_LINE) {
+            Ok(text) => text,
+            Err(why) => {
+                totals.refused += 1;
+                crate::console::warn(format_args!("line {number}: refused: {why}"));
+                continue;
+            }
+        };
+        if text.trim().is_empty() {
             continue;
         }
         let mut msg = Message {
             id: String::new(),
             timestamp: 0,
-            content: content_arg(&line),
+            content: content_arg(text),
             ..template.clone()
         };
         msg.fill_header();
-        tx.send(WsMessage::text(msg.to_json()))
-            .await
-            .map_err(|e| e.to_string())?;
+        lines_of
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(msg.id.clone(), number);
+        if let Err(e) = tx.send(WsMessage::text(msg.to_json())).await {
+            totals.stopped = Some(format!("cannot send line {number}: {e}"));
+            break;
+        }
         sent += 1;
     }
-    total.store(sent, std::sync::atomic::Ordering::SeqCst);
-    if sent == 0 {
-        return Ok((0, 0));
+    total.store(sent, Ordering::SeqCst);
+    if sent > 0 {
+        // Wake the counter in case every notice already arrived.
+        let _ = tx.send(WsMessage::Ping(Vec::new().into())).await;
     }
-    // Wake the counter in case every notice already arrived.
-    let _ = tx.send(WsMessage::Ping(Vec::new().into())).await;
-    let result = counter.await;
+    let (accepted, refused) = if sent > 0 { counter.await } else { (0, 0) };
     let _ = tx.close(None).await;
-    Ok(result)
+    totals.accepted = accepted;
+    totals.refused += refused;
+    totals.unconfirmed = sent.saturating_sub(accepted + refused);
+    if totals.unconfirmed > 0 && totals.stopped.is_none() {
+        totals.stopped = Some("the hub closed the connection before confirming every line".into());
+    }
+    totals
+}
+
+/// [`publish_input`] for callers that only count: `Ok((accepted, refused))` once every line was
+/// read and each one's fate is known, else the reason it stopped.
+pub async fn publish_lines<R: AsyncRead + Unpin>(
+    ws: Connection,
+    template: Message,
+    input: R,
+) -> Result<(u64, u64), String> {
+    let totals = publish_input(ws, template, input).await;
+    match totals.stopped {
+        Some(why) => Err(why),
+        None => Ok((totals.accepted, totals.refused)),
+    }
 }
 
 /// Sends sync request `msg` and waits at most `wait` for the answer: `Ok(response)`, or the

@@ -1,6 +1,8 @@
 //! `hub pub`, `hub sub`, `hub req` and `hub nodes`: the client commands a person types.
+//!
+//! Output goes through [`console`]: when the reader of standard output goes away
+//! (`hub sub | head -n 1`), a command ends quietly with status 0 instead of writing on.
 
-use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -8,11 +10,20 @@ use async_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::cli::{NodesArgs, PubArgs, ReqArgs, SubArgs};
 use crate::client::{self, content_arg};
+use crate::console::{self, OutputError};
 use crate::message::Message;
 
 fn fail(e: impl std::fmt::Display) -> ExitCode {
-    eprintln!("hub: {e}");
+    console::warn(format_args!("hub: {e}"));
     ExitCode::from(1)
+}
+
+/// `code` once `printed` went well; else how the failed output ends the command.
+fn after(printed: Result<(), OutputError>, code: ExitCode) -> ExitCode {
+    match printed {
+        Ok(()) => code,
+        Err(e) => e.exit_code(),
+    }
 }
 
 /// `hub pub`.
@@ -32,16 +43,19 @@ pub fn publish(args: PubArgs) -> ExitCode {
         };
         if args.stdin {
             let stdin = smol::Unblock::new(std::io::stdin());
-            return match client::publish_lines(ws, template, stdin).await {
-                Ok((accepted, 0)) => {
-                    println!("{accepted} accepted");
-                    ExitCode::SUCCESS
-                }
-                Ok((accepted, refused)) => {
-                    println!("{accepted} accepted, {refused} refused");
-                    ExitCode::from(1)
-                }
-                Err(e) => fail(e),
+            let totals = client::publish_input(ws, template, stdin).await;
+            if let Some(why) = &totals.stopped {
+                console::warn(format_args!("hub: {why}"));
+            }
+            let code = if totals.all_accepted() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            };
+            // Lost output does not turn refusals into success.
+            return match console::line(&totals) {
+                Err(OutputError::Closed) => code,
+                printed => after(printed, code),
             };
         }
         let mut msg = Message {
@@ -51,9 +65,8 @@ pub fn publish(args: PubArgs) -> ExitCode {
         msg.fill_header();
         match client::publish(&mut ws, &msg).await {
             Ok(()) => {
-                println!("{}", msg.id);
                 let _ = ws.close(None).await;
-                ExitCode::SUCCESS
+                after(console::line(&msg.id), ExitCode::SUCCESS)
             }
             Err(e) => fail(format!("refused: {e}")),
         }
@@ -72,23 +85,33 @@ pub fn subscribe(args: SubArgs) -> ExitCode {
             Err(e) => return fail(e),
         };
         let mut seen = 0u64;
-        let stdout = std::io::stdout();
+        // The reader may go away while no message comes: stop then too.
+        let mut reader_gone = Box::pin(console::closed());
         while args.count.is_none_or(|n| seen < n) {
-            let msg = match client::next(&mut ws).await {
-                Some(Ok(m)) => m,
-                Some(Err(e)) => return fail(e),
-                None => return fail("the hub closed the connection"),
+            let next = smol::future::or(async { Some(client::next(&mut ws).await) }, async {
+                (&mut reader_gone).await;
+                None
+            })
+            .await;
+            let msg = match next {
+                None => {
+                    let _ = ws.close(None).await;
+                    return ExitCode::SUCCESS;
+                }
+                Some(Some(Ok(m))) => m,
+                Some(Some(Err(e))) => return fail(e),
+                Some(None) => return fail("the hub closed the connection"),
             };
             if msg.source == "hub" && msg.group == "hub" {
                 if msg.operation == "error" {
-                    eprintln!("hub: {}", client::notice_error(&msg));
+                    console::warn(format_args!("hub: {}", client::notice_error(&msg)));
                 }
                 continue; // notices about this command's own replies
             }
-            {
-                let mut out = stdout.lock();
-                let _ = writeln!(out, "{}", msg.to_json());
-                let _ = out.flush();
+            if let Err(e) = console::line(msg.to_json()) {
+                // Nobody reads any more: stop subscribing (and answering).
+                let _ = ws.close(None).await;
+                return e.exit_code();
             }
             seen += 1;
             if msg.sync && (args.reply.is_some() || args.echo) {
@@ -118,7 +141,7 @@ pub fn subscribe(args: SubArgs) -> ExitCode {
 /// `hub req`.
 pub fn request(args: ReqArgs) -> ExitCode {
     if !(args.timeout.is_finite() && args.timeout > 0.0) {
-        eprintln!("hub req: --timeout must be a positive number of seconds");
+        console::warn("hub req: --timeout must be a positive number of seconds");
         return ExitCode::from(2);
     }
     smol::block_on(async {
@@ -138,9 +161,8 @@ pub fn request(args: ReqArgs) -> ExitCode {
         msg.fill_header();
         match client::request(&mut ws, &msg, Duration::from_secs_f64(args.timeout)).await {
             Ok(answer) => {
-                println!("{}", answer.to_json());
                 let _ = ws.close(None).await;
-                ExitCode::SUCCESS
+                after(console::line(answer.to_json()), ExitCode::SUCCESS)
             }
             Err(e) => fail(format!("request {} failed: {e}", msg.id)),
         }
@@ -163,21 +185,23 @@ pub fn nodes(args: NodesArgs) -> ExitCode {
             }
         };
         if args.json {
-            println!("{text}");
-            return ExitCode::SUCCESS;
+            return after(console::line(&text), ExitCode::SUCCESS);
         }
         let rows: Vec<serde_json::Value> = match serde_json::from_str(&text) {
             Ok(r) => r,
             Err(e) => return fail(format!("bad node list: {e}")),
         };
-        println!(
+        let header = format!(
             "{:<24} {:<10} {:<22} {:<20} {:>8}",
             "NODE", "PROTOCOL", "ADDRESS", "SINCE (UTC)", "QUEUED"
         );
+        if let Err(e) = console::line(header) {
+            return e.exit_code();
+        }
         for r in rows {
             let s = |k: &str| r[k].as_str().unwrap_or("-").to_owned();
             let since = r["since"].as_u64().map_or_else(|| "-".to_owned(), utc);
-            println!(
+            let row = format!(
                 "{:<24} {:<10} {:<22} {:<20} {:>8}",
                 s("node_id"),
                 s("protocol"),
@@ -185,6 +209,9 @@ pub fn nodes(args: NodesArgs) -> ExitCode {
                 since,
                 r["queued"].as_u64().unwrap_or(0)
             );
+            if let Err(e) = console::line(row) {
+                return e.exit_code();
+            }
         }
         ExitCode::SUCCESS
     })

@@ -12,6 +12,7 @@ pub mod client;
 pub mod cloud;
 pub mod commands;
 pub mod config;
+pub mod console;
 pub mod edge;
 pub mod exchange;
 pub mod local;

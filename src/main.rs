@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use argh::FromArgs;
 use hub::cli::{CertsArgs, CloudArgs, Command, EdgeArgs, Hub};
 use hub::config::{CloudConfig, EdgeConfig};
+use hub::console;
 
 /// Exit code for a bad command line or configuration.
 const USAGE: u8 = 2;
@@ -21,21 +22,25 @@ fn main() -> ExitCode {
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or("hub");
-    let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+    let given: Vec<String> = args.iter().skip(1).cloned().collect();
     let command = match name {
-        "cloudhub" => parse::<CloudArgs>(name, &rest).map(Command::Cloud),
-        "edgehub" => parse::<EdgeArgs>(name, &rest).map(Command::Edge),
-        _ => match parse::<Hub>(name, &rest) {
+        "cloudhub" => parse::<CloudArgs>(name, &given).map(Command::Cloud),
+        "edgehub" => parse::<EdgeArgs>(name, &given).map(Command::Edge),
+        _ => match parse::<Hub>(name, &hub::cli::numbers_as_content(&given)) {
             Err(code) => Err(code),
             Ok(Hub { version: true, .. }) => {
-                println!("hub {}", env!("CARGO_PKG_VERSION"));
-                return ExitCode::SUCCESS;
+                return match console::line(format_args!("hub {}", env!("CARGO_PKG_VERSION"))) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => e.exit_code(),
+                };
             }
             Ok(Hub {
                 command: Some(c), ..
             }) => Ok(c),
             Ok(Hub { command: None, .. }) => {
-                eprintln!("{name}: no command given; run `{name} help` for the list");
+                console::warn(format_args!(
+                    "{name}: no command given; run `{name} help` for the list"
+                ));
                 Err(ExitCode::from(USAGE))
             }
         },
@@ -47,20 +52,30 @@ fn main() -> ExitCode {
 }
 
 /// Parses `args` as `T`, printing help (exit 0) or the usage error (exit 2) when that is the result.
-fn parse<T: FromArgs>(name: &str, args: &[&str]) -> Result<T, ExitCode> {
-    T::from_args(&[name], args).map_err(|early| match early.status {
-        Ok(()) => {
-            print!("{}", early.output);
-            ExitCode::SUCCESS
-        }
+fn parse<T: FromArgs>(name: &str, args: &[String]) -> Result<T, ExitCode> {
+    let words: Vec<&str> = args.iter().map(String::as_str).collect();
+    T::from_args(&[name], &words).map_err(|early| match early.status {
+        Ok(()) => match console::text(&early.output) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => e.exit_code(),
+        },
         Err(()) => {
-            eprint!("{}", early.output);
-            if !early.output.ends_with('\n') {
-                eprintln!();
+            console::warn_text(&early.output);
+            if let Some(hint) = hub::cli::usage_hint(name, args, &early.output) {
+                console::warn(hint);
             }
             ExitCode::from(USAGE)
         }
     })
+}
+
+/// Prints `text` as the command's one line of output: status 0, also when the reader closed the
+/// pipe; 1 when standard output failed otherwise.
+fn print_line(text: impl std::fmt::Display) -> ExitCode {
+    match console::line(text) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => e.exit_code(),
+    }
 }
 
 fn run(command: Command) -> ExitCode {
@@ -72,8 +87,7 @@ fn run(command: Command) -> ExitCode {
                 Err(e) => return config_error(e),
             };
             if args.check {
-                println!("{}", config.summary());
-                return ExitCode::SUCCESS;
+                return print_line(config.summary());
             }
             serve(|shutdown| hub::cloud::run(config, shutdown))
         }
@@ -83,8 +97,7 @@ fn run(command: Command) -> ExitCode {
                 Err(e) => return config_error(e),
             };
             if args.check {
-                println!("{}", config.summary());
-                return ExitCode::SUCCESS;
+                return print_line(config.summary());
             }
             serve(|shutdown| hub::edge::run(config, shutdown))
         }
@@ -117,7 +130,7 @@ where
 }
 
 fn config_error(e: hub::config::ConfigError) -> ExitCode {
-    eprintln!("{e}");
+    console::warn(e);
     ExitCode::from(USAGE)
 }
 
@@ -140,12 +153,14 @@ fn certs(args: CertsArgs) -> ExitCode {
     match hub::pki::write(&opts) {
         Ok(files) => {
             for f in files {
-                println!("{}", f.display());
+                if let Err(e) = console::line(f.display()) {
+                    return e.exit_code();
+                }
             }
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("hub certs: {e}");
+            console::warn(format_args!("hub certs: {e}"));
             ExitCode::from(match e {
                 hub::pki::PkiError::Exists(_) | hub::pki::PkiError::BadName(_) => USAGE,
                 _ => FAILURE,
