@@ -211,8 +211,8 @@ async fn append_task(queue: std::sync::Weak<Queue>, requests: Receiver<Append>) 
     }
 }
 
-/// Writes the whole batch at once; if that is refused (full), each request on its own, so one
-/// publisher's large batch does not fail another's small one.
+/// Writes the whole batch at once; if that is refused (the queue or the disk is full), each
+/// request on its own, so one publisher's large batch does not fail another's small one.
 fn write_batch(log: &mut Log, batch: &[Append]) -> Vec<Result<u64, String>> {
     let all: Vec<&[u8]> = batch
         .iter()
@@ -235,7 +235,8 @@ fn write_batch(log: &mut Log, batch: &[Append]) -> Vec<Result<u64, String>> {
                 Ok(first)
             })
             .collect(),
-        Err(AppendError::Full { .. }) if batch.len() > 1 => batch
+        // The publishers' own batches may fit one by one where all of them together did not.
+        Err(AppendError::Full { .. } | AppendError::NoSpace(_)) if batch.len() > 1 => batch
             .iter()
             .map(|a| {
                 let refs: Vec<&[u8]> = a.records.iter().map(Vec::as_slice).collect();

@@ -21,9 +21,10 @@
 //!   most 64 MiB. Within a segment `seq` counts up by one from `<first>`; the next segment starts
 //!   where the previous one ends (a gap is possible only after recovery discarded damaged
 //!   records, or after [`Log::skip_to`]; an empty segment before the newest one may remain until
-//!   acknowledged). A segment is at most 8 MiB (less for a small `max_bytes`), except that a single
-//!   larger record gets a segment of its own. The newest segment always exists, possibly empty:
-//!   its name is what keeps the numbering going once everything before it was deleted.
+//!   acknowledged). A segment is at most 8 MiB (less for a small `max_bytes` or a small
+//!   filesystem, see [`SEGMENT_BYTES`](super::SEGMENT_BYTES)), except that a single larger record
+//!   gets a segment of its own. The newest segment always exists, possibly empty: its name is
+//!   what keeps the numbering going once everything before it was deleted.
 //!
 //! A slot file is two 32-byte slots at offsets 0 and 4096,
 //! `tag: 4 bytes | generation: u64 LE | a: u64 LE | b: u64 LE | crc: u32 LE` (`crc` is CRC-32 of the
@@ -52,6 +53,28 @@
 //! as repeats (they resume from their own position), so a sync per acknowledgement would buy
 //! nothing but an `fdatasync` each time.
 //!
+//! # A full disk
+//!
+//! The log gets out of a full disk (`ENOSPC`, `EDQUOT`) by itself, as acknowledgements come in:
+//!
+//! - An append that finds no room is refused whole ([`AppendError::NoSpace`]) and rolled back;
+//!   what was accepted before stays and is read and acknowledged as usual.
+//! - Acknowledged space is reclaimed whatever the segment size: segments all of whose records
+//!   are acknowledged are deleted, and once every record is acknowledged the active segment is
+//!   replaced by an empty one (named after `next_seq`, so the numbering survives) as soon as it
+//!   holds an eighth of a segment, or whatever it holds while the disk is short of space.
+//!   Segments are at most an eighth of the filesystem, so acknowledged records waiting in a
+//!   half-read segment never hold more than that.
+//! - `acked` is a slot file updated in place, so a failed write leaves the previous value. The
+//!   position is kept in memory and written again by the next [`Log::ack`], [`Log::append`] or
+//!   [`Log::sync`], and at once when reclaiming freed space. Deleting segments needs no space and
+//!   is itself a record: on reopening, everything before the oldest segment counts as
+//!   acknowledged.
+//! - A new log whose `stream` file cannot be written opens all the same; the file is written
+//!   before the first record is appended (appends are refused until it is).
+//! - The full disk is logged once for the whole hub, and once when a write succeeds again
+//!   (`space.rs`).
+//!
 //! # Costs
 //!
 //! Memory is O(number of segments) (16 bytes each) plus one write buffer; records are never
@@ -66,6 +89,7 @@ use std::path::{Path, PathBuf};
 use super::reader::Reader;
 use super::segment;
 use super::slots::SlotFile;
+use super::space::Disk;
 use super::{
     AppendError, Fsync, Limits, MAX_RECORD, MIN_SEGMENT_BYTES, RECORD_OVERHEAD, SEGMENT_BYTES,
 };
@@ -110,6 +134,15 @@ pub struct Log {
     acked: u64,
     bytes: u64,
     acked_file: SlotFile,
+    /// `acked` is ahead of what the `acked` file holds (its last write failed).
+    acked_unsaved: bool,
+    stream_file: SlotFile,
+    /// The `stream` file could not be written yet: no record may be appended before it is.
+    stream_unsaved: bool,
+    /// The device the log is on, for logging a full disk once.
+    disk: Disk,
+    /// A write of this log failed for lack of space and no append succeeded since.
+    short_of_space: bool,
     buf: Vec<u8>,
     dirty: Dirty,
     /// A failed append could not be rolled back: the active segment's end is unknown.
@@ -119,10 +152,12 @@ pub struct Log {
 impl Log {
     /// Opens (creating if missing, mode 0700) the log in `dir`, recovering after a crash: scans
     /// segments, checks each record's CRC, cuts a segment at its first bad or torn record, so
-    /// `next_seq` follows the last good record. Fails only on I/O errors.
+    /// `next_seq` follows the last good record. Fails only on I/O errors; a full disk is not one
+    /// unless it keeps the folder or its newest (empty) segment from being created.
     pub fn open(dir: &Path, limits: Limits, fsync: Fsync) -> io::Result<Log> {
         DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
         let dir_file = File::open(dir)?;
+        let disk = Disk::of(dir);
         let mut segments = recover_segments(dir, fsync)?;
 
         let (acked_file, stored) = SlotFile::open(&dir.join("acked"), ACKED_TAG)?;
@@ -139,21 +174,29 @@ impl Log {
             );
         }
 
-        let (mut stream_file, stream) = SlotFile::open(&dir.join("stream"), STREAM_TAG)?;
+        let stream_path = dir.join("stream");
+        let (mut stream_file, stream) = SlotFile::open(&stream_path, STREAM_TAG)?;
+        let mut stream_unsaved = false;
         let stream_id = match stream {
             // With neither segments nor acked state, numbering restarts at 1: only a fresh id
             // keeps a receiver from taking the new records for ones it already has.
             Some((id, _)) if id != 0 && (!segments.is_empty() || stored_acked.is_some()) => id,
             _ => {
-                if stream.is_some() || !segments.is_empty() {
+                if stream.is_some() || segments.iter().any(|s| s.1 > 0) {
                     ::log::warn!(
                         "{}: stream id missing or unreadable; starting a new stream",
                         dir.display()
                     );
                 }
                 let id = random_id();
-                stream_file.write(id, 0)?;
-                stream_file.sync()?;
+                let written = stream_file.write(id, 0).and_then(|()| stream_file.sync());
+                stream_file.release(); // no descriptor held per log
+                match written {
+                    Ok(()) => {}
+                    // Written before the first append (which is refused until then).
+                    Err(e) if disk.failed(&stream_path, &e) => stream_unsaved = true,
+                    Err(e) => return Err(e),
+                }
                 id
             }
         };
@@ -174,11 +217,13 @@ impl Log {
         let segments: VecDeque<Segment> = segments.into_iter().map(|(s, _)| s).collect();
         let last = *segments.back().expect("at least one segment");
         let active = open_for_append(dir, last.first)?;
+        let room =
+            rustix::fs::statvfs(dir).map_or(u64::MAX, |fs| fs.f_blocks.saturating_mul(fs.f_frsize));
         let mut log = Log {
             dir: dir.to_owned(),
             limits,
             fsync,
-            segment_max: (limits.max_bytes / 8).clamp(MIN_SEGMENT_BYTES, SEGMENT_BYTES),
+            segment_max: (limits.max_bytes.min(room) / 8).clamp(MIN_SEGMENT_BYTES, SEGMENT_BYTES),
             stream_id,
             bytes: segments.iter().map(|s| s.size).sum(),
             segments,
@@ -186,6 +231,11 @@ impl Log {
             next_seq,
             acked,
             acked_file,
+            acked_unsaved: false,
+            stream_file,
+            stream_unsaved,
+            disk,
+            short_of_space: stream_unsaved,
             buf: Vec::new(),
             dirty: Dirty::default(),
             broken: false,
@@ -236,6 +286,21 @@ impl Log {
         if records.is_empty() {
             return Ok(first);
         }
+        if self.stream_unsaved {
+            let written = self
+                .stream_file
+                .write(self.stream_id, 0)
+                .and_then(|()| self.stream_file.sync());
+            self.stream_file.release();
+            match written {
+                Ok(()) => self.stream_unsaved = false,
+                Err(e) if self.disk.failed(self.stream_file.path(), &e) => {
+                    self.short_of_space = true;
+                    return Err(AppendError::NoSpace(e));
+                }
+                Err(e) => return Err(AppendError::Io(e)),
+            }
+        }
         let mut need = 0u64;
         for r in records {
             let size = RECORD_OVERHEAD + r.len() as u64;
@@ -261,31 +326,45 @@ impl Log {
             fresh_segment = true;
         }
 
-        let before = Rollback {
-            segments: self.segments.len(),
-            active_size: self.active_segment().size,
-            next_seq: self.next_seq,
-            bytes: self.bytes,
-        };
-        match self.write_batch(records, fresh_segment, durable) {
-            Ok(created) => {
-                if created && self.segments.len() > 1 {
-                    // The segment(s) left behind may be fully acknowledged already.
-                    if let Err(e) = self.reclaim() {
-                        ::log::warn!(
-                            "{}: deleting acknowledged segments: {e}",
-                            self.dir.display()
-                        );
+        if self.short_of_space || self.disk.is_full() {
+            // Whatever acknowledged records hold, and a position a full disk held back.
+            self.reclaim_quietly();
+        }
+        let mut retried = false;
+        loop {
+            let before = Rollback {
+                segments: self.segments.len(),
+                active_size: self.active_segment().size,
+                next_seq: self.next_seq,
+                bytes: self.bytes,
+            };
+            match self.write_batch(records, fresh_segment, durable) {
+                Ok(created) => {
+                    if created && self.segments.len() > 1 {
+                        // The segment(s) left behind may be fully acknowledged already.
+                        self.reclaim_quietly();
                     }
+                    if self.buf.capacity() > KEEP_BUFFER {
+                        self.buf = Vec::new();
+                    }
+                    self.short_of_space = false;
+                    self.disk.wrote(&self.dir);
+                    return Ok(first);
                 }
-                if self.buf.capacity() > KEEP_BUFFER {
-                    self.buf = Vec::new();
+                Err(e) => {
+                    self.rollback(before);
+                    if !self.disk.failed(&self.dir, &e) {
+                        return Err(AppendError::Io(e));
+                    }
+                    self.short_of_space = true;
+                    // Space acknowledged records hold may make room for the batch: once.
+                    let bytes = self.bytes;
+                    self.reclaim_quietly();
+                    if retried || self.broken || self.bytes == bytes {
+                        return Err(AppendError::NoSpace(e));
+                    }
+                    retried = true;
                 }
-                Ok(first)
-            }
-            Err(e) => {
-                self.rollback(before);
-                Err(AppendError::Io(e))
             }
         }
     }
@@ -400,6 +479,9 @@ impl Log {
             File::open(&self.dir)?.sync_all()?;
             self.dirty.dir = false;
         }
+        if self.acked_unsaved {
+            self.write_acked()?;
+        }
         if self.dirty.acked {
             self.acked_file.sync()?;
             self.dirty.acked = false;
@@ -408,18 +490,51 @@ impl Log {
     }
 
     /// Acknowledges every record with sequence number <= `upto`: writes that to the `acked` file
-    /// (not synced, see "Durability" above) and deletes the segments all of whose records are
-    /// acknowledged. `upto` beyond `next_seq - 1` is clamped; going backwards is ignored.
+    /// (not synced, see "Durability" above) and reclaims the space of acknowledged records (see
+    /// "A full disk" above). `upto` beyond `next_seq - 1` is clamped; going backwards is ignored.
+    ///
+    /// The acknowledgement takes effect even when the `acked` file cannot be written: the file
+    /// keeps its previous value and is written again later. A full disk is not an error (it is
+    /// logged once for the hub); any other failure to write the file or delete a segment is
+    /// returned, after everything else was done.
     pub fn ack(&mut self, upto: u64) -> io::Result<()> {
         let upto = upto.min(self.next_seq - 1);
         if upto <= self.acked {
-            return Ok(());
+            return if self.acked_unsaved {
+                self.write_acked()
+            } else {
+                Ok(())
+            };
         }
-        self.acked_file.write(upto, 0)?;
-        self.dirty.acked = true;
-        self.acked_file.release();
         self.acked = upto;
-        self.reclaim()
+        let written = self.write_acked();
+        // Deleting needs no space; what it frees lets a held-back position be written.
+        let reclaimed = self.reclaim();
+        written.and(reclaimed)
+    }
+
+    /// Writes `acked` to its file; a full disk leaves it for later (`acked_unsaved`) and is not
+    /// an error.
+    fn write_acked(&mut self) -> io::Result<()> {
+        let result = self.acked_file.write(self.acked, 0);
+        self.acked_file.release();
+        match result {
+            Ok(()) => {
+                self.acked_unsaved = false;
+                self.dirty.acked = true;
+                self.disk.wrote(self.acked_file.path());
+                Ok(())
+            }
+            Err(e) => {
+                self.acked_unsaved = true;
+                if self.disk.failed(self.acked_file.path(), &e) {
+                    self.short_of_space = true;
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+        }
     }
 
     /// Moves the numbering forward so the next record gets `seq` (no effect unless `seq` is
@@ -454,8 +569,42 @@ impl Log {
         self.reclaim()
     }
 
-    /// Deletes the oldest segments while all their records are acknowledged (never the active one).
+    /// Frees the space of acknowledged records: deletes the oldest segments while all their
+    /// records are acknowledged, and, once every record is, replaces a non-empty active segment
+    /// by an empty one when it holds an eighth of a segment or the disk is short of space. Then
+    /// writes a position a full disk held back, if space was freed.
     fn reclaim(&mut self) -> io::Result<()> {
+        let before = self.bytes;
+        self.delete_acknowledged()?;
+        let drained = self.acked + 1 == self.next_seq;
+        let active = *self.active_segment();
+        let pressed = self.short_of_space || self.acked_unsaved || self.disk.is_full();
+        if drained && active.size > 0 && (active.size >= self.segment_max / 8 || pressed) {
+            match self.start_empty_segment() {
+                Ok(()) => self.delete_acknowledged()?,
+                // Tried again at the next acknowledgement or append.
+                Err(e) if self.disk.failed(&self.dir, &e) => self.short_of_space = true,
+                Err(e) => return Err(e),
+            }
+        }
+        if self.acked_unsaved && self.bytes < before {
+            self.write_acked()?;
+        }
+        Ok(())
+    }
+
+    /// [`reclaim`](Self::reclaim) where a failure only deserves a warning (an append goes on).
+    fn reclaim_quietly(&mut self) {
+        if let Err(e) = self.reclaim() {
+            ::log::warn!(
+                "{}: reclaiming acknowledged records: {e}",
+                self.dir.display()
+            );
+        }
+    }
+
+    /// Deletes the oldest segments while all their records are acknowledged (never the active one).
+    fn delete_acknowledged(&mut self) -> io::Result<()> {
         while self.segments.len() > 1 && self.segments[1].first - 1 <= self.acked {
             let s = self.segments[0];
             remove(&self.dir, s.first)?;
@@ -463,6 +612,32 @@ impl Log {
             self.bytes -= s.size;
         }
         Ok(())
+    }
+
+    /// Every record is acknowledged: makes an empty segment `next_seq` the active one, so the
+    /// old one can be deleted (its data needs no sync). The new directory entry is synced before
+    /// anything is deleted (unless [`Fsync::Never`]), so a power cut never leaves the folder
+    /// without a segment to carry the numbering.
+    fn start_empty_segment(&mut self) -> io::Result<()> {
+        let first = self.next_seq;
+        create_segment(&self.dir, first)?;
+        let opened = open_for_append(&self.dir, first).and_then(|f| {
+            if self.fsync != Fsync::Never {
+                File::open(&self.dir)?.sync_all()?;
+            }
+            Ok(f)
+        });
+        match opened {
+            Ok(f) => {
+                self.active = f;
+                self.segments.push_back(Segment { first, size: 0 });
+                Ok(())
+            }
+            Err(e) => {
+                let _ = remove(&self.dir, first);
+                Err(e)
+            }
+        }
     }
 
     /// Highest acknowledged sequence number (0 = none); survives reopening.

@@ -16,15 +16,18 @@ mod reader;
 mod recv;
 mod segment;
 mod slots;
+mod space;
+#[cfg(test)]
+pub(crate) mod testfs;
 
 pub use self::log::Log;
 pub use self::reader::Reader;
 pub use self::recv::RecvState;
 
 /// Largest segment file the log writes, in bytes; a single record larger than this gets a segment
-/// of its own. Smaller `max_bytes` limits get smaller segments (an eighth of `max_bytes`, at least
-/// [`MIN_SEGMENT_BYTES`]), so acknowledged data stuck in a half-read segment never holds more than
-/// about an eighth of the budget.
+/// of its own. A smaller `max_bytes` limit or a smaller filesystem gets smaller segments (an
+/// eighth of the smaller of the two, at least [`MIN_SEGMENT_BYTES`]), so acknowledged data stuck
+/// in a half-read segment never holds more than about an eighth of the budget or of the disk.
 pub const SEGMENT_BYTES: u64 = 8 << 20;
 
 /// Smallest segment size the log picks for a small `max_bytes`.
@@ -126,7 +129,10 @@ pub enum AppendError {
         /// Bytes of segment files on disk.
         bytes: u64,
     },
-    /// Writing (or syncing) failed; the batch was rolled back.
+    /// The disk is full (`ENOSPC`, `EDQUOT`); the batch was rolled back. Retry once
+    /// acknowledgements have freed space: the log reclaims it by itself.
+    NoSpace(io::Error),
+    /// Writing (or syncing) failed for another reason; the batch was rolled back.
     Io(io::Error),
     /// A record of this many bytes can never be stored: it exceeds [`MAX_RECORD`] or, with its
     /// overhead, `max_bytes`.
@@ -140,6 +146,7 @@ impl fmt::Display for AppendError {
                 f,
                 "queue full ({messages} unacknowledged messages, {bytes} bytes on disk)"
             ),
+            AppendError::NoSpace(e) => write!(f, "the disk is full ({e})"),
             AppendError::Io(e) => write!(f, "queue write failed: {e}"),
             AppendError::TooLarge(n) => {
                 write!(f, "message of {n} bytes is larger than the queue can hold")
@@ -151,7 +158,7 @@ impl fmt::Display for AppendError {
 impl std::error::Error for AppendError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            AppendError::Io(e) => Some(e),
+            AppendError::Io(e) | AppendError::NoSpace(e) => Some(e),
             _ => None,
         }
     }
@@ -199,5 +206,8 @@ mod tests {
         assert!(AppendError::TooLarge(7).to_string().contains("7 bytes"));
         let io = AppendError::from(io::Error::other("disk on fire"));
         assert!(io.to_string().contains("disk on fire"));
+        let nospc = io::Error::from_raw_os_error(rustix::io::Errno::NOSPC.raw_os_error());
+        let full = AppendError::NoSpace(nospc).to_string();
+        assert!(full.starts_with("the disk is full ("), "{full}");
     }
 }

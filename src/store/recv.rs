@@ -1,9 +1,10 @@
 //! [`RecvState`]: how far the receiving side has processed one inbound stream.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::slots::SlotFile;
+use super::space::Disk;
 
 const TAG: [u8; 4] = *b"RECV";
 
@@ -12,14 +13,19 @@ const TAG: [u8; 4] = *b"RECV";
 /// records delivered again after a reconnect are recognised as duplicates.
 ///
 /// Stored as a slot file (format in [`store::log`](super::log); tag `RECV`, `a` = stream,
-/// `b` = seq): each save rewrites one of two slots in place, so a torn save leaves the previous
-/// value, never garbage. A file with no valid slot reads as `(0, 0)`: the next records are
-/// taken as new (duplicates are possible, losses are not).
+/// `b` = seq): each save rewrites one of two slots in place, so a torn or failed save leaves the
+/// previous value, never garbage, and once the file exists a save needs no new disk space. A
+/// file with no valid slot reads as `(0, 0)`: the next records are taken as new (duplicates are
+/// possible, losses are not).
 #[derive(Debug)]
 pub struct RecvState {
     file: SlotFile,
+    path: PathBuf,
+    disk: Disk,
     stream: u64,
     seq: u64,
+    /// The newest value could not be written yet; the next save (or the drop) writes it.
+    unsaved: bool,
 }
 
 impl RecvState {
@@ -33,25 +39,68 @@ impl RecvState {
             );
         }
         let (stream, seq) = value.unwrap_or((0, 0));
-        Ok(RecvState { file, stream, seq })
+        let folder = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        Ok(RecvState {
+            file,
+            path: path.to_owned(),
+            disk: Disk::of(folder),
+            stream,
+            seq,
+            unsaved: false,
+        })
     }
 
-    /// `(stream id, highest sequence number processed)`; `(0, 0)` when nothing was saved.
+    /// `(stream id, highest sequence number processed)` as last given to
+    /// [`save`](Self::save) (even if not on disk yet); `(0, 0)` when nothing was saved.
     pub fn get(&self) -> (u64, u64) {
         (self.stream, self.seq)
     }
 
+    /// Whether the value of the last [`save`](Self::save) is still only in memory (the disk was
+    /// full, or the write failed).
+    pub fn unsaved(&self) -> bool {
+        self.unsaved
+    }
+
     /// Persists `(stream, seq)` with one in-place write; `fdatasync`s (and, the first time, syncs
     /// the directory entry) when `sync` is true.
+    ///
+    /// A full disk (`ENOSPC`, `EDQUOT`) is not an error: the file keeps the previous value, the
+    /// store logs the full disk once for the whole hub, and the next save (or dropping the
+    /// state) writes the newest value. Any other I/O error is returned, with the same retry.
     pub fn save(&mut self, stream: u64, seq: u64, sync: bool) -> io::Result<()> {
-        self.file.write(stream, seq)?;
         self.stream = stream;
         self.seq = seq;
-        if sync {
-            self.file.sync()?;
-        }
+        self.unsaved = true;
+        let result = self
+            .file
+            .write(stream, seq)
+            .and_then(|()| if sync { self.file.sync() } else { Ok(()) });
         self.file.release();
-        Ok(())
+        match result {
+            Ok(()) => {
+                self.unsaved = false;
+                self.disk.wrote(&self.path);
+                Ok(())
+            }
+            Err(e) if self.disk.failed(&self.path, &e) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Drop for RecvState {
+    /// Writes (without a sync) a value a full disk held back, if there is room by now.
+    fn drop(&mut self) {
+        if self.unsaved {
+            let (stream, seq) = (self.stream, self.seq);
+            if let Err(e) = self.save(stream, seq, false) {
+                ::log::warn!("{}: {e}", self.path.display());
+            }
+        }
     }
 }
 
@@ -118,5 +167,40 @@ mod tests {
 
         let mut st = RecvState::open(&dir.path().join("no/such/dir/state")).unwrap();
         assert!(st.save(1, 1, true).is_err());
+    }
+
+    use crate::store::testfs::{fill, on_small_fs};
+
+    #[test]
+    fn a_full_disk_holds_a_save_back_until_there_is_room() {
+        on_small_fs(
+            "store::recv::tests::a_full_disk_holds_a_save_back_until_there_is_room",
+            "256k",
+            |root| {
+                let path = root.join("in.state");
+                let filler = fill(root);
+                let mut st = RecvState::open(&path).unwrap();
+                // No room: not an error, the value is held.
+                st.save(9, 1, true).unwrap();
+                st.save(9, 2, false).unwrap();
+                assert!(st.unsaved());
+                assert_eq!(st.get(), (9, 2));
+                assert!(!path.exists(), "no empty file left behind");
+                std::fs::remove_file(filler).unwrap();
+                st.save(9, 3, true).unwrap();
+                assert!(!st.unsaved());
+                assert_eq!(RecvState::open(&path).unwrap().get(), (9, 3));
+
+                // A value still held back when the state is dropped is written then.
+                let other = root.join("other.state");
+                let filler = fill(root);
+                let mut st = RecvState::open(&other).unwrap();
+                st.save(5, 50, false).unwrap();
+                assert!(st.unsaved());
+                std::fs::remove_file(filler).unwrap();
+                drop(st);
+                assert_eq!(RecvState::open(&other).unwrap().get(), (5, 50));
+            },
+        );
     }
 }

@@ -6,6 +6,17 @@
 //! valid slot, so the other slot still holds the previous value; reading takes the valid slot
 //! (right tag, right CRC) with the highest generation. One `pwrite` (+ `fdatasync`) per update,
 //! no rename.
+//!
+//! # A full disk
+//!
+//! The first write to a file shorter than both slots writes the whole 4128-byte image at once
+//! (the other slot kept as it was, or zeros), so the file's blocks are allocated from then on
+//! and every later update overwrites them in place: on filesystems that overwrite in place (ext4,
+//! xfs, tmpfs, ...) recording a position needs no new space, even on a full disk. A
+//! write-to-a-temporary-file-and-rename scheme would need a fresh block for every update, exactly
+//! when none is left. A write that fails (`ENOSPC` or anything else) leaves the previous value
+//! readable in the other slot, and the next write tries the same slot again; a file this write
+//! created and could not fill is removed, so no empty file is left behind.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -14,6 +25,8 @@ use std::path::{Path, PathBuf};
 
 const SLOT_LEN: usize = 32;
 const SLOT_STRIDE: u64 = 4096;
+/// The length of a file with both slots.
+const FILE_LEN: u64 = SLOT_STRIDE + SLOT_LEN as u64;
 
 /// One small state file (see the module docs).
 #[derive(Debug)]
@@ -22,6 +35,8 @@ pub(crate) struct SlotFile {
     tag: [u8; 4],
     file: Option<File>,
     generation: u64,
+    /// Both slots' blocks exist in the file (see "A full disk" in the module docs).
+    allocated: bool,
     /// The file was created and its directory entry is not synced yet.
     created: bool,
     /// Written since the last sync.
@@ -37,6 +52,7 @@ impl SlotFile {
             tag,
             file: None,
             generation: 0,
+            allocated: false,
             created: false,
             dirty: false,
         };
@@ -45,6 +61,7 @@ impl SlotFile {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((slots, None)),
             Err(e) => return Err(e),
         };
+        slots.allocated = file.metadata()?.len() >= FILE_LEN;
         let mut best: Option<(u64, u64, u64)> = None;
         for i in 0..2 {
             let mut buf = [0u8; SLOT_LEN];
@@ -67,26 +84,58 @@ impl SlotFile {
         })
     }
 
-    /// Writes `(a, b)` into the older slot (not synced; see [`SlotFile::sync`]).
+    /// Writes `(a, b)` into the older slot (not synced; see [`SlotFile::sync`]). On an error the
+    /// previous value is still what the file holds, and the next write tries the same slot.
     pub(crate) fn write(&mut self, a: u64, b: u64) -> io::Result<()> {
+        let mut creating = false;
         if self.file.is_none() {
-            let f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600)
-                .open(&self.path)?;
+            let f = match OpenOptions::new().read(true).write(true).open(&self.path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    creating = true;
+                    OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(&self.path)?
+                }
+                Err(e) => return Err(e),
+            };
             self.file = Some(f);
-            self.created = true;
         }
         let generation = self.generation + 1;
         let buf = encode(self.tag, generation, a, b);
+        let at = (generation % 2) * SLOT_STRIDE;
         let file = self.file.as_ref().expect("opened above");
-        file.write_all_at(&buf, (generation % 2) * SLOT_STRIDE)?;
+        let written = if self.allocated {
+            file.write_all_at(&buf, at)
+        } else {
+            // Allocate both slots now (see "A full disk"), keeping what the other one holds.
+            let mut image = vec![0u8; FILE_LEN as usize];
+            read_full_at(file, &mut image, 0).and_then(|_| {
+                image[at as usize..at as usize + SLOT_LEN].copy_from_slice(&buf);
+                file.write_all_at(&image, 0)
+            })
+        };
+        if let Err(e) = written {
+            if creating {
+                // Nothing of it is worth keeping: leave no empty file behind.
+                self.file = None;
+                let _ = std::fs::remove_file(&self.path);
+            }
+            return Err(e);
+        }
+        self.created |= creating;
+        self.allocated = true;
         self.generation = generation;
         self.dirty = true;
         Ok(())
+    }
+
+    /// The file's path.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Closes the file until the next write (a hub with thousands of queues holds no descriptor
@@ -205,5 +254,67 @@ mod tests {
         // The wrong kind of file is no state at all.
         let (_, v) = SlotFile::open(&path, *b"ELSE").unwrap();
         assert_eq!(v, None);
+    }
+
+    use crate::store::space::is_out_of_space;
+    use crate::store::testfs::{fill, on_small_fs};
+
+    #[test]
+    fn once_written_a_slot_file_is_updated_in_place_on_a_full_disk() {
+        on_small_fs(
+            "store::slots::tests::once_written_a_slot_file_is_updated_in_place_on_a_full_disk",
+            "256k",
+            |root| {
+                let path = root.join("state");
+                let (mut s, _) = SlotFile::open(&path, TAG).unwrap();
+                s.write(1, 10).unwrap();
+                s.sync().unwrap();
+                s.release();
+                let filler = fill(root);
+                // The first write allocated both slots: updates need no new space.
+                for i in 2..=5u64 {
+                    s.write(i, i * 10).unwrap();
+                    s.release();
+                    assert_eq!(reopen(&path), Some((i, i * 10)));
+                }
+
+                // A new file finds no room: the write fails and leaves no file behind, and
+                // succeeds once there is room.
+                let other = root.join("other");
+                let (mut o, _) = SlotFile::open(&other, TAG).unwrap();
+                let e = o.write(7, 70).unwrap_err();
+                assert!(is_out_of_space(&e), "{e}");
+                assert!(!other.exists());
+                std::fs::remove_file(filler).unwrap();
+                o.write(7, 70).unwrap();
+                assert_eq!(reopen(&other), Some((7, 70)));
+            },
+        );
+    }
+
+    #[test]
+    fn a_write_that_finds_no_room_leaves_the_previous_value_and_is_retried() {
+        on_small_fs(
+            "store::slots::tests::a_write_that_finds_no_room_leaves_the_previous_value_and_is_retried",
+            "256k",
+            |root| {
+                // A file whose first slot was never allocated (a hole), as older versions left
+                // it: the next value goes there and needs a new block.
+                let path = root.join("state");
+                let f = File::create(&path).unwrap();
+                f.write_all_at(&encode(TAG, 1, 1, 10), SLOT_STRIDE).unwrap();
+                drop(f);
+                let filler = fill(root);
+                let (mut s, v) = SlotFile::open(&path, TAG).unwrap();
+                assert_eq!(v, Some((1, 10)));
+                let e = s.write(2, 20).unwrap_err();
+                assert!(is_out_of_space(&e), "{e}");
+                assert_eq!(reopen(&path), Some((1, 10)), "the previous value is intact");
+                std::fs::remove_file(filler).unwrap();
+                s.write(2, 20).unwrap();
+                s.write(3, 30).unwrap();
+                assert_eq!(reopen(&path), Some((3, 30)));
+            },
+        );
     }
 }

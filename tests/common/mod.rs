@@ -103,8 +103,15 @@ pub struct Hub {
 impl Hub {
     /// Starts the built binary with `args`, logging at `info`.
     pub fn start(name: &str, args: &[&str]) -> Hub {
-        let mut child = Command::new(hub_bin())
-            .args(args)
+        let mut command = Command::new(hub_bin());
+        command.args(args);
+        Hub::spawn(name, command)
+    }
+
+    /// Starts `command` (one that runs the built binary, possibly through a wrapper that execs
+    /// it, such as `nsenter`), logging at `info`.
+    pub fn spawn(name: &str, mut command: Command) -> Hub {
+        let mut child = command
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -203,13 +203,17 @@ fn ack_deletes_whole_segments_only() {
     log.ack(files[3] - 1).unwrap();
     assert_eq!(segments(dir), files[3..].to_vec());
     assert_eq!(log.bytes(), total - sizes[0] - sizes[1] - sizes[2]);
-    // Beyond the end is clamped; the active segment stays, so numbering survives.
+    // Beyond the end is clamped. Everything is acknowledged, and the active segment holds more
+    // than an eighth of a segment: it is replaced by an empty one named after the next number,
+    // which keeps the numbering.
+    let last = *files.last().unwrap();
+    assert!(seg_len(dir, last) >= SEGMENT / 8);
     log.ack(1_000_000).unwrap();
     assert_eq!(log.acked(), 3000);
     assert_eq!(log.len(), 0);
     assert!(log.is_empty());
-    assert_eq!(segments(dir), vec![*files.last().unwrap()]);
-    assert_eq!(log.bytes(), seg_len(dir, *files.last().unwrap()));
+    assert_eq!(segments(dir), vec![3001]);
+    assert_eq!((log.bytes(), seg_len(dir, 3001)), (0, 0));
     assert!(read_all(&log, 1).is_empty());
     drop(log);
 
@@ -289,10 +293,11 @@ fn full_refuses_the_whole_batch_and_loses_nothing() {
     assert_eq!(log.append(&[&rec]).unwrap(), 201);
     drop(log);
 
-    // Once everything is acknowledged, all of it is free, even what sits in the active segment.
+    // Once everything is acknowledged, all of it is free, even what sits in the active segment
+    // (here too little of a segment to be replaced at the acknowledgement).
     let dir = tmp.path().join("drained");
     let mut log = Log::open(&dir, limits, Fsync::Never).unwrap();
-    log.segment_max = 150_000;
+    log.segment_max = 2_000_000;
     let batch: Vec<&[u8]> = vec![&rec; 140];
     assert_eq!(log.append(&batch).unwrap(), 1);
     log.ack(140).unwrap();
@@ -648,4 +653,155 @@ fn skip_to_moves_the_numbering_past_what_a_peer_has_seen() {
     let got = read_all(&log, 1);
     assert_records(&got[..3], 1, 4);
     assert_records(&got[3..], 8, 10);
+}
+
+#[test]
+fn a_reader_follows_when_a_drained_segment_is_replaced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut log = open(dir, Fsync::Always);
+    append_range(&mut log, 1, 101, 10);
+    let mut reader = log.reader(1).unwrap();
+    assert_records(&drain(&mut reader, log.next_seq()), 1, 101);
+    log.ack(100).unwrap();
+    assert_eq!(segments(dir), vec![101], "replaced by an empty segment");
+    append_range(&mut log, 101, 111, 3);
+    // The reader was at the end of the deleted segment: it moves on to the new one.
+    assert_records(&drain(&mut reader, log.next_seq()), 101, 111);
+}
+
+/// Appends 1000-byte records one at a time until the disk is full; returns how many fit.
+fn append_until_no_space(log: &mut Log) -> u64 {
+    let rec = vec![3u8; 1000];
+    let mut n = 0;
+    loop {
+        match log.append(&[&rec]) {
+            Ok(_) => n += 1,
+            Err(AppendError::NoSpace(e)) => {
+                assert!(e.to_string().contains("No space left"), "{e}");
+                return n;
+            }
+            Err(e) => panic!("after {n} records: {e}"),
+        }
+    }
+}
+
+use crate::store::testfs::{self, on_small_fs};
+
+#[test]
+fn acknowledged_space_is_reclaimed_on_a_full_disk_whatever_the_segment_size() {
+    on_small_fs(
+        "store::log::tests::acknowledged_space_is_reclaimed_on_a_full_disk_whatever_the_segment_size",
+        "1m",
+        |root| {
+            let dir = root.join("q");
+            let mut log = Log::open(&dir, Limits::UNLIMITED, Fsync::Always).unwrap();
+            assert_eq!(log.segment_max, 128 << 10, "an eighth of the filesystem");
+            // As large as segments get on a large disk: the whole backlog stays in one.
+            log.segment_max = SEGMENT_BYTES;
+            let n = append_until_no_space(&mut log);
+            assert!(n > 500, "{n} records of 1000 bytes on 1 MiB");
+            assert_eq!(segments(&dir), vec![1]);
+            assert!(!dir.join("acked").exists(), "nothing acknowledged yet");
+
+            // Everything acknowledged: the `acked` file cannot even be created on the full
+            // disk, but the segment is replaced, and with the space it frees the position is
+            // written.
+            log.ack(n).unwrap();
+            assert_eq!((log.acked(), log.bytes()), (n, 0));
+            assert_eq!(segments(&dir), vec![n + 1]);
+            assert!(
+                !log.acked_unsaved,
+                "the position was written once there was room"
+            );
+            // The disk is usable again, all but the pages of the `acked` file.
+            let again = append_until_no_space(&mut log);
+            assert!(again + 16 >= n, "{again} records fit again, {n} at first");
+            drop(log);
+
+            let log = Log::open(&dir, Limits::UNLIMITED, Fsync::Always).unwrap();
+            assert_eq!((log.acked(), log.next_seq()), (n, n + again + 1));
+            assert_eq!(log.len(), again);
+        },
+    );
+}
+
+#[test]
+fn a_position_held_back_by_a_full_disk_is_written_later() {
+    on_small_fs(
+        "store::log::tests::a_position_held_back_by_a_full_disk_is_written_later",
+        "1m",
+        |root| {
+            let dir = root.join("q");
+            let mut log = Log::open(&dir, Limits::UNLIMITED, Fsync::Periodic).unwrap();
+            append_range(&mut log, 1, 201, 20);
+            let segments_before = segments(&dir);
+            let filler = testfs::fill(root);
+            // Not a whole segment: nothing to delete, and no room for the `acked` file.
+            log.ack(50).unwrap();
+            assert_eq!(log.acked(), 50, "the acknowledgement takes effect");
+            assert!(log.acked_unsaved);
+            assert!(!dir.join("acked").exists(), "no empty file left behind");
+            assert_eq!(segments(&dir), segments_before);
+            assert_records(&read_all(&log, 1), 51, 201);
+            let refused = log.append(&[&[7u8; 8192]]);
+            assert!(
+                matches!(refused, Err(AppendError::NoSpace(_))),
+                "{refused:?}"
+            );
+            assert_eq!(log.next_seq(), 201, "rolled back");
+
+            // Room again: the next sync writes it, and appends go on.
+            fs::remove_file(filler).unwrap();
+            log.sync().unwrap();
+            assert!(!log.acked_unsaved);
+            append_range(&mut log, 201, 211, 10);
+            drop(log);
+            let log = Log::open(&dir, Limits::UNLIMITED, Fsync::Periodic).unwrap();
+            assert_eq!((log.acked(), log.next_seq()), (50, 211));
+
+            // Once written, the file is updated in place: positions are recorded on a full
+            // disk too.
+            let mut log = log;
+            let filler = testfs::fill(root);
+            for upto in [60, 70, 80] {
+                log.ack(upto).unwrap();
+                assert!(!log.acked_unsaved, "ack({upto}) on a full disk");
+            }
+            drop(log);
+            fs::remove_file(filler).unwrap();
+            assert_eq!(
+                Log::open(&dir, Limits::UNLIMITED, Fsync::Periodic)
+                    .unwrap()
+                    .acked(),
+                80
+            );
+        },
+    );
+}
+
+#[test]
+fn a_new_log_opens_on_a_full_disk_and_appends_once_there_is_room() {
+    on_small_fs(
+        "store::log::tests::a_new_log_opens_on_a_full_disk_and_appends_once_there_is_room",
+        "1m",
+        |root| {
+            let filler = testfs::fill(root);
+            let dir = root.join("q");
+            let mut log = Log::open(&dir, Limits::UNLIMITED, Fsync::Always).unwrap();
+            let stream = log.stream_id();
+            assert!(log.stream_unsaved);
+            assert!(!dir.join("stream").exists());
+            // No record before the stream id is on disk: a restart would pick another one.
+            assert!(matches!(
+                log.append(&[b"first"]),
+                Err(AppendError::NoSpace(_))
+            ));
+            fs::remove_file(filler).unwrap();
+            assert_eq!(log.append(&[b"first"]).unwrap(), 1);
+            drop(log);
+            let log = Log::open(&dir, Limits::UNLIMITED, Fsync::Always).unwrap();
+            assert_eq!((log.stream_id(), log.next_seq()), (stream, 2));
+        },
+    );
 }
