@@ -116,16 +116,31 @@ pub fn write(opts: &PkiOptions) -> Result<Vec<PathBuf>, PkiError> {
     }
 
     fs::create_dir_all(&opts.dir).map_err(|e| PkiError::Write(opts.dir.clone(), e))?;
+    // Every file is staged beside its place and moved in only once all of them are written, so
+    // a full disk (or any other failure) leaves the previous PKI whole, never half replaced.
+    let mut staged = Vec::new();
     let mut written = Vec::new();
     let mut keys = Vec::new();
     for ((crt_name, key_name), (crt_pem, key_pem)) in files.iter().zip(&pems) {
-        let crt = opts.dir.join(crt_name);
-        let key = opts.dir.join(key_name);
-        write_file(&crt, crt_pem, 0o644)?;
-        write_file(&key, key_pem, 0o600)?;
-        written.push(crt);
-        keys.push(key);
+        for (name, pem, mode) in [(crt_name, crt_pem, 0o644), (key_name, key_pem, 0o600)] {
+            let path = opts.dir.join(name);
+            match stage_file(&path, pem, mode) {
+                Ok(tmp) => staged.push((tmp, path)),
+                Err(e) => {
+                    for (tmp, _) in &staged {
+                        let _ = fs::remove_file(tmp);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        written.push(opts.dir.join(crt_name));
+        keys.push(opts.dir.join(key_name));
     }
+    for (tmp, path) in &staged {
+        fs::rename(tmp, path).map_err(|e| PkiError::Write(path.clone(), e))?;
+    }
+    sync_dir(&opts.dir)?;
     written.extend(keys);
     Ok(written)
 }
@@ -206,18 +221,108 @@ fn name(common_name: &str) -> DistinguishedName {
     dn
 }
 
-/// Writes `text` to `path` with permissions `mode`, also when the file already existed.
+/// Writes `text` to `path` with permissions `mode`, also when the file already existed: through a
+/// synced temporary file beside it (`.NAME.new`) renamed over it, so that a failure (a full disk,
+/// say) leaves the previous file as it was.
 pub fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), PkiError> {
+    let tmp = stage_file(path, text, mode)?;
+    fs::rename(&tmp, path).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        PkiError::Write(path.to_owned(), e)
+    })?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Writes `text` (synced, permissions `mode`) to the temporary file beside `path` and returns
+/// its path; on failure removes it.
+fn stage_file(path: &Path, text: &str, mode: u32) -> Result<PathBuf, PkiError> {
     let err = |e| PkiError::Write(path.to_owned(), e);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)
-        .map_err(err)?;
-    f.set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(err)?;
-    f.write_all(text.as_bytes()).map_err(err)?;
-    f.sync_all().map_err(err)
+    let name = path
+        .file_name()
+        .map_or_else(Default::default, |n| n.to_string_lossy());
+    let tmp = path.with_file_name(format!(".{name}.new"));
+    let written = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()
+    })();
+    match written {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(err(e))
+        }
+    }
+}
+
+/// `fsync` of the folder `dir`, so renamed entries survive power loss.
+fn sync_dir(dir: &Path) -> Result<(), PkiError> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| PkiError::Write(dir.to_owned(), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testfs::{fill, on_small_fs};
+
+    fn options(dir: &Path, force: bool) -> PkiOptions {
+        PkiOptions {
+            dir: dir.to_owned(),
+            nodes: vec!["edge-1".into()],
+            hosts: vec!["localhost".into()],
+            days: 1,
+            force,
+        }
+    }
+
+    /// Every file in `dir` with its contents.
+    fn contents(dir: &Path) -> Vec<(String, Vec<u8>)> {
+        let mut all: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let name = e.file_name().to_string_lossy().into_owned();
+                (name, fs::read(e.path()).unwrap())
+            })
+            .collect();
+        all.sort();
+        all
+    }
+
+    #[test]
+    fn a_full_disk_leaves_the_previous_pki_whole() {
+        on_small_fs(
+            "pki::tests::a_full_disk_leaves_the_previous_pki_whole",
+            "256k",
+            |root| {
+                let dir = root.join("pki");
+                write(&options(&dir, false)).unwrap();
+                let before = contents(&dir);
+                assert_eq!(before.len(), 6);
+                let filler = fill(root);
+                let e = write(&options(&dir, true)).unwrap_err();
+                assert!(e.to_string().contains("No space left"), "{e}");
+                assert_eq!(contents(&dir), before, "no file replaced, none left over");
+
+                fs::remove_file(filler).unwrap();
+                write(&options(&dir, true)).unwrap();
+                let after = contents(&dir);
+                assert_eq!(after.len(), 6);
+                assert_ne!(after, before, "a new PKI once there is room");
+            },
+        );
+    }
 }
