@@ -8,37 +8,74 @@
 //!   Matching messages from the other side arrive as they come; so do responses to the
 //!   application's sync requests (or an `error` notice after the request timeout).
 //! - `/nodes` (cloud): one text message with the nodes as JSON, then the connection closes.
+//!
+//! Every buffer an application can grow is bounded in bytes before the bytes are taken: a
+//! WebSocket message (or fragment) over [`ws_message_limit`] is refused when its header or the
+//! fragment that passes the limit arrives (close code 1009), publishes awaiting their notice are
+//! bounded by [`IN_FLIGHT_BYTES`], and what waits to be written to the application by
+//! [`queue_bytes`] (then it is disconnected, close code 1008).
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::Message as WsMessage;
+use async_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use async_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use async_tungstenite::tungstenite::http::StatusCode;
-use async_tungstenite::tungstenite::protocol::WebSocketConfig;
+use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use async_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use futures_util::SinkExt;
 use smol::Async;
 use smol::future::FutureExt;
-use smol::io::{AsyncRead, AsyncWrite};
+use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use smol::stream::StreamExt;
 
 use crate::config::AppsConfig;
-use crate::local::{Filter, Local};
+use crate::local::{Filter, Local, app_channel};
 use crate::message::{Message, split_node_resource};
 use crate::queue::Queue;
 use crate::shutdown::Shutdown;
+use crate::transport::timeout;
 
 /// Messages waiting for one application before it counts as too slow and is disconnected.
 const APP_QUEUE: usize = 65536;
+/// Bytes (of JSON text) waiting for one application before it counts as too slow and is
+/// disconnected, unless twice the largest message is more (see [`queue_bytes`]).
+pub const APP_QUEUE_BYTES: usize = 16 << 20;
 /// Publishes of one application awaiting their notice before the hub stops reading from it.
 const IN_FLIGHT: usize = 4096;
+/// Bytes of one application's publishes awaiting their notice (the encoded messages, on their way
+/// into the queue) before the hub stops reading from it; one message is always let through.
+pub const IN_FLIGHT_BYTES: usize = 8 << 20;
 /// Messages to one application written with one flush at most.
 const WRITE_BATCH: usize = 256;
+/// What a WebSocket message may add to `apps.max-message-bytes`: the JSON's field names,
+/// quotes and escapes around the binary form the limit counts.
+pub const JSON_ALLOWANCE: usize = 64 * 1024;
+/// How long a connection the hub refused (close 1009 or 1008) is kept open after the close
+/// frame: the hub reads and discards what the application still sends meanwhile, so the
+/// application reads the close frame rather than a reset.
+const LINGER: Duration = Duration::from_secs(5);
+
+/// The largest WebSocket message (and frame) an application may send, in bytes: the largest
+/// message `max_message_bytes` (in its binary form) plus [`JSON_ALLOWANCE`]. Larger ones are
+/// refused as soon as their frame header, or the fragment that passes the limit, arrives.
+pub fn ws_message_limit(max_message_bytes: usize) -> usize {
+    max_message_bytes.saturating_add(JSON_ALLOWANCE)
+}
+
+/// Bytes of JSON text that may wait for one application: [`APP_QUEUE_BYTES`], or twice the
+/// largest WebSocket message when that is more, so the bound never refuses a single message.
+pub fn queue_bytes(max_message_bytes: usize) -> usize {
+    APP_QUEUE_BYTES.max(ws_message_limit(max_message_bytes).saturating_mul(2))
+}
 
 /// Where this hub sends what its applications publish.
 pub enum Route {
@@ -64,8 +101,8 @@ type Accepted = Pin<Box<dyn Future<Output = Result<u64, String>> + Send>>;
 
 impl Apps {
     /// Puts an application's message on its way; the future finishes once it is durable (for a
-    /// request or a response: once it is written).
-    fn publish(&self, msg: &mut Message) -> Result<Accepted, String> {
+    /// request or a response: once it is written). Also returns the encoded message's size.
+    fn publish(&self, msg: &mut Message) -> Result<(Accepted, usize), String> {
         let queue = match &self.route {
             Route::Edge(outbox) => outbox.clone(),
             Route::Cloud(queues) => {
@@ -86,7 +123,8 @@ impl Apps {
         // Requests and responses are written but not synced on their own: they are useless after
         // a restart, which ends the requester's connection and its wait.
         let durable = !msg.sync && msg.parent_id.is_empty();
-        Ok(Box::pin(queue.submit_with(vec![bytes], durable)))
+        let len = bytes.len();
+        Ok((Box::pin(queue.submit_with(vec![bytes], durable)), len))
     }
 }
 
@@ -112,9 +150,9 @@ pub fn start(
         let (apps, shutdown) = (apps.clone(), shutdown.clone());
         smol::spawn(async move {
             let accept = || async {
-                let (stream, _) = listener.accept().await?;
+                let (stream, peer) = listener.accept().await?;
                 let _ = stream.get_ref().set_nodelay(true);
-                Ok(stream)
+                Ok((stream, peer.to_string()))
             };
             accept_loop(accept, apps, shutdown).await
         })
@@ -124,7 +162,10 @@ pub fn start(
         let listener = bind_unix(path)?;
         log::info!("apps listening on unix:{}", path.display());
         smol::spawn(async move {
-            let accept = || async { listener.accept().await.map(|(stream, _)| stream) };
+            let accept = || async {
+                let (stream, _) = listener.accept().await?;
+                Ok((stream, "on the unix socket".to_owned()))
+            };
             accept_loop(accept, apps, shutdown).await
         })
         .detach();
@@ -137,7 +178,7 @@ async fn accept_loop<S, F, Fut>(mut accept: F, apps: Arc<Apps>, shutdown: Shutdo
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: FnMut() -> Fut,
-    Fut: Future<Output = std::io::Result<S>>,
+    Fut: Future<Output = std::io::Result<(S, String)>>,
 {
     loop {
         let accepted = async { Some(accept().await) }
@@ -148,7 +189,9 @@ where
             .await;
         match accepted {
             None => return,
-            Some(Ok(stream)) => smol::spawn(connection(stream, apps.clone())).detach(),
+            Some(Ok((stream, name))) => {
+                smol::spawn(connection(stream, name, apps.clone())).detach()
+            }
             Some(Err(e)) => {
                 // Out of file descriptors, most likely: pause rather than spin.
                 log::warn!("application accept failed: {e}");
@@ -247,7 +290,7 @@ fn parse_query(query: Option<&str>) -> Option<Filter> {
     filter
 }
 
-async fn connection<S>(stream: S, apps: Arc<Apps>)
+async fn connection<S>(stream: S, name: String, apps: Arc<Apps>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -267,13 +310,17 @@ where
         t.path = path;
         Ok(resp)
     };
-    let config = WebSocketConfig::default().read_buffer_size(crate::transport::ws::READ_BUFFER);
+    let limit = ws_message_limit(apps.max_message_bytes);
+    let config = WebSocketConfig::default()
+        .read_buffer_size(crate::transport::ws::READ_BUFFER)
+        .max_message_size(Some(limit))
+        .max_frame_size(Some(limit));
     let ws = match async_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config))
         .await
     {
         Ok(ws) => ws,
         Err(e) => {
-            log::debug!("application upgrade failed: {e}");
+            log::debug!("application {name}: upgrade failed: {e}");
             return;
         }
     };
@@ -286,45 +333,93 @@ where
         let _ = ws.close(None).await;
         return;
     }
-    session(ws, filter, apps).await;
+    session(ws, name, filter, apps).await;
 }
 
-async fn session<S>(ws: WebSocketStream<S>, filter: Option<Filter>, apps: Arc<Apps>)
+/// A publish awaiting its notice.
+struct Pending {
+    /// What the notice needs of the message: the id and resource the application gave it.
+    about: Message,
+    /// Counted in the connection's in-flight bytes until the notice is out.
+    bytes: usize,
+    accepted: Accepted,
+}
+
+impl Pending {
+    /// A publish refused at once, with `why`.
+    fn refused(about: Message, why: String) -> Pending {
+        Pending {
+            about,
+            bytes: 0,
+            accepted: Box::pin(std::future::ready(Err(why))),
+        }
+    }
+}
+
+/// The close frame for `code` with `reason` (cut to the 123 bytes a close frame carries).
+fn close_frame(code: WsCloseCode, reason: &str) -> CloseFrame {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    CloseFrame {
+        code,
+        reason: reason[..end].to_owned().into(),
+    }
+}
+
+async fn session<S>(ws: WebSocketStream<S>, name: String, filter: Option<Filter>, apps: Arc<Apps>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut tx, mut rx) = ws.split();
-    let (out, out_rx) = smol::channel::bounded::<String>(APP_QUEUE);
+    let (out, queue) = app_channel(name.clone(), APP_QUEUE, queue_bytes(apps.max_message_bytes));
     let subscription = filter.map(|f| apps.local.subscribe(f, out.clone()));
 
     // Writer: everything for this application, in order. Whatever is waiting goes out with one
-    // flush (one write for many notices or messages, not one each).
+    // flush (one write for many notices or messages, not one each). It stops at once when the
+    // application is cut off, even in the middle of a write it does not read.
     let writer = smol::spawn(async move {
-        'open: while let Ok(text) = out_rx.recv().await {
-            if tx.feed(WsMessage::text(text)).await.is_err() {
-                break;
-            }
-            for _ in 1..WRITE_BATCH {
-                let Ok(text) = out_rx.try_recv() else { break };
-                if tx.feed(WsMessage::text(text)).await.is_err() {
-                    break 'open;
+        let mut healthy = true;
+        while let Some(text) = queue.recv().await {
+            let batch = async {
+                tx.feed(WsMessage::text(text)).await?;
+                for _ in 1..WRITE_BATCH {
+                    let Some(text) = queue.try_recv() else { break };
+                    tx.feed(WsMessage::text(text)).await?;
                 }
-            }
-            if tx.flush().await.is_err() {
-                break;
+                tx.flush().await
+            };
+            let cut = async {
+                queue.cut_off_wait().await;
+                None
+            };
+            match async { Some(batch.await) }.or(cut).await {
+                Some(Ok(())) => {}
+                Some(Err(_)) => {
+                    healthy = false;
+                    break;
+                }
+                None => break,
             }
         }
-        let _ = tx.close(None).await;
+        (tx, queue, healthy)
     });
 
-    // Notices: each publish is answered in order, once durable.
-    let (pending, pending_rx) = smol::channel::bounded::<(Message, Accepted)>(IN_FLIGHT);
+    // Notices: each publish is answered in order, once durable (or at once when refused).
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let (room_tx, room_rx) = smol::channel::bounded::<()>(1);
+    let (pending, pending_rx) = smol::channel::bounded::<Pending>(IN_FLIGHT);
     let notices_out = out.clone();
+    let notices_in_flight = in_flight.clone();
     let notices = smol::spawn(async move {
-        while let Ok((about, accepted)) = pending_rx.recv().await {
-            let notice = match accepted.await {
-                Ok(_) => Message::notice(&about, "accepted", None),
-                Err(e) => Message::notice(&about, "error", Some(&e)),
+        while let Ok(p) = pending_rx.recv().await {
+            let outcome = p.accepted.await;
+            notices_in_flight.fetch_sub(p.bytes, Ordering::AcqRel);
+            let _ = room_tx.try_send(());
+            let notice = match outcome {
+                Ok(_) => Message::notice(&p.about, "accepted", None),
+                Err(e) => Message::notice(&p.about, "error", Some(&e)),
             };
             if notices_out.send(notice.to_json()).await.is_err() {
                 break;
@@ -332,25 +427,60 @@ where
         }
     });
 
-    while let Some(Ok(frame)) = rx.next().await {
+    let limit = ws_message_limit(apps.max_message_bytes);
+    let refusal = 'reading: loop {
+        // Publishes awaiting their notice are bounded in bytes: wait for room before reading on.
+        while in_flight.load(Ordering::Acquire) >= IN_FLIGHT_BYTES {
+            let room = async { room_rx.recv().await.is_ok() };
+            let cut = async {
+                out.cut_off_wait().await;
+                false
+            };
+            if !room.or(cut).await {
+                break 'reading None;
+            }
+        }
+        let next = async { rx.next().await };
+        let cut = async {
+            out.cut_off_wait().await;
+            None
+        };
+        let frame = match next.or(cut).await {
+            Some(Ok(frame)) => frame,
+            Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, .. }))) => {
+                log::warn!(
+                    "application {name} sent a message of {size} bytes or more, over the {limit} bytes \
+                     the endpoint takes (apps.max-message-bytes {} plus {JSON_ALLOWANCE} for its JSON); \
+                     closing its connection (1009) without reading the rest",
+                    apps.max_message_bytes
+                );
+                let why =
+                    format!("message too big: {size} bytes or more, over the {limit}-byte limit");
+                break Some(close_frame(WsCloseCode::Size, &why));
+            }
+            Some(Err(e)) => {
+                log::debug!("application {name}: {e}");
+                break None;
+            }
+            None => break None,
+        };
         let parsed = match &frame {
             WsMessage::Text(t) => Message::from_json(t.as_str()),
             WsMessage::Binary(b) => Message::from_json(&String::from_utf8_lossy(b)),
-            WsMessage::Close(_) => break,
+            WsMessage::Close(_) => break None,
             _ => continue,
         };
         let mut msg = match parsed {
             Ok(m) => m,
             Err(e) => {
-                let _ = out
-                    .send(
-                        Message::notice(&Message::default(), "error", Some(&e.to_string()))
-                            .to_json(),
-                    )
-                    .await;
+                let refused = Pending::refused(Message::default(), e.to_string());
+                if pending.send(refused).await.is_err() {
+                    break None;
+                }
                 continue;
             }
         };
+        drop(frame);
         msg.fill_header();
         // What a notice needs of the message: its id and resource (not a copy of its content).
         let about = Message {
@@ -358,25 +488,25 @@ where
             resource: msg.resource.clone(),
             ..Message::default()
         };
-        match apps.publish(&mut msg) {
-            Ok(accepted) => {
+        let item = match apps.publish(&mut msg) {
+            Ok((accepted, bytes)) => {
                 if msg.sync {
                     apps.local.await_response(&about, out.clone());
                 }
-                if pending.send((about, accepted)).await.is_err() {
-                    break;
+                let bytes = bytes + about.resource.len();
+                in_flight.fetch_add(bytes, Ordering::AcqRel);
+                Pending {
+                    about,
+                    bytes,
+                    accepted,
                 }
             }
-            Err(e) => {
-                let _ = out
-                    .send(Message::notice(&about, "error", Some(&e)).to_json())
-                    .await;
-            }
+            Err(e) => Pending::refused(about, e),
+        };
+        if pending.send(item).await.is_err() {
+            break None;
         }
-        if out.is_closed() {
-            break; // cut off as too slow
-        }
-    }
+    };
     if let Some(id) = subscription {
         apps.local.unsubscribe(id);
     }
@@ -384,7 +514,43 @@ where
     drop(pending);
     let _ = notices.await;
     drop(out);
-    let _ = writer.await;
+    let (mut tx, queue, healthy) = writer.await;
+    let close = match queue.cut_reason() {
+        Some(why) => {
+            let (messages, bytes) = queue.discard();
+            if messages > 0 {
+                log::info!(
+                    "application {name}: dropped the {messages} message(s), {bytes} bytes, still waiting for it"
+                );
+            }
+            Some(close_frame(WsCloseCode::Policy, &why))
+        }
+        None => refusal,
+    };
+    let Some(close) = close else {
+        if healthy {
+            let _ = tx.close(None).await;
+        }
+        return;
+    };
+    // Refused: say why, then keep reading (and discarding, never buffering) for a moment, so
+    // the application gets to read the close frame instead of a reset for its unread input.
+    if timeout(LINGER, tx.close(Some(close))).await.is_none() {
+        return;
+    }
+    let Ok(ws) = WebSocketStream::reunite(tx, rx) else {
+        return;
+    };
+    let mut stream = ws.into_inner();
+    let drain = async {
+        let mut scratch = [0u8; 8192];
+        while let Ok(n) = stream.read(&mut scratch).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let _ = timeout(LINGER, drain).await;
 }
 
 #[cfg(test)]

@@ -5,13 +5,19 @@
 //! its `parent_msg_id` names a pending request), or else to every subscription it matches (group
 //! equal, resource starting with the prefix). A message nobody takes is counted; a sync request
 //! nobody takes is answered with an error.
+//!
+//! Each application has a delivery queue bounded in messages and in bytes
+//! ([`app_channel`]); one that lets it fill up is cut off (its connection is closed with a
+//! reason) rather than allowed to grow the hub's memory or hold the link back.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use smol::channel::Sender;
+use smol::channel::{Receiver, Sender};
+use smol::future::FutureExt;
 
 use crate::message::Message;
 
@@ -35,8 +41,262 @@ impl Filter {
     }
 }
 
-/// A connected application: where to send it JSON text.
-pub type AppSender = Sender<String>;
+/// What the two ends of one application's delivery queue share.
+struct AppShared {
+    /// Who the application is, for logs (its address).
+    name: String,
+    /// Bytes of JSON text queued.
+    bytes: AtomicUsize,
+    max_bytes: usize,
+    /// Holds a token once the writer took something (room for a waiting [`AppSender::send`]).
+    room_tx: Sender<()>,
+    room_rx: Receiver<()>,
+    /// Why the application was cut off, once it was.
+    cut: Mutex<Option<String>>,
+    /// Closed when the application is cut off; nothing is ever sent on it.
+    cut_tx: Sender<()>,
+    cut_rx: Receiver<()>,
+}
+
+impl AppShared {
+    /// Counts `len` more bytes in, unless that would pass the bound (one message is always let
+    /// into an empty queue, whatever its size).
+    fn reserve(&self, len: usize) -> bool {
+        self.bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+                let total = queued.saturating_add(len);
+                (queued == 0 || total <= self.max_bytes).then_some(total)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, len: usize) {
+        self.bytes.fetch_sub(len, Ordering::AcqRel);
+        let _ = self.room_tx.try_send(());
+    }
+
+    fn cut_reason(&self) -> Option<String> {
+        lock(&self.cut).clone()
+    }
+
+    async fn cut_off_wait(&self) {
+        let _ = self.cut_rx.recv().await;
+    }
+}
+
+/// Why [`AppSender::try_send`] did not queue a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppSendError {
+    /// The queue holds `messages` messages and `bytes` bytes: this one would pass its bound.
+    Full {
+        /// Messages queued.
+        messages: usize,
+        /// Bytes queued.
+        bytes: usize,
+    },
+    /// The application is gone or was cut off.
+    Closed,
+}
+
+/// The hub's end of one application's delivery queue: JSON texts for its connection, in order.
+#[derive(Clone)]
+pub struct AppSender {
+    tx: Sender<String>,
+    shared: Arc<AppShared>,
+}
+
+/// The connection's end of its delivery queue, read by its writer.
+pub struct AppReceiver {
+    rx: Receiver<String>,
+    shared: Arc<AppShared>,
+}
+
+/// A delivery queue for the application `name` (its address, for logs), holding at most
+/// `max_messages` messages and `max_bytes` bytes of JSON text (one message is always let into an
+/// empty queue, whatever its size).
+pub fn app_channel(
+    name: impl Into<String>,
+    max_messages: usize,
+    max_bytes: usize,
+) -> (AppSender, AppReceiver) {
+    let (tx, rx) = smol::channel::bounded(max_messages.max(1));
+    let (room_tx, room_rx) = smol::channel::bounded(1);
+    let (cut_tx, cut_rx) = smol::channel::bounded(1);
+    let shared = Arc::new(AppShared {
+        name: name.into(),
+        bytes: AtomicUsize::new(0),
+        max_bytes,
+        room_tx,
+        room_rx,
+        cut: Mutex::new(None),
+        cut_tx,
+        cut_rx,
+    });
+    (
+        AppSender {
+            tx,
+            shared: shared.clone(),
+        },
+        AppReceiver { rx, shared },
+    )
+}
+
+impl AppSender {
+    /// Queues `text` if it fits under both bounds, without waiting.
+    pub fn try_send(&self, text: String) -> Result<(), AppSendError> {
+        if self.tx.is_closed() {
+            return Err(AppSendError::Closed);
+        }
+        let len = text.len();
+        if !self.shared.reserve(len) {
+            return Err(self.full());
+        }
+        match self.tx.try_send(text) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.shared.release(len);
+                Err(match e {
+                    smol::channel::TrySendError::Full(_) => self.full(),
+                    smol::channel::TrySendError::Closed(_) => AppSendError::Closed,
+                })
+            }
+        }
+    }
+
+    /// Queues `text`, waiting for room (the application's own notices: an application that
+    /// does not read them is not read from either). `Err` once the application is gone or cut
+    /// off. Only one task may wait in `send` on a queue at a time.
+    pub async fn send(&self, text: String) -> Result<(), AppSendError> {
+        let len = text.len();
+        while !self.shared.reserve(len) {
+            if self.tx.is_closed() {
+                return Err(AppSendError::Closed);
+            }
+            let room = async { self.shared.room_rx.recv().await.is_ok() };
+            let cut = async {
+                self.shared.cut_off_wait().await;
+                false
+            };
+            if !room.or(cut).await {
+                return Err(AppSendError::Closed);
+            }
+        }
+        match self.tx.send(text).await {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                self.shared.release(len);
+                Err(AppSendError::Closed)
+            }
+        }
+    }
+
+    fn full(&self) -> AppSendError {
+        AppSendError::Full {
+            messages: self.tx.len(),
+            bytes: self.shared.bytes.load(Ordering::Acquire),
+        }
+    }
+
+    /// Cuts the application off: nothing more is queued, its writer stops and its connection is
+    /// closed with `why`. Returns `false` when it was cut off already (the first reason stays).
+    pub fn cut_off(&self, why: String) -> bool {
+        {
+            let mut cut = lock(&self.shared.cut);
+            if cut.is_some() {
+                return false;
+            }
+            *cut = Some(why);
+        }
+        self.tx.close();
+        self.shared.cut_tx.close();
+        let _ = self.shared.room_tx.try_send(());
+        true
+    }
+
+    /// Finishes once the application is cut off.
+    pub async fn cut_off_wait(&self) {
+        self.shared.cut_off_wait().await
+    }
+
+    /// Whether this and `other` are the same application's queue.
+    pub fn same_app(&self, other: &AppSender) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
+    /// Whether nothing more can be queued (the application is gone or cut off).
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// Who the application is, for logs.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The largest number of bytes queued before the application counts as too slow.
+    pub fn max_bytes(&self) -> usize {
+        self.shared.max_bytes
+    }
+}
+
+impl AppReceiver {
+    fn took(&self, text: Option<String>) -> Option<String> {
+        let text = text?;
+        self.shared.release(text.len());
+        if self.shared.cut_reason().is_some() {
+            return None;
+        }
+        Some(text)
+    }
+
+    /// The next text for the application; `None` once it is cut off, or once every sender is
+    /// gone and nothing is left.
+    pub async fn recv(&self) -> Option<String> {
+        let next = async { self.rx.recv().await.ok() };
+        let cut = async {
+            self.shared.cut_off_wait().await;
+            None
+        };
+        let text = next.or(cut).await;
+        self.took(text)
+    }
+
+    /// The next text if one is waiting; `None` as for [`recv`](Self::recv) or when none is.
+    pub fn try_recv(&self) -> Option<String> {
+        self.took(self.rx.try_recv().ok())
+    }
+
+    /// Finishes once the application is cut off.
+    pub async fn cut_off_wait(&self) {
+        self.shared.cut_off_wait().await
+    }
+
+    /// Why the application was cut off, if it was.
+    pub fn cut_reason(&self) -> Option<String> {
+        self.shared.cut_reason()
+    }
+
+    /// Drops everything still queued; returns how many messages and bytes that was.
+    pub fn discard(&self) -> (usize, usize) {
+        let (mut messages, mut bytes) = (0, 0);
+        while let Ok(text) = self.rx.try_recv() {
+            messages += 1;
+            bytes += text.len();
+            self.shared.release(text.len());
+        }
+        (messages, bytes)
+    }
+}
+
+impl fmt::Debug for AppSender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppSender")
+            .field("name", &self.shared.name)
+            .field("messages", &self.tx.len())
+            .field("bytes", &self.shared.bytes.load(Ordering::Relaxed))
+            .finish()
+    }
+}
 
 struct Subscription {
     id: u64,
@@ -50,6 +310,7 @@ pub struct Local {
     pending: Mutex<HashMap<String, AppSender>>,
     next_id: AtomicU64,
     unroutable: AtomicU64,
+    undelivered: AtomicU64,
     /// How long a sync request waits for its answer.
     pub request_timeout: Duration,
 }
@@ -77,6 +338,7 @@ impl Local {
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             unroutable: AtomicU64::new(0),
+            undelivered: AtomicU64::new(0),
             request_timeout,
         }
     }
@@ -95,9 +357,9 @@ impl Local {
 
     /// Records that `app` waits for the answer to request `msg_id`; after the request timeout it
     /// gets an error instead. `about` is the request, for the error's route.
-    pub fn await_response(self: &std::sync::Arc<Self>, about: &Message, app: AppSender) {
+    pub fn await_response(self: &Arc<Self>, about: &Message, app: AppSender) {
         lock(&self.pending).insert(about.id.clone(), app);
-        let local = std::sync::Arc::downgrade(self);
+        let local = Arc::downgrade(self);
         let about = Message {
             content: Vec::new(),
             ..about.clone()
@@ -109,7 +371,8 @@ impl Local {
             let waiting = lock(&local.pending).remove(&about.id);
             if let Some(app) = waiting {
                 let why = format!("no response within {:.1}s", timeout.as_secs_f64());
-                let _ = app.try_send(Message::notice(&about, "error", Some(&why)).to_json());
+                let notice = Message::notice(&about, "error", Some(&why)).to_json();
+                local.hand_over(&app, notice, "the timeout of its request");
             }
         })
         .detach();
@@ -117,7 +380,42 @@ impl Local {
 
     /// Forgets the requests `app` was waiting on (it disconnected).
     pub fn forget(&self, app: &AppSender) {
-        lock(&self.pending).retain(|_, a| !a.same_channel(app));
+        lock(&self.pending).retain(|_, a| !a.same_app(app));
+    }
+
+    /// Queues `text` for `app`, which must have it (a response, a timeout): an application that
+    /// has no room for it is cut off, and the loss is logged and counted.
+    fn hand_over(&self, app: &AppSender, text: String, what: &str) -> bool {
+        match app.try_send(text) {
+            Ok(()) => true,
+            Err(AppSendError::Full { messages, bytes }) => {
+                self.undelivered.fetch_add(1, Ordering::Relaxed);
+                self.cut_off_slow(app, messages, bytes);
+                false
+            }
+            Err(AppSendError::Closed) => {
+                self.undelivered.fetch_add(1, Ordering::Relaxed);
+                log::info!(
+                    "application {} left before {what} could be handed to it; dropped",
+                    app.name()
+                );
+                false
+            }
+        }
+    }
+
+    /// Disconnects `app`, whose queue holds `messages` messages and `bytes` bytes, as too slow.
+    fn cut_off_slow(&self, app: &AppSender, messages: usize, bytes: usize) {
+        let why = format!(
+            "too slow: {bytes} bytes in {messages} messages waiting; the next passes the {}-byte bound",
+            app.max_bytes()
+        );
+        if app.cut_off(why.clone()) {
+            log::warn!(
+                "application {} is {why}; disconnecting it, the message that did not fit and those waiting are dropped",
+                app.name()
+            );
+        }
     }
 
     /// Hands a message from the other side to the applications it is for.
@@ -125,43 +423,54 @@ impl Local {
         if !msg.parent_id.is_empty() {
             let waiting = lock(&self.pending).remove(&msg.parent_id);
             if let Some(app) = waiting {
-                return match app.try_send(msg.to_json()) {
-                    Ok(()) => Delivery::Delivered(1),
-                    Err(_) => {
-                        self.unroutable.fetch_add(1, Ordering::Relaxed);
-                        Delivery::Dropped
-                    }
+                return if self.hand_over(&app, msg.to_json(), "the answer to its request") {
+                    Delivery::Delivered(1)
+                } else {
+                    Delivery::Dropped
                 };
             }
         }
         let mut json = None;
-        let mut delivered = 0;
+        let (mut matched, mut delivered) = (0, 0);
         let mut slow = Vec::new();
         for sub in lock(&self.subscriptions).iter() {
             if !sub.filter.matches(msg) {
                 continue;
             }
+            matched += 1;
             let text = json.get_or_insert_with(|| msg.to_json()).clone();
             match sub.app.try_send(text) {
                 Ok(()) => delivered += 1,
-                Err(_) => slow.push(sub.id),
+                Err(AppSendError::Full { messages, bytes }) => {
+                    self.undelivered.fetch_add(1, Ordering::Relaxed);
+                    // An application that cannot keep up is disconnected rather than allowed to
+                    // hold the link back or grow this hub's memory.
+                    self.cut_off_slow(&sub.app, messages, bytes);
+                    slow.push(sub.id);
+                }
+                Err(AppSendError::Closed) => {
+                    // It is leaving; its subscription goes with it.
+                    self.undelivered.fetch_add(1, Ordering::Relaxed);
+                    slow.push(sub.id);
+                }
             }
         }
         if !slow.is_empty() {
-            // An application that cannot keep up is disconnected rather than allowed to hold the
-            // link back; its connection ends when its channel closes.
-            let mut subs = lock(&self.subscriptions);
-            for s in subs.iter().filter(|s| slow.contains(&s.id)) {
-                log::warn!(
-                    "an application fell {} messages behind; disconnecting it",
-                    s.app.len()
-                );
-                s.app.close();
-            }
-            subs.retain(|s| !slow.contains(&s.id));
+            lock(&self.subscriptions).retain(|s| !slow.contains(&s.id));
         }
         if delivered > 0 {
             return Delivery::Delivered(delivered);
+        }
+        if matched > 0 {
+            // Its subscribers were cut off as too slow just now (logged and counted above).
+            if msg.sync {
+                let why = format!(
+                    "the application subscribed to {} was disconnected as too slow",
+                    msg.resource
+                );
+                return Delivery::Refused(Message::notice(msg, "error", Some(&why)));
+            }
+            return Delivery::Dropped;
         }
         let n = self.unroutable.fetch_add(1, Ordering::Relaxed) + 1;
         if n == 1 || n.is_power_of_two() {
@@ -182,8 +491,13 @@ impl Local {
     pub fn unroutable(&self) -> u64 {
         self.unroutable.load(Ordering::Relaxed)
     }
-}
 
+    /// Messages an application should have had but did not get so far: it was cut off as too
+    /// slow, or left before its answer or timeout arrived.
+    pub fn undelivered(&self) -> u64 {
+        self.undelivered.load(Ordering::Relaxed)
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,11 +512,21 @@ mod tests {
         }
     }
 
+    fn app(name: &str) -> (AppSender, AppReceiver) {
+        app_channel(name, 16, 1 << 20)
+    }
+
+    fn texts(rx: &AppReceiver) -> Vec<Message> {
+        std::iter::from_fn(|| rx.try_recv())
+            .map(|t| Message::from_json(&t).unwrap())
+            .collect()
+    }
+
     #[test]
     fn filters_route_and_responses_go_to_the_asker_only() {
-        let local = std::sync::Arc::new(Local::new(Duration::from_secs(30)));
-        let (a, a_rx) = smol::channel::bounded(16);
-        let (b, b_rx) = smol::channel::bounded(16);
+        let local = Arc::new(Local::new(Duration::from_secs(30)));
+        let (a, a_rx) = app("a");
+        let (b, b_rx) = app("b");
         local.subscribe(
             Filter {
                 group: Some("g".into()),
@@ -220,18 +544,15 @@ mod tests {
             local.deliver(&msg("h", "node/n1/x")),
             Delivery::Delivered(1)
         );
-        assert_eq!((a_rx.len(), b_rx.len()), (1, 2));
+        assert_eq!((texts(&a_rx).len(), texts(&b_rx).len()), (1, 2));
 
         let request = msg("g", "node/n1/q");
         local.await_response(&request, a.clone());
         let mut response = msg("g", "node/n1/q");
         response.parent_id = request.id.clone();
         assert_eq!(local.deliver(&response), Delivery::Delivered(1));
-        assert_eq!(
-            (a_rx.len(), b_rx.len()),
-            (2, 2),
-            "only the asker gets the response"
-        );
+        assert_eq!(texts(&a_rx).len(), 1);
+        assert!(texts(&b_rx).is_empty(), "only the asker gets the response");
 
         local.unsubscribe(sub_b);
         let mut lonely = msg("h", "other");
@@ -251,8 +572,8 @@ mod tests {
 
     #[test]
     fn unanswered_requests_time_out_with_an_error() {
-        let local = std::sync::Arc::new(Local::new(Duration::from_millis(50)));
-        let (a, a_rx) = smol::channel::bounded(16);
+        let local = Arc::new(Local::new(Duration::from_millis(50)));
+        let (a, a_rx) = app("a");
         let request = msg("g", "r");
         local.await_response(&request, a);
         let text = smol::block_on(a_rx.recv()).unwrap();
@@ -269,14 +590,50 @@ mod tests {
     }
 
     #[test]
-    fn a_slow_application_is_cut_off() {
+    fn a_slow_application_is_cut_off_by_messages() {
         let local = Local::new(Duration::from_secs(1));
-        let (a, a_rx) = smol::channel::bounded(2);
+        let (a, a_rx) = app_channel("a", 2, 1 << 20);
         local.subscribe(Filter::default(), a);
         for _ in 0..2 {
             assert_eq!(local.deliver(&msg("g", "r")), Delivery::Delivered(1));
         }
         assert_eq!(local.deliver(&msg("g", "r")), Delivery::Dropped);
-        assert!(a_rx.is_closed());
+        assert!(a_rx.cut_reason().unwrap().contains("too slow"));
+        assert_eq!(a_rx.try_recv(), None, "nothing more is written to it");
+        assert_eq!(local.undelivered(), 1);
+        assert_eq!(local.unroutable(), 0, "it was subscribed: not unroutable");
+    }
+
+    #[test]
+    fn a_slow_application_is_cut_off_by_bytes_before_they_are_queued() {
+        let local = Local::new(Duration::from_secs(1));
+        let (a, a_rx) = app_channel("a", 65536, 4096);
+        local.subscribe(Filter::default(), a);
+        let mut big = msg("g", "r");
+        big.content = format!("{:?}", "x".repeat(1500)).into_bytes();
+        let size = big.to_json().len();
+        assert_eq!(local.deliver(&big), Delivery::Delivered(1));
+        assert_eq!(local.deliver(&big), Delivery::Delivered(1));
+        assert_eq!(
+            local.deliver(&big),
+            Delivery::Dropped,
+            "a third would pass 4096 bytes"
+        );
+        let why = a_rx.cut_reason().unwrap();
+        assert!(
+            why.contains(&format!("{} bytes in 2 messages", 2 * size)),
+            "{why}"
+        );
+        assert_eq!(a_rx.discard(), (2, 2 * size));
+
+        // An empty queue takes one message whatever its size, so the bound never refuses one.
+        let (b, b_rx) = app_channel("b", 16, 100);
+        assert_eq!(b.try_send("x".repeat(1000)), Ok(()));
+        assert!(matches!(
+            b.try_send("y".into()),
+            Err(AppSendError::Full { .. })
+        ));
+        assert_eq!(b_rx.try_recv().map(|t| t.len()), Some(1000));
+        assert_eq!(b.try_send("y".into()), Ok(()), "room again once written");
     }
 }

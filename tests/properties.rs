@@ -19,13 +19,12 @@ use std::time::{Duration, Instant};
 
 use hub::config::QueueConfig;
 use hub::exchange::{Exchange, Inbound};
-use hub::local::{Filter, Local};
+use hub::local::{AppReceiver, Filter, Local, app_channel};
 use hub::message::Message;
 use hub::proto::frame::{Hello, StreamDecoder, Welcome, encode_len_prefixed};
 use hub::proto::{Event, Frame, FrameError, MAX_FRAME, Session, VERSION};
 use hub::queue::Queue;
 use hub::store::Fsync;
-use smol::channel::Receiver;
 
 use common::Rng;
 use sim::{Choices, Config, Sim};
@@ -342,7 +341,7 @@ struct Hub {
     out: Arc<Queue>,
     inbound: Arc<Mutex<Inbound>>,
     local: Arc<Local>,
-    app: Receiver<String>,
+    app: AppReceiver,
     prefix: Option<String>,
     /// Ids of the messages its applications published, in order (an id may repeat: an
     /// application publishing again what it published before).
@@ -361,7 +360,7 @@ impl Hub {
             window: 16,
         };
         let local = Arc::new(Local::new(Duration::from_secs(1)));
-        let (tx, app) = smol::channel::unbounded();
+        let (tx, app) = app_channel("test", 1 << 20, 1 << 30);
         local.subscribe(Filter::default(), tx);
         Hub {
             out: Queue::open(&config.dir, &config).expect("queue"),
@@ -404,7 +403,7 @@ impl Hub {
     }
 
     fn take_received(&mut self) {
-        while let Ok(json) = self.app.try_recv() {
+        while let Some(json) = self.app.try_recv() {
             self.received
                 .push(Message::from_json(&json).expect("the hub's JSON").id);
         }
