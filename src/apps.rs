@@ -340,6 +340,8 @@ where
 struct Pending {
     /// What the notice needs of the message: the id and resource the application gave it.
     about: Message,
+    /// A sync request: the id it left this hub with (forgotten if the queue refuses it).
+    wire: Option<String>,
     /// Counted in the connection's in-flight bytes until the notice is out.
     bytes: usize,
     accepted: Accepted,
@@ -350,6 +352,7 @@ impl Pending {
     fn refused(about: Message, why: String) -> Pending {
         Pending {
             about,
+            wire: None,
             bytes: 0,
             accepted: Box::pin(std::future::ready(Err(why))),
         }
@@ -411,6 +414,7 @@ where
     let (room_tx, room_rx) = smol::channel::bounded::<()>(1);
     let (pending, pending_rx) = smol::channel::bounded::<Pending>(IN_FLIGHT);
     let notices_out = out.clone();
+    let notices_local = apps.local.clone();
     let notices_in_flight = in_flight.clone();
     let notices = smol::spawn(async move {
         while let Ok(p) = pending_rx.recv().await {
@@ -419,7 +423,12 @@ where
             let _ = room_tx.try_send(());
             let notice = match outcome {
                 Ok(_) => Message::notice(&p.about, "accepted", None),
-                Err(e) => Message::notice(&p.about, "error", Some(&e)),
+                Err(e) => {
+                    if let Some(wire) = &p.wire {
+                        notices_local.cancel(wire);
+                    }
+                    Message::notice(&p.about, "error", Some(&e))
+                }
             };
             if notices_out.send(notice.to_json()).await.is_err() {
                 break;
@@ -488,20 +497,41 @@ where
             resource: msg.resource.clone(),
             ..Message::default()
         };
+        // A request leaves under an id the hub makes, so that its answer comes back to this
+        // connection whatever ids other applications chose.
+        let wire = if msg.sync {
+            match apps.local.await_response(&about, out.clone()) {
+                Ok(wire) => {
+                    msg.id = wire.clone();
+                    Some(wire)
+                }
+                Err(e) => {
+                    if pending.send(Pending::refused(about, e)).await.is_err() {
+                        break None;
+                    }
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
         let item = match apps.publish(&mut msg) {
             Ok((accepted, bytes)) => {
-                if msg.sync {
-                    apps.local.await_response(&about, out.clone());
-                }
                 let bytes = bytes + about.resource.len();
                 in_flight.fetch_add(bytes, Ordering::AcqRel);
                 Pending {
                     about,
+                    wire,
                     bytes,
                     accepted,
                 }
             }
-            Err(e) => Pending::refused(about, e),
+            Err(e) => {
+                if let Some(wire) = &wire {
+                    apps.local.cancel(wire);
+                }
+                Pending::refused(about, e)
+            }
         };
         if pending.send(item).await.is_err() {
             break None;

@@ -4,7 +4,7 @@
 //! [`Session::accept`] (cloud); each session event goes through [`Exchange::handle`]; after each
 //! round [`Exchange::fill`] tops the window up from the outgoing queue.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::io;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,17 +16,16 @@ use crate::proto::{CloseCode, Event, Session};
 use crate::queue::Queue;
 use crate::store::{Reader, RecvState};
 
-/// How many recent message ids a receiver remembers to drop repeats.
-const RECENT_IDS: usize = 8192;
-
 /// The receiving half's state for one peer stream, kept across links.
+///
+/// Repeats are recognised by sequence number within the peer's stream, and by nothing else: a
+/// `msg_id` is the choice of whichever application published the message, so two messages with
+/// the same id are two messages, and both are delivered.
 pub struct Inbound {
     state: RecvState,
     /// The peer stream and the last sequence number delivered from it.
     stream: u64,
     delivered: u64,
-    recent_set: HashSet<String>,
-    recent: VecDeque<String>,
 }
 
 impl Inbound {
@@ -38,24 +37,7 @@ impl Inbound {
             state,
             stream,
             delivered,
-            recent_set: HashSet::new(),
-            recent: VecDeque::new(),
         })))
-    }
-
-    /// Whether `id` was seen recently; remembers it.
-    fn seen(&mut self, id: &str) -> bool {
-        if id.is_empty() || self.recent_set.contains(id) {
-            return !id.is_empty();
-        }
-        if self.recent.len() == RECENT_IDS {
-            if let Some(old) = self.recent.pop_front() {
-                self.recent_set.remove(&old);
-            }
-        }
-        self.recent.push_back(id.to_owned());
-        self.recent_set.insert(id.to_owned());
-        false
     }
 
     fn save(&mut self) {
@@ -133,13 +115,10 @@ impl Exchange {
                     }
                 };
                 {
+                    // The session passes each sequence number once: a repeat never gets here.
                     let mut inbound = lock(&self.inbound);
                     inbound.stream = session.inbound_stream();
                     inbound.delivered = seq;
-                    if inbound.seen(&msg.id) {
-                        log::debug!("dropped a repeat of message {}", msg.id);
-                        return None;
-                    }
                 }
                 let resource = msg.resource.clone();
                 if let Some(prefix) = &self.prefix {
@@ -291,10 +270,14 @@ mod tests {
     }
 
     fn message(n: u8) -> Vec<u8> {
+        message_with_id(n, &format!("m{n}"))
+    }
+
+    fn message_with_id(n: u8, id: &str) -> Vec<u8> {
         Message {
-            id: format!("m{n}"),
+            id: id.to_owned(),
             resource: "r".into(),
-            content: b"1".to_vec(),
+            content: n.to_string().into_bytes(),
             ..Message::default()
         }
         .encode()
@@ -362,6 +345,52 @@ mod tests {
             (0xbbbb, 0),
             "and that is what is on disk"
         );
+    }
+
+    #[test]
+    fn messages_sharing_a_msg_id_are_all_delivered() {
+        // Applications choose msg_ids; two of them (or one, twice) may choose the same. Only the
+        // link's sequence numbers tell a repeat; three messages numbered 1, 2, 3 are three.
+        let tmp = tempfile::tempdir().unwrap();
+        let out = queue(tmp.path());
+        let inbound = Inbound::open(&tmp.path().join("in.state")).unwrap();
+        let local = Arc::new(Local::new(Duration::from_secs(1)));
+        let (app, app_rx) = crate::local::app_channel("test", 16, 1 << 20);
+        local.subscribe(crate::local::Filter::default(), app);
+        let mut ex = Exchange::new(out, inbound, local, None);
+
+        let now = Instant::now();
+        let mut s = Session::cloud(now, Duration::from_secs(30), 64);
+        s.handle_frame(now, Frame::Hello(hello(0xaaaa)));
+        assert!(matches!(s.poll_event(), Some(Event::Hello(_))));
+        s.accept(now, ex.streams());
+        for seq in 1..=3 {
+            let payload = message_with_id(seq, "fixed-1");
+            s.handle_frame(
+                now,
+                Frame::Message {
+                    seq: u64::from(seq),
+                    payload,
+                },
+            );
+        }
+        // A retransmission of number 2 is a repeat, whatever its id.
+        s.handle_frame(
+            now,
+            Frame::Message {
+                seq: 2,
+                payload: message_with_id(2, "other"),
+            },
+        );
+        while let Some(ev) = s.poll_event() {
+            ex.handle(&mut s, ev);
+        }
+        let got: Vec<Message> = std::iter::from_fn(|| app_rx.try_recv())
+            .map(|t| Message::from_json(&t).unwrap())
+            .collect();
+        let contents: Vec<&[u8]> = got.iter().map(|m| &m.content[..]).collect();
+        assert_eq!(contents, [&b"1"[..], b"2", b"3"]);
+        assert!(got.iter().all(|m| m.id == "fixed-1"));
     }
 
     #[test]

@@ -6,11 +6,16 @@
 //! equal, resource starting with the prefix). A message nobody takes is counted; a sync request
 //! nobody takes is answered with an error.
 //!
+//! Identifiers an application picks are scoped to its connection: a sync request leaves this hub
+//! under an id the hub makes (unique per request), and the answer to that id is handed back to
+//! the one connection that asked, with `parent_msg_id` restored to the id it chose. Two
+//! applications may therefore use the same `msg_id` without either seeing the other's answer.
+//!
 //! Each application has a delivery queue bounded in messages and in bytes
 //! ([`app_channel`]); one that lets it fill up is cut off (its connection is closed with a
 //! reason) rather than allowed to grow the hub's memory or hold the link back.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -43,6 +48,8 @@ impl Filter {
 
 /// What the two ends of one application's delivery queue share.
 struct AppShared {
+    /// Unique among the connections of this process.
+    id: u64,
     /// Who the application is, for logs (its address).
     name: String,
     /// Bytes of JSON text queued.
@@ -119,10 +126,12 @@ pub fn app_channel(
     max_messages: usize,
     max_bytes: usize,
 ) -> (AppSender, AppReceiver) {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
     let (tx, rx) = smol::channel::bounded(max_messages.max(1));
     let (room_tx, room_rx) = smol::channel::bounded(1);
     let (cut_tx, cut_rx) = smol::channel::bounded(1);
     let shared = Arc::new(AppShared {
+        id: NEXT.fetch_add(1, Ordering::Relaxed),
         name: name.into(),
         bytes: AtomicUsize::new(0),
         max_bytes,
@@ -304,10 +313,35 @@ struct Subscription {
     app: AppSender,
 }
 
+/// A sync request waiting for its answer.
+struct Waiting {
+    app: AppSender,
+    /// The `msg_id` the application gave the request.
+    id: String,
+}
+
+/// The sync requests this hub's applications wait on.
+#[derive(Default)]
+struct Requests {
+    /// By the id the request left this hub with.
+    by_wire: HashMap<String, Waiting>,
+    /// (connection, the application's id): the requests in each connection's own scope.
+    by_app: HashSet<(u64, String)>,
+}
+
+impl Requests {
+    fn take(&mut self, wire: &str) -> Option<Waiting> {
+        let waiting = self.by_wire.remove(wire)?;
+        self.by_app
+            .remove(&(waiting.app.shared.id, waiting.id.clone()));
+        Some(waiting)
+    }
+}
+
 /// The applications of one hub.
 pub struct Local {
     subscriptions: Mutex<Vec<Subscription>>,
-    pending: Mutex<HashMap<String, AppSender>>,
+    pending: Mutex<Requests>,
     next_id: AtomicU64,
     unroutable: AtomicU64,
     undelivered: AtomicU64,
@@ -335,7 +369,7 @@ impl Local {
     pub fn new(request_timeout: Duration) -> Local {
         Local {
             subscriptions: Mutex::new(Vec::new()),
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Requests::default()),
             next_id: AtomicU64::new(1),
             unroutable: AtomicU64::new(0),
             undelivered: AtomicU64::new(0),
@@ -355,32 +389,66 @@ impl Local {
         lock(&self.subscriptions).retain(|s| s.id != id);
     }
 
-    /// Records that `app` waits for the answer to request `msg_id`; after the request timeout it
-    /// gets an error instead. `about` is the request, for the error's route.
-    pub fn await_response(self: &Arc<Self>, about: &Message, app: AppSender) {
-        lock(&self.pending).insert(about.id.clone(), app);
+    /// Records that `app` waits for the answer to its request `about` (`about.id` is the id the
+    /// application chose); returns the id the request must leave this hub with (made by the hub,
+    /// unique per request). The answer to that id goes to `app` alone, with `parent_msg_id` set
+    /// back to `about.id`; after the request timeout `app` gets an `error` notice instead.
+    ///
+    /// Errors (nothing recorded): `app` already waits on a request with the same id (ids are
+    /// scoped to a connection, so only its own requests count).
+    pub fn await_response(
+        self: &Arc<Self>,
+        about: &Message,
+        app: AppSender,
+    ) -> Result<String, String> {
+        let wire = crate::message::new_id();
+        {
+            let mut pending = lock(&self.pending);
+            if !pending.by_app.insert((app.shared.id, about.id.clone())) {
+                return Err(format!(
+                    "request {:?} is still waiting for its answer on this connection; give each request its own msg_id",
+                    about.id
+                ));
+            }
+            pending.by_wire.insert(
+                wire.clone(),
+                Waiting {
+                    app,
+                    id: about.id.clone(),
+                },
+            );
+        }
         let local = Arc::downgrade(self);
         let about = Message {
             content: Vec::new(),
             ..about.clone()
         };
         let timeout = self.request_timeout;
+        let key = wire.clone();
         smol::spawn(async move {
             smol::Timer::after(timeout).await;
             let Some(local) = local.upgrade() else { return };
-            let waiting = lock(&local.pending).remove(&about.id);
-            if let Some(app) = waiting {
+            let waiting = lock(&local.pending).take(&key);
+            if let Some(w) = waiting {
                 let why = format!("no response within {:.1}s", timeout.as_secs_f64());
                 let notice = Message::notice(&about, "error", Some(&why)).to_json();
-                local.hand_over(&app, notice, "the timeout of its request");
+                local.hand_over(&w.app, notice, "the timeout of its request");
             }
         })
         .detach();
+        Ok(wire)
+    }
+
+    /// Forgets the request that left this hub as `wire` (it was refused before it was sent).
+    pub fn cancel(&self, wire: &str) {
+        lock(&self.pending).take(wire);
     }
 
     /// Forgets the requests `app` was waiting on (it disconnected).
     pub fn forget(&self, app: &AppSender) {
-        lock(&self.pending).retain(|_, a| !a.same_app(app));
+        let mut pending = lock(&self.pending);
+        pending.by_wire.retain(|_, w| !w.app.same_app(app));
+        pending.by_app.retain(|(id, _)| *id != app.shared.id);
     }
 
     /// Queues `text` for `app`, which must have it (a response, a timeout): an application that
@@ -421,9 +489,14 @@ impl Local {
     /// Hands a message from the other side to the applications it is for.
     pub fn deliver(&self, msg: &Message) -> Delivery {
         if !msg.parent_id.is_empty() {
-            let waiting = lock(&self.pending).remove(&msg.parent_id);
-            if let Some(app) = waiting {
-                return if self.hand_over(&app, msg.to_json(), "the answer to its request") {
+            let waiting = lock(&self.pending).take(&msg.parent_id);
+            if let Some(w) = waiting {
+                // The requester sees its own id as the parent, not the one the hub sent.
+                let answer = Message {
+                    parent_id: w.id,
+                    ..msg.clone()
+                };
+                return if self.hand_over(&w.app, answer.to_json(), "the answer to its request") {
                     Delivery::Delivered(1)
                 } else {
                     Delivery::Dropped
@@ -547,11 +620,14 @@ mod tests {
         assert_eq!((texts(&a_rx).len(), texts(&b_rx).len()), (1, 2));
 
         let request = msg("g", "node/n1/q");
-        local.await_response(&request, a.clone());
+        let wire = local.await_response(&request, a.clone()).unwrap();
+        assert_ne!(wire, request.id, "the request leaves under the hub's id");
         let mut response = msg("g", "node/n1/q");
-        response.parent_id = request.id.clone();
+        response.parent_id = wire;
         assert_eq!(local.deliver(&response), Delivery::Delivered(1));
-        assert_eq!(texts(&a_rx).len(), 1);
+        let got = texts(&a_rx);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].parent_id, request.id, "the asker sees its own id");
         assert!(texts(&b_rx).is_empty(), "only the asker gets the response");
 
         local.unsubscribe(sub_b);
@@ -571,11 +647,58 @@ mod tests {
     }
 
     #[test]
+    fn requests_with_the_same_id_from_two_applications_each_get_their_own_answer() {
+        let local = Arc::new(Local::new(Duration::from_secs(30)));
+        let (a, a_rx) = app("a");
+        let (b, b_rx) = app("b");
+        let mut question = msg("g", "node/n1/q");
+        question.id = "req-1".into();
+        let wire_a = local.await_response(&question, a.clone()).unwrap();
+        let wire_b = local.await_response(&question, b.clone()).unwrap();
+        assert_ne!(
+            wire_a, wire_b,
+            "the responder can tell the two questions apart"
+        );
+
+        for (wire, content) in [(&wire_b, "for b"), (&wire_a, "for a")] {
+            let mut answer = msg("g", "node/n1/q");
+            answer.parent_id = wire.clone();
+            answer.content = format!("{content:?}").into_bytes();
+            assert_eq!(local.deliver(&answer), Delivery::Delivered(1));
+        }
+        let (got_a, got_b) = (texts(&a_rx), texts(&b_rx));
+        assert_eq!(got_a.len(), 1);
+        assert_eq!(got_b.len(), 1);
+        assert_eq!(
+            (got_a[0].parent_id.as_str(), &got_a[0].content[..]),
+            ("req-1", &b"\"for a\""[..])
+        );
+        assert_eq!(
+            (got_b[0].parent_id.as_str(), &got_b[0].content[..]),
+            ("req-1", &b"\"for b\""[..])
+        );
+    }
+
+    #[test]
+    fn a_connection_cannot_wait_twice_on_one_id() {
+        let local = Arc::new(Local::new(Duration::from_secs(30)));
+        let (a, _a_rx) = app("a");
+        let mut question = msg("g", "q");
+        question.id = "req-1".into();
+        let wire = local.await_response(&question, a.clone()).unwrap();
+        let err = local.await_response(&question, a.clone()).unwrap_err();
+        assert!(err.contains("still waiting"), "{err}");
+        // Once the first is answered (or refused), the id is free again on that connection.
+        local.cancel(&wire);
+        local.await_response(&question, a).unwrap();
+    }
+
+    #[test]
     fn unanswered_requests_time_out_with_an_error() {
         let local = Arc::new(Local::new(Duration::from_millis(50)));
         let (a, a_rx) = app("a");
         let request = msg("g", "r");
-        local.await_response(&request, a);
+        local.await_response(&request, a).unwrap();
         let text = smol::block_on(a_rx.recv()).unwrap();
         let notice = Message::from_json(&text).unwrap();
         assert_eq!(
