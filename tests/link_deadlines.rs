@@ -360,6 +360,7 @@ fn stalled_cloud(proto: Proto, pki: &std::path::Path, stop: std::sync::mpsc::Rec
                         "127.0.0.1:0".parse().unwrap(),
                         tls,
                         transport,
+                        hub::transport::quic::RestartKeys::derive(b"test"),
                     )
                     .unwrap();
                     port_tx.send(endpoint.local_addr().unwrap().port()).unwrap();

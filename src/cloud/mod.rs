@@ -160,7 +160,9 @@ pub async fn run(config: CloudConfig, shutdown: Shutdown) -> Result<(), String> 
             config.keepalive_interval * 2,
             config.quic_congestion,
         );
-        let ep = quic::server_endpoint(addr, tls, transport)?;
+        let secret = tls::load_key(&config.key).map_err(|e| e.to_string())?;
+        let keys = quic::RestartKeys::derive(secret.secret_der());
+        let ep = quic::server_endpoint(addr, tls, transport, keys)?;
         log::info!(
             "quic listening on {}",
             ep.local_addr().map_err(|e| e.to_string())?

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{
-    ConnectionError, Endpoint, EndpointConfig, IdleTimeout, ReadError, RecvStream, SendStream,
-    TransportConfig, VarInt,
+    ConnectionError, ConnectionId, ConnectionIdGenerator, Endpoint, EndpointConfig, IdleTimeout,
+    ReadError, RecvStream, SendStream, TransportConfig, VarInt,
 };
 
 use super::{Inbound, Link, LinkError, Outbound, deliver, timeout};
@@ -54,23 +54,91 @@ pub fn transport_config(
     t
 }
 
-/// The cloud's QUIC endpoint bound to `addr`.
+/// The keys of the cloud's QUIC endpoint that must be the same after a restart, derived from a
+/// secret the cloud keeps (its private key) with HKDF-SHA256 (RFC 5869), one label each:
+///
+/// - the stateless reset key (RFC 9000 section 10.3): a restarted cloud answers packets of the
+///   connections it lost with resets the edges recognise, so they reconnect at once instead of
+///   after their read deadline;
+/// - the address validation token key (RFC 9000 section 8.1): NEW_TOKEN tokens handed out before
+///   a restart still spare their edges a Retry round trip after it.
+///
+/// Neither key reveals anything about the secret. Several cloud instances with the same key
+/// derive the same keys, as resets behind one address require.
+pub struct RestartKeys {
+    reset: ring::hmac::Key,
+    token: ring::hkdf::Prk,
+}
+
+impl RestartKeys {
+    /// Derives the keys from `secret` (the DER of the cloud's private key).
+    pub fn derive(secret: &[u8]) -> RestartKeys {
+        let prk =
+            ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"hub/1 quic endpoint").extract(secret);
+        let mut reset = [0u8; 64];
+        expand(&prk, b"stateless reset", &mut reset);
+        let mut token = [0u8; 32];
+        expand(&prk, b"address validation token", &mut token);
+        RestartKeys {
+            reset: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &reset),
+            token: ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, &[]).extract(&token),
+        }
+    }
+}
+
+/// Fills `out` with HKDF-Expand of `prk` for `label`.
+fn expand(prk: &ring::hkdf::Prk, label: &[u8], out: &mut [u8]) {
+    struct Len(usize);
+    impl ring::hkdf::KeyType for Len {
+        fn len(&self) -> usize {
+            self.0
+        }
+    }
+    let info = [label];
+    prk.expand(&info, Len(out.len()))
+        .and_then(|okm| okm.fill(out))
+        .expect("HKDF-SHA256 output of at most 64 bytes");
+}
+
+/// Connection ids of the cloud's endpoint: 8 random bytes, all accepted as possibly its own.
+/// quinn's default generator hashes its ids with a key drawn anew by each process and drops the
+/// packets whose id fails that check before it would answer them, so a restarted cloud would never
+/// send the stateless resets that tell edges their connection is gone.
+struct ServerCids(ring::rand::SystemRandom);
+
+impl ConnectionIdGenerator for ServerCids {
+    fn generate_cid(&mut self) -> ConnectionId {
+        let mut id = [0u8; 8];
+        ring::rand::SecureRandom::fill(&self.0, &mut id)
+            .expect("the operating system's random source works");
+        ConnectionId::new(&id)
+    }
+
+    fn cid_len(&self) -> usize {
+        8
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// The cloud's QUIC endpoint bound to `addr`, with the keys that survive a restart from `keys`
+/// and connection ids a restarted cloud still answers with a stateless reset.
 pub fn server_endpoint(
     addr: SocketAddr,
     tls: rustls::ServerConfig,
     transport: TransportConfig,
+    keys: RestartKeys,
 ) -> Result<Endpoint, String> {
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| format!("QUIC TLS setup: {e}"))?;
-    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut config = quinn::ServerConfig::new(Arc::new(crypto), Arc::new(keys.token));
     config.transport_config(Arc::new(transport));
     let socket = UdpSocket::bind(addr).map_err(|e| format!("cannot bind UDP {addr}: {e}"))?;
-    Endpoint::new(
-        EndpointConfig::default(),
-        Some(config),
-        socket,
-        Arc::new(quinn::SmolRuntime),
-    )
-    .map_err(|e| format!("QUIC endpoint on {addr}: {e}"))
+    let mut endpoint = EndpointConfig::new(Arc::new(keys.reset));
+    endpoint.cid_generator(|| Box::new(ServerCids(ring::rand::SystemRandom::new())));
+    Endpoint::new(endpoint, Some(config), socket, Arc::new(quinn::SmolRuntime))
+        .map_err(|e| format!("QUIC endpoint on {addr}: {e}"))
 }
 
 /// The edge's QUIC endpoint: one per process, so TLS sessions resume across reconnects.
@@ -287,4 +355,34 @@ pub fn spawn_link(
     })
     .detach();
     link
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_keys_depend_on_the_secret_only() {
+        let tag = |k: &RestartKeys| {
+            ring::hmac::sign(&k.reset, b"connection id")
+                .as_ref()
+                .to_vec()
+        };
+        let (a, a2, b) = (
+            RestartKeys::derive(b"secret a"),
+            RestartKeys::derive(b"secret a"),
+            RestartKeys::derive(b"secret b"),
+        );
+        assert_eq!(
+            tag(&a),
+            tag(&a2),
+            "the same secret gives the same reset key"
+        );
+        assert_ne!(tag(&a), tag(&b));
+        let mut okm = [[0u8; 16]; 2];
+        for (k, out) in [&a, &a2].into_iter().zip(&mut okm) {
+            expand(&k.token, b"check", out);
+        }
+        assert_eq!(okm[0], okm[1], "the same secret gives the same token key");
+    }
 }
