@@ -196,13 +196,28 @@ impl Authority {
     /// A client certificate and key (PEM) for `node_id`: CN and DNS SAN are the node id. Each
     /// call makes a new key, so issuing twice gives two certificates for the same node.
     pub fn issue_node(&self, node_id: &str) -> Result<(String, String), PkiError> {
+        let mut window = CertificateParams::default();
+        validity(&mut window, self.days);
+        self.issue_node_valid(node_id, window.not_before, window.not_after)
+    }
+
+    /// A client certificate and key (PEM) for `node_id` like [`issue_node`](Self::issue_node),
+    /// valid from `not_before` to `not_after` (for tests of expired or not yet valid
+    /// certificates).
+    pub fn issue_node_valid(
+        &self,
+        node_id: &str,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<(String, String), PkiError> {
         crate::config::valid_id(node_id).map_err(|p| PkiError::BadName(format!("node id {p}")))?;
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(vec![node_id.to_owned()])?;
         params.distinguished_name = name(node_id);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        validity(&mut params, self.days);
+        params.not_before = not_before;
+        params.not_after = not_after;
         let cert = params.signed_by(&key, &self.cert, &self.key)?;
         Ok((cert.pem(), key.serialize_pem()))
     }

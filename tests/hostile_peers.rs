@@ -312,9 +312,14 @@ async fn ws_peer(port: u16, pki: &Path) -> (RawWs, SocketAddr) {
         host: "127.0.0.1".into(),
         port,
     };
-    let (ws, _) = hub::transport::ws::connect(&ep, "/proj/edge-node/events", Arc::new(tls))
-        .await
-        .unwrap();
+    let (ws, _) = hub::transport::ws::connect(
+        &ep,
+        "/proj/edge-node/events",
+        Arc::new(tls),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
     let local = ws.get_ref().get_ref().0.get_ref().local_addr().unwrap();
     (ws, local)
 }

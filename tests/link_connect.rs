@@ -123,9 +123,11 @@ fn connect_without_certificate(proto: Proto, port: u16, ca: &Path) -> Result<(),
                 &ep,
                 "/proj/edge-node/events",
                 std::sync::Arc::new(config),
+                Duration::from_secs(10),
             )
             .await
-            .map(drop),
+            .map(drop)
+            .map_err(String::from),
             Proto::Quic => {
                 let endpoint = hub::transport::quic::client_endpoint(false)?;
                 let qc = hub::transport::quic::client_config(config, Duration::from_secs(5))?;

@@ -56,6 +56,7 @@ async fn raw_node(proto: Proto, port: u16, pki: &std::path::Path) -> Raw {
                 &ep,
                 "/proj/edge-node/events",
                 std::sync::Arc::new(tls),
+                Duration::from_secs(10),
             )
             .await
             .unwrap();

@@ -25,7 +25,7 @@ use crate::proto::{ALPN, CloseCode, Event, Session, VERSION};
 use crate::queue::Queue;
 use crate::shutdown::Shutdown;
 use crate::tls;
-use crate::transport::{Inbound, Link, LinkError, Wake, quic, timeout, ws};
+use crate::transport::{Inbound, Link, LinkError, Wake, dial, quic, timeout, ws};
 
 /// How long a closing link may take to tell the cloud why.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
@@ -37,6 +37,9 @@ enum Ended {
     Shutdown,
     /// The link was lost or closed; reconnect.
     Lost,
+    /// The cloud refused the node certificate before the link opened (the reason); reconnect,
+    /// with the last credentials that worked if these are others.
+    CertificateRefused(String),
 }
 
 /// TLS state kept across reconnects, rebuilt when the credentials rotate.
@@ -55,7 +58,7 @@ pub async fn run(config: EdgeConfig, shutdown: Shutdown) -> Result<(), String> {
     let seed = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64 ^ nanos_now();
     let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max, seed);
     let mut tls: Option<Tls> = None;
-    let mut quic_endpoint: Option<(bool, quinn::Endpoint)> = None;
+    let mut quic_endpoints = quic::ClientEndpoints::default();
 
     let dir = &config.outbox.dir;
     let _lock = crate::queue::lock_dir(dir)?;
@@ -92,13 +95,10 @@ pub async fn run(config: EdgeConfig, shutdown: Shutdown) -> Result<(), String> {
         let target = match &config.placement {
             None => config.endpoint.clone(),
             Some(url) => {
-                let asked = timeout(
-                    config.handshake_timeout,
-                    placement::query(url, &config.ca, &current),
-                )
-                .await;
+                let asked =
+                    placement::query(url, &config.ca, &current, config.handshake_timeout).await;
                 match asked {
-                    Some(Ok(ep)) => {
+                    Ok(ep) => {
                         log::info!(
                             "placement at https://{}{} says the cloud is at {ep}",
                             url.endpoint,
@@ -106,18 +106,9 @@ pub async fn run(config: EdgeConfig, shutdown: Shutdown) -> Result<(), String> {
                         );
                         ep
                     }
-                    Some(Err(e)) => {
+                    Err(e) => {
                         log::warn!(
                             "placement at https://{}{} failed: {e}; using {}",
-                            url.endpoint,
-                            url.path,
-                            config.endpoint
-                        );
-                        config.endpoint.clone()
-                    }
-                    None => {
-                        log::warn!(
-                            "placement at https://{}{} did not answer; using {}",
                             url.endpoint,
                             url.path,
                             config.endpoint
@@ -146,45 +137,51 @@ pub async fn run(config: EdgeConfig, shutdown: Shutdown) -> Result<(), String> {
             },
         );
         let started = Instant::now();
-        let attempt = async {
-            timeout(
-                config.handshake_timeout,
-                connect(&config, &target, tls, &mut session, &mut quic_endpoint),
-            )
-            .await
-            .unwrap_or_else(|| {
-                Err(format!(
-                    "no connection within handshake-timeout ({:?})",
-                    config.handshake_timeout
-                ))
+        // Each transport bounds its attempts by handshake-timeout itself, so that a failure
+        // names every address tried.
+        let attempt = connect(&config, &target, tls, &mut session, &mut quic_endpoints)
+            .or(async {
+                shutdown.wait().await;
+                Err(LinkError::Eof)
             })
-        }
-        .or(async {
-            shutdown.wait().await;
-            Err(String::new())
-        })
-        .await;
-        match attempt {
+            .await;
+        let ended = match attempt {
             Ok((link, how)) => {
-                let ended = drive(link, session, exchange, &config, how, started, &shutdown).await;
+                let driven = Driven {
+                    config: &config,
+                    creds: &creds,
+                    generation,
+                    how,
+                    started,
+                };
+                let ended = drive(link, session, exchange, driven, &shutdown).await;
                 backoff.link_was_up(started.elapsed());
-                if ended == Ended::Shutdown {
-                    break;
+                ended
+            }
+            Err(_) if shutdown.is_triggered() => Ended::Shutdown,
+            Err(e) => {
+                log::warn!(
+                    "cannot connect to the cloud at {target} over {}: {e}",
+                    config.protocol
+                );
+                match e {
+                    LinkError::CertificateRefused(why) => Ended::CertificateRefused(why),
+                    _ => Ended::Lost,
                 }
             }
-            Err(_) if shutdown.is_triggered() => break,
-            Err(e) => log::warn!(
-                "cannot connect to the cloud at {target} over {}: {e}",
-                config.protocol
-            ),
+        };
+        match ended {
+            Ended::Shutdown => break,
+            Ended::Lost => {}
+            Ended::CertificateRefused(why) => {
+                creds.refused(generation, &why);
+            }
         }
         let delay = backoff.next_delay();
         log::info!("reconnecting in {:.1}s", delay.as_secs_f64());
         let _ = timeout(delay, shutdown.wait()).await;
     }
-    if let Some((_, ep)) = quic_endpoint {
-        quic::close_endpoint(&ep, CLOSE_LINGER).await;
-    }
+    quic_endpoints.close(CLOSE_LINGER).await;
     log::info!("stopped");
     Ok(())
 }
@@ -211,36 +208,47 @@ fn build_tls(
     })
 }
 
-/// Connects the transport and hands the session's HELLO to it (as 0-RTT data on QUIC when the
+/// Connects the transport to every address of `target` in turn, the happy-eyeballs way, within
+/// `handshake-timeout`, and hands the session's HELLO to it (as 0-RTT data on QUIC when the
 /// session can be resumed). Returns the link and how the handshake went, for the log.
 async fn connect(
     config: &EdgeConfig,
     target: &Endpoint,
     tls: &Tls,
     session: &mut Session,
-    quic_endpoint: &mut Option<(bool, quinn::Endpoint)>,
-) -> Result<(Link, &'static str), String> {
+    quic_endpoints: &mut quic::ClientEndpoints,
+) -> Result<(Link, &'static str), LinkError> {
+    let limit = config.handshake_timeout;
     match config.protocol {
         Protocol::Websocket => {
-            let (stream, peer) =
-                ws::connect(target, &config.websocket_path(), tls.websocket.clone()).await?;
+            let (stream, peer) = ws::connect(
+                target,
+                &config.websocket_path(),
+                tls.websocket.clone(),
+                limit,
+            )
+            .await?;
             let link = ws::spawn_link(stream, peer, config.write_deadline);
             link.flush(session, Instant::now());
             Ok((link, "TLS 1.3"))
         }
         Protocol::Quic => {
-            let addr = resolve(target).await?;
-            let ipv6 = addr.is_ipv6();
-            if quic_endpoint.as_ref().is_none_or(|(v6, _)| *v6 != ipv6) {
-                *quic_endpoint = Some((ipv6, quic::client_endpoint(ipv6)?));
-            }
-            let endpoint = &quic_endpoint.as_ref().expect("set above").1;
+            let addrs = dial::resolve(&target.host, target.port)
+                .await
+                .map_err(LinkError::Io)?;
             let mut first = Vec::new();
             while let Some(frame) = session.poll_transmit(Instant::now()) {
                 encode_len_prefixed(&frame, &mut first);
             }
-            let (conn, send, recv, how) =
-                quic::connect(endpoint, tls.quic.clone(), addr, &target.host, &first).await?;
+            let (conn, send, recv, how) = quic::dial(
+                quic_endpoints,
+                &tls.quic,
+                &addrs,
+                &target.host,
+                &first,
+                limit,
+            )
+            .await?;
             Ok((
                 quic::spawn_link(conn, send, recv, config.write_deadline),
                 how.describe(),
@@ -249,13 +257,14 @@ async fn connect(
     }
 }
 
-async fn resolve(target: &Endpoint) -> Result<SocketAddr, String> {
-    smol::net::resolve((target.host.as_str(), target.port))
-        .await
-        .map_err(|e| format!("cannot resolve {}: {e}", target.host))?
-        .into_iter()
-        .next()
-        .ok_or_else(|| format!("{} resolves to no address", target.host))
+/// What [`drive`] needs besides the link: the configuration, the credentials the link was made
+/// with (`generation` of `creds`), how the handshake went and when the attempt started.
+struct Driven<'a> {
+    config: &'a EdgeConfig,
+    creds: &'a CredentialStore,
+    generation: u64,
+    how: &'a str,
+    started: Instant,
 }
 
 /// Runs one link's session until it ends.
@@ -263,11 +272,16 @@ async fn drive(
     link: Link,
     mut session: Session,
     mut exchange: Exchange,
-    config: &EdgeConfig,
-    how: &str,
-    started: Instant,
+    driven: Driven<'_>,
     shutdown: &Shutdown,
 ) -> Ended {
+    let Driven {
+        config,
+        creds,
+        generation,
+        how,
+        started,
+    } = driven;
     let (protocol, peer) = (link.protocol, link.peer);
     let mut opened = false;
     loop {
@@ -279,6 +293,7 @@ async fn drive(
             match event {
                 Event::Open => {
                     opened = true;
+                    creds.worked(generation);
                     log::info!(
                         "connected to the cloud over {protocol} at {peer} ({how}, {:.1} ms); heartbeat every {:.1}s",
                         started.elapsed().as_secs_f64() * 1000.0,
@@ -294,11 +309,16 @@ async fn drive(
                     } else {
                         format!(": {detail}")
                     };
+                    let why = format!("{code}{detail}");
                     let ended = if code == CloseCode::ShuttingDown {
                         log::info!("closing the link to the cloud ({protocol}, {peer}): {code}");
                         Ended::Shutdown
+                    } else if code == CloseCode::IdentityMismatch && !opened {
+                        // The cloud says the certificate is not this node.
+                        lost(opened, protocol, peer, &why);
+                        Ended::CertificateRefused(why)
                     } else {
-                        lost(opened, protocol, peer, &format!("{code}{detail}"));
+                        lost(opened, protocol, peer, &why);
                         Ended::Lost
                     };
                     exchange.finish();
@@ -331,7 +351,15 @@ async fn drive(
             Wake::Inbound(Inbound::Closed(e)) => {
                 lost(opened, protocol, peer, &e.to_string());
                 exchange.finish();
-                return Ended::Lost;
+                return match e {
+                    // Over QUIC the cloud checks the certificate after the client finished its
+                    // handshake, so its refusal arrives on the link.
+                    LinkError::CertificateRefused(why) if !opened => Ended::CertificateRefused(why),
+                    LinkError::Closed(CloseCode::IdentityMismatch) if !opened => {
+                        Ended::CertificateRefused(e.to_string())
+                    }
+                    _ => Ended::Lost,
+                };
             }
             Wake::Timer => session.handle_timeout(Instant::now()),
             Wake::Stop(code) => session.close(code, ""),

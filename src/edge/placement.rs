@@ -8,12 +8,14 @@
 //! configured URL.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures_rustls::TlsConnector;
 use smol::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::{Endpoint, Url};
 use crate::tls::{self, Credentials};
+use crate::transport::timeout;
 use crate::transport::ws::{server_name, tcp_connect};
 
 /// The largest placement response read.
@@ -32,14 +34,31 @@ fn tls_config(ca: &std::path::Path, creds: &Credentials) -> Result<rustls::Clien
     Ok(config)
 }
 
-/// Asks the placement service at `url` for the cloud endpoint.
+/// Asks the placement service at `url` for the cloud endpoint, within `limit`. Every address
+/// the service's host resolves to is tried (see [`tcp_connect`]); the error names them.
 pub async fn query(
     url: &Url,
     ca: &std::path::Path,
     creds: &Credentials,
+    limit: Duration,
 ) -> Result<Endpoint, String> {
+    let started = Instant::now();
     let connector = TlsConnector::from(Arc::new(tls_config(ca, creds)?));
-    let tcp = tcp_connect(&url.endpoint).await?;
+    let tcp = tcp_connect(&url.endpoint, limit).await?;
+    let peer = tcp.get_ref().peer_addr().map_err(|e| e.to_string())?;
+    let rest = limit.saturating_sub(started.elapsed());
+    timeout(rest, ask(url, connector, tcp))
+        .await
+        .unwrap_or_else(|| Err(format!("no answer within handshake-timeout ({limit:?})")))
+        .map_err(|e| format!("{peer}: {e}"))
+}
+
+/// The request and its answer on a connected socket.
+async fn ask(
+    url: &Url,
+    connector: TlsConnector,
+    tcp: smol::Async<std::net::TcpStream>,
+) -> Result<Endpoint, String> {
     let mut stream = connector
         .connect(server_name(&url.endpoint.host)?, tcp)
         .await

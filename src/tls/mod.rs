@@ -4,8 +4,10 @@
 //! TLS 1.3 only, with client certificates on both transports.
 
 mod identity;
+mod validity;
 
 pub use identity::CertIdentity;
+pub use validity::{Utc, Validity, Window, now as unix_now};
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -158,6 +160,61 @@ impl Credentials {
     pub fn identity(&self) -> Option<CertIdentity> {
         self.chain.first().and_then(|c| CertIdentity::from_der(c))
     }
+
+    /// The validity window of the leaf certificate; `None` when it cannot be read.
+    pub fn validity(&self) -> Option<Validity> {
+        self.chain.first().and_then(|c| Validity::from_der(c))
+    }
+
+    /// Checks that the chain verifies, as a client certificate, against the CA bundle in `ca`
+    /// at `at` (seconds since the Unix epoch): what a cloud with that `ca` checks (RFC 5280
+    /// path validation by rustls' WebPKI verifier, including the client-auth key usage).
+    ///
+    /// Errors: the CA bundle cannot be loaded, or the verifier's reason (for example "unknown
+    /// issuer", "expired").
+    pub fn verify_as_client(&self, ca: &Path, at: i64) -> Result<(), String> {
+        let roots = Arc::new(load_roots(ca).map_err(|e| e.to_string())?);
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
+            .build()
+            .map_err(|e| e.to_string())?;
+        let (leaf, intermediates) = self.chain.split_first().ok_or("no certificate")?;
+        let at = rustls::pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+            u64::try_from(at).unwrap_or(0),
+        ));
+        verifier
+            .verify_client_cert(leaf, intermediates, at)
+            .map(drop)
+            .map_err(|e| match e {
+                rustls::Error::InvalidCertificate(c) => format!("{c:?}"),
+                other => other.to_string(),
+            })
+    }
+}
+
+/// The alert when `e` is one the peer sent about this side's certificate: bad, unsupported,
+/// revoked, expired, unknown or missing certificate, unknown CA, access denied (RFC 8446 section
+/// 6.2). Errors this side found in the peer's certificate are not alerts received and give `None`.
+pub fn certificate_alert(e: &rustls::Error) -> Option<rustls::AlertDescription> {
+    match e {
+        rustls::Error::AlertReceived(alert) => is_certificate_alert(*alert).then_some(*alert),
+        _ => None,
+    }
+}
+
+/// Whether `alert` is about the certificate its receiver presented (see [`certificate_alert`]).
+pub fn is_certificate_alert(alert: rustls::AlertDescription) -> bool {
+    use rustls::AlertDescription as A;
+    matches!(
+        alert,
+        A::BadCertificate
+            | A::UnsupportedCertificate
+            | A::CertificateRevoked
+            | A::CertificateExpired
+            | A::CertificateUnknown
+            | A::UnknownCA
+            | A::AccessDenied
+            | A::CertificateRequired
+    )
 }
 
 fn config_error(e: rustls::Error) -> TlsError {

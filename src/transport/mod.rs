@@ -5,6 +5,7 @@
 //! receives [`Inbound`] items from it, so it never blocks on a socket: a stalled write is noticed
 //! by the writer task (the write deadline) and reported as an inbound close.
 
+pub mod dial;
 pub mod quic;
 pub mod ws;
 
@@ -32,6 +33,9 @@ pub enum LinkError {
     Frame(FrameError),
     /// A write stayed blocked past the write deadline.
     WriteTimeout(Duration),
+    /// The peer refused this side's certificate: a TLS alert about it (see
+    /// [`crate::tls::certificate_alert`]) or an HTTP refusal for it; the text says where and why.
+    CertificateRefused(String),
     /// The connection failed.
     Io(String),
 }
@@ -44,8 +48,31 @@ impl fmt::Display for LinkError {
             LinkError::Eof => f.write_str("connection ended"),
             LinkError::Frame(e) => write!(f, "bad frame from the peer: {e}"),
             LinkError::WriteTimeout(d) => write!(f, "write blocked for {:.1}s", d.as_secs_f64()),
-            LinkError::Io(e) => f.write_str(e),
+            LinkError::CertificateRefused(why) | LinkError::Io(why) => f.write_str(why),
         }
+    }
+}
+
+impl From<LinkError> for String {
+    fn from(e: LinkError) -> String {
+        e.to_string()
+    }
+}
+
+/// A TLS or socket error as a [`LinkError`]: [`LinkError::CertificateRefused`] when it is an
+/// alert from the peer about this side's certificate (see [`crate::tls::certificate_alert`]),
+/// else [`LinkError::Io`] with `context` and the error.
+pub fn io_link_error(context: &str, e: &std::io::Error) -> LinkError {
+    let refused = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .and_then(crate::tls::certificate_alert)
+        .is_some();
+    let why = format!("{context}: {e}");
+    if refused {
+        LinkError::CertificateRefused(why)
+    } else {
+        LinkError::Io(why)
     }
 }
 

@@ -12,7 +12,7 @@ use quinn::{
     ReadError, RecvStream, SendStream, TransportConfig, VarInt,
 };
 
-use super::{Inbound, Link, LinkError, Outbound, deliver, timeout};
+use super::{Inbound, Link, LinkError, Outbound, deliver, dial, timeout};
 use crate::config::{Congestion, Protocol};
 use crate::proto::frame::{StreamDecoder, encode_len_prefixed};
 
@@ -141,7 +141,7 @@ pub fn server_endpoint(
         .map_err(|e| format!("QUIC endpoint on {addr}: {e}"))
 }
 
-/// The edge's QUIC endpoint: one per process, so TLS sessions resume across reconnects.
+/// A client QUIC endpoint on an unspecified address of the IPv6 or IPv4 family.
 pub fn client_endpoint(ipv6: bool) -> Result<Endpoint, String> {
     let bind: SocketAddr = if ipv6 { "[::]:0" } else { "0.0.0.0:0" }
         .parse()
@@ -209,6 +209,85 @@ impl Handshake {
     }
 }
 
+/// The edge's QUIC endpoints, one per address family, each bound when first needed and kept for
+/// the life of the process. (TLS sessions to resume live in the client configuration, so they
+/// are shared by both.)
+#[derive(Default)]
+pub struct ClientEndpoints {
+    v4: Option<Endpoint>,
+    v6: Option<Endpoint>,
+}
+
+impl ClientEndpoints {
+    /// The endpoint for `addr`'s family, bound now if it is not yet.
+    pub fn for_addr(&mut self, addr: SocketAddr) -> Result<Endpoint, String> {
+        let slot = if addr.is_ipv6() {
+            &mut self.v6
+        } else {
+            &mut self.v4
+        };
+        if slot.is_none() {
+            *slot = Some(client_endpoint(addr.is_ipv6())?);
+        }
+        Ok(slot.clone().expect("set above"))
+    }
+
+    /// Closes every endpoint at once (see [`close_endpoint`]).
+    pub async fn close(&self, linger: Duration) {
+        let close = |ep: &Option<Endpoint>| {
+            let ep = ep.clone();
+            async move {
+                if let Some(ep) = ep {
+                    close_endpoint(&ep, linger).await;
+                }
+            }
+        };
+        smol::future::zip(close(&self.v4), close(&self.v6)).await;
+    }
+}
+
+/// Connects to the cloud at the first of `addrs` that answers, racing them the happy-eyeballs
+/// way ([`dial::race`]) within `limit`, each attempt as [`connect`]. Returns the connection of
+/// the first to succeed; the error names each address tried, and is
+/// [`LinkError::CertificateRefused`] when one of them refused the certificate.
+pub async fn dial(
+    endpoints: &mut ClientEndpoints,
+    config: &quinn::ClientConfig,
+    addrs: &[SocketAddr],
+    server_name: &str,
+    first: &[u8],
+    limit: Duration,
+) -> Result<(quinn::Connection, SendStream, RecvStream, Handshake), LinkError> {
+    let bound: Vec<(SocketAddr, Result<Endpoint, String>)> =
+        addrs.iter().map(|a| (*a, endpoints.for_addr(*a))).collect();
+    let raced = dial::race(addrs, dial::ATTEMPT_DELAY, limit, |addr| {
+        let endpoint = bound
+            .iter()
+            .find(|(a, _)| *a == addr)
+            .map(|(_, e)| e.clone())
+            .expect("every address has its endpoint");
+        let config = config.clone();
+        async move {
+            let endpoint = endpoint.map_err(LinkError::Io)?;
+            connect(&endpoint, config, addr, server_name, first).await
+        }
+    })
+    .await;
+    match raced {
+        Ok((connected, _)) => Ok(connected),
+        Err(failed) => {
+            let refused = failed
+                .errors()
+                .any(|e| matches!(e, LinkError::CertificateRefused(_)));
+            Err(if refused {
+                LinkError::CertificateRefused(failed.to_string())
+            } else {
+                LinkError::Io(failed.to_string())
+            })
+        }
+    }
+}
+
 /// Connects to the cloud at `addr` and opens the control stream, sending `first` (HELLO,
 /// length-prefixed) as early as the handshake allows: in 0-RTT data when a session can be resumed.
 pub async fn connect(
@@ -217,29 +296,36 @@ pub async fn connect(
     addr: SocketAddr,
     server_name: &str,
     first: &[u8],
-) -> Result<(quinn::Connection, SendStream, RecvStream, Handshake), String> {
+) -> Result<(quinn::Connection, SendStream, RecvStream, Handshake), LinkError> {
     let connecting = endpoint
         .connect_with(config, addr, server_name)
-        .map_err(|e| format!("QUIC connect to {addr}: {e}"))?;
-    let failed = |e: &dyn std::fmt::Display| format!("QUIC handshake with {addr}: {e}");
+        .map_err(|e| LinkError::Io(format!("QUIC connect to {addr}: {e}")))?;
+    let failed =
+        |e: &dyn std::fmt::Display| LinkError::Io(format!("QUIC handshake with {addr}: {e}"));
+    let lost = |e: &ConnectionError| match connection_error(e) {
+        LinkError::CertificateRefused(_) => {
+            LinkError::CertificateRefused(format!("QUIC handshake with {addr}: {e}"))
+        }
+        _ => failed(e),
+    };
     match connecting.into_0rtt() {
         Ok((conn, accepted)) => {
-            let (mut send, recv) = conn.open_bi().await.map_err(|e| failed(&e))?;
+            let (mut send, recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
             // Written in 0-RTT; lost if the cloud refuses it.
             let _ = send.write_all(first).await;
             if accepted.await {
                 return Ok((conn, send, recv, Handshake::ZeroRtt));
             }
             if let Some(e) = conn.close_reason() {
-                return Err(failed(&e));
+                return Err(lost(&e));
             }
-            let (mut send, recv) = conn.open_bi().await.map_err(|e| failed(&e))?;
+            let (mut send, recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
             send.write_all(first).await.map_err(|e| failed(&e))?;
             Ok((conn, send, recv, Handshake::ZeroRttRefused))
         }
         Err(connecting) => {
-            let conn = connecting.await.map_err(|e| failed(&e))?;
-            let (mut send, recv) = conn.open_bi().await.map_err(|e| failed(&e))?;
+            let conn = connecting.await.map_err(|e| lost(&e))?;
+            let (mut send, recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
             send.write_all(first).await.map_err(|e| failed(&e))?;
             Ok((conn, send, recv, Handshake::OneRtt))
         }
@@ -260,6 +346,20 @@ fn connection_error(e: &ConnectionError) -> LinkError {
                     "QUIC application close {raw} {:?}",
                     String::from_utf8_lossy(&close.reason)
                 )),
+            }
+        }
+        ConnectionError::ConnectionClosed(close) => {
+            // A TLS alert travels as CRYPTO_ERROR 0x100 + alert (RFC 9001 section 4.8).
+            let code = u64::from(close.error_code);
+            let alert = code
+                .checked_sub(0x100)
+                .and_then(|a| u8::try_from(a).ok())
+                .map(rustls::AlertDescription::from);
+            let why = format!("QUIC: {e}");
+            if alert.is_some_and(crate::tls::is_certificate_alert) {
+                LinkError::CertificateRefused(why)
+            } else {
+                LinkError::Io(why)
             }
         }
         ConnectionError::TimedOut => LinkError::Io("QUIC idle timeout".into()),

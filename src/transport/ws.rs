@@ -18,7 +18,7 @@ use smol::Async;
 use smol::io::{AsyncRead, AsyncWrite};
 use smol::stream::StreamExt;
 
-use super::{Inbound, Link, LinkError, Outbound, deliver, timeout};
+use super::{Inbound, Link, LinkError, Outbound, deliver, dial, io_link_error, timeout};
 use crate::config::{Endpoint, Protocol};
 use crate::proto::{CloseCode, FrameError, MAX_FRAME, WS_SUBPROTOCOL};
 
@@ -150,24 +150,23 @@ where
     link
 }
 
-/// Opens a TCP connection to `endpoint` with `TCP_NODELAY`, trying each resolved address.
-pub async fn tcp_connect(endpoint: &Endpoint) -> Result<Async<TcpStream>, String> {
-    let addrs = smol::net::resolve((endpoint.host.as_str(), endpoint.port))
-        .await
-        .map_err(|e| format!("cannot resolve {}: {e}", endpoint.host))?;
-    let mut last = format!("{} resolves to no address", endpoint.host);
-    for addr in addrs {
-        match Async::<TcpStream>::connect(addr).await {
-            Ok(s) => {
-                s.get_ref()
-                    .set_nodelay(true)
-                    .map_err(|e| format!("TCP_NODELAY on {addr}: {e}"))?;
-                return Ok(s);
-            }
-            Err(e) => last = format!("TCP connect to {addr}: {e}"),
-        }
-    }
-    Err(last)
+/// Opens a TCP connection to `endpoint` with `TCP_NODELAY`, racing every address the host
+/// resolves to ([`dial::race`]) within `limit`. The error names each address tried and why it
+/// failed.
+pub async fn tcp_connect(endpoint: &Endpoint, limit: Duration) -> Result<Async<TcpStream>, String> {
+    let addrs = dial::resolve(&endpoint.host, endpoint.port).await?;
+    let (stream, _) = dial::race(&addrs, dial::ATTEMPT_DELAY, limit, |addr| async move {
+        let s = Async::<TcpStream>::connect(addr)
+            .await
+            .map_err(|e| format!("TCP connect: {e}"))?;
+        s.get_ref()
+            .set_nodelay(true)
+            .map_err(|e| format!("TCP_NODELAY: {e}"))?;
+        Ok::<_, String>(s)
+    })
+    .await
+    .map_err(|failed| failed.to_string())?;
+    Ok(stream)
 }
 
 /// The TLS server name for `host` (a DNS name or an IP address).
@@ -176,42 +175,75 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
         .map_err(|_| format!("{host:?} is not a valid TLS server name"))
 }
 
-/// Connects to the cloud at `endpoint`, runs TLS with `tls` and upgrades `path` to a WebSocket
-/// speaking the hub subprotocol. A refusal before the upgrade comes back as its HTTP status and
-/// reason.
+/// Connects to the cloud at `endpoint` (every address it resolves to, see [`tcp_connect`]), runs
+/// TLS with `tls` and upgrades `path` to a WebSocket speaking the hub subprotocol, all within
+/// `limit`. A refusal before the upgrade comes back as its HTTP status and reason; a refusal of
+/// this side's certificate (a TLS alert, or HTTP 403: the certificate is not the node in the
+/// path) as [`LinkError::CertificateRefused`].
 pub async fn connect(
     endpoint: &Endpoint,
     path: &str,
     tls: Arc<rustls::ClientConfig>,
-) -> Result<(WebSocketStream<ClientStream>, SocketAddr), String> {
-    let tcp = tcp_connect(endpoint).await?;
-    let peer = tcp.get_ref().peer_addr().map_err(|e| e.to_string())?;
-    let stream = TlsConnector::from(tls)
-        .connect(server_name(&endpoint.host)?, tcp)
+    limit: Duration,
+) -> Result<(WebSocketStream<ClientStream>, SocketAddr), LinkError> {
+    let started = std::time::Instant::now();
+    let tcp = tcp_connect(endpoint, limit).await.map_err(LinkError::Io)?;
+    let peer = tcp
+        .get_ref()
+        .peer_addr()
+        .map_err(|e| LinkError::Io(e.to_string()))?;
+    let rest = limit.saturating_sub(started.elapsed());
+    timeout(rest, upgrade(endpoint, path, tls, tcp, peer))
         .await
-        .map_err(|e| format!("TLS with {peer}: {e}"))?;
+        .unwrap_or_else(|| {
+            Err(LinkError::Io(format!(
+                "{peer}: no TLS handshake and upgrade within handshake-timeout ({limit:?})"
+            )))
+        })
+        .map(|ws| (ws, peer))
+}
+
+/// TLS and the WebSocket upgrade on a connected socket.
+async fn upgrade(
+    endpoint: &Endpoint,
+    path: &str,
+    tls: Arc<rustls::ClientConfig>,
+    tcp: Async<TcpStream>,
+    peer: SocketAddr,
+) -> Result<WebSocketStream<ClientStream>, LinkError> {
+    let stream = TlsConnector::from(tls)
+        .connect(server_name(&endpoint.host).map_err(LinkError::Io)?, tcp)
+        .await
+        .map_err(|e| io_link_error(&format!("TLS with {peer}"), &e))?;
     let url = format!("wss://{endpoint}{path}");
     let mut request = url
         .as_str()
         .into_client_request()
-        .map_err(|e| format!("bad WebSocket URL {url}: {e}"))?;
+        .map_err(|e| LinkError::Io(format!("bad WebSocket URL {url}: {e}")))?;
     request.headers_mut().insert(
         "Sec-WebSocket-Protocol",
         WS_SUBPROTOCOL.parse().expect("a valid header value"),
     );
     match async_tungstenite::client_async_with_config(request, stream, Some(config())).await {
-        Ok((ws, _)) => Ok((ws, peer)),
+        Ok((ws, _)) => Ok(ws),
         Err(tungstenite::Error::Http(resp)) => {
             let body = resp
                 .body()
                 .as_ref()
                 .map(|b| String::from_utf8_lossy(b).trim().to_owned())
                 .unwrap_or_default();
-            Err(format!(
-                "refused by the cloud: {} {body}",
-                resp.status().as_u16()
-            ))
+            let status = resp.status().as_u16();
+            let why = format!("refused by the cloud: {status} {body} ({peer})");
+            // 403 is the cloud's answer to a certificate that is not the node in the path.
+            Err(if status == 403 {
+                LinkError::CertificateRefused(why)
+            } else {
+                LinkError::Io(why)
+            })
         }
-        Err(e) => Err(format!("WebSocket upgrade with {peer}: {e}")),
+        Err(tungstenite::Error::Io(e)) => {
+            Err(io_link_error(&format!("WebSocket upgrade with {peer}"), &e))
+        }
+        Err(e) => Err(LinkError::Io(format!("WebSocket upgrade with {peer}: {e}"))),
     }
 }

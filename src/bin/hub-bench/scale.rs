@@ -96,7 +96,14 @@ pub async fn run(s: Scale) -> Result<(), String> {
                     Ok(c) => Arc::new(c),
                     Err(_) => return,
                 };
-                match ws::connect(&ws_ep, &format!("/scale/{node}/events"), config).await {
+                match ws::connect(
+                    &ws_ep,
+                    &format!("/scale/{node}/events"),
+                    config,
+                    Duration::from_secs(30),
+                )
+                .await
+                {
                     Ok((stream, peer)) => {
                         let link = ws::spawn_link(stream, peer, Duration::from_secs(15));
                         link.flush(&mut session, Instant::now());
