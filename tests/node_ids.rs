@@ -74,9 +74,9 @@ fn ws_upgrade(pki: &Path, port: u16, path: &str) -> String {
             host: "127.0.0.1".into(),
             port,
         };
-        match hub::transport::ws::connect(&ep, path, tls).await {
+        match hub::transport::ws::connect(&ep, path, tls, WAIT).await {
             Ok(_) => panic!("the cloud upgraded {path}"),
-            Err(e) => e,
+            Err(e) => e.to_string(),
         }
     })
 }
