@@ -12,6 +12,8 @@ pub mod ws;
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use smol::channel::{Receiver, Sender};
@@ -99,6 +101,7 @@ pub struct Link {
     /// The peer's address.
     pub peer: SocketAddr,
     inbound: Receiver<Inbound>,
+    budget: Arc<InboundBudget>,
     outbound: Sender<Outbound>,
     writer_done: Receiver<()>,
     /// Dropped with the link, which stops the reader task.
@@ -107,12 +110,45 @@ pub struct Link {
 
 /// Inbound items buffered between the reader task and the session task.
 const INBOUND_QUEUE: usize = 64;
+/// Bytes of frames read from the peer and not yet taken by the session, beyond which the reader
+/// stops reading: the rest waits in the peer's socket or QUIC flow control, not in this process.
+/// With the frame the reader holds while it waits, a link buffers at most this plus one frame
+/// (16 MiB), not [`INBOUND_QUEUE`] frames of 16 MiB each.
+pub const INBOUND_BYTES: usize = 4 << 20;
+
+/// The bytes waiting in a link's inbound queue, and a wake-up for a reader waiting for room.
+struct InboundBudget {
+    queued: AtomicUsize,
+    room: (Sender<()>, Receiver<()>),
+}
+
+impl InboundBudget {
+    /// Waits until fewer than [`INBOUND_BYTES`] are queued, then counts `len` more.
+    async fn reserve(&self, len: usize) {
+        while self.queued.load(Ordering::Acquire) >= INBOUND_BYTES {
+            if self.room.1.recv().await.is_err() {
+                return;
+            }
+        }
+        self.queued.fetch_add(len, Ordering::AcqRel);
+    }
+
+    /// `len` bytes were taken by the session.
+    fn release(&self, len: usize) {
+        self.queued.fetch_sub(len, Ordering::AcqRel);
+        let _ = self.room.0.try_send(());
+    }
+}
 
 impl Link {
     /// Creates the channels of a link; the transport spawns its reader and writer tasks on the
     /// returned [`LinkTasks`].
     fn new(protocol: Protocol, peer: SocketAddr) -> (Link, LinkTasks) {
         let (in_tx, in_rx) = smol::channel::bounded(INBOUND_QUEUE);
+        let budget = Arc::new(InboundBudget {
+            queued: AtomicUsize::new(0),
+            room: smol::channel::bounded(1),
+        });
         // Unbounded: the session bounds what it queues (heartbeats and, later, its window).
         let (out_tx, out_rx) = smol::channel::unbounded();
         let (done_tx, done_rx) = smol::channel::bounded(1);
@@ -122,12 +158,14 @@ impl Link {
                 protocol,
                 peer,
                 inbound: in_rx,
+                budget: budget.clone(),
                 outbound: out_tx,
                 writer_done: done_rx,
                 _alive: alive_tx,
             },
             LinkTasks {
                 inbound: in_tx,
+                budget,
                 outbound: out_rx,
                 writer_done: done_tx,
                 alive: alive_rx,
@@ -142,10 +180,15 @@ impl Link {
 
     /// The next item from the peer; `Closed` once the link is gone.
     pub async fn recv(&self) -> Inbound {
-        self.inbound
+        let item = self
+            .inbound
             .recv()
             .await
-            .unwrap_or(Inbound::Closed(LinkError::Eof))
+            .unwrap_or(Inbound::Closed(LinkError::Eof));
+        if let Inbound::Frame(bytes) = &item {
+            self.budget.release(bytes.len());
+        }
+        item
     }
 
     /// Sends everything `session` has queued.
@@ -200,6 +243,7 @@ pub enum Wake {
 /// The task ends of a link's channels.
 struct LinkTasks {
     inbound: Sender<Inbound>,
+    budget: Arc<InboundBudget>,
     outbound: Receiver<Outbound>,
     writer_done: Sender<()>,
     /// Closes when the [`Link`] is dropped.
@@ -217,10 +261,14 @@ impl LinkTasks {
     }
 }
 
-/// Hands an item from a reader task to the session task; `false` when the reader should stop (the
-/// link closed, or its owner is gone).
-async fn deliver(inbound: &Sender<Inbound>, item: Inbound) -> bool {
+/// Hands an item from a reader task to the session task, first waiting while
+/// [`INBOUND_BYTES`] are queued already; `false` when the reader should stop (the link closed, or
+/// its owner is gone).
+async fn deliver(inbound: &Sender<Inbound>, budget: &InboundBudget, item: Inbound) -> bool {
     let last = matches!(item, Inbound::Closed(_));
+    if let Inbound::Frame(bytes) = &item {
+        budget.reserve(bytes.len()).await;
+    }
     inbound.send(item).await.is_ok() && !last
 }
 
@@ -232,4 +280,32 @@ pub async fn timeout<T>(limit: Duration, fut: impl Future<Output = T>) -> Option
             None
         })
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reader_stops_at_the_inbound_byte_budget() {
+        smol::block_on(async {
+            let peer = "127.0.0.1:1".parse().unwrap();
+            let (link, tasks) = Link::new(Protocol::Websocket, peer);
+            let frame = || Inbound::Frame(vec![0; 1 << 20]);
+            // The session takes nothing: four 1 MiB frames fill the budget ...
+            for _ in 0..INBOUND_BYTES >> 20 {
+                assert!(deliver(&tasks.inbound, &tasks.budget, frame()).await);
+            }
+            // ... and the reader waits with the fifth rather than reading on.
+            let fifth = deliver(&tasks.inbound, &tasks.budget, frame());
+            let mut fifth = std::pin::pin!(fifth);
+            let waited = timeout(Duration::from_millis(100), fifth.as_mut()).await;
+            assert!(waited.is_none(), "the reader went past the budget");
+            assert_eq!(link.inbound.len(), INBOUND_BYTES >> 20);
+            // One taken by the session makes room for it.
+            assert!(matches!(link.recv().await, Inbound::Frame(_)));
+            assert_eq!(timeout(Duration::from_secs(5), fifth).await, Some(true));
+            assert_eq!(link.inbound.len(), INBOUND_BYTES >> 20);
+        });
+    }
 }

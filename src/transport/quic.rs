@@ -386,6 +386,7 @@ pub fn spawn_link(
     let (link, tasks) = Link::new(Protocol::Quic, conn.remote_address());
     let inbound = tasks.inbound.clone();
     let reader_inbound = tasks.inbound.clone();
+    let budget = tasks.budget.clone();
     tasks.spawn_reader(async move {
         let mut decoder = StreamDecoder::default();
         let mut buf = vec![0u8; 64 * 1024];
@@ -403,7 +404,7 @@ pub fn spawn_link(
                     Err(e) => break Inbound::Closed(read_error(e)),
                 }
             };
-            if !deliver(&reader_inbound, item).await {
+            if !deliver(&reader_inbound, &budget, item).await {
                 return;
             }
         }

@@ -86,6 +86,7 @@ where
     let (mut tx, mut rx) = ws.split();
     let inbound = tasks.inbound.clone();
     let reader_inbound = tasks.inbound.clone();
+    let budget = tasks.budget.clone();
     tasks.spawn_reader(async move {
         loop {
             let item = match rx.next().await {
@@ -96,7 +97,7 @@ where
                 Some(Err(e)) => Inbound::Closed(link_error(e)),
                 None => Inbound::Closed(LinkError::Eof),
             };
-            if !deliver(&reader_inbound, item).await {
+            if !deliver(&reader_inbound, &budget, item).await {
                 return;
             }
         }
