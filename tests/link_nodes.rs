@@ -117,6 +117,12 @@ fn two_gateways_with_one_identity_are_reported() {
         }
         let row = common::apps::node_row(&cloud.apps, "edge-node");
         assert!(row["conflicts"].as_u64().unwrap() >= 3, "{row}");
+        // The gateway that was pushed out says so too, where its operator looks.
+        let told = first.wait_for("replaced this one");
+        assert!(
+            told.contains(" WARN ") && told.contains("two gateways are using this node's identity"),
+            "{told}"
+        );
     }
 }
 

@@ -350,6 +350,12 @@ async fn drive(
             ),
             Wake::Inbound(Inbound::Closed(e)) => {
                 lost(opened, protocol, peer, &e.to_string());
+                if matches!(e, LinkError::Closed(CloseCode::Replaced)) {
+                    log::warn!(
+                        "another connection as node {} replaced this one: if this repeats, two gateways are using this node's identity (a copied configuration or certificate)",
+                        config.node_id
+                    );
+                }
                 exchange.finish();
                 return match e {
                     // Over QUIC the cloud checks the certificate after the client finished its
