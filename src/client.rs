@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::Message as WsMessage;
+use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use smol::Async;
 use smol::io::{AsyncBufRead, AsyncRead, AsyncWrite, BufReader};
 use smol::stream::StreamExt;
@@ -89,11 +90,18 @@ pub async fn connect(url: &str, path: &str) -> Result<Connection, String> {
         .map_err(|e| format!("cannot open the application endpoint {url}: {e}"))
 }
 
-/// The next message from the hub; `None` when the connection ended.
+/// The next message from the hub; `None` when the connection ended normally, an error with the
+/// hub's close code and reason when it closed the connection for a cause (RFC 6455 section 7.4:
+/// 1008 for an application too slow to read, 1009 for a message too big, see `docs/api.md`).
 pub async fn next(ws: &mut Connection) -> Option<Result<Message, String>> {
     loop {
         return match ws.next().await? {
             Ok(WsMessage::Text(t)) => Some(Message::from_json(&t).map_err(|e| e.to_string())),
+            Ok(WsMessage::Close(Some(f))) if f.code != CloseCode::Normal => Some(Err(format!(
+                "the hub closed the connection: {} {}",
+                u16::from(f.code),
+                f.reason
+            ))),
             Ok(WsMessage::Close(_)) => None,
             Ok(_) => continue,
             Err(e) => Some(Err(e.to_string())),
@@ -278,14 +286,21 @@ pub async fn publish_input<R: AsyncRead + Unpin>(
     let known = total.clone();
     let pending = lines_of.clone();
     let counter = smol::spawn(async move {
-        let (mut accepted, mut refused) = (0u64, 0u64);
+        let (mut accepted, mut refused, mut closed) = (0u64, 0u64, None);
         while accepted + refused < known.load(Ordering::SeqCst) {
             let Some(item) = rx.next().await else { break };
-            let Ok(WsMessage::Text(t)) = item else {
-                if item.is_err() {
+            let t = match item {
+                Ok(WsMessage::Text(t)) => t,
+                Ok(WsMessage::Close(Some(f))) if f.code != CloseCode::Normal => {
+                    closed = Some(format!(
+                        "the hub closed the connection: {} {}",
+                        u16::from(f.code),
+                        f.reason
+                    ));
                     break;
                 }
-                continue;
+                Err(_) => break,
+                Ok(_) => continue,
             };
             let Ok(m) = Message::from_json(&t) else {
                 continue;
@@ -311,7 +326,7 @@ pub async fn publish_input<R: AsyncRead + Unpin>(
                 _ => {}
             }
         }
-        (accepted, refused)
+        (accepted, refused, closed)
     });
 
     let mut totals = LineTotals::default();
@@ -361,13 +376,19 @@ pub async fn publish_input<R: AsyncRead + Unpin>(
         // Wake the counter in case every notice already arrived.
         let _ = tx.send(WsMessage::Ping(Vec::new().into())).await;
     }
-    let (accepted, refused) = if sent > 0 { counter.await } else { (0, 0) };
+    let (accepted, refused, closed) = if sent > 0 {
+        counter.await
+    } else {
+        (0, 0, None)
+    };
     let _ = tx.close(None).await;
     totals.accepted = accepted;
     totals.refused += refused;
     totals.unconfirmed = sent.saturating_sub(accepted + refused);
     if totals.unconfirmed > 0 && totals.stopped.is_none() {
-        totals.stopped = Some("the hub closed the connection before confirming every line".into());
+        totals.stopped = Some(closed.unwrap_or_else(|| {
+            "the hub closed the connection before confirming every line".into()
+        }));
     }
     totals
 }

@@ -170,3 +170,36 @@ fn stdin_refuses_each_bad_line_and_publishes_the_rest() {
     let contents: Vec<String> = got.iter().map(|m| text(&m.content)).collect();
     assert_eq!(contents, [r#""c1""#, r#""c2""#, r#""c3""#, "-4"]);
 }
+
+/// A line too big for the endpoint itself (past `apps.max-message-bytes` and the room it leaves
+/// for the JSON) makes the hub close the connection with 1009 and its reason: the command says
+/// so, rather than only that some lines went unconfirmed.
+#[test]
+fn the_hubs_reason_for_closing_reaches_the_user() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = common::link_pki(tmp.path());
+    let spec = CloudSpec {
+        apps_extra: "  max-message-bytes: 300\n".into(),
+        ..CloudSpec::default()
+    };
+    let cloud = common::start_cloud(tmp.path(), &pki, &spec);
+    let input = format!("\"{}\"\n1\n", "x".repeat(200_000));
+    let out = hub(
+        &[
+            "pub",
+            "-u",
+            &cloud.apps,
+            "-r",
+            "node/edge-node/big",
+            "--stdin",
+        ],
+        input.as_bytes(),
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stdout.contains("0 accepted"), "{stdout}");
+    assert!(
+        stderr.contains("the hub closed the connection: 1009 message too big"),
+        "{stderr}"
+    );
+}
