@@ -434,14 +434,13 @@ async fn quic_handshake(incoming: quinn::Incoming, cloud: Arc<Cloud>, pending: P
                 let conn = connecting
                     .await
                     .map_err(|e| format!("QUIC handshake: {e}"))?;
-                *opened.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
                 let certs = quic_peer_certs(&conn);
                 let identity = leaf_identity(certs.as_deref())?;
+                *opened.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
                 let (send, recv) = conn.accept_bi().await.map_err(|e| format!("QUIC: {e}"))?;
                 return Ok((conn, send, recv, identity));
             }
         };
-        *opened.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
         let certs = match quic_peer_certs(&conn) {
             Some(c) => Some(c),
             None => {
@@ -458,6 +457,9 @@ async fn quic_handshake(incoming: quinn::Incoming, cloud: Arc<Cloud>, pending: P
                 });
             }
         };
+        // The node is known (a completed handshake, or a resumed session): from here on only its
+        // control stream is awaited.
+        *opened.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
         let (send, recv) = conn.accept_bi().await.map_err(|e| format!("QUIC: {e}"))?;
         Ok::<_, String>((conn, send, recv, identity))
     };
