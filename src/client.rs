@@ -385,10 +385,12 @@ pub async fn publish_input<R: AsyncRead + Unpin>(
     totals.accepted = accepted;
     totals.refused += refused;
     totals.unconfirmed = sent.saturating_sub(accepted + refused);
-    if totals.unconfirmed > 0 && totals.stopped.is_none() {
-        totals.stopped = Some(closed.unwrap_or_else(|| {
-            "the hub closed the connection before confirming every line".into()
-        }));
+    if closed.is_some() {
+        // The hub's own reason explains the rest (a send that failed after it closed, lines left
+        // unconfirmed) better than what this side saw of it.
+        totals.stopped = closed;
+    } else if totals.unconfirmed > 0 && totals.stopped.is_none() {
+        totals.stopped = Some("the hub closed the connection before confirming every line".into());
     }
     totals
 }
