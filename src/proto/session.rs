@@ -517,6 +517,28 @@ impl Session {
                 self.transmit.push_back(Frame::Heartbeat);
             }
         }
+        if let Some(probe) = self.probe_after() {
+            if self.transmit.is_empty()
+                && silent >= probe
+                && now.saturating_duration_since(self.last_send) >= probe
+            {
+                self.transmit.push_back(Frame::Heartbeat);
+            }
+        }
+    }
+
+    /// Edge, once open: how long without a frame from the cloud before the edge sends a
+    /// heartbeat of its own, whatever its heartbeat interval. The cloud sends one every third of
+    /// the edge's read deadline, so this silence means one went missing; the edge's probe then
+    /// meets the cloud if the path is fine, or draws a QUIC stateless reset (RFC 9000 section
+    /// 10.3) or a TCP reset from a cloud that restarted, and the edge reconnects at once instead
+    /// of after its whole read deadline.
+    fn probe_after(&self) -> Option<Duration> {
+        if self.role != Role::Edge || self.state != State::Open {
+            return None;
+        }
+        let cloud_heartbeat = (self.deadline / 3).max(MIN_HEARTBEAT);
+        Some(cloud_heartbeat + cloud_heartbeat / 10)
     }
 
     /// The next frame to send, if any. Sending counts as activity for the heartbeat timer.
@@ -537,10 +559,13 @@ impl Session {
             return None;
         }
         let dead = self.last_recv + self.deadline;
-        let next = match self.heartbeat {
+        let mut next = match self.heartbeat {
             Some(hb) => dead.min(self.last_send + hb),
             None => dead,
         };
+        if let Some(probe) = self.probe_after() {
+            next = next.min(self.last_recv.max(self.last_send) + probe);
+        }
         Some(self.commit_due.map_or(next, |due| next.min(due)))
     }
 }
@@ -933,6 +958,32 @@ mod tests {
             ),
             "ACK beyond what was sent"
         );
+    }
+
+    #[test]
+    fn an_edge_that_misses_the_clouds_heartbeat_probes_at_once() {
+        let now = Instant::now();
+        // The edge heartbeats every 15 s; the cloud every second (a third of the 3 s deadline).
+        let (mut edge, _cloud) = open_pair(now, 15 * S, 3 * S, 30 * S);
+        while edge.poll_transmit(now).is_some() {}
+        let probe = now + S + S / 10;
+        assert_eq!(
+            edge.poll_timeout(),
+            Some(probe),
+            "due when one cloud heartbeat is late"
+        );
+        edge.handle_timeout(probe - Duration::from_millis(1));
+        assert_eq!(edge.poll_transmit(probe), None, "not before");
+        edge.handle_timeout(probe);
+        assert_eq!(edge.poll_transmit(probe), Some(Frame::Heartbeat));
+        // Still nothing from the cloud: again after as long, until the read deadline.
+        let again = probe + S + S / 10;
+        assert_eq!(edge.poll_timeout(), Some(again));
+        edge.handle_timeout(again);
+        assert_eq!(edge.poll_transmit(again), Some(Frame::Heartbeat));
+        // A frame from the cloud puts it off.
+        edge.handle_frame(again, Frame::Heartbeat);
+        assert_eq!(edge.poll_timeout(), Some(again + S + S / 10));
     }
 
     #[test]
