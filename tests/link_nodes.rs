@@ -126,6 +126,32 @@ fn two_gateways_with_one_identity_are_reported() {
     }
 }
 
+/// A gateway killed and restarted at once replaces its own dead link, which the cloud still
+/// holds: that is no identity conflict, on either transport.
+#[test]
+fn a_gateway_that_restarts_is_not_taken_for_two() {
+    for proto in [Proto::Websocket, Proto::Quic] {
+        let tmp = tempfile::tempdir().unwrap();
+        let pki = common::link_pki(tmp.path());
+        let mut cloud = common::start_cloud(tmp.path(), &pki, &CloudSpec::default());
+        let spec = EdgeSpec::new(proto, &pki, "edge-node", cloud.port(proto));
+        let mut edge = spec.start(tmp.path());
+        edge.wait_for("connected to the cloud");
+        cloud.hub.wait_for("node edge-node connected");
+        edge.kill9();
+        let mut edge = spec.start(tmp.path());
+        edge.wait_for("connected to the cloud");
+        cloud.hub.wait_for("node edge-node connected");
+        assert!(
+            cloud.hub.lines_with("two gateways").is_empty(),
+            "{:?}",
+            cloud.hub.lines_with("two gateways")
+        );
+        let row = common::apps::node_row(&cloud.apps, "edge-node");
+        assert_eq!(row["conflicts"], 0, "{row}");
+    }
+}
+
 /// Connects to a cloud allowing `max_streams` as `edge-node` and returns how many streams it could
 /// open in all (the control stream included), trying up to `try_up_to`.
 fn streams_granted(max_streams: u32, try_up_to: usize) -> usize {

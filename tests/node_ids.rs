@@ -142,11 +142,23 @@ fn resources_naming_no_node_are_refused_before_they_are_accepted() {
     let state = tmp.path().join("cloud-state");
     // A folder this hub would never make (an older hub took other spellings).
     std::fs::create_dir_all(state.join("nodes/Gw/out")).unwrap();
+    // And a file with a node's name, which is no queue either.
+    std::fs::write(state.join("nodes/stray"), b"x").unwrap();
     let mut cloud = common::start_cloud(tmp.path(), &pki, &CloudSpec::default());
-    let ignored = cloud.hub.wait_for("not a node's queue");
+    let mut ignored = cloud.hub.lines_with("not a node's queue");
+    ignored.sort();
+    assert_eq!(ignored.len(), 2, "{ignored:?}");
     assert!(
-        ignored.contains("nodes/Gw") && ignored.contains("upper-case"),
-        "{ignored}"
+        ignored
+            .iter()
+            .any(|l| l.contains("nodes/Gw") && l.contains("upper-case")),
+        "{ignored:?}"
+    );
+    assert!(
+        ignored
+            .iter()
+            .any(|l| l.contains("nodes/stray") && l.contains("not a folder")),
+        "{ignored:?}"
     );
 
     let bin = common::hub_bin();
@@ -181,7 +193,7 @@ fn resources_naming_no_node_are_refused_before_they_are_accepted() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     nodes.sort();
-    assert_eq!(nodes, ["Gw"], "only the folder that was there");
+    assert_eq!(nodes, ["Gw", "stray"], "only what was there");
     assert!(common::apps::nodes(&cloud.apps).is_empty());
 
     // The same through an application's own connection: an error notice, never "accepted".

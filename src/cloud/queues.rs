@@ -41,10 +41,15 @@ impl NodeQueues {
             std::fs::read_dir(&dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
         for entry in entries.flatten() {
             let name = entry.file_name();
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
             match name.to_str().map(|n| (n, valid_id(n))) {
-                Some((node, Ok(()))) => {
+                Some((node, Ok(()))) if is_dir => {
                     queues.node(node)?;
                 }
+                Some((_, Ok(()))) => log::warn!(
+                    "ignoring {}: not a node's queue (not a folder)",
+                    entry.path().display()
+                ),
                 // Not made by this hub (or by an older one that took other spellings): left
                 // alone, and said once, rather than read as some node's queue.
                 Some((_, Err(why))) => log::warn!(
@@ -68,10 +73,18 @@ impl NodeQueues {
         }
         valid_id(node_id).map_err(|p| format!("node id {p}"))?;
         let base = self.dir.join(node_id);
-        let out = Queue::open(&base.join("out"), &self.config)
-            .map_err(|e| format!("cannot open the queue of node {node_id}: {e}"))?;
-        let inbound = Inbound::open(&base.join("in.state"))
-            .map_err(|e| format!("cannot open the receive state of node {node_id}: {e}"))?;
+        let out = Queue::open(&base.join("out"), &self.config).map_err(|e| {
+            format!(
+                "cannot open the queue of node {node_id} in {}: {e}",
+                base.display()
+            )
+        })?;
+        let inbound = Inbound::open(&base.join("in.state")).map_err(|e| {
+            format!(
+                "cannot open the receive state of node {node_id} in {}: {e}",
+                base.display()
+            )
+        })?;
         let streams = Arc::new(NodeStreams { out, inbound });
         nodes.insert(node_id.to_owned(), streams.clone());
         Ok(streams)

@@ -22,20 +22,24 @@ pub struct NodeInfo {
     pub peer: SocketAddr,
     /// When this connection was admitted.
     pub since: SystemTime,
-    /// How many times a connection of this node was replaced from another address within
-    /// [`CONFLICT_WINDOW`] of being admitted, since the cloud started: two gateways using one
-    /// identity (a copied configuration, a stolen certificate) take turns like that.
+    /// How many times since the cloud started a connection of this node that had itself
+    /// replaced another was replaced in turn, from another address, within [`CONFLICT_WINDOW`]
+    /// of being admitted: two gateways using one identity (a copied configuration, a stolen
+    /// certificate) take turns like that.
     pub conflicts: u64,
 }
 
-/// A node replaced from another address this soon after it connected counts as an identity
-/// conflict (see [`NodeInfo::conflicts`]). A gateway that really moved (a new network, a new
-/// address) had its old link up for longer, or lost it silently, so it does not look like this.
+/// How soon a replacement must follow a replacement to count as an identity conflict (see
+/// [`NodeInfo::conflicts`]). One replacement alone is what a gateway that restarted or moved to
+/// another network does while the cloud still holds its dead link; it is the pushed-out gateway
+/// coming back, replacing its replacer, that shows two of them.
 pub const CONFLICT_WINDOW: Duration = Duration::from_secs(60);
 
 struct Entry {
     id: u64,
     admitted: Instant,
+    /// Whether this connection replaced another when it was admitted.
+    replaced_another: bool,
     info: NodeInfo,
     /// Dropped when a newer connection replaces this one.
     _replace: Sender<()>,
@@ -117,13 +121,14 @@ impl Registry {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = smol::channel::bounded(1);
         let now = Instant::now();
-        if let Some(old) = nodes.get(node_id) {
+        let replacing = nodes.get(node_id);
+        if let Some(old) = replacing {
             let up = now.saturating_duration_since(old.admitted);
-            if old.info.peer != peer && up < CONFLICT_WINDOW {
+            if old.replaced_another && old.info.peer != peer && up < CONFLICT_WINDOW {
                 let n = conflicts.entry(node_id.to_owned()).or_default();
                 *n += 1;
                 log::warn!(
-                    "node {node_id}: a connection from {peer} replaces the one from {} that connected {:.1}s ago ({n} time(s) so far); two gateways may be using this node's identity (a copied configuration or a stolen certificate)",
+                    "node {node_id}: a connection from {peer} replaces the one from {} that connected {:.1}s ago, itself a replacement ({n} time(s) so far); two gateways may be using this node's identity (a copied configuration or a stolen certificate), or the gateway is restarting in a loop",
                     old.info.peer,
                     up.as_secs_f64()
                 );
@@ -143,6 +148,7 @@ impl Registry {
             Entry {
                 id,
                 admitted: now,
+                replaced_another: replacing.is_some(),
                 info,
                 _replace: tx,
             },
@@ -209,6 +215,15 @@ mod tests {
         let a4 = r.admit("a", Protocol::Quic, addr()).unwrap();
         assert_eq!(r.nodes()[0].conflicts, 1, "kept while the node was away");
         drop(a4);
+
+        // A gateway that restarts (or moves) while the cloud holds its dead link replaces it
+        // once: no conflict. The pushed-out one coming back, replacing its replacer, is one.
+        let r = Registry::new(10);
+        let _z = r.admit("z", Protocol::Quic, addr()).unwrap();
+        let _z2 = r.admit("z", Protocol::Quic, elsewhere).unwrap();
+        assert_eq!(r.nodes()[0].conflicts, 0, "one replacement");
+        let _z3 = r.admit("z", Protocol::Quic, addr()).unwrap();
+        assert_eq!(r.nodes()[0].conflicts, 1, "the first gateway is back");
         assert_eq!(r.len(), 1);
         assert!(r.admit("c", Protocol::Quic, addr()).is_some());
     }
