@@ -13,16 +13,22 @@
 //! WebSocket message (or fragment) over [`ws_message_limit`] is refused when its header or the
 //! fragment that passes the limit arrives (close code 1009), publishes awaiting their notice are
 //! bounded by [`IN_FLIGHT_BYTES`], and what waits to be written to the application by
-//! [`queue_bytes`] (then it is disconnected, close code 1008).
+//! [`queue_bytes`] (then it is disconnected, close code 1008). Those bounds are counts, not
+//! preallocated room: an idle connection costs a few tens of KiB (an 8 KiB read buffer, its
+//! tasks), whatever the bounds.
+//!
+//! The connections themselves are bounded: at most `apps.max-connections` at once (one more is
+//! answered with HTTP 503 and the reason), each given `apps.upgrade-timeout` to complete its
+//! WebSocket upgrade.
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::Message as WsMessage;
@@ -50,6 +56,7 @@ const APP_QUEUE: usize = 65536;
 /// disconnected, unless twice the largest message is more (see [`queue_bytes`]).
 pub const APP_QUEUE_BYTES: usize = 16 << 20;
 /// Publishes of one application awaiting their notice before the hub stops reading from it.
+/// Counted, not preallocated: an idle connection holds no room for them.
 const IN_FLIGHT: usize = 4096;
 /// Bytes of one application's publishes awaiting their notice (the encoded messages, on their way
 /// into the queue) before the hub stops reading from it; one message is always let through.
@@ -63,6 +70,14 @@ pub const JSON_ALLOWANCE: usize = 64 * 1024;
 /// frame: the hub reads and discards what the application still sends meanwhile, so the
 /// application reads the close frame rather than a reset.
 const LINGER: Duration = Duration::from_secs(5);
+/// Connections refused (HTTP 503, `apps.max-connections` reached) that may be answered at once;
+/// beyond them a connection is closed without an answer, so that a flood of connections cannot
+/// make the refusals themselves pile up.
+const REFUSING_AT_ONCE: usize = 64;
+/// How long a refused connection has to send its request before it is closed without its 503.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
+/// The least time between two log lines about refused connections.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The largest WebSocket message (and frame) an application may send, in bytes: the largest
 /// message `max_message_bytes` (in its binary form) plus [`JSON_ALLOWANCE`]. Larger ones are
@@ -128,13 +143,127 @@ impl Apps {
     }
 }
 
+/// The connections of the endpoint (TCP and unix socket together): how many are open, against
+/// `apps.max-connections`, and the refusals beyond it.
+struct Gate {
+    /// Connections open, from their accept to their end (upgrades under way included).
+    open: AtomicUsize,
+    /// `apps.max-connections`.
+    max: usize,
+    /// Refusals being answered (see [`REFUSING_AT_ONCE`]).
+    refusing: AtomicUsize,
+    /// `apps.upgrade-timeout`.
+    upgrade_timeout: Duration,
+    /// Refusals so far, and when and at which count the last log line about them was written.
+    refused: AtomicU64,
+    logged: Mutex<Option<(Instant, u64)>>,
+}
+
+/// One connection counted in [`Gate::open`] or [`Gate::refusing`]; counted out when dropped.
+struct Ticket {
+    gate: Arc<Gate>,
+    refusal: bool,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let count = if self.refusal {
+            &self.gate.refusing
+        } else {
+            &self.gate.open
+        };
+        count.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What to do with a connection just accepted.
+enum Admission {
+    /// Serve it.
+    Serve(Ticket),
+    /// Answer it with HTTP 503.
+    Refuse(Ticket),
+    /// Close it without a word: too many refusals under way already.
+    Drop,
+}
+
+impl Gate {
+    fn new(config: &AppsConfig) -> Gate {
+        Gate {
+            open: AtomicUsize::new(0),
+            max: config.max_connections.max(1),
+            refusing: AtomicUsize::new(0),
+            upgrade_timeout: config.upgrade_timeout,
+            refused: AtomicU64::new(0),
+            logged: Mutex::new(None),
+        }
+    }
+
+    /// Counts a new connection in, if there is room for it.
+    fn admit(self: &Arc<Self>) -> Admission {
+        let take = |count: &AtomicUsize, max: usize| {
+            count
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < max).then_some(n + 1)
+                })
+                .is_ok()
+        };
+        if take(&self.open, self.max) {
+            return Admission::Serve(Ticket {
+                gate: self.clone(),
+                refusal: false,
+            });
+        }
+        self.note_refusal();
+        if take(&self.refusing, REFUSING_AT_ONCE) {
+            Admission::Refuse(Ticket {
+                gate: self.clone(),
+                refusal: true,
+            })
+        } else {
+            Admission::Drop
+        }
+    }
+
+    /// Why a connection is refused, for the application.
+    fn refusal_reason(&self) -> String {
+        format!(
+            "too many application connections: {} are open, the most this hub takes (apps.max-connections)",
+            self.max
+        )
+    }
+
+    /// Counts a refusal; logs one line per [`REFUSAL_LOG_INTERVAL`] at most, with the count
+    /// since the previous line.
+    fn note_refusal(&self) {
+        let total = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = Instant::now();
+        let mut logged = self.logged.lock().unwrap_or_else(|e| e.into_inner());
+        let since = match *logged {
+            Some((at, _)) if now.duration_since(at) < REFUSAL_LOG_INTERVAL => return,
+            Some((_, count)) => total - count,
+            None => total,
+        };
+        *logged = Some((now, total));
+        drop(logged);
+        log::warn!(
+            "refused {since} application connection(s) with 503: {} are open, the most apps.max-connections allows",
+            self.max
+        );
+    }
+}
+
 /// Serves the endpoint on the configured TCP address and unix socket until `shutdown`.
 /// Returns the TCP address actually bound (the port may have been 0).
+///
+/// At most `apps.max-connections` connections are open at once (both listeners together); one
+/// more is answered with HTTP 503 and the reason, and a connection whose WebSocket upgrade is
+/// not complete within `apps.upgrade-timeout` is closed.
 pub fn start(
     config: &AppsConfig,
     apps: Arc<Apps>,
     shutdown: Shutdown,
 ) -> Result<Option<SocketAddr>, String> {
+    let gate = Arc::new(Gate::new(config));
     let mut bound = None;
     if let Some(addr) = config.listen {
         let listener = Async::<TcpListener>::bind(addr)
@@ -147,14 +276,14 @@ pub fn start(
         }
         log::info!("apps listening on ws://{local}");
         bound = Some(local);
-        let (apps, shutdown) = (apps.clone(), shutdown.clone());
+        let (apps, shutdown, gate) = (apps.clone(), shutdown.clone(), gate.clone());
         smol::spawn(async move {
             let accept = || async {
                 let (stream, peer) = listener.accept().await?;
                 let _ = stream.get_ref().set_nodelay(true);
                 Ok((stream, peer.to_string()))
             };
-            accept_loop(accept, apps, shutdown).await
+            accept_loop(accept, apps, gate, shutdown).await
         })
         .detach();
     }
@@ -166,7 +295,7 @@ pub fn start(
                 let (stream, _) = listener.accept().await?;
                 Ok((stream, "on the unix socket".to_owned()))
             };
-            accept_loop(accept, apps, shutdown).await
+            accept_loop(accept, apps, gate, shutdown).await
         })
         .detach();
     }
@@ -174,7 +303,7 @@ pub fn start(
 }
 
 /// Serves each connection `accept` yields, until `shutdown`.
-async fn accept_loop<S, F, Fut>(mut accept: F, apps: Arc<Apps>, shutdown: Shutdown)
+async fn accept_loop<S, F, Fut>(mut accept: F, apps: Arc<Apps>, gate: Arc<Gate>, shutdown: Shutdown)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: FnMut() -> Fut,
@@ -189,9 +318,25 @@ where
             .await;
         match accepted {
             None => return,
-            Some(Ok((stream, name))) => {
-                smol::spawn(connection(stream, name, apps.clone())).detach()
-            }
+            Some(Ok((stream, name))) => match gate.admit() {
+                Admission::Serve(ticket) => {
+                    let (apps, upgrade_timeout) = (apps.clone(), gate.upgrade_timeout);
+                    smol::spawn(async move {
+                        connection(stream, name, apps, upgrade_timeout).await;
+                        drop(ticket);
+                    })
+                    .detach()
+                }
+                Admission::Refuse(ticket) => {
+                    let why = gate.refusal_reason();
+                    smol::spawn(async move {
+                        refuse(stream, &name, why).await;
+                        drop(ticket);
+                    })
+                    .detach()
+                }
+                Admission::Drop => drop(stream),
+            },
             Some(Err(e)) => {
                 // Out of file descriptors, most likely: pause rather than spin.
                 log::warn!("application accept failed: {e}");
@@ -290,7 +435,25 @@ fn parse_query(query: Option<&str>) -> Option<Filter> {
     filter
 }
 
-async fn connection<S>(stream: S, name: String, apps: Arc<Apps>)
+/// Answers a connection over `apps.max-connections` with HTTP 503 and `why` (once its request
+/// is read, so that it gets the answer rather than a reset), within [`REFUSAL_TIMEOUT`].
+async fn refuse<S>(stream: S, name: &str, why: String)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    #[allow(clippy::result_large_err)] // the callback's type is tungstenite's
+    let callback = move |_: &Request, _: Response| -> Result<Response, ErrorResponse> {
+        let mut err = ErrorResponse::new(Some(why));
+        *err.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        Err(err)
+    };
+    let answered = async_tungstenite::accept_hdr_async(stream, callback);
+    if let Some(Ok(_)) = timeout(REFUSAL_TIMEOUT, answered).await {
+        log::debug!("application {name}: refused, yet upgraded");
+    }
+}
+
+async fn connection<S>(stream: S, name: String, apps: Arc<Apps>, upgrade_timeout: Duration)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -315,12 +478,18 @@ where
         .read_buffer_size(crate::transport::ws::READ_BUFFER)
         .max_message_size(Some(limit))
         .max_frame_size(Some(limit));
-    let ws = match async_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config))
-        .await
-    {
-        Ok(ws) => ws,
-        Err(e) => {
+    let upgrade = async_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config));
+    let ws = match timeout(upgrade_timeout, upgrade).await {
+        Some(Ok(ws)) => ws,
+        Some(Err(e)) => {
             log::debug!("application {name}: upgrade failed: {e}");
+            return;
+        }
+        None => {
+            log::info!(
+                "application {name}: no WebSocket upgrade within {:.1}s (apps.upgrade-timeout); closing its connection",
+                upgrade_timeout.as_secs_f64()
+            );
             return;
         }
     };
@@ -356,6 +525,34 @@ impl Pending {
             bytes: 0,
             accepted: Box::pin(std::future::ready(Err(why))),
         }
+    }
+}
+
+/// One connection's publishes awaiting their notice: how many, and their bytes.
+#[derive(Default)]
+struct InFlight {
+    messages: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+impl InFlight {
+    /// Counts a publish of `bytes` in (0 for one refused at once: it still takes a place).
+    fn add(&self, bytes: usize) {
+        self.messages.fetch_add(1, Ordering::AcqRel);
+        self.bytes.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    /// Counts a publish of `bytes` out, once its outcome is known.
+    fn remove(&self, bytes: usize) {
+        self.messages.fetch_sub(1, Ordering::AcqRel);
+        self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// Whether the reader must wait before reading another publish: [`IN_FLIGHT`] publishes or
+    /// [`IN_FLIGHT_BYTES`] bytes await their notice.
+    fn full(&self) -> bool {
+        self.messages.load(Ordering::Acquire) >= IN_FLIGHT
+            || self.bytes.load(Ordering::Acquire) >= IN_FLIGHT_BYTES
     }
 }
 
@@ -410,16 +607,18 @@ where
     });
 
     // Notices: each publish is answered in order, once durable (or at once when refused).
-    let in_flight = Arc::new(AtomicUsize::new(0));
+    // Publishes awaiting their notice are bounded by count and bytes (`InFlight`), not by the
+    // channel, which would allocate room for all of them up front.
+    let in_flight = Arc::new(InFlight::default());
     let (room_tx, room_rx) = smol::channel::bounded::<()>(1);
-    let (pending, pending_rx) = smol::channel::bounded::<Pending>(IN_FLIGHT);
+    let (pending, pending_rx) = smol::channel::unbounded::<Pending>();
     let notices_out = out.clone();
     let notices_local = apps.local.clone();
     let notices_in_flight = in_flight.clone();
     let notices = smol::spawn(async move {
         while let Ok(p) = pending_rx.recv().await {
             let outcome = p.accepted.await;
-            notices_in_flight.fetch_sub(p.bytes, Ordering::AcqRel);
+            notices_in_flight.remove(p.bytes);
             let _ = room_tx.try_send(());
             let notice = match outcome {
                 Ok(_) => Message::notice(&p.about, "accepted", None),
@@ -438,8 +637,8 @@ where
 
     let limit = ws_message_limit(apps.max_message_bytes);
     let refusal = 'reading: loop {
-        // Publishes awaiting their notice are bounded in bytes: wait for room before reading on.
-        while in_flight.load(Ordering::Acquire) >= IN_FLIGHT_BYTES {
+        // Publishes awaiting their notice are bounded: wait for room before reading on.
+        while in_flight.full() {
             let room = async { room_rx.recv().await.is_ok() };
             let cut = async {
                 out.cut_off_wait().await;
@@ -483,6 +682,7 @@ where
             Ok(m) => m,
             Err(e) => {
                 let refused = Pending::refused(Message::default(), e.to_string());
+                in_flight.add(0);
                 if pending.send(refused).await.is_err() {
                     break None;
                 }
@@ -506,6 +706,7 @@ where
                     Some(wire)
                 }
                 Err(e) => {
+                    in_flight.add(0);
                     if pending.send(Pending::refused(about, e)).await.is_err() {
                         break None;
                     }
@@ -518,7 +719,6 @@ where
         let item = match apps.publish(&mut msg) {
             Ok((accepted, bytes)) => {
                 let bytes = bytes + about.resource.len();
-                in_flight.fetch_add(bytes, Ordering::AcqRel);
                 Pending {
                     about,
                     wire,
@@ -533,6 +733,7 @@ where
                 Pending::refused(about, e)
             }
         };
+        in_flight.add(item.bytes);
         if pending.send(item).await.is_err() {
             break None;
         }
@@ -573,7 +774,8 @@ where
     };
     let mut stream = ws.into_inner();
     let drain = async {
-        let mut scratch = [0u8; 8192];
+        // On the heap, and only now: an array here would make every connection's task larger.
+        let mut scratch = vec![0u8; 8192];
         while let Ok(n) = stream.read(&mut scratch).await {
             if n == 0 {
                 break;
@@ -606,5 +808,18 @@ mod tests {
             })
         );
         assert_eq!(percent_decode("a%20b+c%zz%4"), "a b c%zz%4");
+    }
+
+    /// The size of what `f`'s future holds (an idle connection's task is mostly this).
+    fn future_size<A, B, C, D, F>(_: impl Fn(A, B, C, D) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    #[test]
+    fn a_connection_task_is_a_few_kilobytes() {
+        // Every idle application connection holds one such task: no buffer belongs in it (the
+        // linger's 8 KiB scratch array once made it several times larger).
+        let size = future_size(connection::<Async<std::net::TcpStream>>);
+        assert!(size < 6 * 1024, "a connection's future is {size} bytes");
     }
 }

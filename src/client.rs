@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::Message as WsMessage;
+use async_tungstenite::tungstenite::error::Error as WsError;
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use smol::Async;
 use smol::io::{AsyncBufRead, AsyncRead, AsyncWrite, BufReader};
@@ -87,7 +88,23 @@ pub async fn connect(url: &str, path: &str) -> Result<Connection, String> {
     async_tungstenite::client_async(request, stream)
         .await
         .map(|(ws, _)| ws)
-        .map_err(|e| format!("cannot open the application endpoint {url}: {e}"))
+        .map_err(|e| match e {
+            // The hub says why it refused (e.g. 503: apps.max-connections reached).
+            WsError::Http(resp) => {
+                let why = resp
+                    .body()
+                    .as_deref()
+                    .map(|b| String::from_utf8_lossy(b).trim().to_owned())
+                    .filter(|b| !b.is_empty())
+                    .map(|b| format!(": {b}"))
+                    .unwrap_or_default();
+                format!(
+                    "the application endpoint {url} refused the connection: {}{why}",
+                    resp.status()
+                )
+            }
+            e => format!("cannot open the application endpoint {url}: {e}"),
+        })
 }
 
 /// The next message from the hub; `None` when the connection ended normally, an error with the

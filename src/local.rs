@@ -52,6 +52,10 @@ struct AppShared {
     id: u64,
     /// Who the application is, for logs (its address).
     name: String,
+    /// Messages queued (the channel itself is unbounded: a bounded one would allocate room for
+    /// `max_messages` up front, megabytes for every idle connection).
+    messages: AtomicUsize,
+    max_messages: usize,
     /// Bytes of JSON text queued.
     bytes: AtomicUsize,
     max_bytes: usize,
@@ -66,18 +70,34 @@ struct AppShared {
 }
 
 impl AppShared {
-    /// Counts `len` more bytes in, unless that would pass the bound (one message is always let
-    /// into an empty queue, whatever its size).
+    /// Counts one more message of `len` bytes in, unless that would pass either bound (one
+    /// message is always let into an empty queue, whatever its size).
     fn reserve(&self, len: usize) -> bool {
-        self.bytes
+        let counted = self
+            .messages
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+                (queued < self.max_messages).then_some(queued + 1)
+            })
+            .is_ok();
+        if !counted {
+            return false;
+        }
+        let fits = self
+            .bytes
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
                 let total = queued.saturating_add(len);
                 (queued == 0 || total <= self.max_bytes).then_some(total)
             })
-            .is_ok()
+            .is_ok();
+        if !fits {
+            self.messages.fetch_sub(1, Ordering::AcqRel);
+        }
+        fits
     }
 
+    /// Counts one message of `len` bytes out, and wakes a sender waiting for room.
     fn release(&self, len: usize) {
+        self.messages.fetch_sub(1, Ordering::AcqRel);
         self.bytes.fetch_sub(len, Ordering::AcqRel);
         let _ = self.room_tx.try_send(());
     }
@@ -120,19 +140,24 @@ pub struct AppReceiver {
 
 /// A delivery queue for the application `name` (its address, for logs), holding at most
 /// `max_messages` messages and `max_bytes` bytes of JSON text (one message is always let into an
-/// empty queue, whatever its size).
+/// empty queue, whatever its size). Memory follows what is queued: an empty queue takes a few
+/// hundred bytes, whatever its bounds.
 pub fn app_channel(
     name: impl Into<String>,
     max_messages: usize,
     max_bytes: usize,
 ) -> (AppSender, AppReceiver) {
     static NEXT: AtomicU64 = AtomicU64::new(1);
-    let (tx, rx) = smol::channel::bounded(max_messages.max(1));
+    // Unbounded, with the bounds kept by `AppShared::reserve`: a bounded channel allocates all
+    // of its slots when it is made.
+    let (tx, rx) = smol::channel::unbounded();
     let (room_tx, room_rx) = smol::channel::bounded(1);
     let (cut_tx, cut_rx) = smol::channel::bounded(1);
     let shared = Arc::new(AppShared {
         id: NEXT.fetch_add(1, Ordering::Relaxed),
         name: name.into(),
+        messages: AtomicUsize::new(0),
+        max_messages: max_messages.max(1),
         bytes: AtomicUsize::new(0),
         max_bytes,
         room_tx,
@@ -162,12 +187,10 @@ impl AppSender {
         }
         match self.tx.try_send(text) {
             Ok(()) => Ok(()),
-            Err(e) => {
+            Err(_) => {
+                // Unbounded: only a closed channel refuses.
                 self.shared.release(len);
-                Err(match e {
-                    smol::channel::TrySendError::Full(_) => self.full(),
-                    smol::channel::TrySendError::Closed(_) => AppSendError::Closed,
-                })
+                Err(AppSendError::Closed)
             }
         }
     }
@@ -201,7 +224,7 @@ impl AppSender {
 
     fn full(&self) -> AppSendError {
         AppSendError::Full {
-            messages: self.tx.len(),
+            messages: self.shared.messages.load(Ordering::Acquire),
             bytes: self.shared.bytes.load(Ordering::Acquire),
         }
     }

@@ -330,6 +330,10 @@ fn hub_sections_take_effect() {
     );
     assert_eq!(e.apps.request_timeout, Duration::from_millis(2500));
     assert_eq!(
+        (e.apps.max_connections, e.apps.upgrade_timeout),
+        (64, Duration::from_secs(2))
+    );
+    assert_eq!(
         (e.outbox.max_messages, e.outbox.max_bytes, e.outbox.window),
         (1000, 10 << 20, 32)
     );
@@ -343,6 +347,10 @@ fn hub_sections_take_effect() {
     .unwrap();
     assert_eq!(c.apps.listen, Some("127.0.0.1:10050".parse().unwrap()));
     assert_eq!(c.apps.max_message_bytes, 1 << 20);
+    assert_eq!(
+        (c.apps.max_connections, c.apps.upgrade_timeout),
+        (1024, Duration::from_secs(10))
+    );
     assert_eq!(c.queues.dir, Path::new("/var/lib/hub/cloud"));
     assert_eq!(c.queues.fsync, hub::store::Fsync::Always);
     assert_eq!((c.queues.max_messages, c.queues.window), (100_000, 256));

@@ -284,6 +284,13 @@ pub fn valid_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `apps.max-connections` when not set: room for a gateway's or a cloud machine's local
+/// applications, while an idle connection costs a few tens of KiB (so about 50 MiB at most).
+pub const DEFAULT_MAX_APP_CONNECTIONS: i64 = 1024;
+/// The largest `apps.max-connections`: each connection is a file descriptor, and the process
+/// needs a few of its own besides.
+pub const MAX_APP_CONNECTIONS: i64 = 1 << 20;
+
 /// The local application endpoint (`apps:` in both files).
 #[derive(Debug, Clone)]
 pub struct AppsConfig {
@@ -295,6 +302,12 @@ pub struct AppsConfig {
     pub request_timeout: Duration,
     /// `apps.max-message-bytes`: the largest message an application may publish.
     pub max_message_bytes: usize,
+    /// `apps.max-connections`: application connections open at once, over TCP and the unix
+    /// socket together (upgrades under way included); one more is refused with HTTP 503.
+    pub max_connections: usize,
+    /// `apps.upgrade-timeout`: how long a new connection may take to complete its WebSocket
+    /// upgrade before it is closed.
+    pub upgrade_timeout: Duration,
 }
 
 /// The congestion controller of QUIC connections (`quic.congestion` on the edge,
@@ -344,6 +357,10 @@ struct RawApps {
     request_timeout: Option<f64>,
     #[serde(rename = "max-message-bytes")]
     max_message_bytes: Option<i64>,
+    #[serde(rename = "max-connections")]
+    max_connections: Option<i64>,
+    #[serde(rename = "upgrade-timeout")]
+    upgrade_timeout: Option<f64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -406,6 +423,19 @@ impl Checker<'_> {
                 64,
                 (crate::proto::MAX_FRAME - 64) as i64,
             )? as usize,
+            max_connections: self.count(
+                "apps.max-connections",
+                raw.max_connections,
+                DEFAULT_MAX_APP_CONNECTIONS,
+                1,
+                MAX_APP_CONNECTIONS,
+            )? as usize,
+            upgrade_timeout: self.duration(
+                "apps.upgrade-timeout",
+                raw.upgrade_timeout,
+                10.0,
+                1.0,
+            )?,
         })
     }
 
