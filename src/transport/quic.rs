@@ -389,7 +389,6 @@ pub fn spawn_link(
     let budget = tasks.budget.clone();
     tasks.spawn_reader(async move {
         let mut decoder = StreamDecoder::default();
-        let mut buf = vec![0u8; 64 * 1024];
         loop {
             let item = loop {
                 match decoder.next_frame() {
@@ -397,9 +396,10 @@ pub fn spawn_link(
                     Err(e) => break Inbound::Closed(LinkError::Frame(e)),
                     Ok(None) => {}
                 }
-                let want = decoder.wanted().min(buf.len());
-                match recv.read(&mut buf[..want]).await {
-                    Ok(Some(n)) => decoder.push(&buf[..n]),
+                // quinn's own chunks, at most what the decoder wants: no read buffer of this
+                // link's own sits idle beside each of thousands of connections.
+                match recv.read_chunk(decoder.wanted(), true).await {
+                    Ok(Some(chunk)) => decoder.push(&chunk.bytes),
                     Ok(None) => break Inbound::Closed(LinkError::Eof),
                     Err(e) => break Inbound::Closed(read_error(e)),
                 }
