@@ -59,6 +59,8 @@ pub async fn run(config: EdgeConfig, shutdown: Shutdown) -> Result<(), String> {
     let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max, seed);
     let mut tls: Option<Tls> = None;
     let mut quic_endpoints = quic::ClientEndpoints::default();
+    // The address that answered last, per endpoint (placement's and the cloud's), tried first.
+    let mut last_good = dial::LastGood::default();
 
     let dir = &config.outbox.dir;
     let _lock = crate::queue::lock_dir(dir)?;
@@ -95,8 +97,14 @@ pub async fn run(config: EdgeConfig, shutdown: Shutdown) -> Result<(), String> {
         let target = match &config.placement {
             None => config.endpoint.clone(),
             Some(url) => {
-                let asked =
-                    placement::query(url, &config.ca, &current, config.handshake_timeout).await;
+                let asked = placement::query(
+                    url,
+                    &config.ca,
+                    &current,
+                    config.handshake_timeout,
+                    &mut last_good,
+                )
+                .await;
                 match asked {
                     Ok(ep) => {
                         log::info!(
@@ -139,7 +147,11 @@ pub async fn run(config: EdgeConfig, shutdown: Shutdown) -> Result<(), String> {
         let started = Instant::now();
         // Each transport bounds its attempts by handshake-timeout itself, so that a failure
         // names every address tried.
-        let attempt = connect(&config, &target, tls, &mut session, &mut quic_endpoints)
+        let dialer = Dialer {
+            quic_endpoints: &mut quic_endpoints,
+            last_good: &mut last_good,
+        };
+        let attempt = connect(&config, &target, tls, &mut session, dialer)
             .or(async {
                 shutdown.wait().await;
                 Err(LinkError::Eof)
@@ -208,24 +220,32 @@ fn build_tls(
     })
 }
 
-/// Connects the transport to every address of `target` in turn, the happy-eyeballs way, within
-/// `handshake-timeout`, and hands the session's HELLO to it (as 0-RTT data on QUIC when the
-/// session can be resumed). Returns the link and how the handshake went, for the log.
+/// What dialling keeps across reconnects: QUIC's endpoints and the address that answered last.
+struct Dialer<'a> {
+    quic_endpoints: &'a mut quic::ClientEndpoints,
+    last_good: &'a mut dial::LastGood,
+}
+
+/// Connects the transport to every address of `target` in turn, the happy-eyeballs way (the one
+/// that answered last first), within `handshake-timeout`, and hands the session's HELLO to it (as
+/// 0-RTT data on QUIC when the session can be resumed). Returns the link and how the handshake
+/// went, for the log.
 async fn connect(
     config: &EdgeConfig,
     target: &Endpoint,
     tls: &Tls,
     session: &mut Session,
-    quic_endpoints: &mut quic::ClientEndpoints,
+    dialer: Dialer<'_>,
 ) -> Result<(Link, &'static str), LinkError> {
     let limit = config.handshake_timeout;
     match config.protocol {
         Protocol::Websocket => {
-            let (stream, peer) = ws::connect(
+            let (stream, peer) = ws::dial(
                 target,
                 &config.websocket_path(),
                 tls.websocket.clone(),
                 limit,
+                dialer.last_good,
             )
             .await?;
             let link = ws::spawn_link(stream, peer, config.write_deadline);
@@ -233,15 +253,17 @@ async fn connect(
             Ok((link, "TLS 1.3"))
         }
         Protocol::Quic => {
-            let addrs = dial::resolve(&target.host, target.port)
+            let limit = dial::Limit::new(limit);
+            let addrs = dial::resolve(&target.host, target.port, limit)
                 .await
                 .map_err(LinkError::Io)?;
+            let addrs = dialer.last_good.order(target, addrs);
             let mut first = Vec::new();
             while let Some(frame) = session.poll_transmit(Instant::now()) {
                 encode_len_prefixed(&frame, &mut first);
             }
             let (conn, send, recv, how) = quic::dial(
-                quic_endpoints,
+                dialer.quic_endpoints,
                 &tls.quic,
                 &addrs,
                 &target.host,
@@ -249,6 +271,7 @@ async fn connect(
                 limit,
             )
             .await?;
+            dialer.last_good.remember(target, conn.remote_address());
             Ok((
                 quic::spawn_link(conn, send, recv, config.write_deadline),
                 how.describe(),

@@ -6,17 +6,25 @@
 //! configured protocol: `HOST:PORT`, or a URL `wss://HOST[:PORT]/...` / `quic://HOST:PORT` of
 //! which host and port are taken. Anything else is an error, and the edge falls back to the
 //! configured URL.
+//!
+//! Every address of the service's host is tried the happy-eyeballs way
+//! ([`crate::transport::dial::race`]), an attempt being the TCP connect, the TLS handshake and the
+//! whole HTTP exchange: an address that accepts TCP and then stalls or hangs up does not keep
+//! the others from being asked. An HTTP response, whatever it says, or a TLS alert about the
+//! node certificate is the service's own answer and ends the race.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_rustls::TlsConnector;
+use rustls::pki_types::ServerName;
 use smol::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::{Endpoint, Url};
 use crate::tls::{self, Credentials};
-use crate::transport::timeout;
 use crate::transport::ws::{server_name, tcp_connect};
+use crate::transport::{LinkError, dial, io_link_error};
 
 /// The largest placement response read.
 const MAX_RESPONSE: usize = 64 * 1024;
@@ -34,46 +42,62 @@ fn tls_config(ca: &std::path::Path, creds: &Credentials) -> Result<rustls::Clien
     Ok(config)
 }
 
-/// Asks the placement service at `url` for the cloud endpoint, within `limit`. Every address
-/// the service's host resolves to is tried (see [`tcp_connect`]); the error names them.
+/// Asks the placement service at `url` for the cloud endpoint, within `limit`
+/// (handshake-timeout). Every address the service's host resolves to is tried, the one in
+/// `last_good` first (and the one that answers is remembered there); the error names each
+/// address tried and why it failed.
 pub async fn query(
     url: &Url,
     ca: &std::path::Path,
     creds: &Credentials,
     limit: Duration,
+    last_good: &mut dial::LastGood,
 ) -> Result<Endpoint, String> {
-    let started = Instant::now();
+    let limit = dial::Limit::new(limit);
     let connector = TlsConnector::from(Arc::new(tls_config(ca, creds)?));
-    let tcp = tcp_connect(&url.endpoint, limit).await?;
-    let peer = tcp.get_ref().peer_addr().map_err(|e| e.to_string())?;
-    let rest = limit.saturating_sub(started.elapsed());
-    timeout(rest, ask(url, connector, tcp))
-        .await
-        .unwrap_or_else(|| Err(format!("no answer within handshake-timeout ({limit:?})")))
-        .map_err(|e| format!("{peer}: {e}"))
+    let name = server_name(&url.endpoint.host)?;
+    let addrs = dial::resolve(&url.endpoint.host, url.endpoint.port, limit).await?;
+    let addrs = last_good.order(&url.endpoint, addrs);
+    let raced = dial::race(
+        &addrs,
+        dial::ATTEMPT_DELAY,
+        limit,
+        LinkError::is_final,
+        |addr| ask(url, connector.clone(), name.clone(), addr),
+    )
+    .await;
+    match raced {
+        Ok((endpoint, addr)) => {
+            last_good.remember(&url.endpoint, addr);
+            Ok(endpoint)
+        }
+        Err(failed) => Err(failed.to_string()),
+    }
 }
 
-/// The request and its answer on a connected socket.
+/// The request and its answer from `addr`. A response that is not a usable 200 (and a TLS alert
+/// about the node certificate) is the service's answer ([`LinkError::is_final`]); a failure before
+/// any response is not.
 async fn ask(
     url: &Url,
     connector: TlsConnector,
-    tcp: smol::Async<std::net::TcpStream>,
-) -> Result<Endpoint, String> {
+    name: ServerName<'static>,
+    addr: SocketAddr,
+) -> Result<Endpoint, LinkError> {
+    let tcp = tcp_connect(addr).await.map_err(LinkError::Io)?;
     let mut stream = connector
-        .connect(server_name(&url.endpoint.host)?, tcp)
+        .connect(name, tcp)
         .await
-        .map_err(|e| format!("TLS: {e}"))?;
+        .map_err(|e| io_link_error("TLS", &e))?;
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: hub/{}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n",
         url.path,
         url.endpoint,
         env!("CARGO_PKG_VERSION")
     );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    stream.flush().await.map_err(|e| e.to_string())?;
+    let io = |e: std::io::Error| io_link_error("HTTP", &e);
+    stream.write_all(request.as_bytes()).await.map_err(io)?;
+    stream.flush().await.map_err(io)?;
     let mut response = Vec::new();
     (&mut stream)
         .take(MAX_RESPONSE as u64 + 1)
@@ -84,14 +108,22 @@ async fn ask(
             if e.kind() == std::io::ErrorKind::UnexpectedEof && !response.is_empty() {
                 Ok(response.len())
             } else {
-                Err(e.to_string())
+                Err(io(e))
             }
         })?;
+    // Only an HTTP response is the service's answer; other bytes (or none) are a broken exchange.
+    let answered = |why: String| {
+        if response.starts_with(b"HTTP/") {
+            LinkError::Refused(why)
+        } else {
+            LinkError::Io(why)
+        }
+    };
     if response.len() > MAX_RESPONSE {
-        return Err(format!("response is over {MAX_RESPONSE} bytes"));
+        return Err(answered(format!("response is over {MAX_RESPONSE} bytes")));
     }
-    let body = parse_response(&response)?;
-    parse_endpoint(body.trim())
+    let body = parse_response(&response).map_err(answered)?;
+    parse_endpoint(body.trim()).map_err(answered)
 }
 
 /// The body of an HTTP/1.1 response whose status is 200.

@@ -1,31 +1,70 @@
 //! Dialling a host name that resolves to several addresses, the happy-eyeballs way (RFC 8305).
 //!
 //! The addresses are ordered as the resolver sorted them (RFC 6724) with the two families
-//! interleaved, starting with the family of the first ([`interleave`], RFC 8305 section 4). The
-//! first attempt starts at once; the next starts when the previous one failed or after
-//! [`ATTEMPT_DELAY`] while it is still pending, whichever comes first (section 5); the first
-//! success wins and the attempts still pending are dropped, which cancels them. WebSocket (the
-//! TCP connect), QUIC (the whole QUIC handshake) and placement (the TCP connect) all dial through
-//! [`race`].
+//! interleaved, starting with the family of the first ([`interleave`], RFC 8305 section 4), and
+//! the address that answered last time first ([`LastGood`]). The first attempt starts at once;
+//! the next starts when the previous one failed or after [`ATTEMPT_DELAY`] while it is still
+//! pending, whichever comes first (section 5); the first success wins and the attempts still
+//! pending are dropped, which cancels them. An attempt is everything up to a usable connection:
+//! for WebSocket the TCP connect, the TLS handshake and the HTTP upgrade; for QUIC the whole QUIC
+//! handshake; for placement the TCP connect, the TLS handshake and the HTTP exchange. A failure
+//! that is the peer's own answer (see [`race`]'s `is_final`) ends the race at once: the other
+//! addresses belong to the same service, which has answered.
 
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use smol::future::FutureExt;
+
+use crate::config::Endpoint;
 
 /// How long an attempt may stay pending before the next address is tried alongside it: RFC
 /// 8305's recommended "Connection Attempt Delay" (section 8).
 pub const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
 
-/// Resolves `host`:`port` to every address it has, in dialling order ([`interleave`]).
+/// The time a whole connect may take (the edge's `handshake-timeout`), counted from when it
+/// started: resolving the host and every attempt share it, and reports name `total`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limit {
+    /// The configured limit, as reports name it.
+    pub total: Duration,
+    /// When the connect started.
+    pub since: Instant,
+}
+
+impl Limit {
+    /// `total`, starting now.
+    pub fn new(total: Duration) -> Limit {
+        Limit {
+            total,
+            since: Instant::now(),
+        }
+    }
+
+    /// When time runs out.
+    pub fn until(&self) -> Instant {
+        self.since + self.total
+    }
+}
+
+/// Resolves `host`:`port` to every address it has, in dialling order ([`interleave`]), within
+/// `limit` (the resolver is part of the connect it bounds).
 ///
-/// Errors: the resolver's, or "resolves to no address", as one sentence naming `host`.
-pub async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
-    let addrs = smol::net::resolve((host, port))
+/// Errors: the resolver's, "resolves to no address", or no answer within `limit`, as one
+/// sentence naming `host`.
+pub async fn resolve(host: &str, port: u16, limit: Limit) -> Result<Vec<SocketAddr>, String> {
+    let left = limit.until().saturating_duration_since(Instant::now());
+    let addrs = super::timeout(left, smol::net::resolve((host, port)))
         .await
+        .ok_or_else(|| {
+            format!(
+                "cannot resolve {host} within handshake-timeout ({:?})",
+                limit.total
+            )
+        })?
         .map_err(|e| format!("cannot resolve {host}: {e}"))?;
     let mut unique: Vec<SocketAddr> = Vec::with_capacity(addrs.len());
     for a in addrs {
@@ -60,36 +99,117 @@ pub fn interleave(addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
     }
 }
 
+/// The most endpoints a [`LastGood`] remembers; the edge dials two (placement and the cloud),
+/// a few more when placement answers with different endpoints over time.
+const LAST_GOOD_ENTRIES: usize = 8;
+
+/// The address that last connected for each endpoint dialled, tried first on the next connect
+/// (what browsers do on top of RFC 8305, whose section 4 allows ordering by history): an edge
+/// whose first resolved address is dead reconnects to the one that worked without paying the
+/// [`ATTEMPT_DELAY`] again. Should that address fail in turn, the others follow as usual. Holds
+/// at most [`LAST_GOOD_ENTRIES`] endpoints, dropping the one used least recently.
+#[derive(Debug, Default)]
+pub struct LastGood {
+    /// Most recently used last.
+    entries: Vec<(Endpoint, SocketAddr)>,
+}
+
+impl LastGood {
+    /// `addrs` (as [`resolve`] ordered them) with the address that last connected to
+    /// `endpoint` first, when it is among them; the families still alternate after it
+    /// ([`interleave`]).
+    pub fn order(&self, endpoint: &Endpoint, addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
+        let Some(good) = self
+            .entries
+            .iter()
+            .find(|(e, _)| e == endpoint)
+            .map(|(_, a)| *a)
+            .filter(|a| addrs.contains(a))
+        else {
+            return addrs;
+        };
+        let mut ordered = Vec::with_capacity(addrs.len());
+        ordered.push(good);
+        ordered.extend(addrs.into_iter().filter(|a| *a != good));
+        interleave(ordered)
+    }
+
+    /// `addr` connected to `endpoint`.
+    pub fn remember(&mut self, endpoint: &Endpoint, addr: SocketAddr) {
+        self.entries.retain(|(e, _)| e != endpoint);
+        if self.entries.len() >= LAST_GOOD_ENTRIES {
+            self.entries.remove(0);
+        }
+        self.entries.push((endpoint.clone(), addr));
+    }
+}
+
+/// How an attempt that did not win ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome<E> {
+    /// It failed with this error.
+    Failed(E),
+    /// It had not finished when the time limit (the handshake timeout) ran out.
+    NoAnswer,
+    /// It had not finished when another address gave a final answer, and was dropped.
+    Abandoned,
+}
+
 /// Every address [`race`] tried and why it failed, in the order the attempts were started.
 #[derive(Debug)]
 pub struct Failed<E> {
-    /// Each address tried, with its error; `None` when it had not answered when the time limit
-    /// (the handshake timeout) ran out.
-    pub tried: Vec<(SocketAddr, Option<E>)>,
-    /// The time limit of the whole race.
+    /// Each address tried, with how its attempt ended.
+    pub tried: Vec<(SocketAddr, Outcome<E>)>,
+    /// The time limit named in the report (the handshake timeout).
     pub limit: Duration,
+    /// The address whose failure was a final answer, which ended the race (its entry in `tried`
+    /// is [`Outcome::Failed`]); `None` when every attempt failed or ran out of time.
+    pub final_answer: Option<SocketAddr>,
 }
 
 impl<E> Failed<E> {
     /// The errors of the attempts that failed (not those that did not answer in time).
     pub fn errors(&self) -> impl Iterator<Item = &E> {
-        self.tried.iter().filter_map(|(_, e)| e.as_ref())
+        self.tried.iter().filter_map(|(_, o)| match o {
+            Outcome::Failed(e) => Some(e),
+            _ => None,
+        })
+    }
+
+    /// The final answer that ended the race, if one did.
+    pub fn final_error(&self) -> Option<&E> {
+        let addr = self.final_answer?;
+        self.tried.iter().find_map(|(a, o)| match o {
+            Outcome::Failed(e) if *a == addr => Some(e),
+            _ => None,
+        })
     }
 }
 
+/// One line. Without a final answer: every address tried as `ADDRESS: ERROR`, in start order,
+/// separated by `; `. With one: `ERROR (ADDRESS)` of the final answer first, then `; also tried `
+/// and the others the same way.
 impl<E: fmt::Display> fmt::Display for Failed<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, (addr, e)) in self.tried.iter().enumerate() {
-            if i > 0 {
-                f.write_str("; ")?;
+        let mut sep = "";
+        if let (Some(addr), Some(e)) = (self.final_answer, self.final_error()) {
+            write!(f, "{e} ({addr})")?;
+            sep = "; also tried ";
+        }
+        for (addr, outcome) in &self.tried {
+            if Some(*addr) == self.final_answer {
+                continue;
             }
-            match e {
-                Some(e) => write!(f, "{addr}: {e}")?,
-                None => write!(
+            f.write_str(sep)?;
+            sep = "; ";
+            match outcome {
+                Outcome::Failed(e) => write!(f, "{addr}: {e}")?,
+                Outcome::NoAnswer => write!(
                     f,
                     "{addr}: no answer within handshake-timeout ({:?})",
                     self.limit
                 )?,
+                Outcome::Abandoned => write!(f, "{addr}: not finished, abandoned")?,
             }
         }
         Ok(())
@@ -110,42 +230,55 @@ enum Step<T, E> {
     OutOfTime,
 }
 
-/// Races `attempt` over `addrs` (in the given order; see [`interleave`]), starting the next
-/// address when the previous attempt failed or after `delay` while it is pending. Returns the
-/// first success with its address; the attempts still pending are dropped, which cancels them.
-/// When every attempt failed, or `limit` passed first (addresses not yet tried are then not
-/// tried), returns each address tried with its error, in the order they were started. Each
-/// attempt is logged (debug) with its address.
+/// Races `attempt` over `addrs` (in the given order; see [`interleave`] and [`LastGood`]),
+/// starting the next address when the previous attempt failed or after `delay` while it is
+/// pending. Returns the first success with its address; the attempts still pending are dropped,
+/// which cancels them.
+///
+/// An error for which `is_final` is true is the peer's own answer (for the edge: the cloud
+/// refused the request or this side's certificate, after proving it is the cloud): it ends the
+/// race at once, as a failure, with the pending attempts dropped ([`Outcome::Abandoned`]) and no
+/// further address started. Any other error only moves the race on.
+///
+/// When every attempt failed, or `limit` ran out first (addresses not yet tried are then not
+/// tried), returns each address tried with how it ended, in the order they were started. Each
+/// attempt, and each failure with its error, is logged (debug) with its address.
 pub async fn race<T, E, F, Fut>(
     addrs: &[SocketAddr],
     delay: Duration,
-    limit: Duration,
+    limit: Limit,
+    is_final: impl Fn(&E) -> bool,
     mut attempt: F,
 ) -> Result<(T, SocketAddr), Failed<E>>
 where
+    E: fmt::Display,
     F: FnMut(SocketAddr) -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
-    let out_of_time = smol::Timer::after(limit);
+    let out_of_time = smol::Timer::at(limit.until());
     let mut out_of_time = std::pin::pin!(out_of_time);
     let mut pending = FuturesUnordered::new();
     let mut next = 0;
-    let mut failed = Failed {
-        tried: Vec::new(),
-        limit,
-    };
+    let mut ended: Vec<(SocketAddr, E)> = Vec::new();
     // The addresses started, in order: the order of the report.
     let mut order = Vec::with_capacity(addrs.len());
-    let report = |mut failed: Failed<E>, order: &[SocketAddr]| {
-        for a in order {
-            if !failed.tried.iter().any(|(t, _)| t == a) {
-                failed.tried.push((*a, None));
-            }
+    // The report: what failed, and the rest of what was started as `unfinished`.
+    let report = |mut ended: Vec<(SocketAddr, E)>,
+                  order: &[SocketAddr],
+                  unfinished: fn() -> Outcome<E>,
+                  final_answer: Option<SocketAddr>| {
+        let tried = order
+            .iter()
+            .map(|a| match ended.iter().position(|(e, _)| e == a) {
+                Some(i) => (*a, Outcome::Failed(ended.swap_remove(i).1)),
+                None => (*a, unfinished()),
+            })
+            .collect();
+        Failed {
+            tried,
+            limit: limit.total,
+            final_answer,
         }
-        failed
-            .tried
-            .sort_by_key(|(a, _)| order.iter().position(|o| o == a));
-        failed
     };
     // Each turn starts the next address (if any is left): at first, after a failure, or after
     // `delay` without an answer.
@@ -158,7 +291,7 @@ where
             next += 1;
         }
         if pending.is_empty() {
-            return Err(report(failed, &order));
+            return Err(report(ended, &order, || Outcome::NoAnswer, None));
         }
         let more = next < addrs.len();
         let step = async {
@@ -182,11 +315,20 @@ where
         .await;
         match step {
             Step::Done(addr, Ok(t)) => return Ok((t, addr)),
-            Step::Done(addr, Err(e)) => failed.tried.push((addr, Some(e))),
+            Step::Done(addr, Err(e)) => {
+                let stop = is_final(&e);
+                let what = if stop { "final answer" } else { "failed" };
+                log::debug!("{addr}: {what}: {e}");
+                ended.push((addr, e));
+                if stop {
+                    drop(pending);
+                    return Err(report(ended, &order, || Outcome::Abandoned, Some(addr)));
+                }
+            }
             Step::Next => {}
             Step::OutOfTime => {
                 drop(pending);
-                return Err(report(failed, &order));
+                return Err(report(ended, &order, || Outcome::NoAnswer, None));
             }
         }
     }
@@ -231,6 +373,8 @@ mod tests {
         Fail(u64),
         /// Succeeds after this long.
         Win(u64),
+        /// Fails with a final answer after this long.
+        Answer(u64),
     }
 
     /// Runs `race` over fake attempts; returns the outcome and when (ms after the start) each
@@ -242,7 +386,10 @@ mod tests {
         let t0 = Instant::now();
         let started = RefCell::new(Vec::new());
         let addrs: Vec<SocketAddr> = plan.iter().map(|(a, _)| *a).collect();
-        let result = smol::block_on(race(&addrs, delay, Duration::from_secs(4), |a| {
+        let limit = Limit::new(Duration::from_secs(4));
+        // The fake attempts' errors say "final" when they are a final answer.
+        let is_final = |e: &String| e.starts_with("final");
+        let result = smol::block_on(race(&addrs, delay, limit, is_final, |a| {
             started
                 .borrow_mut()
                 .push((a, t0.elapsed().as_millis() as u64));
@@ -257,6 +404,10 @@ mod tests {
                     Fake::Win(ms) => {
                         smol::Timer::after(Duration::from_millis(ms)).await;
                         Ok(a)
+                    }
+                    Fake::Answer(ms) => {
+                        smol::Timer::after(Duration::from_millis(ms)).await;
+                        Err(format!("final answer {ms}"))
                     }
                 }
             }
@@ -335,7 +486,8 @@ mod tests {
         let result = smol::block_on(race(
             &[a, b, c],
             Duration::from_millis(100),
-            Duration::from_millis(200),
+            Limit::new(Duration::from_millis(200)),
+            |_: &&str| false,
             |addr| async move {
                 if addr == b {
                     Err("refused")
@@ -352,5 +504,99 @@ mod tests {
             "[::1]:9: no answer within handshake-timeout (200ms); 127.0.0.1:9: refused; [::2]:9: no answer within handshake-timeout (200ms)"
         );
         assert_eq!(failed.errors().collect::<Vec<_>>(), vec![&"refused"]);
+    }
+
+    #[test]
+    fn a_final_answer_ends_the_race_and_comes_first_in_the_report() {
+        // The first address hangs; the second answers finally (the cloud refused us): the
+        // third is never started and the first is abandoned, not waited for.
+        let (a, b, c) = (addr("[::1]:9"), addr("127.0.0.1:9"), addr("[::2]:9"));
+        let delay = Duration::from_millis(50);
+        let t0 = Instant::now();
+        let (won, started) = run(
+            &[(a, Fake::Hang), (b, Fake::Answer(10)), (c, Fake::Win(1))],
+            delay,
+        );
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+        assert_eq!(
+            won,
+            Err(
+                "final answer 10 (127.0.0.1:9); also tried [::1]:9: not finished, abandoned"
+                    .to_owned()
+            )
+        );
+        assert_eq!(
+            started.iter().map(|s| s.0).collect::<Vec<_>>(),
+            vec![a, b],
+            "no address is started after a final answer"
+        );
+    }
+
+    #[test]
+    fn errors_that_are_not_answers_move_the_race_on() {
+        // A failure that is not final (a TLS handshake cut short, say) starts the next address.
+        let (a, b) = (addr("[::1]:9"), addr("127.0.0.1:9"));
+        let (won, _) = run(
+            &[(a, Fake::Fail(5)), (b, Fake::Answer(5))],
+            Duration::from_secs(5),
+        );
+        assert_eq!(
+            won,
+            Err("final answer 5 (127.0.0.1:9); also tried [::1]:9: refused 5".to_owned())
+        );
+    }
+
+    #[test]
+    fn the_last_good_address_is_tried_first() {
+        let ep = Endpoint {
+            host: "localhost".into(),
+            port: 9,
+        };
+        let (v6a, v6b, v4a, v4b) = (
+            addr("[::1]:9"),
+            addr("[::2]:9"),
+            addr("127.0.0.1:9"),
+            addr("127.0.0.2:9"),
+        );
+        let resolved = vec![v6a, v4a, v6b, v4b];
+        let mut last = LastGood::default();
+        assert_eq!(
+            last.order(&ep, resolved.clone()),
+            resolved,
+            "nothing known yet"
+        );
+        last.remember(&ep, v4b);
+        assert_eq!(
+            last.order(&ep, resolved.clone()),
+            vec![v4b, v6a, v4a, v6b],
+            "the last good address first, the families still alternating"
+        );
+        let other = Endpoint {
+            host: "cloud".into(),
+            port: 9,
+        };
+        assert_eq!(
+            last.order(&other, resolved.clone()),
+            resolved,
+            "per endpoint"
+        );
+        assert_eq!(
+            last.order(&ep, vec![v6a, v4a]),
+            vec![v6a, v4a],
+            "an address no longer resolved is not added"
+        );
+        for i in 0..LAST_GOOD_ENTRIES as u16 {
+            let e = Endpoint {
+                host: format!("h{i}"),
+                port: 1,
+            };
+            last.remember(&e, v6a);
+        }
+        assert_eq!(last.entries.len(), LAST_GOOD_ENTRIES);
+        assert_eq!(
+            last.order(&ep, resolved.clone()),
+            resolved,
+            "the oldest goes"
+        );
     }
 }

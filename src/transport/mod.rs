@@ -38,8 +38,40 @@ pub enum LinkError {
     /// The peer refused this side's certificate: a TLS alert about it (see
     /// [`crate::tls::certificate_alert`]) or an HTTP refusal for it; the text says where and why.
     CertificateRefused(String),
+    /// The peer answered the connection request with a refusal, not about this side's
+    /// certificate (an HTTP status other than 101 before the WebSocket upgrade, or an HTTP
+    /// response from placement that is not a usable 200); the text says which and why.
+    Refused(String),
     /// The connection failed.
     Io(String),
+}
+
+impl LinkError {
+    /// Whether this is the peer's own answer to a connection attempt, which trying another
+    /// address of the same host would not change: [`LinkError::CertificateRefused`] and
+    /// [`LinkError::Refused`]. This side's TLS sends its certificate, and then its HTTP request,
+    /// only after the server proved it holds a certificate this side trusts, so these answers
+    /// come from the cloud (or placement service) itself, not from whatever else listens on one
+    /// of its addresses. Everything else (a refused or reset TCP connection, a TLS handshake cut
+    /// short or with a server this side does not trust, silence) says nothing about the service,
+    /// and the next address is tried ([`dial::race`]).
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            LinkError::CertificateRefused(_) | LinkError::Refused(_)
+        )
+    }
+
+    /// A failed [`dial::race`] as one error naming every address tried: of the kind of the final
+    /// answer that ended it, if one did, else [`LinkError::Io`].
+    pub fn from_race(failed: dial::Failed<LinkError>) -> LinkError {
+        let why = failed.to_string();
+        match failed.final_error() {
+            Some(LinkError::CertificateRefused(_)) => LinkError::CertificateRefused(why),
+            Some(LinkError::Refused(_)) => LinkError::Refused(why),
+            _ => LinkError::Io(why),
+        }
+    }
 }
 
 impl fmt::Display for LinkError {
@@ -50,7 +82,9 @@ impl fmt::Display for LinkError {
             LinkError::Eof => f.write_str("connection ended"),
             LinkError::Frame(e) => write!(f, "bad frame from the peer: {e}"),
             LinkError::WriteTimeout(d) => write!(f, "write blocked for {:.1}s", d.as_secs_f64()),
-            LinkError::CertificateRefused(why) | LinkError::Io(why) => f.write_str(why),
+            LinkError::CertificateRefused(why) | LinkError::Refused(why) | LinkError::Io(why) => {
+                f.write_str(why)
+            }
         }
     }
 }

@@ -247,45 +247,43 @@ impl ClientEndpoints {
 }
 
 /// Connects to the cloud at the first of `addrs` that answers, racing them the happy-eyeballs
-/// way ([`dial::race`]) within `limit`, each attempt as [`connect`]. Returns the connection of
-/// the first to succeed; the error names each address tried, and is
-/// [`LinkError::CertificateRefused`] when one of them refused the certificate.
+/// way ([`dial::race`]) within `limit` (which resolving them may have used part of), each
+/// attempt as [`connect`]. Returns the connection of
+/// the first to succeed; the error names each address tried. A refusal of this side's
+/// certificate is the cloud's own answer and ends the dial at once
+/// ([`LinkError::is_final`]), as [`LinkError::CertificateRefused`].
 pub async fn dial(
     endpoints: &mut ClientEndpoints,
     config: &quinn::ClientConfig,
     addrs: &[SocketAddr],
     server_name: &str,
     first: &[u8],
-    limit: Duration,
+    limit: dial::Limit,
 ) -> Result<(quinn::Connection, SendStream, RecvStream, Handshake), LinkError> {
     let bound: Vec<(SocketAddr, Result<Endpoint, String>)> =
         addrs.iter().map(|a| (*a, endpoints.for_addr(*a))).collect();
-    let raced = dial::race(addrs, dial::ATTEMPT_DELAY, limit, |addr| {
-        let endpoint = bound
-            .iter()
-            .find(|(a, _)| *a == addr)
-            .map(|(_, e)| e.clone())
-            .expect("every address has its endpoint");
-        let config = config.clone();
-        async move {
-            let endpoint = endpoint.map_err(LinkError::Io)?;
-            connect(&endpoint, config, addr, server_name, first).await
-        }
-    })
+    let raced = dial::race(
+        addrs,
+        dial::ATTEMPT_DELAY,
+        limit,
+        LinkError::is_final,
+        |addr| {
+            let endpoint = bound
+                .iter()
+                .find(|(a, _)| *a == addr)
+                .map(|(_, e)| e.clone())
+                .expect("every address has its endpoint");
+            let config = config.clone();
+            async move {
+                let endpoint = endpoint.map_err(LinkError::Io)?;
+                connect(&endpoint, config, addr, server_name, first).await
+            }
+        },
+    )
     .await;
-    match raced {
-        Ok((connected, _)) => Ok(connected),
-        Err(failed) => {
-            let refused = failed
-                .errors()
-                .any(|e| matches!(e, LinkError::CertificateRefused(_)));
-            Err(if refused {
-                LinkError::CertificateRefused(failed.to_string())
-            } else {
-                LinkError::Io(failed.to_string())
-            })
-        }
-    }
+    raced
+        .map(|(connected, _)| connected)
+        .map_err(LinkError::from_race)
 }
 
 /// Connects to the cloud at `addr` and opens the control stream, sending `first` (HELLO,

@@ -151,23 +151,16 @@ where
     link
 }
 
-/// Opens a TCP connection to `endpoint` with `TCP_NODELAY`, racing every address the host
-/// resolves to ([`dial::race`]) within `limit`. The error names each address tried and why it
-/// failed.
-pub async fn tcp_connect(endpoint: &Endpoint, limit: Duration) -> Result<Async<TcpStream>, String> {
-    let addrs = dial::resolve(&endpoint.host, endpoint.port).await?;
-    let (stream, _) = dial::race(&addrs, dial::ATTEMPT_DELAY, limit, |addr| async move {
-        let s = Async::<TcpStream>::connect(addr)
-            .await
-            .map_err(|e| format!("TCP connect: {e}"))?;
-        s.get_ref()
-            .set_nodelay(true)
-            .map_err(|e| format!("TCP_NODELAY: {e}"))?;
-        Ok::<_, String>(s)
-    })
-    .await
-    .map_err(|failed| failed.to_string())?;
-    Ok(stream)
+/// Opens a TCP connection to `addr` with `TCP_NODELAY`. Errors name the step ("TCP connect: …"),
+/// not the address.
+pub async fn tcp_connect(addr: SocketAddr) -> Result<Async<TcpStream>, String> {
+    let s = Async::<TcpStream>::connect(addr)
+        .await
+        .map_err(|e| format!("TCP connect: {e}"))?;
+    s.get_ref()
+        .set_nodelay(true)
+        .map_err(|e| format!("TCP_NODELAY: {e}"))?;
+    Ok(s)
 }
 
 /// The TLS server name for `host` (a DNS name or an IP address).
@@ -176,46 +169,77 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
         .map_err(|_| format!("{host:?} is not a valid TLS server name"))
 }
 
-/// Connects to the cloud at `endpoint` (every address it resolves to, see [`tcp_connect`]), runs
-/// TLS with `tls` and upgrades `path` to a WebSocket speaking the hub subprotocol, all within
-/// `limit`. A refusal before the upgrade comes back as its HTTP status and reason; a refusal of
-/// this side's certificate (a TLS alert, or HTTP 403: the certificate is not the node in the
-/// path) as [`LinkError::CertificateRefused`].
+/// Connects to the cloud at `endpoint` as [`dial`] does, without remembering which address
+/// answered.
 pub async fn connect(
     endpoint: &Endpoint,
     path: &str,
     tls: Arc<rustls::ClientConfig>,
     limit: Duration,
 ) -> Result<(WebSocketStream<ClientStream>, SocketAddr), LinkError> {
-    let started = std::time::Instant::now();
-    let tcp = tcp_connect(endpoint, limit).await.map_err(LinkError::Io)?;
-    let peer = tcp
-        .get_ref()
-        .peer_addr()
-        .map_err(|e| LinkError::Io(e.to_string()))?;
-    let rest = limit.saturating_sub(started.elapsed());
-    timeout(rest, upgrade(endpoint, path, tls, tcp, peer))
-        .await
-        .unwrap_or_else(|| {
-            Err(LinkError::Io(format!(
-                "{peer}: no TLS handshake and upgrade within handshake-timeout ({limit:?})"
-            )))
-        })
-        .map(|ws| (ws, peer))
+    dial(endpoint, path, tls, limit, &mut dial::LastGood::default()).await
 }
 
-/// TLS and the WebSocket upgrade on a connected socket.
+/// Connects to the cloud at `endpoint`: TCP, TLS with `tls`, and the upgrade of `path` to a
+/// WebSocket speaking the hub subprotocol, all within `limit` (handshake-timeout). Every address
+/// the host resolves to is tried the happy-eyeballs way ([`dial::race`]), the one in `last_good`
+/// first, and an attempt on one address is all three steps: an address that accepts TCP and then
+/// fails or stalls the TLS handshake or the upgrade does not keep the others from being tried.
+/// Returns the WebSocket and the address that answered (remembered in `last_good`).
+///
+/// Errors name every address tried and why it failed. The cloud's own answers end the dial at
+/// once ([`LinkError::is_final`]): a refusal of this side's certificate (a TLS alert, or HTTP
+/// 403: the certificate is not the node in the path) as [`LinkError::CertificateRefused`], any
+/// other HTTP status before the upgrade as [`LinkError::Refused`], each with the status and
+/// reason; anything else is [`LinkError::Io`].
+pub async fn dial(
+    endpoint: &Endpoint,
+    path: &str,
+    tls: Arc<rustls::ClientConfig>,
+    limit: Duration,
+    last_good: &mut dial::LastGood,
+) -> Result<(WebSocketStream<ClientStream>, SocketAddr), LinkError> {
+    let limit = dial::Limit::new(limit);
+    let name = server_name(&endpoint.host).map_err(LinkError::Io)?;
+    let addrs = dial::resolve(&endpoint.host, endpoint.port, limit)
+        .await
+        .map_err(LinkError::Io)?;
+    let addrs = last_good.order(endpoint, addrs);
+    let raced = dial::race(
+        &addrs,
+        dial::ATTEMPT_DELAY,
+        limit,
+        LinkError::is_final,
+        |addr| {
+            let (tls, name) = (tls.clone(), name.clone());
+            async move {
+                let tcp = tcp_connect(addr).await.map_err(LinkError::Io)?;
+                upgrade(endpoint, path, tls, name, tcp).await
+            }
+        },
+    )
+    .await;
+    match raced {
+        Ok((ws, peer)) => {
+            last_good.remember(endpoint, peer);
+            Ok((ws, peer))
+        }
+        Err(failed) => Err(LinkError::from_race(failed)),
+    }
+}
+
+/// TLS and the WebSocket upgrade on a connected socket. Errors name the step, not the address.
 async fn upgrade(
     endpoint: &Endpoint,
     path: &str,
     tls: Arc<rustls::ClientConfig>,
+    name: ServerName<'static>,
     tcp: Async<TcpStream>,
-    peer: SocketAddr,
 ) -> Result<WebSocketStream<ClientStream>, LinkError> {
     let stream = TlsConnector::from(tls)
-        .connect(server_name(&endpoint.host).map_err(LinkError::Io)?, tcp)
+        .connect(name, tcp)
         .await
-        .map_err(|e| io_link_error(&format!("TLS with {peer}"), &e))?;
+        .map_err(|e| io_link_error("TLS", &e))?;
     let url = format!("wss://{endpoint}{path}");
     let mut request = url
         .as_str()
@@ -234,17 +258,15 @@ async fn upgrade(
                 .map(|b| String::from_utf8_lossy(b).trim().to_owned())
                 .unwrap_or_default();
             let status = resp.status().as_u16();
-            let why = format!("refused by the cloud: {status} {body} ({peer})");
+            let why = format!("refused by the cloud: {status} {body}");
             // 403 is the cloud's answer to a certificate that is not the node in the path.
             Err(if status == 403 {
                 LinkError::CertificateRefused(why)
             } else {
-                LinkError::Io(why)
+                LinkError::Refused(why)
             })
         }
-        Err(tungstenite::Error::Io(e)) => {
-            Err(io_link_error(&format!("WebSocket upgrade with {peer}"), &e))
-        }
-        Err(e) => Err(LinkError::Io(format!("WebSocket upgrade with {peer}: {e}"))),
+        Err(tungstenite::Error::Io(e)) => Err(io_link_error("WebSocket upgrade", &e)),
+        Err(e) => Err(LinkError::Io(format!("WebSocket upgrade: {e}"))),
     }
 }
