@@ -79,20 +79,20 @@ impl CertIdentity {
     }
 }
 
-const SEQUENCE: u8 = 0x30;
+pub(super) const SEQUENCE: u8 = 0x30;
 const SET: u8 = 0x31;
-const INTEGER: u8 = 0x02;
+pub(super) const INTEGER: u8 = 0x02;
 const OID: u8 = 0x06;
 const OCTET_STRING: u8 = 0x04;
 const BOOLEAN: u8 = 0x01;
-const VERSION_TAG: u8 = 0xa0;
+pub(super) const VERSION_TAG: u8 = 0xa0;
 const EXTENSIONS_TAG: u8 = 0xa3;
 const DNS_NAME_TAG: u8 = 0x82;
 const OID_COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
 const OID_SUBJECT_ALT_NAME: &[u8] = &[0x55, 0x1d, 0x11];
 
 /// Reads one tag-length-value; `None` on anything malformed.
-fn tlv<'a>(input: &mut &'a [u8]) -> Option<(u8, &'a [u8])> {
+pub(super) fn tlv<'a>(input: &mut &'a [u8]) -> Option<(u8, &'a [u8])> {
     let (&tag, rest) = input.split_first()?;
     if tag & 0x1f == 0x1f {
         return None; // high tag numbers do not occur in the fields read here
@@ -119,7 +119,7 @@ fn tlv<'a>(input: &mut &'a [u8]) -> Option<(u8, &'a [u8])> {
     Some((tag, value))
 }
 
-fn expect<'a>(input: &mut &'a [u8], tag: u8) -> Option<&'a [u8]> {
+pub(super) fn expect<'a>(input: &mut &'a [u8], tag: u8) -> Option<&'a [u8]> {
     match tlv(input)? {
         (t, v) if t == tag => Some(v),
         _ => None,

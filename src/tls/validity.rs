@@ -1,7 +1,12 @@
-//! The validity window of a certificate (RFC 5280 section 4.1.2.5), read with a small DER walker
-//! so that credentials can be checked before they are used.
+//! The validity window of a certificate (RFC 5280 section 4.1.2.5), read with the DER walker of
+//! [`super::identity`] so that credentials can be checked before they are used; dates are the
+//! `time` crate's.
 
 use std::fmt;
+
+use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time};
+
+use super::identity::{INTEGER, SEQUENCE, VERSION_TAG, expect, tlv};
 
 /// A certificate's `notBefore` and `notAfter`, in seconds since the Unix epoch (UTC).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,15 +66,19 @@ pub struct Utc(pub i64);
 
 impl fmt::Display for Utc {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (days, secs) = (self.0.div_euclid(86_400), self.0.rem_euclid(86_400));
-        let (y, m, d) = civil_from_days(days);
-        write!(
-            f,
-            "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-            secs / 3600,
-            secs / 60 % 60,
-            secs % 60
-        )
+        match OffsetDateTime::from_unix_timestamp(self.0) {
+            Ok(t) => write!(
+                f,
+                "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second()
+            ),
+            Err(_) => write!(f, "{} s after the Unix epoch", self.0),
+        }
     }
 }
 
@@ -80,43 +89,8 @@ pub fn now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-const SEQUENCE: u8 = 0x30;
-const INTEGER: u8 = 0x02;
-const VERSION_TAG: u8 = 0xa0;
 const UTC_TIME: u8 = 0x17;
 const GENERALIZED_TIME: u8 = 0x18;
-
-/// Reads one tag-length-value; `None` on anything malformed.
-fn tlv<'a>(input: &mut &'a [u8]) -> Option<(u8, &'a [u8])> {
-    let (&tag, rest) = input.split_first()?;
-    let (&first, mut rest) = rest.split_first()?;
-    let len = if first < 0x80 {
-        usize::from(first)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 || rest.len() < n {
-            return None;
-        }
-        let len = rest[..n]
-            .iter()
-            .fold(0usize, |v, b| v << 8 | usize::from(*b));
-        rest = &rest[n..];
-        len
-    };
-    if rest.len() < len {
-        return None;
-    }
-    let (value, after) = rest.split_at(len);
-    *input = after;
-    Some((tag, value))
-}
-
-fn expect<'a>(input: &mut &'a [u8], tag: u8) -> Option<&'a [u8]> {
-    match tlv(input)? {
-        (t, v) if t == tag => Some(v),
-        _ => None,
-    }
-}
 
 /// A `Time` (UTCTime `YYMMDDHHMMSSZ` or GeneralizedTime `YYYYMMDDHHMMSSZ`, RFC 5280 section
 /// 4.1.2.5) as seconds since the Unix epoch.
@@ -136,35 +110,18 @@ fn time(input: &mut &[u8]) -> Option<i64> {
         (GENERALIZED_TIME, 14) => (num(&digits[..4])?, &digits[4..]),
         _ => return None,
     };
-    let field = |i: usize| num(&rest[i..i + 2]);
+    let field = |i: usize| num(&rest[i..i + 2]).and_then(|v| u8::try_from(v).ok());
     let (month, day, hour, min, sec) = (field(0)?, field(2)?, field(4)?, field(6)?, field(8)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || min > 59 || sec > 60 {
-        return None;
-    }
-    Some(days_from_civil(year, month, day) * 86_400 + hour * 3600 + min * 60 + sec)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The date of a day number from [`days_from_civil`].
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
+    let date =
+        Date::from_calendar_date(i32::try_from(year).ok()?, Month::try_from(month).ok()?, day)
+            .ok()?;
+    // A leap second (60) counts as the second before it.
+    let time = Time::from_hms(hour, min, sec.min(59)).ok()?;
+    Some(
+        PrimitiveDateTime::new(date, time)
+            .assume_utc()
+            .unix_timestamp(),
+    )
 }
 
 #[cfg(test)]
@@ -172,17 +129,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dates_round_trip() {
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
-        for day in [-1, 0, 59, 11_016, 20_000, 47_482] {
-            let (y, m, d) = civil_from_days(day);
-            assert_eq!(days_from_civil(y, m, d), day);
-        }
+    fn dates_print_as_utc() {
         assert_eq!(
             Utc(951_782_400 + 3661).to_string(),
             "2000-02-29 01:01:01 UTC"
         );
+        assert_eq!(Utc(0).to_string(), "1970-01-01 00:00:00 UTC");
     }
 
     #[test]
@@ -195,6 +147,8 @@ mod tests {
         assert_eq!(time(&mut generalized), Some(253_402_300_799));
         let mut bad: &[u8] = b"\x17\x0d4912312359590";
         assert_eq!(time(&mut bad), None);
+        let mut no_such_day: &[u8] = b"\x17\x0d490230000000Z";
+        assert_eq!(time(&mut no_such_day), None);
     }
 
     #[test]
