@@ -15,7 +15,7 @@ use async_tungstenite::tungstenite::Message as WsMessage;
 use common::apps::{block, is_hub_notice, message};
 use common::{Cloud, CloudSpec, EdgeSpec, Hub, Proto};
 use hub::client::{self, Connection};
-use hub::proto::frame::{Frame, Hello, encode_len_prefixed};
+use hub::proto::frame::{Frame, encode_len_prefixed};
 use smol::io::AsyncWriteExt;
 use smol::stream::StreamExt;
 
@@ -256,18 +256,7 @@ impl Flow {
 // Raw peers with valid certificates.
 
 fn hello(node: &str, version: u8) -> Frame {
-    Frame::Hello(Hello {
-        version,
-        project_id: "proj".into(),
-        node_id: node.into(),
-        heartbeat: Duration::from_secs(60),
-        read_deadline: Duration::from_secs(60),
-        window: 16,
-        up_stream: 1,
-        up_first: 1,
-        down_stream: 0,
-        down_seq: 0,
-    })
+    common::raw_hello("proj", node, version)
 }
 
 /// A MESSAGE frame with sequence number 1.

@@ -12,25 +12,16 @@ use std::time::Duration;
 
 use common::apps::{block, message, subscribe};
 use common::{CloudSpec, EdgeSpec, Proto};
-use hub::proto::frame::{Frame, Hello, encode_len_prefixed};
+use hub::proto::frame::encode_len_prefixed;
 
 const WAIT: Duration = Duration::from_secs(20);
 
 fn hello(project: &str, node: &str) -> Vec<u8> {
     let mut out = Vec::new();
-    let frame = Frame::Hello(Hello {
-        version: hub::proto::VERSION,
-        project_id: project.into(),
-        node_id: node.into(),
-        heartbeat: Duration::from_secs(60),
-        read_deadline: Duration::from_secs(60),
-        window: 16,
-        up_stream: 1,
-        up_first: 1,
-        down_stream: 0,
-        down_seq: 0,
-    });
-    encode_len_prefixed(&frame, &mut out);
+    encode_len_prefixed(
+        &common::raw_hello(project, node, hub::proto::VERSION),
+        &mut out,
+    );
     out
 }
 

@@ -990,12 +990,16 @@ mod tests {
     fn a_peer_sending_beyond_the_receive_window_is_closed_on() {
         let now = Instant::now();
         // The cloud's receive window is 3 (WELCOME window); the edge ignores it.
-        let mut c = Session::cloud(now, 30 * S, 3);
-        c.handle_frame(now, Frame::Hello(hello(S, 10 * S)));
-        c.poll_event();
-        c.accept(now, Streams::default());
-        while c.poll_event().is_some() {}
-        c.committed(0);
+        let open_cloud = || {
+            let mut c = Session::cloud(now, 30 * S, 3);
+            c.handle_frame(now, Frame::Hello(hello(S, 10 * S)));
+            c.poll_event();
+            c.accept(now, Streams::default());
+            while c.poll_event().is_some() {}
+            c.committed(0);
+            c
+        };
+        let mut c = open_cloud();
         for seq in 1..=3 {
             c.handle_frame(
                 now,
@@ -1025,12 +1029,7 @@ mod tests {
         }
 
         // Once acknowledged, the window moves on.
-        let mut c = Session::cloud(now, 30 * S, 3);
-        c.handle_frame(now, Frame::Hello(hello(S, 10 * S)));
-        c.poll_event();
-        c.accept(now, Streams::default());
-        while c.poll_event().is_some() {}
-        c.committed(0);
+        let mut c = open_cloud();
         for seq in 1..=6 {
             c.handle_frame(
                 now,

@@ -690,3 +690,20 @@ impl Relay {
         }
     }
 }
+
+/// A HELLO such as a raw test peer sends: `project`/`node`, protocol `version`, a 60 s heartbeat
+/// and read deadline, window 16, a new outbox stream, nothing received yet.
+pub fn raw_hello(project: &str, node: &str, version: u8) -> hub::proto::frame::Frame {
+    hub::proto::frame::Frame::Hello(hub::proto::frame::Hello {
+        version,
+        project_id: project.into(),
+        node_id: node.into(),
+        heartbeat: Duration::from_secs(60),
+        read_deadline: Duration::from_secs(60),
+        window: 16,
+        up_stream: 1,
+        up_first: 1,
+        down_stream: 0,
+        down_seq: 0,
+    })
+}
