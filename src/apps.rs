@@ -190,7 +190,7 @@ impl Gate {
     fn new(config: &AppsConfig) -> Gate {
         Gate {
             open: AtomicUsize::new(0),
-            max: config.max_connections.max(1),
+            max: crate::open_files::budget(config.max_connections.max(1), "apps.max-connections"),
             refusing: AtomicUsize::new(0),
             upgrade_timeout: config.upgrade_timeout,
             refused: AtomicU64::new(0),
@@ -309,6 +309,7 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = std::io::Result<(S, String)>>,
 {
+    let mut failures = crate::open_files::AcceptFailures::default();
     loop {
         let accepted = async { Some(accept().await) }
             .or(async {
@@ -337,11 +338,7 @@ where
                 }
                 Admission::Drop => drop(stream),
             },
-            Some(Err(e)) => {
-                // Out of file descriptors, most likely: pause rather than spin.
-                log::warn!("application accept failed: {e}");
-                smol::Timer::after(std::time::Duration::from_millis(100)).await;
-            }
+            Some(Err(e)) => failures.pause("application", &e).await,
         }
     }
 }

@@ -71,6 +71,21 @@ pub type Connection = WebSocketStream<Stream>;
 /// Connects to the endpoint at `url` (`ws://HOST:PORT` or `unix:PATH`), requesting `path`
 /// (with its query).
 pub async fn connect(url: &str, path: &str) -> Result<Connection, String> {
+    timeout(CONNECT_TIMEOUT, open(url, path))
+        .await
+        .unwrap_or_else(|| {
+            Err(format!(
+                "the application endpoint {url} did not answer within {}s",
+                CONNECT_TIMEOUT.as_secs()
+            ))
+        })
+}
+
+/// How long [`connect`] waits for the endpoint to connect and upgrade: a hub that accepts and
+/// never answers (one out of descriptors, or not a hub at all) must not hold a command forever.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn open(url: &str, path: &str) -> Result<Connection, String> {
     let (stream, request) = if let Some(sock) = url.strip_prefix("unix:") {
         let s = Async::<UnixStream>::connect(sock)
             .await
@@ -78,9 +93,10 @@ pub async fn connect(url: &str, path: &str) -> Result<Connection, String> {
         (Stream::Unix(s), format!("ws://localhost{path}"))
     } else if let Some(addr) = url.strip_prefix("ws://") {
         let addr = addr.trim_end_matches('/');
-        let s = TcpStream::connect(addr).map_err(|e| format!("cannot connect to {url}: {e}"))?;
-        s.set_nodelay(true).map_err(|e| e.to_string())?;
-        let s = Async::new(s).map_err(|e| e.to_string())?;
+        let s = tcp_connect(addr)
+            .await
+            .map_err(|e| format!("cannot connect to {url}: {e}"))?;
+        s.get_ref().set_nodelay(true).map_err(|e| e.to_string())?;
         (Stream::Tcp(s), format!("ws://{addr}{path}"))
     } else {
         return Err(format!("{url:?} is not ws://HOST:PORT or unix:PATH"));
@@ -456,4 +472,17 @@ pub async fn request(
     timeout(wait, answer)
         .await
         .unwrap_or_else(|| Err(format!("no answer within {:.1}s", wait.as_secs_f64())))
+}
+
+/// Connects to the first address of `addr` (`HOST:PORT`) that takes the connection, without
+/// blocking, so that [`CONNECT_TIMEOUT`] bounds it.
+async fn tcp_connect(addr: &str) -> io::Result<Async<TcpStream>> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "the name resolves to no address");
+    for a in smol::net::resolve(addr).await? {
+        match Async::<TcpStream>::connect(a).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }

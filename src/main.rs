@@ -115,6 +115,8 @@ where
     F: FnOnce(hub::shutdown::Shutdown) -> Fut,
     Fut: std::future::Future<Output = Result<(), String>>,
 {
+    let open_files = hub::open_files::raise_limit();
+    log::debug!("open-file limit {open_files}");
     let (trigger, shutdown) = hub::shutdown::channel();
     if let Err(e) = hub::shutdown::on_signals(trigger) {
         log::error!("cannot watch for signals: {e}");

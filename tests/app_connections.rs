@@ -193,3 +193,75 @@ fn an_upgrade_that_never_completes_is_closed_after_the_timeout() {
     let (_, status, _) = upgrade(&apps);
     assert!(status.starts_with("HTTP/1.1 101"), "{status}");
 }
+
+/// `edge`, started under `prlimit --nofile=SOFT:HARD`.
+fn edge_with_open_files(dir: &std::path::Path, soft: u32, hard: u32) -> (Hub, String) {
+    let pki = common::dev_pki(dir);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let config = EdgeSpec::new(Proto::Websocket, &pki, "edge-node", port).write(dir);
+    let mut command = std::process::Command::new("prlimit");
+    command
+        .arg(format!("--nofile={soft}:{hard}"))
+        .arg(common::hub_bin())
+        .args(["edge", "-c"])
+        .arg(&config);
+    let mut hub = Hub::spawn("edge", command);
+    let url = common::apps_url(&mut hub);
+    (hub, url)
+}
+
+/// The `Max open files` soft and hard limits of process `pid`.
+fn open_file_limits(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let mut words = line.split_whitespace().skip(3);
+    (
+        words.next().unwrap().to_owned(),
+        words.next().unwrap().to_owned(),
+    )
+}
+
+/// A hub started with a low soft open-file limit raises it to the hard one; where even the hard
+/// limit is below what `apps.max-connections` would take, it takes half the limit and says so,
+/// refusing beyond that with 503 rather than running out of descriptors for its link and queues.
+#[test]
+fn application_connections_fit_in_the_open_file_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (hub, _) = edge_with_open_files(&tmp.path().join("raised"), 64, 4096);
+    assert_eq!(
+        open_file_limits(hub.pid()),
+        ("4096".to_owned(), "4096".to_owned()),
+        "the soft limit is raised to the hard one"
+    );
+    drop(hub);
+
+    let (edge, apps) = edge_with_open_files(&tmp.path().join("low"), 64, 64);
+    // Said at start, before the endpoint listens.
+    let warned = edge.lines_with("but this process may open only 64 files");
+    assert!(
+        warned.len() == 1
+            && warned[0].contains("apps.max-connections is 1024")
+            && warned[0].contains("at most 32"),
+        "{warned:?}"
+    );
+    let mut open = Vec::new();
+    for i in 0..32 {
+        let (stream, status, _) = upgrade(&apps);
+        assert!(
+            status.starts_with("HTTP/1.1 101"),
+            "connection {i}: {status}"
+        );
+        open.push(stream);
+    }
+    for _ in 0..8 {
+        let (_, status, body) = upgrade(&apps);
+        assert!(status.starts_with("HTTP/1.1 503"), "{status}");
+        assert!(body.contains("too many application connections"), "{body}");
+    }
+    assert!(edge.lines_with("Too many open files").is_empty());
+}

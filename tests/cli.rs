@@ -146,3 +146,36 @@ fn help_version_and_usage_errors() {
         assert!(!text(&out.stderr).contains("panicked"), "{args:?}");
     }
 }
+
+/// An endpoint that takes the TCP connection and never answers (a hub out of descriptors, or no
+/// hub at all) does not hold a command forever: it gives up after `client::CONNECT_TIMEOUT` with
+/// one line and status 1.
+#[test]
+fn commands_give_up_on_an_endpoint_that_never_answers() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}", silent.local_addr().unwrap());
+    let started = std::time::Instant::now();
+    let handles: Vec<_> = [
+        vec!["nodes", "-u", &url],
+        vec!["pub", "-u", &url, "-r", "x", "1"],
+        vec!["req", "-u", &url, "-r", "x", "-t", "1", "1"],
+    ]
+    .into_iter()
+    .map(|args| {
+        let args: Vec<String> = args.into_iter().map(String::from).collect();
+        std::thread::spawn(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            common::run(&common::hub_bin(), &args)
+        })
+    })
+    .collect();
+    for h in handles {
+        let out = h.join().unwrap();
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("did not answer within 10s"), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+    assert!(started.elapsed() < hub::client::CONNECT_TIMEOUT * 2);
+    drop(silent);
+}

@@ -113,7 +113,7 @@ pub struct Bound {
 
 /// Runs the cloud hub until `shutdown`, then closes every link with "shutting down".
 pub async fn run(config: CloudConfig, shutdown: Shutdown) -> Result<(), String> {
-    let registry = Registry::new(config.node_limit);
+    let registry = Registry::new(crate::open_files::budget(config.node_limit, "node-limit"));
     let _lock = crate::queue::lock_dir(&config.queues.dir)?;
     let queues = NodeQueues::open(&config.queues)?;
     let local = Arc::new(Local::new(config.apps.request_timeout));
@@ -210,6 +210,7 @@ fn nodes_json(registry: &Registry, queues: &NodeQueues) -> String {
 }
 
 async fn ws_accept_loop(listener: Async<TcpListener>, acceptor: TlsAcceptor, cloud: Arc<Cloud>) {
+    let mut failures = crate::open_files::AcceptFailures::default();
     loop {
         let accepted = async { Some(listener.accept().await) }
             .or(async {
@@ -231,11 +232,7 @@ async fn ws_accept_loop(listener: Async<TcpListener>, acceptor: TlsAcceptor, clo
                 let task = ws_handshake(stream, peer, acceptor.clone(), cloud.clone(), pending);
                 smol::spawn(task).detach();
             }
-            Some(Err(e)) => {
-                // Out of file descriptors, most likely: pause rather than spin.
-                log::warn!("websocket accept failed: {e}");
-                smol::Timer::after(Duration::from_millis(100)).await;
-            }
+            Some(Err(e)) => failures.pause("websocket", &e).await,
         }
     }
 }

@@ -41,7 +41,9 @@ impl NodeQueues {
             std::fs::read_dir(&dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
         for entry in entries.flatten() {
             let name = entry.file_name();
-            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            // Followed through a symlink: a queue folder moved elsewhere and linked back is
+            // still the node's queue.
+            let is_dir = std::fs::metadata(entry.path()).is_ok_and(|m| m.is_dir());
             match name.to_str().map(|n| (n, valid_id(n))) {
                 Some((node, Ok(()))) if is_dir => {
                     queues.node(node)?;
