@@ -5,11 +5,9 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
@@ -363,48 +361,6 @@ fn the_clouds_refusal_is_final_and_names_the_address_left_unfinished() {
     );
 }
 
-/// A placement service on 127.0.0.1 (the dev PKI's server certificate, which names localhost)
-/// answering every request with `answer`; its port.
-fn placement_on_ipv4(pki: &Path, answer: String) -> u16 {
-    let creds =
-        hub::tls::Credentials::load(&pki.join("server.crt"), &pki.join("server.key")).unwrap();
-    let config = Arc::new(
-        rustls::ServerConfig::builder_with_provider(hub::tls::provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(creds.chain, creds.key)
-            .unwrap(),
-    );
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut tcp) = stream else { continue };
-            let mut conn = rustls::ServerConnection::new(config.clone()).unwrap();
-            let mut tls = rustls::Stream::new(&mut conn, &mut tcp);
-            let mut request = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                match tls.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => request.extend_from_slice(&buf[..n]),
-                }
-            }
-            let body = format!("{answer}\n");
-            let _ = write!(
-                tls,
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = tls.flush();
-            tls.conn.send_close_notify();
-            let _ = tls.flush();
-        }
-    });
-    port
-}
-
 #[test]
 fn placement_passes_an_address_that_accepts_tcp_and_hangs_up() {
     let tmp = tempfile::tempdir().unwrap();
@@ -417,10 +373,11 @@ fn placement_passes_an_address_that_accepts_tcp_and_hangs_up() {
     let pki = common::link_pki(dir);
     let cloud = common::start_cloud(dir, &pki, &CloudSpec::default());
     let port = cloud.ws_port;
-    let placement = placement_on_ipv4(
+    let placement = common::placement::Placement::start(
         &pki,
         format!("wss://127.0.0.1:{port}/proj/edge-node/events"),
-    );
+    )
+    .port;
     let Some(impostor) = impostor_on_ipv6(placement, Impostor::HangsUp) else {
         eprintln!("skipped: no ::1 here");
         return;

@@ -7,23 +7,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{CloudSpec, EdgeSpec, Proto, Relay};
-use hub::proto::frame::{Frame, Hello, encode_len_prefixed};
+use hub::proto::frame::{Frame, encode_len_prefixed};
 
 const BOTH: [Proto; 2] = [Proto::Websocket, Proto::Quic];
 
 fn hello(node: &str) -> Frame {
-    Frame::Hello(Hello {
-        version: hub::proto::VERSION,
-        project_id: "proj".into(),
-        node_id: node.into(),
-        heartbeat: Duration::from_secs(60),
-        read_deadline: Duration::from_secs(60),
-        window: 16,
-        up_stream: 1,
-        up_first: 1,
-        down_stream: 0,
-        down_seq: 0,
-    })
+    common::raw_hello("proj", node, hub::proto::VERSION)
 }
 
 /// A raw node connection made with the hub's own transport code, after its HELLO.

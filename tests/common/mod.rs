@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod apps;
+pub mod placement;
 
 /// SplitMix64: a small deterministic generator for the tests' random choices, replayable from
 /// its seed.
