@@ -595,6 +595,8 @@ where
                 Some(Ok(())) => {}
                 Some(Err(_)) => {
                     healthy = false;
+                    // Whoever waits to queue a notice for it must not wait forever.
+                    queue.close();
                     break;
                 }
                 None => break,

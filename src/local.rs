@@ -293,6 +293,14 @@ impl AppReceiver {
         self.took(text)
     }
 
+    /// The writer can no longer write (the application's connection failed): nothing more is
+    /// queued, and a sender waiting for room ([`AppSender::send`]) gets `Err` instead of waiting
+    /// for a writer that will never take anything again.
+    pub fn close(&self) {
+        self.rx.close();
+        let _ = self.shared.room_tx.try_send(());
+    }
+
     /// The next text if one is waiting; `None` as for [`recv`](Self::recv) or when none is.
     pub fn try_recv(&self) -> Option<String> {
         self.took(self.rx.try_recv().ok())
@@ -733,6 +741,20 @@ mod tests {
                 .unwrap()
                 .contains("no response within")
         );
+    }
+
+    #[test]
+    fn a_sender_waiting_for_room_is_released_when_the_writer_fails() {
+        let (a, a_rx) = app_channel("a", 1, 1 << 20);
+        smol::block_on(a.send("first".into())).unwrap();
+        let waiting = smol::spawn({
+            let a = a.clone();
+            async move { a.send("second".into()).await }
+        });
+        // The connection fails: its writer takes nothing more, ever.
+        a_rx.close();
+        let outcome = smol::block_on(crate::transport::timeout(Duration::from_secs(5), waiting));
+        assert_eq!(outcome, Some(Err(AppSendError::Closed)));
     }
 
     #[test]
