@@ -202,7 +202,7 @@ fn nodes_json(registry: &Registry, queues: &NodeQueues) -> String {
                 "address": link.map(|n| n.peer.to_string()),
                 "since": since.map(|d| d.as_millis() as u64),
                 "queued": queued.iter().find(|(n, _)| n == id).map_or(0, |(_, q)| *q),
-                "conflicts": link.map_or(0, |n| n.conflicts),
+                "conflicts": registry.conflicts(id),
             })
         })
         .collect();

@@ -134,13 +134,12 @@ impl Registry {
                 );
             }
         }
-        let conflicts = conflicts.get(node_id).copied().unwrap_or(0);
         let info = NodeInfo {
             node_id: node_id.to_owned(),
             protocol,
             peer,
             since: SystemTime::now(),
-            conflicts,
+            conflicts: 0, // filled in by `nodes`, from the one count kept per node
         };
         // Replacing the entry drops the old one's sender, which tells its connection.
         nodes.insert(
@@ -163,9 +162,22 @@ impl Registry {
 
     /// The connected nodes, sorted by id.
     pub fn nodes(&self) -> Vec<NodeInfo> {
-        let mut list: Vec<NodeInfo> = self.lock().nodes.values().map(|e| e.info.clone()).collect();
+        let state = self.lock();
+        let mut list: Vec<NodeInfo> = state
+            .nodes
+            .values()
+            .map(|e| NodeInfo {
+                conflicts: state.conflicts.get(&e.info.node_id).copied().unwrap_or(0),
+                ..e.info.clone()
+            })
+            .collect();
         list.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         list
+    }
+
+    /// [`NodeInfo::conflicts`] of `node_id`, connected or not.
+    pub fn conflicts(&self, node_id: &str) -> u64 {
+        self.lock().conflicts.get(node_id).copied().unwrap_or(0)
     }
 
     /// How many nodes are connected.
@@ -212,8 +224,9 @@ mod tests {
         drop(a2);
         drop(a3);
         assert_eq!(r.len(), 1, "a left");
+        assert_eq!(r.conflicts("a"), 1, "kept while the node is away");
         let a4 = r.admit("a", Protocol::Quic, addr()).unwrap();
-        assert_eq!(r.nodes()[0].conflicts, 1, "kept while the node was away");
+        assert_eq!(r.nodes()[0].conflicts, 1, "and when it is back");
         drop(a4);
 
         // A gateway that restarts (or moves) while the cloud holds its dead link replaces it
