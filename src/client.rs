@@ -11,6 +11,7 @@ use std::time::Duration;
 use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::Message as WsMessage;
 use async_tungstenite::tungstenite::error::Error as WsError;
+use async_tungstenite::tungstenite::protocol::CloseFrame;
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use smol::Async;
 use smol::io::{AsyncBufRead, AsyncRead, AsyncWrite, BufReader};
@@ -123,6 +124,17 @@ async fn open(url: &str, path: &str) -> Result<Connection, String> {
         })
 }
 
+/// The hub's close code and reason when it closed the connection for a cause (anything but a
+/// normal close), as one line for the user.
+fn closed_for_a_cause(frame: Option<&CloseFrame>) -> Option<String> {
+    let f = frame.filter(|f| f.code != CloseCode::Normal)?;
+    Some(format!(
+        "the hub closed the connection: {} {}",
+        u16::from(f.code),
+        f.reason
+    ))
+}
+
 /// The next message from the hub; `None` when the connection ended normally, an error with the
 /// hub's close code and reason when it closed the connection for a cause (RFC 6455 section 7.4:
 /// 1008 for an application too slow to read, 1009 for a message too big, see `docs/api.md`).
@@ -130,12 +142,7 @@ pub async fn next(ws: &mut Connection) -> Option<Result<Message, String>> {
     loop {
         return match ws.next().await? {
             Ok(WsMessage::Text(t)) => Some(Message::from_json(&t).map_err(|e| e.to_string())),
-            Ok(WsMessage::Close(Some(f))) if f.code != CloseCode::Normal => Some(Err(format!(
-                "the hub closed the connection: {} {}",
-                u16::from(f.code),
-                f.reason
-            ))),
-            Ok(WsMessage::Close(_)) => None,
+            Ok(WsMessage::Close(f)) => closed_for_a_cause(f.as_ref()).map(Err),
             Ok(_) => continue,
             Err(e) => Some(Err(e.to_string())),
         };
@@ -324,12 +331,8 @@ pub async fn publish_input<R: AsyncRead + Unpin>(
             let Some(item) = rx.next().await else { break };
             let t = match item {
                 Ok(WsMessage::Text(t)) => t,
-                Ok(WsMessage::Close(Some(f))) if f.code != CloseCode::Normal => {
-                    closed = Some(format!(
-                        "the hub closed the connection: {} {}",
-                        u16::from(f.code),
-                        f.reason
-                    ));
+                Ok(WsMessage::Close(f)) => {
+                    closed = closed_for_a_cause(f.as_ref());
                     break;
                 }
                 Err(_) => break,
