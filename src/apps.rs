@@ -190,7 +190,11 @@ impl Gate {
     fn new(config: &AppsConfig) -> Gate {
         Gate {
             open: AtomicUsize::new(0),
-            max: crate::open_files::budget(config.max_connections.max(1), "apps.max-connections"),
+            max: crate::open_files::budget(
+                config.max_connections.max(1),
+                "apps.max-connections",
+                4,
+            ),
             refusing: AtomicUsize::new(0),
             upgrade_timeout: config.upgrade_timeout,
             refused: AtomicU64::new(0),

@@ -34,18 +34,21 @@ pub fn soft_limit() -> u64 {
 }
 
 /// At most how many of `wanted` descriptors one use may take: all of them when the limit leaves
-/// room, else half the open-file limit, so the link, the queues and the listeners keep the rest.
-/// `what` names the setting for the warning given when it is cut.
-pub fn budget(wanted: usize, what: &str) -> usize {
+/// room, else `1/share` of the open-file limit. The shares the hub hands out (half for node
+/// links, a quarter for application connections) leave a quarter for the listeners, the queues'
+/// files and the link of an edge. `what` names the setting for the warning given when it is cut.
+pub fn budget(wanted: usize, what: &str, share: u64) -> usize {
     let limit = soft_limit();
-    let half = usize::try_from(limit / 2).unwrap_or(usize::MAX).max(1);
-    if wanted <= half {
+    let part = usize::try_from(limit / share.max(1))
+        .unwrap_or(usize::MAX)
+        .max(1);
+    if wanted <= part {
         return wanted;
     }
     log::warn!(
-        "{what} is {wanted}, but this process may open only {limit} files: taking at most {half} (raise LimitNOFILE or `ulimit -n`, or lower {what})"
+        "{what} is {wanted}, but this process may open only {limit} files: taking at most {part} (raise LimitNOFILE or `ulimit -n`, or lower {what})"
     );
-    half
+    part
 }
 
 fn show(v: Option<u64>) -> String {

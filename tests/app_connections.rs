@@ -227,7 +227,7 @@ fn open_file_limits(pid: u32) -> (String, String) {
 }
 
 /// A hub started with a low soft open-file limit raises it to the hard one; where even the hard
-/// limit is below what `apps.max-connections` would take, it takes half the limit and says so,
+/// limit is below what `apps.max-connections` would take, it takes a quarter of the limit and says so,
 /// refusing beyond that with 503 rather than running out of descriptors for its link and queues.
 #[test]
 fn application_connections_fit_in_the_open_file_limit() {
@@ -246,11 +246,11 @@ fn application_connections_fit_in_the_open_file_limit() {
     assert!(
         warned.len() == 1
             && warned[0].contains("apps.max-connections is 1024")
-            && warned[0].contains("at most 32"),
+            && warned[0].contains("at most 16"),
         "{warned:?}"
     );
     let mut open = Vec::new();
-    for i in 0..32 {
+    for i in 0..16 {
         let (stream, status, _) = upgrade(&apps);
         assert!(
             status.starts_with("HTTP/1.1 101"),

@@ -113,7 +113,11 @@ pub struct Bound {
 
 /// Runs the cloud hub until `shutdown`, then closes every link with "shutting down".
 pub async fn run(config: CloudConfig, shutdown: Shutdown) -> Result<(), String> {
-    let registry = Registry::new(crate::open_files::budget(config.node_limit, "node-limit"));
+    let registry = Registry::new(crate::open_files::budget(
+        config.node_limit,
+        "node-limit",
+        2,
+    ));
     let _lock = crate::queue::lock_dir(&config.queues.dir)?;
     let queues = NodeQueues::open(&config.queues)?;
     let local = Arc::new(Local::new(config.apps.request_timeout));
