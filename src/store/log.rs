@@ -570,8 +570,9 @@ impl Log {
     }
 
     /// Frees the space of acknowledged records: deletes the oldest segments while all their
-    /// records are acknowledged, and, once every record is, replaces a non-empty active segment
-    /// by an empty one when it holds an eighth of a segment or the disk is short of space. Then
+    /// records are acknowledged, and, once every record is, replaces the active segment by an
+    /// empty one when it holds an eighth of a segment (a sixty-fourth when the disk is short of
+    /// space). Then
     /// writes a position a full disk held back, if space was freed.
     fn reclaim(&mut self) -> io::Result<()> {
         let before = self.bytes;
@@ -579,7 +580,14 @@ impl Log {
         let drained = self.acked + 1 == self.next_seq;
         let active = *self.active_segment();
         let pressed = self.short_of_space || self.acked_unsaved || self.disk.is_full();
-        if drained && active.size > 0 && (active.size >= self.segment_max / 8 || pressed) {
+        // Short of space, a smaller drained segment is worth a new file too, but not every one:
+        // a queue that keeps up would otherwise create a file and sync the folder per message.
+        let worth = if pressed {
+            self.segment_max / 64
+        } else {
+            self.segment_max / 8
+        };
+        if drained && active.size > 0 && active.size >= worth {
             match self.start_empty_segment() {
                 Ok(()) => self.delete_acknowledged()?,
                 // Tried again at the next acknowledgement or append.
