@@ -191,38 +191,10 @@ pub struct NodesArgs {
 }
 
 /// Whether `word` is a JSON number that starts with `-` (`-5`, `-3.5`, `-1e400`): text argh
-/// would take for an option name, although no option is spelt like that.
+/// would take for an option name, although no option is spelt like that. Checked with the same
+/// JSON parser that then reads the content (`client::content_arg`), so the two always agree.
 fn is_negative_number(word: &str) -> bool {
-    let Some(rest) = word.strip_prefix('-') else {
-        return false;
-    };
-    let b = rest.as_bytes();
-    let digits = |mut i: usize| {
-        let start = i;
-        while i < b.len() && b[i].is_ascii_digit() {
-            i += 1;
-        }
-        (i > start).then_some(i)
-    };
-    // int = 0 | [1-9][0-9]*
-    let mut i = match b.first() {
-        Some(b'0') => 1,
-        Some(b'1'..=b'9') => digits(0).unwrap_or(0),
-        _ => return false,
-    };
-    if b.get(i) == Some(&b'.') {
-        let Some(j) = digits(i + 1) else { return false };
-        i = j;
-    }
-    if matches!(b.get(i), Some(b'e' | b'E')) {
-        i += 1;
-        if matches!(b.get(i), Some(b'+' | b'-')) {
-            i += 1;
-        }
-        let Some(j) = digits(i) else { return false };
-        i = j;
-    }
-    i == b.len()
+    word.starts_with('-') && serde_json::from_str::<&serde_json::value::RawValue>(word).is_ok()
 }
 
 /// The subcommand named in `args` (the words after the program name): its index and what argh
