@@ -523,11 +523,8 @@ impl Local {
             let waiting = lock(&self.pending).take(&msg.parent_id);
             if let Some(w) = waiting {
                 // The requester sees its own id as the parent, not the one the hub sent.
-                let answer = Message {
-                    parent_id: w.id,
-                    ..msg.clone()
-                };
-                return if self.hand_over(&w.app, answer.to_json(), "the answer to its request") {
+                let answer = msg.to_json_answering(&w.id);
+                return if self.hand_over(&w.app, answer, "the answer to its request") {
                     Delivery::Delivered(1)
                 } else {
                     Delivery::Dropped

@@ -202,6 +202,12 @@ impl Message {
 
     /// The JSON an application receives.
     pub fn to_json(&self) -> String {
+        self.to_json_answering(&self.parent_id)
+    }
+
+    /// [`to_json`](Self::to_json) with `parent_msg_id` given, without copying the message (the
+    /// hub restores a requester's own id in the answer it hands over).
+    pub fn to_json_answering(&self, parent_id: &str) -> String {
         let content = match std::str::from_utf8(&self.content) {
             Ok(c) if !c.trim().is_empty() => c,
             _ => "null",
@@ -210,7 +216,7 @@ impl Message {
         out.push_str(r#"{"header":{"msg_id":"#);
         json_string(&mut out, &self.id);
         out.push_str(r#","parent_msg_id":"#);
-        json_string(&mut out, &self.parent_id);
+        json_string(&mut out, parent_id);
         out.push_str(r#","timestamp":"#);
         out.push_str(&self.timestamp.to_string());
         out.push_str(if self.sync {
