@@ -275,7 +275,8 @@ impl AppReceiver {
     fn took(&self, text: Option<String>) -> Option<String> {
         let text = text?;
         self.shared.release(text.len());
-        if self.shared.cut_reason().is_some() {
+        // Closed by `cut_off`, after it recorded why: no lock per message.
+        if self.shared.cut_tx.is_closed() {
             return None;
         }
         Some(text)
@@ -284,12 +285,9 @@ impl AppReceiver {
     /// The next text for the application; `None` once it is cut off, or once every sender is
     /// gone and nothing is left.
     pub async fn recv(&self) -> Option<String> {
-        let next = async { self.rx.recv().await.ok() };
-        let cut = async {
-            self.shared.cut_off_wait().await;
-            None
-        };
-        let text = next.or(cut).await;
+        // `cut_off` closes the channel, which wakes this; what is still queued then is dropped
+        // by `took`.
+        let text = self.rx.recv().await.ok();
         self.took(text)
     }
 
