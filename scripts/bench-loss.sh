@@ -19,7 +19,9 @@
 #
 # Environment: LOSSES (drop probabilities), RTT_MS (round trip, default 50), DURATION (whole
 # seconds of goodput per case, default 10), LOSS_REQUESTS (round trips per case, default 200),
-# HUB and BENCH (binaries, default target/release/{hub,hub-bench}, built if missing).
+# HUB and BENCH (binaries, default target/release/{hub,hub-bench}, built if missing), NS_C and
+# NS_E (the namespaces' names, default hubc and hube) and SUBNET (the link's /24, default
+# 10.77.0), so that two runs on one machine keep apart.
 set -euo pipefail
 if [ "${1:-}" = --help ] || [ "${1:-}" = -h ]; then
   sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
@@ -30,10 +32,11 @@ LOSSES=${LOSSES:-0 0.01 0.05}
 RTT_MS=${RTT_MS:-50}
 DURATION=${DURATION:-10}
 LOSS_REQUESTS=${LOSS_REQUESTS:-200}
-NS_C=hubc
-NS_E=hube
-ADDR_C=10.77.0.1
-ADDR_E=10.77.0.2
+NS_C=${NS_C:-hubc}
+NS_E=${NS_E:-hube}
+SUBNET=${SUBNET:-10.77.0}
+ADDR_C=$SUBNET.1
+ADDR_E=$SUBNET.2
 
 row() { printf '%-44s %s\n' "$1" "$2"; echo "$1: $2" >&2; }
 skip() { row "loss emulation" "skipped: $1"; exit 0; }
