@@ -46,7 +46,7 @@ use smol::stream::StreamExt;
 use crate::config::AppsConfig;
 use crate::local::{Filter, Local, app_channel};
 use crate::message::{Message, split_node_resource};
-use crate::queue::Queue;
+
 use crate::shutdown::Shutdown;
 use crate::transport::timeout;
 
@@ -94,8 +94,8 @@ pub fn queue_bytes(max_message_bytes: usize) -> usize {
 
 /// Where this hub sends what its applications publish.
 pub enum Route {
-    /// Edge: everything goes into the outbox, for the cloud.
-    Edge(Arc<Queue>),
+    /// Edge: everything goes into the outbox (of the message's lane), for the cloud.
+    Edge(Arc<crate::exchange::LaneStores>),
     /// Cloud: `node/{node-id}/…` goes into that node's queue, without the prefix.
     Cloud(Arc<crate::cloud::NodeQueues>),
 }
@@ -119,10 +119,10 @@ impl Apps {
     /// request or a response: once it is written). Also returns the encoded message's size.
     fn publish(&self, msg: &mut Message) -> Result<(Accepted, usize), String> {
         let queue = match &self.route {
-            Route::Edge(outbox) => outbox.clone(),
+            Route::Edge(outbox) => outbox.queue_for(msg).clone(),
             Route::Cloud(queues) => {
                 let (node, rest) = split_node_resource(&msg.resource)?;
-                let queue = queues.out(node)?;
+                let queue = queues.node(node)?.queue_for(msg).clone();
                 msg.resource = rest.to_owned();
                 queue
             }

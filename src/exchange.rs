@@ -2,15 +2,18 @@
 //!
 //! Both hubs use it the same way: [`Exchange::streams`] goes into HELLO (edge) or
 //! [`Session::accept`] (cloud); each session event goes through [`Exchange::handle`]; after each
-//! round [`Exchange::fill`] tops the window up from the outgoing queue.
+//! round [`Exchange::fill`] tops each lane up from its outgoing queue, as far as the peer's window,
+//! [`MAX_IN_FLIGHT_BYTES`] and the room the transport has for it allow.
 
 use std::collections::VecDeque;
 use std::io;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::config::QueueConfig;
 use crate::local::{Delivery, Local};
 use crate::message::Message;
+use crate::proto::frame::{LANES, Lane};
 use crate::proto::session::Streams;
 use crate::proto::{CloseCode, Event, Session};
 use crate::queue::Queue;
@@ -51,73 +54,153 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Messages most sent per [`Exchange::fill`] round.
-const FILL_BATCH: usize = 512;
-/// Payload bytes sent and not yet acknowledged at most (besides the window's count of messages),
-/// so a peer that stops reading holds this much of this side's memory, not window x the largest
-/// message (256 x 1 MiB by default). One message is always let through, whatever its size.
-pub const MAX_IN_FLIGHT_BYTES: usize = 4 << 20;
+/// The lane a message travels on: urgent for a request (`header.sync`), a response (a
+/// `header.parent_msg_id`) and what its application marked `header.urgent`; bulk otherwise.
+pub fn lane_of(msg: &Message) -> Lane {
+    if msg.sync || msg.urgent || !msg.parent_id.is_empty() {
+        Lane::Urgent
+    } else {
+        Lane::Bulk
+    }
+}
 
-/// One link's message traffic.
-pub struct Exchange {
-    out: Arc<Queue>,
-    inbound: Arc<Mutex<Inbound>>,
-    local: Arc<Local>,
-    /// Cloud side: `node/{node-id}/`, put before the resource of every message from the node.
-    prefix: Option<String>,
+/// One side's durable state for its link to one peer, per lane: the queue of messages to send
+/// and what was received. In `dir`: `out/` and `in.state` for the bulk lane (the layout of the
+/// one-lane protocol, so queues written before lanes are kept), `urgent-out/` and
+/// `urgent-in.state` for the urgent lane.
+pub struct LaneStores {
+    /// The outgoing queue of each lane ([`Lane::index`]).
+    pub out: [Arc<Queue>; LANES],
+    /// The receive state of each lane.
+    pub inbound: [Arc<Mutex<Inbound>>; LANES],
+}
+
+impl LaneStores {
+    /// Opens (or creates) the queues and receive states in `dir`, each queue with the limits of
+    /// `config`. Errors name the file or folder that could not be opened.
+    pub fn open(dir: &Path, config: &QueueConfig) -> Result<LaneStores, String> {
+        let names = |lane: Lane| match lane {
+            Lane::Bulk => ("out", "in.state"),
+            Lane::Urgent => ("urgent-out", "urgent-in.state"),
+        };
+        let mut out = Vec::with_capacity(LANES);
+        let mut inbound = Vec::with_capacity(LANES);
+        for lane in Lane::ALL {
+            let (queue, state) = names(lane);
+            let path = dir.join(queue);
+            out.push(
+                Queue::open(&path, config)
+                    .map_err(|e| format!("cannot open the queue in {}: {e}", path.display()))?,
+            );
+            let path = dir.join(state);
+            inbound.push(
+                Inbound::open(&path).map_err(|e| {
+                    format!("cannot open the receive state {}: {e}", path.display())
+                })?,
+            );
+        }
+        Ok(LaneStores {
+            out: out
+                .try_into()
+                .map_err(|_| "two lanes")
+                .expect("one per lane"),
+            inbound: inbound
+                .try_into()
+                .map_err(|_| "two lanes")
+                .expect("one per lane"),
+        })
+    }
+
+    /// The queue `msg` goes into ([`lane_of`]).
+    pub fn queue_for(&self, msg: &Message) -> &Arc<Queue> {
+        &self.out[lane_of(msg).index()]
+    }
+
+    /// Messages queued and not yet acknowledged, both lanes together.
+    pub fn len(&self) -> u64 {
+        self.out.iter().map(|q| q.len()).sum()
+    }
+
+    /// Whether no message is queued on either lane.
+    pub fn is_empty(&self) -> bool {
+        self.out.iter().all(|q| q.is_empty())
+    }
+}
+
+/// Messages most sent per [`Exchange::fill`] round and lane.
+const FILL_BATCH: usize = 512;
+/// Payload bytes sent on one lane and not yet acknowledged at most (besides the window's count of
+/// messages). It lets a path of 100 Mbit/s and 600 ms (7.5 MB in flight) stay full, and bounds what
+/// a peer that stops acknowledging holds of this side's transport buffers (QUIC keeps sent data
+/// until it is acknowledged). One message is always let through, whatever its size.
+pub const MAX_IN_FLIGHT_BYTES: usize = 8 << 20;
+
+/// One lane's sending state.
+#[derive(Default)]
+struct Sending {
     reader: Option<Reader>,
-    batch: Vec<(u64, Vec<u8>)>,
     /// Sent and unacknowledged: each message's sequence number and size, and their total.
     in_flight: VecDeque<(u64, usize)>,
     in_flight_bytes: usize,
 }
 
+/// One link's message traffic.
+pub struct Exchange {
+    out: [Arc<Queue>; LANES],
+    inbound: [Arc<Mutex<Inbound>>; LANES],
+    local: Arc<Local>,
+    /// Cloud side: `node/{node-id}/`, put before the resource of every message from the node.
+    prefix: Option<String>,
+    sending: [Sending; LANES],
+    batch: Vec<(u64, Vec<u8>)>,
+}
+
 impl Exchange {
-    /// An exchange sending from `out`, receiving into `inbound` and delivering to `local`.
-    pub fn new(
-        out: Arc<Queue>,
-        inbound: Arc<Mutex<Inbound>>,
-        local: Arc<Local>,
-        prefix: Option<String>,
-    ) -> Exchange {
+    /// An exchange sending from `stores`' queues, receiving into their receive states and
+    /// delivering to `local`.
+    pub fn new(stores: &LaneStores, local: Arc<Local>, prefix: Option<String>) -> Exchange {
         Exchange {
-            out,
-            inbound,
+            out: stores.out.clone(),
+            inbound: stores.inbound.clone(),
             local,
             prefix,
-            reader: None,
+            sending: Default::default(),
             batch: Vec::new(),
-            in_flight: VecDeque::new(),
-            in_flight_bytes: 0,
         }
     }
 
-    /// This side's stream positions, for HELLO or [`Session::accept`].
-    pub fn streams(&self) -> Streams {
-        let inbound = lock(&self.inbound);
-        Streams {
-            out_stream: self.out.stream(),
-            out_first: self.out.first(),
-            in_stream: inbound.stream,
-            in_seq: inbound.delivered,
-        }
+    /// This side's stream positions on each lane, for HELLO or [`Session::accept`].
+    pub fn streams(&self) -> [Streams; LANES] {
+        Lane::ALL.map(|lane| {
+            let inbound = lock(&self.inbound[lane.index()]);
+            let out = &self.out[lane.index()];
+            Streams {
+                out_stream: out.stream(),
+                out_first: out.first(),
+                in_stream: inbound.stream,
+                in_seq: inbound.delivered,
+            }
+        })
     }
 
     /// Handles the message events of `session`; returns any other event for the caller.
     pub fn handle(&mut self, session: &mut Session, event: Event) -> Option<Event> {
         match event {
-            Event::Message { seq, payload } => {
+            Event::Message { lane, seq, payload } => {
                 let mut msg = match Message::decode(&payload) {
                     Ok(m) => m,
                     Err(e) => {
-                        session.close(CloseCode::ProtocolError, format!("message {seq}: {e}"));
+                        session.close(
+                            CloseCode::ProtocolError,
+                            format!("message {seq} on the {lane} lane: {e}"),
+                        );
                         return None;
                     }
                 };
                 {
                     // The session passes each sequence number once: a repeat never gets here.
-                    let mut inbound = lock(&self.inbound);
-                    inbound.stream = session.inbound_stream();
+                    let mut inbound = lock(&self.inbound[lane.index()]);
+                    inbound.stream = session.inbound_stream(lane);
                     inbound.delivered = seq;
                 }
                 let resource = msg.resource.clone();
@@ -130,27 +213,28 @@ impl Exchange {
                 }
                 None
             }
-            Event::Acked(seq) => {
-                while let Some(&(s, len)) = self.in_flight.front() {
+            Event::Acked(lane, seq) => {
+                let sending = &mut self.sending[lane.index()];
+                while let Some(&(s, len)) = sending.in_flight.front() {
                     if s > seq {
                         break;
                     }
-                    self.in_flight.pop_front();
-                    self.in_flight_bytes -= len;
+                    sending.in_flight.pop_front();
+                    sending.in_flight_bytes -= len;
                 }
-                match self.out.ack(seq) {
+                match self.out[lane.index()].ack(seq) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                        session.close(CloseCode::ProtocolError, e.to_string());
+                        session.close(CloseCode::ProtocolError, format!("{lane} lane: {e}"));
                     }
                     Err(e) => log::error!("cannot reclaim acknowledged messages: {e}"),
                 }
                 None
             }
-            Event::Commit(seq) => {
+            Event::Commit(lane, seq) => {
                 {
-                    let mut inbound = lock(&self.inbound);
-                    let stream = session.inbound_stream();
+                    let mut inbound = lock(&self.inbound[lane.index()]);
+                    let stream = session.inbound_stream(lane);
                     if inbound.stream == stream {
                         inbound.delivered = inbound.delivered.max(seq);
                     } else {
@@ -161,18 +245,19 @@ impl Exchange {
                     }
                     inbound.save();
                 }
-                session.committed(seq);
+                session.committed(lane, seq);
                 None
             }
             other => Some(other),
         }
     }
 
-    /// Queues a hub-made answer (an error for a request nobody took) back to the peer.
+    /// Queues a hub-made answer (an error for a request nobody took) back to the peer, on the
+    /// urgent lane like every answer.
     fn send_back(&self, reply: Message) {
         match reply.encode() {
             Ok(bytes) => {
-                let done = self.out.submit_with(vec![bytes], false);
+                let done = self.out[Lane::Urgent.index()].submit_with(vec![bytes], false);
                 smol::spawn(async move {
                     if let Err(e) = done.await {
                         log::warn!("cannot answer a request nobody took: {e}");
@@ -184,66 +269,81 @@ impl Exchange {
         }
     }
 
-    /// Sends queued messages while the window allows.
-    pub fn fill(&mut self, session: &mut Session) {
+    /// Sends queued messages on every lane while the peer's window, [`MAX_IN_FLIGHT_BYTES`] and
+    /// `room` allow: `room(lane)` is how many more bytes the transport takes on that lane now
+    /// (what it already holds stays in the durable queue's place, not in memory twice).
+    pub fn fill(&mut self, session: &mut Session, room: impl Fn(Lane) -> usize) {
+        for lane in Lane::ALL {
+            let room = room(lane).saturating_sub(session.queued_bytes(lane));
+            self.fill_lane(session, lane, room);
+        }
+    }
+
+    fn fill_lane(&mut self, session: &mut Session, lane: Lane, mut room: usize) {
+        let out = &self.out[lane.index()];
+        let sending = &mut self.sending[lane.index()];
         loop {
-            let room = session.send_capacity() as usize;
-            let visible = self.out.visible();
-            let budget = MAX_IN_FLIGHT_BYTES.saturating_sub(self.in_flight_bytes);
-            if room == 0 || budget == 0 || session.next_send_seq() >= visible {
+            let count = session.send_capacity(lane) as usize;
+            let visible = out.visible();
+            let budget = MAX_IN_FLIGHT_BYTES
+                .saturating_sub(sending.in_flight_bytes)
+                .min(room);
+            let next = session.next_send_seq(lane);
+            if count == 0 || budget == 0 || next >= visible {
                 return;
             }
-            if self
-                .reader
-                .as_ref()
-                .is_none_or(|r| r.position() != session.next_send_seq())
-            {
-                match self.out.reader(session.next_send_seq()) {
-                    Ok(r) => self.reader = Some(r),
+            if sending.reader.as_ref().is_none_or(|r| r.position() != next) {
+                match out.reader(next) {
+                    Ok(r) => sending.reader = Some(r),
                     Err(e) => {
                         session.close(
                             CloseCode::ProtocolError,
-                            format!("cannot read the queue: {e}"),
+                            format!("cannot read the {lane} queue: {e}"),
                         );
                         return;
                     }
                 }
             }
-            let reader = self.reader.as_mut().expect("set above");
+            let reader = sending.reader.as_mut().expect("set above");
             self.batch.clear();
-            match reader.read_limited(visible, room.min(FILL_BATCH), budget, &mut self.batch) {
+            match reader.read_limited(visible, count.min(FILL_BATCH), budget, &mut self.batch) {
                 Ok(0) => return,
                 Ok(_) => {}
                 Err(e) => {
-                    log::error!("cannot read the queue: {e}");
-                    self.reader = None;
+                    log::error!("cannot read the {lane} queue: {e}");
+                    sending.reader = None;
                     return;
                 }
             }
             for (seq, payload) in self.batch.drain(..) {
-                if seq != session.next_send_seq() {
+                if seq != session.next_send_seq(lane) {
                     log::error!(
-                        "queue returned message {seq}, expected {}",
-                        session.next_send_seq()
+                        "{lane} queue returned message {seq}, expected {}",
+                        session.next_send_seq(lane)
                     );
-                    self.reader = None;
+                    sending.reader = None;
                     return;
                 }
-                self.in_flight.push_back((seq, payload.len()));
-                self.in_flight_bytes += payload.len();
-                session.send_message(seq, payload);
+                sending.in_flight.push_back((seq, payload.len()));
+                sending.in_flight_bytes += payload.len();
+                room = room.saturating_sub(payload.len());
+                session.send_message(lane, seq, payload);
             }
         }
     }
 
-    /// Finishes when the outgoing queue has new messages.
+    /// Finishes when an outgoing queue has new messages.
     pub async fn added(&self) {
-        self.out.added().await
+        use smol::future::FutureExt;
+        let [urgent, bulk] = &self.out;
+        urgent.added().or(bulk.added()).await
     }
 
     /// The link ended: record what was delivered, so the next link resumes after it.
     pub fn finish(&self) {
-        lock(&self.inbound).save();
+        for inbound in &self.inbound {
+            lock(inbound).save();
+        }
     }
 }
 
@@ -251,7 +351,7 @@ impl Exchange {
 mod tests {
     use super::*;
     use crate::proto::VERSION;
-    use crate::proto::frame::{Frame, Hello};
+    use crate::proto::frame::{Frame, Hello, HelloLane};
     use std::time::{Duration, Instant};
 
     fn hello(up_stream: u64) -> Hello {
@@ -262,10 +362,13 @@ mod tests {
             heartbeat: Duration::from_secs(1),
             read_deadline: Duration::from_secs(10),
             window: 64,
-            up_stream,
-            up_first: 1,
-            down_stream: 0,
-            down_seq: 0,
+            // The urgent lane's stream is another than the bulk lane's.
+            lanes: [up_stream << 32, up_stream].map(|up_stream| HelloLane {
+                up_stream,
+                up_first: 1,
+                down_stream: 0,
+                down_seq: 0,
+            }),
         }
     }
 
@@ -295,6 +398,7 @@ mod tests {
             s.handle_frame(
                 now,
                 Frame::Message {
+                    lane: Lane::Bulk,
                     seq: u64::from(seq),
                     payload: message(seq),
                 },
@@ -307,37 +411,40 @@ mod tests {
         s
     }
 
-    /// An outgoing queue in `dir` (at most 100 messages, window 64).
-    fn queue(dir: &Path) -> Arc<Queue> {
+    /// The queues and receive states of both lanes in `dir` (at most 100 messages, window 64).
+    fn stores(dir: &Path) -> LaneStores {
         let config = crate::config::QueueConfig {
-            dir: dir.join("out"),
+            dir: dir.to_owned(),
             max_messages: 100,
             max_bytes: 1 << 30,
             fsync: crate::store::Fsync::Never,
             window: 64,
         };
-        Queue::open(&config.dir, &config).unwrap()
+        LaneStores::open(dir, &config).unwrap()
     }
 
-    /// An exchange sending from `out`, with its receive state in `dir`.
-    fn exchange(dir: &Path, out: Arc<Queue>) -> (Exchange, Arc<Mutex<Inbound>>) {
-        let inbound = Inbound::open(&dir.join("in.state")).unwrap();
+    /// An exchange with its queues and receive states in `dir`.
+    fn exchange(dir: &Path) -> (Exchange, LaneStores) {
+        let stores = stores(dir);
         let local = Arc::new(Local::new(Duration::from_secs(1)));
-        (Exchange::new(out, inbound.clone(), local, None), inbound)
+        (Exchange::new(&stores, local, None), stores)
     }
 
     #[test]
     fn a_new_peer_stream_does_not_inherit_the_old_position() {
         let tmp = tempfile::tempdir().unwrap();
-        let out = queue(tmp.path());
-        let (mut ex, _) = exchange(tmp.path(), out);
+        let (mut ex, _) = exchange(tmp.path());
+        let bulk = |ex: &Exchange| {
+            let s = ex.streams()[Lane::Bulk.index()];
+            (s.in_stream, s.in_seq)
+        };
 
         link(&mut ex, 0xaaaa, 5);
-        assert_eq!((ex.streams().in_stream, ex.streams().in_seq), (0xaaaa, 5));
+        assert_eq!(bulk(&ex), (0xaaaa, 5));
         // The gateway is reinstalled: a new outbox stream, numbered from 1 again. Its first link
         // drops before any message arrives; the position recorded must be the new stream's.
         link(&mut ex, 0xbbbb, 0);
-        assert_eq!((ex.streams().in_stream, ex.streams().in_seq), (0xbbbb, 0));
+        assert_eq!(bulk(&ex), (0xbbbb, 0));
         let reopened = Inbound::open(&tmp.path().join("in.state")).unwrap();
         let state = lock(&reopened);
         assert_eq!(
@@ -352,12 +459,10 @@ mod tests {
         // Applications choose msg_ids; two of them (or one, twice) may choose the same. Only the
         // link's sequence numbers tell a repeat; three messages numbered 1, 2, 3 are three.
         let tmp = tempfile::tempdir().unwrap();
-        let out = queue(tmp.path());
-        let inbound = Inbound::open(&tmp.path().join("in.state")).unwrap();
         let local = Arc::new(Local::new(Duration::from_secs(1)));
         let (app, app_rx) = crate::local::app_channel("test", 16, 1 << 20);
         local.subscribe(crate::local::Filter::default(), app);
-        let mut ex = Exchange::new(out, inbound, local, None);
+        let mut ex = Exchange::new(&stores(tmp.path()), local, None);
 
         let now = Instant::now();
         let mut s = Session::cloud(now, Duration::from_secs(30), 64);
@@ -369,6 +474,7 @@ mod tests {
             s.handle_frame(
                 now,
                 Frame::Message {
+                    lane: Lane::Bulk,
                     seq: u64::from(seq),
                     payload,
                 },
@@ -378,6 +484,7 @@ mod tests {
         s.handle_frame(
             now,
             Frame::Message {
+                lane: Lane::Bulk,
                 seq: 2,
                 payload: message_with_id(2, "other"),
             },
@@ -396,39 +503,65 @@ mod tests {
     #[test]
     fn unacknowledged_bytes_are_bounded_as_well_as_messages() {
         let tmp = tempfile::tempdir().unwrap();
-        let out = queue(tmp.path());
+        let (mut ex, stores) = exchange(tmp.path());
         let big = vec![7u8; 1 << 20];
-        smol::block_on(out.append(vec![big; 10])).unwrap();
-        let (mut ex, _) = exchange(tmp.path(), out);
+        let bulk = &stores.out[Lane::Bulk.index()];
+        smol::block_on(bulk.append(vec![big; 20])).unwrap();
+        let b = Lane::Bulk;
+        let unlimited = |_| usize::MAX;
 
         let mut s = link(&mut ex, 0xaaaa, 0);
-        assert_eq!(s.send_capacity(), 64, "the window would allow all ten");
-        ex.fill(&mut s);
-        assert_eq!(s.next_send_seq(), 5, "4 MiB sent, no more");
-        ex.fill(&mut s);
-        assert_eq!(s.next_send_seq(), 5, "still 4 MiB unacknowledged");
+        assert_eq!(s.send_capacity(b), 64, "the window would allow all twenty");
+        ex.fill(&mut s, unlimited);
+        let most = MAX_IN_FLIGHT_BYTES >> 20;
+        assert_eq!(s.next_send_seq(b), 1 + most as u64, "8 MiB sent, no more");
+        ex.fill(&mut s, unlimited);
+        assert_eq!(
+            s.next_send_seq(b),
+            1 + most as u64,
+            "still 8 MiB unacknowledged"
+        );
         let now = Instant::now();
-        s.handle_frame(now, Frame::Ack(3));
+        s.handle_frame(now, Frame::Ack { lane: b, seq: 3 });
         while let Some(ev) = s.poll_event() {
             ex.handle(&mut s, ev);
         }
-        ex.fill(&mut s);
-        assert_eq!(s.next_send_seq(), 8, "three acknowledged, three more sent");
+        ex.fill(&mut s, unlimited);
+        assert_eq!(
+            s.next_send_seq(b),
+            4 + most as u64,
+            "three acknowledged, three more sent"
+        );
+    }
+
+    #[test]
+    fn no_more_is_read_than_the_transport_has_room_for() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut ex, stores) = exchange(tmp.path());
+        let b = Lane::Bulk;
+        smol::block_on(stores.out[b.index()].append(vec![vec![1u8; 1000]; 50])).unwrap();
+        let mut s = link(&mut ex, 0xaaaa, 0);
+        // Room for 10 KB on the bulk lane: ten messages, then none while they wait.
+        ex.fill(&mut s, |_| 10_000);
+        assert_eq!(s.next_send_seq(b), 11);
+        ex.fill(&mut s, |_| 10_000);
+        assert_eq!(s.next_send_seq(b), 11, "the ten still wait in the session");
+        while s.poll_transmit(Instant::now()).is_some() {}
+        ex.fill(&mut s, |_| 10_000);
+        assert_eq!(s.next_send_seq(b), 21, "taken: ten more");
     }
 
     #[test]
     fn a_peer_claiming_impossible_progress_is_closed_on() {
         let tmp = tempfile::tempdir().unwrap();
-        let out = queue(tmp.path());
-        let (mut ex, _) = exchange(tmp.path(), out.clone());
+        let (mut ex, stores) = exchange(tmp.path());
+        let out = stores.out[Lane::Bulk.index()].clone();
         let now = Instant::now();
         let mut s = Session::cloud(now, Duration::from_secs(30), 64);
         // The edge says it processed this queue's stream up to the last number there is.
-        let hello = Hello {
-            down_stream: out.stream(),
-            down_seq: u64::MAX - 1,
-            ..hello(0xaaaa)
-        };
+        let mut hello = hello(0xaaaa);
+        hello.lanes[Lane::Bulk.index()].down_stream = out.stream();
+        hello.lanes[Lane::Bulk.index()].down_seq = u64::MAX - 1;
         s.handle_frame(now, Frame::Hello(hello));
         assert!(matches!(s.poll_event(), Some(Event::Hello(_))));
         s.accept(now, ex.streams());

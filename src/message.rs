@@ -21,6 +21,10 @@ pub struct Message {
     pub timestamp: i64,
     /// `header.sync`: a request that expects an answer.
     pub sync: bool,
+    /// `header.urgent` (the hub's own header field, absent from KubeEdge's): the message travels
+    /// on the link's urgent lane, with requests and responses, not behind bulk traffic
+    /// (`docs/protocol.md` section 3).
+    pub urgent: bool,
     /// `route.source`: who sent it.
     pub source: String,
     /// `route.group`: the kind of message (KubeEdge: `resource`, `user`, …).
@@ -69,6 +73,7 @@ pub const MAX_SHORT_FIELD: usize = 255;
 pub const MAX_RESOURCE: usize = 65535;
 
 const FLAG_SYNC: u8 = 1;
+const FLAG_URGENT: u8 = 2;
 
 fn put8(out: &mut Vec<u8>, field: &'static str, s: &str) -> Result<(), MessageError> {
     if s.len() > MAX_SHORT_FIELD {
@@ -123,7 +128,14 @@ impl Message {
                 + self.resource.len()
                 + self.content.len(),
         );
-        out.push(if self.sync { FLAG_SYNC } else { 0 });
+        let mut flags = 0;
+        if self.sync {
+            flags |= FLAG_SYNC;
+        }
+        if self.urgent {
+            flags |= FLAG_URGENT;
+        }
+        out.push(flags);
         out.extend_from_slice(&self.timestamp.to_be_bytes());
         put8(&mut out, "header.msg_id", &self.id)?;
         put8(&mut out, "header.parent_msg_id", &self.parent_id)?;
@@ -144,6 +156,7 @@ impl Message {
         let timestamp = i64::from_be_bytes(ts.try_into().expect("8 bytes"));
         Ok(Message {
             sync: flags & FLAG_SYNC != 0,
+            urgent: flags & FLAG_URGENT != 0,
             timestamp,
             id: r.str8()?,
             parent_id: r.str8()?,
@@ -165,6 +178,7 @@ impl Message {
             parent_msg_id: String,
             timestamp: i64,
             sync: bool,
+            urgent: bool,
         }
         #[derive(Deserialize, Default)]
         #[serde(default)]
@@ -190,6 +204,7 @@ impl Message {
             parent_id: j.header.parent_msg_id,
             timestamp: j.header.timestamp,
             sync: j.header.sync,
+            urgent: j.header.urgent,
             source: j.route.source,
             group: j.route.group,
             operation: j.route.operation,
@@ -220,10 +235,14 @@ impl Message {
         out.push_str(r#","timestamp":"#);
         out.push_str(&self.timestamp.to_string());
         out.push_str(if self.sync {
-            r#","sync":true},"route":{"source":"#
+            r#","sync":true"#
         } else {
-            r#","sync":false},"route":{"source":"#
+            r#","sync":false"#
         });
+        if self.urgent {
+            out.push_str(r#","urgent":true"#);
+        }
+        out.push_str(r#"},"route":{"source":"#);
         json_string(&mut out, &self.source);
         out.push_str(r#","group":"#);
         json_string(&mut out, &self.group);
@@ -255,6 +274,7 @@ impl Message {
             parent_id: about.id.clone(),
             timestamp: now_millis(),
             sync: false,
+            urgent: false,
             source: "hub".into(),
             group: "hub".into(),
             operation: operation.into(),
@@ -360,6 +380,7 @@ mod tests {
             parent_id: String::new(),
             timestamp: 1_700_000_000_123,
             sync: true,
+            urgent: false,
             source: "app".into(),
             group: "resource".into(),
             operation: "update".into(),

@@ -339,7 +339,7 @@ fn hub_sections_take_effect() {
     );
     assert_eq!(e.outbox.fsync, hub::store::Fsync::Periodic);
     assert_eq!(e.congestion, hub::config::Congestion::Bbr);
-    // Defaults: loopback endpoints, safe fsync, a window of 256.
+    // Defaults: loopback endpoints, safe fsync, the largest window.
     let c = CloudConfig::from_yaml(
         Path::new("c.yaml"),
         &fixture("cloud", "minimal.yaml", tmp.path()),
@@ -353,7 +353,7 @@ fn hub_sections_take_effect() {
     );
     assert_eq!(c.queues.dir, Path::new("/var/lib/hub/cloud"));
     assert_eq!(c.queues.fsync, hub::store::Fsync::Always);
-    assert_eq!((c.queues.max_messages, c.queues.window), (100_000, 256));
+    assert_eq!((c.queues.max_messages, c.queues.window), (100_000, 65536));
     assert_eq!(c.quic_congestion, hub::config::Congestion::Cubic);
     let s = EdgeConfig::from_yaml(
         Path::new("e.yaml"),

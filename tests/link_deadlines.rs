@@ -294,9 +294,11 @@ fn stalled_cloud(proto: Proto, pki: &std::path::Path, stop: std::sync::mpsc::Rec
         keepalive: Duration::from_secs(60),
         heartbeat: Duration::from_secs(1),
         window: 256,
-        down_stream: 7,
-        down_first: 1,
-        up_seq: 0,
+        lanes: [7, 8].map(|down_stream| hub::proto::frame::WelcomeLane {
+            down_stream,
+            down_first: 1,
+            up_seq: 0,
+        }),
     });
     let (ca, cert, key) = (
         pki.join("ca.crt"),

@@ -14,16 +14,17 @@ mod sim;
 
 use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hub::config::QueueConfig;
-use hub::exchange::{Exchange, Inbound};
+use hub::exchange::{Exchange, LaneStores};
 use hub::local::{AppReceiver, Filter, Local, app_channel};
 use hub::message::Message;
-use hub::proto::frame::{Hello, StreamDecoder, Welcome, encode_len_prefixed};
+use hub::proto::frame::{
+    CHUNK, Hello, HelloLane, LANES, Lane, StreamDecoder, Welcome, WelcomeLane, encode_len_prefixed,
+};
 use hub::proto::{Event, Frame, FrameError, MAX_FRAME, Session, VERSION};
-use hub::queue::Queue;
 use hub::store::Fsync;
 
 use common::Rng;
@@ -128,19 +129,23 @@ fn random_frame(rng: &mut Rng) -> Frame {
             heartbeat: millis(rng),
             read_deadline: millis(rng),
             window: position(rng) as u32,
-            up_stream: position(rng),
-            up_first: position(rng),
-            down_stream: position(rng),
-            down_seq: position(rng),
+            lanes: [(); LANES].map(|()| HelloLane {
+                up_stream: position(rng),
+                up_first: position(rng),
+                down_stream: position(rng),
+                down_seq: position(rng),
+            }),
         }),
         1 => Frame::Welcome(Welcome {
             version: rng.next() as u8,
             keepalive: millis(rng),
             heartbeat: millis(rng),
             window: position(rng) as u32,
-            down_stream: position(rng),
-            down_first: position(rng),
-            up_seq: position(rng),
+            lanes: [(); LANES].map(|()| WelcomeLane {
+                down_stream: position(rng),
+                down_first: position(rng),
+                up_seq: position(rng),
+            }),
         }),
         2 => Frame::Heartbeat,
         3 => {
@@ -149,29 +154,42 @@ fn random_frame(rng: &mut Rng) -> Frame {
                 1 => 1,
                 _ => rng.below(4096) as usize,
             };
-            Frame::Message {
-                seq: position(rng),
-                payload: (0..len).map(|_| rng.next() as u8).collect(),
+            let lane = Lane::ALL[rng.below(2) as usize];
+            let (seq, payload) = (position(rng), (0..len).map(|_| rng.next() as u8).collect());
+            if rng.below(2) == 0 {
+                Frame::Message { lane, seq, payload }
+            } else {
+                Frame::Part {
+                    lane,
+                    seq,
+                    offset: rng.next() as u32,
+                    total: rng.next() as u32,
+                    payload,
+                }
             }
         }
-        _ => Frame::Ack(position(rng)),
+        _ => Frame::Ack {
+            lane: Lane::ALL[rng.below(2) as usize],
+            seq: position(rng),
+        },
     }
 }
 
 /// The encoded size each kind must have, from `docs/protocol.md`.
 fn documented_len(frame: &Frame) -> usize {
     match frame {
-        Frame::Hello(h) => 10 + 1 + h.project_id.len() + 1 + h.node_id.len() + 4 + 32,
-        Frame::Welcome(_) => 38,
+        Frame::Hello(h) => 10 + 1 + h.project_id.len() + 1 + h.node_id.len() + 4 + 2 * 32,
+        Frame::Welcome(_) => 14 + 2 * 24,
         Frame::Heartbeat => 1,
-        Frame::Message { payload, .. } => 9 + payload.len(),
-        Frame::Ack(_) => 9,
+        Frame::Message { payload, .. } => 10 + payload.len(),
+        Frame::Part { payload, .. } => 18 + payload.len(),
+        Frame::Ack { .. } => 10,
     }
 }
 
 #[test]
 fn frames_round_trip() {
-    let mut kinds = [0usize; 5];
+    let mut kinds = [0usize; 6];
     let cases = run_cases("frames_round_trip", 20_000, |rng| {
         let frame = random_frame(rng);
         kinds[match frame {
@@ -179,16 +197,36 @@ fn frames_round_trip() {
             Frame::Welcome(_) => 1,
             Frame::Heartbeat => 2,
             Frame::Message { .. } => 3,
-            Frame::Ack(_) => 4,
+            Frame::Part { .. } => 4,
+            Frame::Ack { .. } => 5,
         }] += 1;
         let bytes = frame.encode();
         assert_eq!(bytes.len(), documented_len(&frame), "{frame:?}");
+        // Another version's HELLO or WELCOME is read no further than its version number.
+        let frame = match frame {
+            Frame::Hello(h) if h.version != VERSION => match Frame::decode(&bytes) {
+                Ok(Frame::Hello(got)) => {
+                    assert_eq!((got.version, got.node_id.as_str()), (h.version, ""));
+                    return;
+                }
+                other => panic!("{other:?}"),
+            },
+            Frame::Welcome(w) if w.version != VERSION => match Frame::decode(&bytes) {
+                Ok(Frame::Welcome(got)) => {
+                    assert_eq!((got.version, got.window), (w.version, 0));
+                    return;
+                }
+                other => panic!("{other:?}"),
+            },
+            f => f,
+        };
         assert_eq!(Frame::decode(&bytes), Ok(frame.clone()));
 
         // A frame cut short is refused; a message's payload may be any length, so only a cut
         // inside its sequence number is.
         let whole = match frame {
-            Frame::Message { .. } => 9,
+            Frame::Message { .. } => 10,
+            Frame::Part { .. } => 18,
             _ => bytes.len(),
         };
         let cut = rng.below(whole as u64) as usize;
@@ -219,7 +257,20 @@ fn frames_round_trip() {
 #[test]
 fn length_prefixed_frames_survive_any_split() {
     run_cases("length_prefixed_frames_survive_any_split", 2000, |rng| {
-        let frames: Vec<Frame> = (0..1 + rng.below(8)).map(|_| random_frame(rng)).collect();
+        // Of this version: another version's HELLO or WELCOME is read no further than its number.
+        let frames: Vec<Frame> = (0..1 + rng.below(8))
+            .map(|_| match random_frame(rng) {
+                Frame::Hello(h) => Frame::Hello(Hello {
+                    version: VERSION,
+                    ..h
+                }),
+                Frame::Welcome(w) => Frame::Welcome(Welcome {
+                    version: VERSION,
+                    ..w
+                }),
+                f => f,
+            })
+            .collect();
         let mut wire = Vec::new();
         for f in &frames {
             encode_len_prefixed(f, &mut wire);
@@ -246,8 +297,9 @@ fn length_prefixed_frames_survive_any_split() {
 #[test]
 fn the_size_limit_is_exact() {
     let at_limit = Frame::Message {
+        lane: Lane::Bulk,
         seq: 1,
-        payload: vec![7; MAX_FRAME - 9],
+        payload: vec![7; MAX_FRAME - 10],
     };
     let bytes = at_limit.encode();
     assert_eq!(bytes.len(), MAX_FRAME);
@@ -295,7 +347,7 @@ fn lossy_links_deliver_every_message_once_in_order() {
             sim.drain();
             links += sim.links;
             frames += sim.frames;
-            messages += sim.edge.queue.len() + sim.cloud.queue.len();
+            messages += sim.edge.messages() + sim.cloud.messages();
         },
     );
     eprintln!("{links} links, {frames} frames, {messages} messages");
@@ -338,8 +390,7 @@ fn fuzzer_finds_stay_fixed() {
 /// One hub as its link sees it: the real durable outgoing queue and receive state on disk, the
 /// local applications, and what one subscribed application received.
 struct Hub {
-    out: Arc<Queue>,
-    inbound: Arc<Mutex<Inbound>>,
+    stores: LaneStores,
     local: Arc<Local>,
     app: AppReceiver,
     prefix: Option<String>,
@@ -363,8 +414,7 @@ impl Hub {
         let (tx, app) = app_channel("test", 1 << 20, 1 << 30);
         local.subscribe(Filter::default(), tx);
         Hub {
-            out: Queue::open(&config.dir, &config).expect("queue"),
-            inbound: Inbound::open(&dir.join(format!("{name}.state"))).expect("receive state"),
+            stores: LaneStores::open(&config.dir, &config).expect("queues"),
             local,
             app,
             prefix: prefix.map(str::to_owned),
@@ -374,32 +424,46 @@ impl Hub {
     }
 
     fn exchange(&self) -> Exchange {
-        Exchange::new(
-            self.out.clone(),
-            self.inbound.clone(),
-            self.local.clone(),
-            self.prefix.clone(),
-        )
+        Exchange::new(&self.stores, self.local.clone(), self.prefix.clone())
     }
 
-    /// Publishes one to six messages; one in eight repeats the id of an earlier one.
+    /// Publishes one to six messages; one in eight repeats the id of an earlier one, one in
+    /// four is urgent (its id then starts with `u:`), one in sixteen is longer than a CHUNK.
     fn publish(&mut self, rng: &mut Rng, tag: &str) {
         for _ in 0..1 + rng.below(6) {
-            let id = if !self.published.is_empty() && rng.below(8) == 0 {
-                self.published[rng.below(self.published.len() as u64) as usize].clone()
+            let urgent = rng.below(4) == 0;
+            let mut id = if !self.published.is_empty() && rng.below(8) == 0 {
+                let earlier = &self.published[rng.below(self.published.len() as u64) as usize];
+                earlier.trim_start_matches("u:").to_owned()
             } else {
                 format!("{tag}-{}", self.published.len())
             };
+            if urgent {
+                id = format!("u:{id}");
+            }
+            let content = if rng.below(16) == 0 {
+                format!("\"{}\"", "x".repeat(CHUNK + 10)).into_bytes()
+            } else {
+                b"1".to_vec()
+            };
             let msg = Message {
                 id: id.clone(),
+                urgent,
                 resource: "r".into(),
-                content: b"1".to_vec(),
+                content,
                 ..Message::default()
             };
-            smol::block_on(self.out.append(vec![msg.encode().expect("encodes")]))
-                .expect("appended");
+            let queue = self.stores.queue_for(&msg);
+            smol::block_on(queue.append(vec![msg.encode().expect("encodes")])).expect("appended");
             self.published.push(id);
         }
+    }
+
+    /// The ids published (or received) on `lane`, in order.
+    fn of_lane(ids: &[String], lane: Lane) -> Vec<&String> {
+        ids.iter()
+            .filter(|id| id.starts_with("u:") == (lane == Lane::Urgent))
+            .collect()
     }
 
     fn take_received(&mut self) {
@@ -420,7 +484,12 @@ struct ExchangeLink {
 impl ExchangeLink {
     fn connect(now: Instant, edge: &Hub, cloud: &Hub) -> ExchangeLink {
         let ex = edge.exchange();
-        let st = ex.streams();
+        let lanes = ex.streams().map(|st| HelloLane {
+            up_stream: st.out_stream,
+            up_first: st.out_first,
+            down_stream: st.in_stream,
+            down_seq: st.in_seq,
+        });
         let hello = Hello {
             version: VERSION,
             project_id: "p".into(),
@@ -428,10 +497,7 @@ impl ExchangeLink {
             heartbeat: Duration::from_secs(1),
             read_deadline: Duration::from_secs(5),
             window: 16,
-            up_stream: st.out_stream,
-            up_first: st.out_first,
-            down_stream: st.in_stream,
-            down_seq: st.in_seq,
+            lanes,
         };
         ExchangeLink {
             edge: (Session::edge(now, hello), ex),
@@ -456,7 +522,7 @@ impl ExchangeLink {
                         s.accept(now, ex.streams());
                     }
                 }
-                ex.fill(s);
+                ex.fill(s, |_| usize::MAX);
                 while let Some(f) = s.poll_transmit(now) {
                     progressed = true;
                     self.pipes[who].push_back(f.encode());
@@ -505,14 +571,19 @@ fn exchanges_over_a_lossy_link_deliver_each_message_once_in_order() {
                 edge.take_received();
                 cloud.take_received();
                 for (rx, tx) in [(&*cloud, &*edge), (&*edge, &*cloud)] {
-                    // Every message once, in order: ids that repeat included, as the hubs tell
-                    // messages apart by sequence number, not by the id an application chose.
-                    assert!(
-                        tx.published.starts_with(&rx.received),
-                        "received {:?}, published {:?}",
-                        rx.received,
-                        tx.published
-                    );
+                    // Every message once, in order on its lane: ids that repeat included, as the
+                    // hubs tell messages apart by sequence number, not by the id an application
+                    // chose.
+                    for lane in Lane::ALL {
+                        let (published, received) = (
+                            Hub::of_lane(&tx.published, lane),
+                            Hub::of_lane(&rx.received, lane),
+                        );
+                        assert!(
+                            published.starts_with(&received),
+                            "received {received:?}, published {published:?} on the {lane} lane"
+                        );
+                    }
                 }
             };
             for _ in 0..50 + rng.below(250) {
@@ -571,8 +642,8 @@ fn exchanges_over_a_lossy_link_deliver_each_message_once_in_order() {
                 l.deliver(now, 1, usize::MAX);
                 assert!(l.pump(now), "the faithful link stays up");
                 check(&mut edge, &mut cloud);
-                if edge.out.is_empty()
-                    && cloud.out.is_empty()
+                if edge.stores.is_empty()
+                    && cloud.stores.is_empty()
                     && cloud.received.len() == edge.published.len()
                     && edge.received.len() == cloud.published.len()
                 {

@@ -4,7 +4,7 @@
 mod queues;
 mod registry;
 
-pub use queues::{NodeQueues, NodeStreams};
+pub use queues::NodeQueues;
 pub use registry::{Admission, NodeInfo, Registry};
 
 use std::net::{SocketAddr, TcpListener};
@@ -484,7 +484,13 @@ async fn quic_handshake(incoming: quinn::Incoming, cloud: Arc<Cloud>, pending: P
         }
         Some(Err(e)) => log::info!("refused quic connection from {peer}: {e}"),
         Some(Ok((conn, send, recv, identity))) => {
-            let link = quic::spawn_link(conn, send, recv, cloud.config.write_timeout);
+            let link = quic::spawn_link(
+                conn,
+                send,
+                recv,
+                cloud.config.write_timeout,
+                quic::BulkStream::Accept,
+            );
             serve(link, identity, None, cloud).await;
         }
     }
@@ -564,7 +570,7 @@ async fn serve(
             }
         }
         if let Some(ex) = exchange.as_mut() {
-            ex.fill(&mut session);
+            ex.fill(&mut session, |lane| link.room(lane));
         }
         link.flush(&mut session, now);
         let other = async {
@@ -659,8 +665,7 @@ fn admit(
             )
         })?;
     let exchange = Exchange::new(
-        streams.out.clone(),
-        streams.inbound.clone(),
+        &streams,
         cloud.local.clone(),
         Some(node_prefix(&hello.node_id)),
     );

@@ -1,29 +1,21 @@
 //! The cloud's durable state per node: the queue of messages for it (kept while it is offline)
 //! and what was received from it.
 //!
-//! Layout under `queues.dir`: `nodes/{node-id}/out/` (the queue) and `nodes/{node-id}/in.state`.
+//! Layout under `queues.dir`: `nodes/{node-id}/` holds the node's [`LaneStores`]: `out/` (the
+//! bulk lane's queue) and `in.state`, `urgent-out/` and `urgent-in.state`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use crate::config::{QueueConfig, valid_id};
-use crate::exchange::Inbound;
-use crate::queue::Queue;
-
-/// One node's queue and receive state.
-pub struct NodeStreams {
-    /// Messages for the node.
-    pub out: Arc<Queue>,
-    /// What was received from the node.
-    pub inbound: Arc<Mutex<Inbound>>,
-}
+use crate::exchange::LaneStores;
 
 /// Every node's streams, opened on first use.
 pub struct NodeQueues {
     dir: PathBuf,
     config: QueueConfig,
-    nodes: Mutex<HashMap<String, Arc<NodeStreams>>>,
+    nodes: Mutex<HashMap<String, Arc<LaneStores>>>,
 }
 
 impl NodeQueues {
@@ -68,33 +60,18 @@ impl NodeQueues {
     }
 
     /// The streams of `node_id`, opening them if needed.
-    pub fn node(&self, node_id: &str) -> Result<Arc<NodeStreams>, String> {
+    pub fn node(&self, node_id: &str) -> Result<Arc<LaneStores>, String> {
         let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = nodes.get(node_id) {
             return Ok(n.clone());
         }
         valid_id(node_id).map_err(|p| format!("node id {p}"))?;
         let base = self.dir.join(node_id);
-        let out = Queue::open(&base.join("out"), &self.config).map_err(|e| {
-            format!(
-                "cannot open the queue of node {node_id} in {}: {e}",
-                base.display()
-            )
-        })?;
-        let inbound = Inbound::open(&base.join("in.state")).map_err(|e| {
-            format!(
-                "cannot open the receive state of node {node_id} in {}: {e}",
-                base.display()
-            )
-        })?;
-        let streams = Arc::new(NodeStreams { out, inbound });
+        let streams = Arc::new(
+            LaneStores::open(&base, &self.config).map_err(|e| format!("node {node_id}: {e}"))?,
+        );
         nodes.insert(node_id.to_owned(), streams.clone());
         Ok(streams)
-    }
-
-    /// The queue of messages for `node_id`.
-    pub fn out(&self, node_id: &str) -> Result<Arc<Queue>, String> {
-        Ok(self.node(node_id)?.out.clone())
     }
 
     /// Closes the files of `node_id`'s queue and receive state if nothing is queued for it and
@@ -102,7 +79,9 @@ impl NodeQueues {
     pub fn release(&self, node_id: &str) {
         let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
         let idle = nodes.get(node_id).is_some_and(|n| {
-            Arc::strong_count(&n.out) == 1 && Arc::strong_count(&n.inbound) == 1 && n.out.is_empty()
+            n.out.iter().all(|q| Arc::strong_count(q) == 1)
+                && n.inbound.iter().all(|i| Arc::strong_count(i) == 1)
+                && n.is_empty()
         });
         if idle {
             nodes.remove(node_id);
@@ -112,10 +91,8 @@ impl NodeQueues {
     /// Messages queued per node, for every node with a queue.
     pub fn queued(&self) -> Vec<(String, u64)> {
         let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
-        let mut list: Vec<(String, u64)> = nodes
-            .iter()
-            .map(|(k, v)| (k.clone(), v.out.len()))
-            .collect();
+        let mut list: Vec<(String, u64)> =
+            nodes.iter().map(|(k, v)| (k.clone(), v.len())).collect();
         list.sort();
         list
     }

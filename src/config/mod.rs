@@ -333,6 +333,13 @@ impl Congestion {
     }
 }
 
+/// The default receive window, in messages per lane: the most there is, so that the window
+/// never caps a long fat path. A 100 Mbit/s path with a 200 ms round trip carries 2.5 MB per
+/// round trip, some 9,000 messages of 256 bytes; the sender also keeps at most
+/// [`MAX_IN_FLIGHT_BYTES`](crate::exchange::MAX_IN_FLIGHT_BYTES) unacknowledged per lane, and
+/// the receiver takes each message as it comes, so a large window costs neither side memory.
+pub const DEFAULT_WINDOW: i64 = 65536;
+
 /// A durable queue's settings (`queues:` in the cloud file, `outbox:` in the edge file).
 #[derive(Debug, Clone)]
 pub struct QueueConfig {
@@ -344,7 +351,8 @@ pub struct QueueConfig {
     pub max_bytes: u64,
     /// `fsync`: when accepted messages reach the disk.
     pub fsync: crate::store::Fsync,
-    /// `window`: messages sent ahead of acknowledgements on the link.
+    /// `window`: the receive window announced on the link, per lane: messages the peer may send
+    /// ahead of this side's acknowledgements (1 to 65536, default [`DEFAULT_WINDOW`]).
     pub window: u32,
 }
 
@@ -485,7 +493,7 @@ impl Checker<'_> {
                 i64::MAX,
             )?,
             fsync,
-            window: self.count(&key("window"), raw.window, 256, 1, 65536)? as u32,
+            window: self.count(&key("window"), raw.window, DEFAULT_WINDOW, 1, 65536)? as u32,
         })
     }
 }

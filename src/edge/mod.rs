@@ -17,12 +17,11 @@ use smol::future::FutureExt;
 
 use crate::apps::{Apps, Route};
 use crate::config::{EdgeConfig, Endpoint, Protocol};
-use crate::exchange::{Exchange, Inbound as InboundState};
+use crate::exchange::{Exchange, LaneStores};
 use crate::local::Local;
 use crate::proto::backoff::Backoff;
-use crate::proto::frame::{Hello, encode_len_prefixed};
+use crate::proto::frame::{Hello, HelloLane, encode_len_prefixed};
 use crate::proto::{ALPN, CloseCode, Event, Session, VERSION};
-use crate::queue::Queue;
 use crate::shutdown::Shutdown;
 use crate::tls;
 use crate::transport::{Inbound, Link, LinkError, Wake, dial, quic, timeout, ws};
@@ -64,10 +63,8 @@ pub async fn run(config: EdgeConfig, shutdown: Shutdown) -> Result<(), String> {
 
     let dir = &config.outbox.dir;
     let _lock = crate::queue::lock_dir(dir)?;
-    let outbox = Queue::open(&dir.join("out"), &config.outbox)
-        .map_err(|e| format!("cannot open the outbox in {}: {e}", dir.display()))?;
-    let inbound = InboundState::open(&dir.join("in.state"))
-        .map_err(|e| format!("cannot open the receive state in {}: {e}", dir.display()))?;
+    let outbox =
+        Arc::new(LaneStores::open(dir, &config.outbox).map_err(|e| format!("the outbox: {e}"))?);
     let local = Arc::new(Local::new(config.apps.request_timeout));
     let apps = Arc::new(Apps {
         local: local.clone(),
@@ -127,8 +124,13 @@ pub async fn run(config: EdgeConfig, shutdown: Shutdown) -> Result<(), String> {
             }
         };
 
-        let exchange = Exchange::new(outbox.clone(), inbound.clone(), local.clone(), None);
-        let streams = exchange.streams();
+        let exchange = Exchange::new(&outbox, local.clone(), None);
+        let lanes = exchange.streams().map(|s| HelloLane {
+            up_stream: s.out_stream,
+            up_first: s.out_first,
+            down_stream: s.in_stream,
+            down_seq: s.in_seq,
+        });
         let mut session = Session::edge(
             Instant::now(),
             Hello {
@@ -138,10 +140,7 @@ pub async fn run(config: EdgeConfig, shutdown: Shutdown) -> Result<(), String> {
                 heartbeat: config.heartbeat,
                 read_deadline: config.read_deadline,
                 window: config.outbox.window,
-                up_stream: streams.out_stream,
-                up_first: streams.out_first,
-                down_stream: streams.in_stream,
-                down_seq: streams.in_seq,
+                lanes,
             },
         );
         let started = Instant::now();
@@ -273,7 +272,13 @@ async fn connect(
             .await?;
             dialer.last_good.remember(target, conn.remote_address());
             Ok((
-                quic::spawn_link(conn, send, recv, config.write_deadline),
+                quic::spawn_link(
+                    conn,
+                    send,
+                    recv,
+                    config.write_deadline,
+                    quic::BulkStream::Open,
+                ),
                 how.describe(),
             ))
         }
@@ -351,7 +356,7 @@ async fn drive(
                 _ => {}
             }
         }
-        exchange.fill(&mut session);
+        exchange.fill(&mut session, |lane| link.room(lane));
         link.flush(&mut session, now);
         let other = async {
             shutdown.wait().await;

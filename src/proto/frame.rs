@@ -6,7 +6,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use super::MAX_FRAME;
+use super::{MAX_FRAME, VERSION};
 
 /// Frame type bytes.
 mod kind {
@@ -15,6 +15,7 @@ mod kind {
     pub const HEARTBEAT: u8 = 0x03;
     pub const MESSAGE: u8 = 0x10;
     pub const ACK: u8 = 0x11;
+    pub const PART: u8 = 0x12;
 }
 
 /// Why a link was closed. Carried as the QUIC application error code, and as `4000 + code` in a
@@ -102,10 +103,73 @@ impl fmt::Display for CloseCode {
     }
 }
 
+/// A lane of the link: an independent ordered sequence of messages in each direction, with its
+/// own durable queue, receive window and acknowledgements, and over QUIC its own stream, so that
+/// a backlog or a lost packet on one never holds up the other (`docs/protocol.md` section 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Lane {
+    /// Requests (`header.sync`), responses (`header.parent_msg_id`) and what an application
+    /// marks `header.urgent`; also carries every frame that is not a message.
+    Urgent,
+    /// Everything else.
+    Bulk,
+}
+
+/// How many lanes a link has.
+pub const LANES: usize = 2;
+
+impl Lane {
+    /// Every lane, in wire order.
+    pub const ALL: [Lane; LANES] = [Lane::Urgent, Lane::Bulk];
+
+    /// The number on the wire, and the lane's index in per-lane arrays.
+    pub fn index(self) -> usize {
+        match self {
+            Lane::Urgent => 0,
+            Lane::Bulk => 1,
+        }
+    }
+
+    /// The lane numbered `n` on the wire, if there is one.
+    pub fn from_index(n: u8) -> Option<Lane> {
+        Lane::ALL.get(usize::from(n)).copied()
+    }
+
+    /// The lane's name, for logs and folder names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Lane::Urgent => "urgent",
+            Lane::Bulk => "bulk",
+        }
+    }
+}
+
+impl fmt::Display for Lane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The edge's positions on one lane, in HELLO.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HelloLane {
+    /// The edge's outbox of this lane: its stream id, and the first sequence number it still
+    /// holds.
+    pub up_stream: u64,
+    /// See `up_stream`.
+    pub up_first: u64,
+    /// The cloud-to-edge stream of this lane the edge knows (0: none), and the last sequence
+    /// number it processed from it.
+    pub down_stream: u64,
+    /// See `down_stream`.
+    pub down_seq: u64,
+}
+
 /// What the edge says first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
-    /// Protocol version the edge speaks.
+    /// Protocol version the edge speaks. A HELLO of another version is decoded no further than
+    /// this field (the other fields are left empty): the receiver refuses it with code 9.
     pub version: u8,
     /// `controller.project-id`.
     pub project_id: String,
@@ -116,37 +180,41 @@ pub struct Hello {
     /// The edge declares the link dead after this long without a frame from the cloud, so the
     /// cloud sends heartbeats well within it.
     pub read_deadline: Duration,
-    /// How many messages the edge sends ahead of acknowledgements.
+    /// The edge's receive window on each lane: messages it takes from the cloud ahead of its
+    /// acknowledgements.
     pub window: u32,
-    /// The edge's outbox: its stream id, and the first sequence number it still holds.
-    pub up_stream: u64,
-    /// See `up_stream`.
-    pub up_first: u64,
-    /// The cloud-to-edge stream the edge knows (0: none), and the last sequence number it
-    /// processed from it.
+    /// The edge's positions, per lane ([`Lane::index`]).
+    pub lanes: [HelloLane; LANES],
+}
+
+/// The cloud's positions on one lane, in WELCOME.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WelcomeLane {
+    /// The cloud's queue of this lane for this node: its stream id, and the first sequence
+    /// number it holds.
     pub down_stream: u64,
     /// See `down_stream`.
-    pub down_seq: u64,
+    pub down_first: u64,
+    /// The last sequence number of the edge's stream of this lane the cloud has processed: the
+    /// edge resumes after it.
+    pub up_seq: u64,
 }
 
 /// The cloud's answer to an accepted HELLO.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Welcome {
-    /// Protocol version the cloud speaks.
+    /// Protocol version the cloud speaks. As in [`Hello`], a WELCOME of another version is
+    /// decoded no further.
     pub version: u8,
     /// The cloud drops a node that sent nothing for this long (`keepalive-interval`).
     pub keepalive: Duration,
     /// How often the cloud sends a heartbeat when it has nothing else to send.
     pub heartbeat: Duration,
-    /// How many messages the cloud sends ahead of acknowledgements.
+    /// The cloud's receive window on each lane: messages it takes from the edge ahead of its
+    /// acknowledgements.
     pub window: u32,
-    /// The cloud's queue for this node: its stream id, and the first sequence number it holds.
-    pub down_stream: u64,
-    /// See `down_stream`.
-    pub down_first: u64,
-    /// The last sequence number of the edge's stream the cloud has processed: the edge resumes
-    /// after it.
-    pub up_seq: u64,
+    /// The cloud's positions, per lane ([`Lane::index`]).
+    pub lanes: [WelcomeLane; LANES],
 }
 
 /// One protocol frame.
@@ -158,16 +226,45 @@ pub enum Frame {
     Welcome(Welcome),
     /// Either way: "I am alive"; sent when a side has been silent for its heartbeat interval.
     Heartbeat,
-    /// Either way: one message of the sender's stream.
+    /// Either way: one whole message of the sender's stream on `lane` (at most [`CHUNK`] bytes
+    /// when the sender cuts larger ones into [`Frame::Part`]s, as hub does).
     Message {
-        /// Its sequence number in the sender's stream.
+        /// The lane.
+        lane: Lane,
+        /// Its sequence number in the sender's stream of that lane.
         seq: u64,
-        /// The encoded [`Message`](crate::message::Message).
+        /// The encoded [`Message`](crate::message::Message), or its last piece.
         payload: Vec<u8>,
     },
-    /// Either way: every message of the receiver's peer stream up to `seq` is safely processed.
-    Ack(u64),
+    /// Either way: a piece of message `seq` on `lane`; the piece that reaches `total` completes
+    /// it. Senders cut messages over
+    /// [`CHUNK`] bytes so that a large message holds up the other lane by one piece at most.
+    Part {
+        /// The lane.
+        lane: Lane,
+        /// The sequence number of the message this is a piece of.
+        seq: u64,
+        /// Where the piece starts in the message, in bytes: a receiver tells a repeated piece
+        /// (before what it has) from a missing one (after it).
+        offset: u32,
+        /// The length of the whole message, in bytes.
+        total: u32,
+        /// The piece.
+        payload: Vec<u8>,
+    },
+    /// Either way: every message of the receiver's peer stream on `lane` up to `seq` is safely
+    /// processed.
+    Ack {
+        /// The lane.
+        lane: Lane,
+        /// The last message acknowledged.
+        seq: u64,
+    },
 }
+
+/// The largest piece of a message sent in one frame (64 KiB): longer messages go as
+/// [`Frame::Part`]s.
+pub const CHUNK: usize = 64 << 10;
 
 /// Why bytes are not a frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,6 +281,11 @@ pub enum FrameError {
     Empty,
     /// A WebSocket text message, where every frame is a binary message.
     Text,
+    /// A lane number that is not a lane.
+    UnknownLane(u8),
+    /// A frame on a QUIC stream that does not carry it: anything but a bulk message (or a piece
+    /// of one) on the bulk lane's stream, or a stream beyond the two the protocol opens.
+    WrongStream,
 }
 
 impl fmt::Display for FrameError {
@@ -197,6 +299,10 @@ impl fmt::Display for FrameError {
             }
             FrameError::Empty => f.write_str("empty frame"),
             FrameError::Text => f.write_str("text message on a binary protocol"),
+            FrameError::UnknownLane(n) => write!(f, "unknown lane {n}"),
+            FrameError::WrongStream => {
+                f.write_str("a frame or stream where the protocol has none (QUIC)")
+            }
         }
     }
 }
@@ -239,8 +345,10 @@ impl Frame {
                 put_str(out, &h.project_id);
                 put_str(out, &h.node_id);
                 out.extend_from_slice(&h.window.to_be_bytes());
-                for v in [h.up_stream, h.up_first, h.down_stream, h.down_seq] {
-                    out.extend_from_slice(&v.to_be_bytes());
+                for l in &h.lanes {
+                    for v in [l.up_stream, l.up_first, l.down_stream, l.down_seq] {
+                        out.extend_from_slice(&v.to_be_bytes());
+                    }
                 }
             }
             Frame::Welcome(w) => {
@@ -249,21 +357,45 @@ impl Frame {
                 out.extend_from_slice(&millis(w.keepalive).to_be_bytes());
                 out.extend_from_slice(&millis(w.heartbeat).to_be_bytes());
                 out.extend_from_slice(&w.window.to_be_bytes());
-                for v in [w.down_stream, w.down_first, w.up_seq] {
-                    out.extend_from_slice(&v.to_be_bytes());
+                for l in &w.lanes {
+                    for v in [l.down_stream, l.down_first, l.up_seq] {
+                        out.extend_from_slice(&v.to_be_bytes());
+                    }
                 }
             }
             Frame::Heartbeat => out.push(kind::HEARTBEAT),
-            Frame::Message { seq, payload } => {
+            Frame::Message { lane, seq, payload } => {
                 out.push(kind::MESSAGE);
+                out.push(lane.index() as u8);
                 out.extend_from_slice(&seq.to_be_bytes());
                 out.extend_from_slice(payload);
             }
-            Frame::Ack(seq) => {
+            Frame::Part {
+                lane,
+                seq,
+                offset,
+                total,
+                payload,
+            } => {
+                out.push(kind::PART);
+                out.push(lane.index() as u8);
+                out.extend_from_slice(&seq.to_be_bytes());
+                out.extend_from_slice(&offset.to_be_bytes());
+                out.extend_from_slice(&total.to_be_bytes());
+                out.extend_from_slice(payload);
+            }
+            Frame::Ack { lane, seq } => {
                 out.push(kind::ACK);
+                out.push(lane.index() as u8);
                 out.extend_from_slice(&seq.to_be_bytes());
             }
         }
+    }
+
+    /// Whether `kind`, a frame's first byte, is that of a [`Frame::Message`] or a [`Frame::Part`]
+    /// (whose second byte is then the lane).
+    pub fn is_message_kind(kind: u8) -> bool {
+        kind == kind::MESSAGE || kind == kind::PART
     }
 
     /// This frame's bytes.
@@ -282,33 +414,25 @@ impl Frame {
         let (&t, body) = bytes.split_first().ok_or(FrameError::Empty)?;
         let mut r = Reader(body);
         Ok(match t {
-            kind::HELLO => Frame::Hello(Hello {
-                version: r.u8()?,
-                heartbeat: r.millis()?,
-                read_deadline: r.millis()?,
-                project_id: r.str()?,
-                node_id: r.str()?,
-                window: r.u32()?,
-                up_stream: r.u64()?,
-                up_first: r.u64()?,
-                down_stream: r.u64()?,
-                down_seq: r.u64()?,
-            }),
-            kind::WELCOME => Frame::Welcome(Welcome {
-                version: r.u8()?,
-                keepalive: r.millis()?,
-                heartbeat: r.millis()?,
-                window: r.u32()?,
-                down_stream: r.u64()?,
-                down_first: r.u64()?,
-                up_seq: r.u64()?,
-            }),
+            kind::HELLO => Frame::Hello(r.hello()?),
+            kind::WELCOME => Frame::Welcome(r.welcome()?),
             kind::HEARTBEAT => Frame::Heartbeat,
             kind::MESSAGE => Frame::Message {
+                lane: r.lane()?,
                 seq: r.u64()?,
                 payload: r.0.to_vec(),
             },
-            kind::ACK => Frame::Ack(r.u64()?),
+            kind::PART => Frame::Part {
+                lane: r.lane()?,
+                seq: r.u64()?,
+                offset: r.u32()?,
+                total: r.u32()?,
+                payload: r.0.to_vec(),
+            },
+            kind::ACK => Frame::Ack {
+                lane: r.lane()?,
+                seq: r.u64()?,
+            },
             other => return Err(FrameError::UnknownType(other)),
         })
     }
@@ -344,6 +468,63 @@ impl Reader<'_> {
     fn str(&mut self) -> Result<String, FrameError> {
         let n = usize::from(self.u8()?);
         String::from_utf8(self.take(n)?.to_vec()).map_err(|_| FrameError::BadString)
+    }
+    fn lane(&mut self) -> Result<Lane, FrameError> {
+        let n = self.u8()?;
+        Lane::from_index(n).ok_or(FrameError::UnknownLane(n))
+    }
+    fn hello(&mut self) -> Result<Hello, FrameError> {
+        let mut h = Hello {
+            version: self.u8()?,
+            project_id: String::new(),
+            node_id: String::new(),
+            heartbeat: Duration::ZERO,
+            read_deadline: Duration::ZERO,
+            window: 0,
+            lanes: [HelloLane::default(); LANES],
+        };
+        if h.version != VERSION {
+            // Another version's fields may be laid out otherwise: the version is all that is
+            // read, and the receiver refuses it by that.
+            return Ok(h);
+        }
+        h.heartbeat = self.millis()?;
+        h.read_deadline = self.millis()?;
+        h.project_id = self.str()?;
+        h.node_id = self.str()?;
+        h.window = self.u32()?;
+        for l in &mut h.lanes {
+            *l = HelloLane {
+                up_stream: self.u64()?,
+                up_first: self.u64()?,
+                down_stream: self.u64()?,
+                down_seq: self.u64()?,
+            };
+        }
+        Ok(h)
+    }
+    fn welcome(&mut self) -> Result<Welcome, FrameError> {
+        let mut w = Welcome {
+            version: self.u8()?,
+            keepalive: Duration::ZERO,
+            heartbeat: Duration::ZERO,
+            window: 0,
+            lanes: [WelcomeLane::default(); LANES],
+        };
+        if w.version != VERSION {
+            return Ok(w);
+        }
+        w.keepalive = self.millis()?;
+        w.heartbeat = self.millis()?;
+        w.window = self.u32()?;
+        for l in &mut w.lanes {
+            *l = WelcomeLane {
+                down_stream: self.u64()?,
+                down_first: self.u64()?,
+                up_seq: self.u64()?,
+            };
+        }
+        Ok(w)
     }
 }
 
@@ -412,40 +593,71 @@ mod tests {
 
     fn hello() -> Frame {
         Frame::Hello(Hello {
-            version: 1,
+            version: VERSION,
             project_id: "p".into(),
             node_id: "edge-node".into(),
             heartbeat: Duration::from_secs(15),
             read_deadline: Duration::from_millis(1500),
             window: 256,
-            up_stream: 0x0102030405060708,
-            up_first: 1,
-            down_stream: 0,
-            down_seq: 0,
+            lanes: [
+                HelloLane {
+                    up_stream: 0x0102030405060708,
+                    up_first: 1,
+                    down_stream: 0,
+                    down_seq: 0,
+                },
+                HelloLane {
+                    up_stream: 0x1112131415161718,
+                    up_first: 1,
+                    down_stream: 0,
+                    down_seq: 0,
+                },
+            ],
         })
     }
 
     #[test]
     fn round_trips() {
         let welcome = Frame::Welcome(Welcome {
-            version: 1,
+            version: VERSION,
             keepalive: Duration::from_secs(30),
             heartbeat: Duration::from_millis(500),
             window: 64,
-            down_stream: 9,
-            down_first: 100,
-            up_seq: 42,
+            lanes: [
+                WelcomeLane {
+                    down_stream: 9,
+                    down_first: 100,
+                    up_seq: 42,
+                },
+                WelcomeLane {
+                    down_stream: 10,
+                    down_first: 1,
+                    up_seq: 0,
+                },
+            ],
         });
         let message = Frame::Message {
+            lane: Lane::Bulk,
             seq: 7,
             payload: b"payload".to_vec(),
+        };
+        let part = Frame::Part {
+            lane: Lane::Urgent,
+            seq: 8,
+            offset: 65536,
+            total: 70000,
+            payload: b"piece".to_vec(),
         };
         for f in [
             hello(),
             welcome,
             Frame::Heartbeat,
             message,
-            Frame::Ack(u64::MAX),
+            part,
+            Frame::Ack {
+                lane: Lane::Bulk,
+                seq: u64::MAX,
+            },
         ] {
             assert_eq!(Frame::decode(&f.encode()), Ok(f.clone()));
         }
@@ -454,13 +666,42 @@ mod tests {
     #[test]
     fn hello_layout_is_as_documented() {
         let bytes = hello().encode();
-        let mut want = vec![0x01, 1, 0, 0, 0x3a, 0x98, 0, 0, 0x05, 0xdc, 1, b'p', 9];
+        let mut want = vec![0x01, 2, 0, 0, 0x3a, 0x98, 0, 0, 0x05, 0xdc, 1, b'p', 9];
         want.extend_from_slice(b"edge-node");
         want.extend_from_slice(&[0, 0, 1, 0]);
         want.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0, 0, 0, 0, 0, 1]);
         want.extend_from_slice(&[0; 16]);
+        want.extend_from_slice(&[0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18]);
+        want.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 1]);
+        want.extend_from_slice(&[0; 16]);
         assert_eq!(bytes, want);
-        assert_eq!(Frame::Ack(258).encode(), vec![0x11, 0, 0, 0, 0, 0, 0, 1, 2]);
+        let ack = Frame::Ack {
+            lane: Lane::Bulk,
+            seq: 258,
+        };
+        assert_eq!(ack.encode(), vec![0x11, 1, 0, 0, 0, 0, 0, 0, 1, 2]);
+    }
+
+    #[test]
+    fn another_version_is_read_no_further_than_its_number() {
+        // A version-1 HELLO: no lanes, and the fields laid out otherwise.
+        let mut v1 = vec![
+            0x01, 1, 0, 0, 0x3a, 0x98, 0, 0, 0x05, 0xdc, 1, b'p', 1, b'n',
+        ];
+        v1.extend_from_slice(&[0, 0, 1, 0]);
+        v1.extend_from_slice(&[0; 32]);
+        match Frame::decode(&v1) {
+            Ok(Frame::Hello(h)) => assert_eq!((h.version, h.node_id.as_str()), (1, "")),
+            other => panic!("{other:?}"),
+        }
+        match Frame::decode(&[0x02, 7]) {
+            Ok(Frame::Welcome(w)) => assert_eq!(w.version, 7),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            Frame::decode(&[0x11, 2, 0, 0, 0, 0, 0, 0, 0, 1]),
+            Err(FrameError::UnknownLane(2))
+        );
     }
 
     #[test]
@@ -485,9 +726,13 @@ mod tests {
         longer.extend_from_slice(b"more");
         assert_eq!(Frame::decode(&longer), Ok(hello()));
         assert_eq!(Frame::decode(&[0x03, 1, 2, 3]), Ok(Frame::Heartbeat));
-        let mut ack = Frame::Ack(7).encode();
+        let seven = Frame::Ack {
+            lane: Lane::Urgent,
+            seq: 7,
+        };
+        let mut ack = seven.encode();
         ack.extend_from_slice(b"more");
-        assert_eq!(Frame::decode(&ack), Ok(Frame::Ack(7)));
+        assert_eq!(Frame::decode(&ack), Ok(seven));
         // The close codes section 1.2 gives for a bad length.
         assert_eq!(FrameError::Empty.close_code(), CloseCode::ProtocolError);
         assert_eq!(

@@ -10,7 +10,7 @@ pub use frame::{CloseCode, Frame, FrameError};
 pub use session::{Event, Role, Session};
 
 /// Protocol version carried in HELLO and WELCOME.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// QUIC ALPN protocol id.
 pub const ALPN: &[u8] = b"hub/1";
 /// WebSocket subprotocol name.

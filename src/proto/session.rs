@@ -1,4 +1,4 @@
-//! The session state machine: hello and welcome, heartbeats, deadlines, close.
+//! The session state machine: hello and welcome, heartbeats, deadlines, lanes, close.
 //!
 //! A [`Session`] is driven by its caller: [`Session::handle_frame`] for each frame that arrives,
 //! [`Session::handle_timeout`] when the instant from [`Session::poll_timeout`] has passed, then
@@ -11,24 +11,40 @@
 //! the edge sends at most every `keepalive / 2` whatever its `heartbeat` says, the cloud every
 //! `read-deadline / 3` of the edge.
 //!
-//! Messages: each direction is a stream of sequence-numbered messages from the sender's durable
-//! queue. Each side announces a receive window; the sender keeps at most the peer's window of
-//! messages unacknowledged, and a receiver closes on a peer that sends more. The receiver
-//! takes them strictly in order, drops repeats, and acknowledges cumulatively once the caller has
-//! made them safe ([`Event::Commit`] → [`Session::committed`]), every quarter window or after
-//! [`ACK_DELAY`]. HELLO and WELCOME carry each side's stream ids and positions, so after a
+//! Messages travel on [`Lane`]s, each an independent stream of sequence-numbered messages from
+//! the sender's durable queue of that lane, in each direction. Each side announces a receive
+//! window (per lane); the sender keeps at most the peer's window of messages unacknowledged on a
+//! lane, and a receiver closes on a peer that sends more. The receiver takes each lane's messages
+//! strictly in order, drops repeats, and acknowledges cumulatively once the caller has made them
+//! safe ([`Event::Commit`] → [`Session::committed`]), after [`ACK_EVERY`] messages or
+//! [`ACK_EVERY_BYTES`], or [`ACK_DELAY`] after the first unacknowledged one, whichever comes
+//! first. HELLO and WELCOME carry each side's stream ids and positions per lane, so after a
 //! reconnect each sender resumes right after what the receiver already processed.
+//!
+//! Frames are queued per lane: [`Session::poll_transmit`] hands out every urgent frame (and every
+//! frame that is not a message) before any bulk one, and messages over [`CHUNK`] bytes are cut
+//! into [`Frame::Part`]s, so that an urgent frame queued behind a large message waits for one piece
+//! at most.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::VERSION;
-use super::frame::{CloseCode, Frame, FrameError, Hello, Welcome};
+use super::frame::{
+    CHUNK, CloseCode, Frame, FrameError, Hello, HelloLane, LANES, Lane, Welcome, WelcomeLane,
+};
+use super::{MAX_FRAME, VERSION};
 
-/// The longest a receiver waits before acknowledging messages that did not fill a quarter window.
+/// The longest a receiver waits before acknowledging messages that did not reach
+/// [`ACK_EVERY`] or [`ACK_EVERY_BYTES`].
 pub const ACK_DELAY: Duration = Duration::from_millis(5);
+/// A receiver acknowledges at least every this many messages on a lane (or every quarter of its
+/// window, if that is fewer), whatever the window: a sender's window is never held up waiting for
+/// a quarter of a large window.
+pub const ACK_EVERY: u64 = 128;
+/// … and at least every this many bytes of messages.
+pub const ACK_EVERY_BYTES: usize = 256 << 10;
 
-/// A side's durable stream positions, as stored by its queues.
+/// A side's durable stream positions on one lane, as stored by its queues.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Streams {
     /// This side's outgoing queue: its stream id …
@@ -61,19 +77,21 @@ pub enum Event {
     /// The session closed itself (deadline passed, protocol error); tell the peer with this code
     /// and close the transport.
     Close(CloseCode, String),
-    /// The next message of the peer's stream, in order and not seen before: deliver it.
+    /// The next message of the peer's stream on `lane`, in order and not seen before: deliver it.
     Message {
+        /// Its lane.
+        lane: Lane,
         /// Its sequence number.
         seq: u64,
         /// The encoded message.
         payload: Vec<u8>,
     },
-    /// The peer acknowledged every message of this side's stream up to this sequence number:
-    /// the queue may drop them.
-    Acked(u64),
-    /// Make the receipt of every message up to this sequence number durable (with the peer's
-    /// stream id, [`Session::inbound_stream`]), then call [`Session::committed`].
-    Commit(u64),
+    /// The peer acknowledged every message of this side's stream on the lane up to this
+    /// sequence number: the queue may drop them.
+    Acked(Lane, u64),
+    /// Make the receipt of every message on the lane up to this sequence number durable (with
+    /// the peer's stream id, [`Session::inbound_stream`]), then call [`Session::committed`].
+    Commit(Lane, u64),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +102,53 @@ enum State {
     Deciding,
     Open,
     Closed,
+}
+
+/// One lane's sending and receiving state.
+#[derive(Debug)]
+struct LaneState {
+    /// Edge: its stream positions, as put in HELLO.
+    local: Streams,
+    /// Sending: the next sequence number to send, and the highest acknowledged.
+    out_next: u64,
+    out_acked: u64,
+    /// Frames of this lane waiting to be sent.
+    transmit: VecDeque<Frame>,
+    /// Receiving: the peer's stream id and the next sequence number expected from it.
+    in_stream: u64,
+    in_expected: u64,
+    /// Receiving: the leading pieces of message `in_expected`, if some came, and the length of
+    /// the whole message.
+    partial: Vec<u8>,
+    partial_total: usize,
+    /// Receiving: messages delivered but not yet committed (and their bytes), the last committed
+    /// sequence number, whether a commit is with the caller, and when the pending ones must be
+    /// committed.
+    in_uncommitted: u64,
+    in_uncommitted_bytes: usize,
+    in_committed: u64,
+    commit_pending: bool,
+    commit_due: Option<Instant>,
+}
+
+impl LaneState {
+    fn new() -> LaneState {
+        LaneState {
+            local: Streams::default(),
+            out_next: 1,
+            out_acked: 0,
+            transmit: VecDeque::new(),
+            in_stream: 0,
+            in_expected: 1,
+            partial: Vec::new(),
+            partial_total: 0,
+            in_uncommitted: 0,
+            in_uncommitted_bytes: 0,
+            in_committed: 0,
+            commit_pending: false,
+            commit_due: None,
+        }
+    }
 }
 
 /// One link's protocol state.
@@ -100,30 +165,17 @@ pub struct Session {
     wanted_heartbeat: Duration,
     last_recv: Instant,
     last_send: Instant,
-    transmit: VecDeque<Frame>,
     events: VecDeque<Event>,
     /// What the edge said in HELLO (cloud), or what the cloud said in WELCOME (edge).
     peer_hello: Option<Hello>,
     peer_welcome: Option<Welcome>,
-    /// This side's receive window: messages it takes ahead of its acknowledgements, announced to
-    /// the peer (HELLO or WELCOME `window`) and enforced.
+    /// This side's receive window on each lane: messages it takes ahead of its
+    /// acknowledgements, announced to the peer (HELLO or WELCOME `window`) and enforced.
     window: u32,
-    /// The peer's receive window: messages this side may send ahead of its acknowledgements.
+    /// The peer's receive window on each lane: messages this side may send ahead of its
+    /// acknowledgements.
     peer_window: u32,
-    /// Edge: its stream positions, as put in HELLO.
-    local: Streams,
-    /// Sending: the next sequence number to send, and the highest acknowledged.
-    out_next: u64,
-    out_acked: u64,
-    /// Receiving: the peer's stream id and the next sequence number expected from it.
-    in_stream: u64,
-    in_expected: u64,
-    /// Receiving: messages delivered but not yet committed, the last committed sequence number,
-    /// whether a commit is with the caller, and when the pending ones must be committed.
-    in_uncommitted: u64,
-    in_committed: u64,
-    commit_pending: bool,
-    commit_due: Option<Instant>,
+    lanes: [LaneState; LANES],
 }
 
 impl Session {
@@ -137,18 +189,21 @@ impl Session {
             hello.heartbeat,
             hello.window,
         );
-        s.local = Streams {
-            out_stream: hello.up_stream,
-            out_first: hello.up_first,
-            in_stream: hello.down_stream,
-            in_seq: hello.down_seq,
-        };
-        s.transmit.push_back(Frame::Hello(hello));
+        for (lane, h) in s.lanes.iter_mut().zip(&hello.lanes) {
+            lane.local = Streams {
+                out_stream: h.up_stream,
+                out_first: h.up_first,
+                in_stream: h.down_stream,
+                in_seq: h.down_seq,
+            };
+        }
+        s.lanes[0].transmit.push_back(Frame::Hello(hello));
         s
     }
 
     /// A cloud session, waiting for HELLO; `keepalive` is its deadline (`keepalive-interval`),
-    /// `window` its receive window: the messages it takes ahead of its acknowledgements.
+    /// `window` its receive window on each lane: the messages it takes ahead of its
+    /// acknowledgements.
     pub fn cloud(now: Instant, keepalive: Duration, window: u32) -> Session {
         Session::new(Role::Cloud, now, keepalive, keepalive, window)
     }
@@ -168,48 +223,34 @@ impl Session {
             wanted_heartbeat: heartbeat,
             last_recv: now,
             last_send: now,
-            transmit: VecDeque::new(),
             events: VecDeque::new(),
             peer_hello: None,
             peer_welcome: None,
             window: window.max(1),
             peer_window: 1,
-            local: Streams::default(),
-            out_next: 1,
-            out_acked: 0,
-            in_stream: 0,
-            in_expected: 1,
-            in_uncommitted: 0,
-            in_committed: 0,
-            commit_pending: false,
-            commit_due: None,
+            lanes: [LaneState::new(), LaneState::new()],
         }
     }
 
-    /// Sets up both streams once the link opens: where this side resumes sending (`out_start`),
-    /// which peer stream it receives and the first sequence number it expects from it.
-    fn open_streams(
-        &mut self,
-        out_first: u64,
-        out_start: u64,
-        in_stream: u64,
-        in_expected: u64,
-        in_seq: u64,
-    ) {
-        self.out_next = out_start;
-        self.out_acked = out_start - 1;
-        if out_start > out_first {
-            self.events.push_back(Event::Acked(out_start - 1));
+    /// Sets up one lane's streams once the link opens: where this side resumes sending
+    /// (`out_start`), which peer stream it receives and the first sequence number it expects
+    /// from it.
+    fn open_lane(&mut self, lane: Lane, out_start: u64, in_stream: u64, in_expected: u64) {
+        let l = &mut self.lanes[lane.index()];
+        let local = l.local;
+        l.out_next = out_start;
+        l.out_acked = out_start - 1;
+        if out_start > local.out_first {
+            self.events.push_back(Event::Acked(lane, out_start - 1));
         }
-        self.in_expected = in_expected;
-        self.in_committed = in_expected - 1;
-        if in_stream != self.in_stream || in_expected - 1 != in_seq {
+        l.in_expected = in_expected;
+        l.in_committed = in_expected - 1;
+        if in_stream != local.in_stream || in_expected - 1 != local.in_seq {
             // A new peer stream, or one that moved on while this side was away: record where.
-            self.in_stream = in_stream;
-            self.commit_pending = true;
-            self.events.push_back(Event::Commit(in_expected - 1));
+            l.commit_pending = true;
+            self.events.push_back(Event::Commit(lane, in_expected - 1));
         }
-        self.in_stream = in_stream;
+        l.in_stream = in_stream;
     }
 
     /// Which end this session is.
@@ -263,21 +304,41 @@ impl Session {
         }
         self.last_recv = now;
         match (self.role, self.state, frame) {
-            (_, State::Open, Frame::Message { seq, payload }) => self.receive(now, seq, payload),
-            (_, State::Open, Frame::Ack(seq)) => {
-                if seq >= self.out_next {
-                    let why = format!("ACK of {seq}, but only {} sent", self.out_next - 1);
+            (_, State::Open, Frame::Message { lane, seq, payload }) => {
+                self.receive(now, lane, seq, payload, None)
+            }
+            (
+                _,
+                State::Open,
+                Frame::Part {
+                    lane,
+                    seq,
+                    offset,
+                    total,
+                    payload,
+                },
+            ) => self.receive(now, lane, seq, payload, Some((offset, total))),
+            (_, State::Open, Frame::Ack { lane, seq }) => {
+                let l = &mut self.lanes[lane.index()];
+                if seq >= l.out_next {
+                    let why = format!(
+                        "ACK of {seq} on the {lane} lane, but only {} sent",
+                        l.out_next - 1
+                    );
                     self.close(CloseCode::ProtocolError, why);
-                } else if seq > self.out_acked {
-                    self.out_acked = seq;
-                    self.events.push_back(Event::Acked(seq));
+                } else if seq > l.out_acked {
+                    l.out_acked = seq;
+                    self.events.push_back(Event::Acked(lane, seq));
                 }
             }
             (_, _, Frame::Heartbeat)
                 if self.state != State::Handshake || self.role == Role::Edge => {}
             (Role::Cloud, State::Handshake, Frame::Hello(h)) => {
                 if h.version != VERSION {
-                    let why = format!("edge speaks version {}, this cloud {VERSION}", h.version);
+                    let why = format!(
+                        "edge speaks version {}, this cloud {VERSION}: upgrade the edge",
+                        h.version
+                    );
                     self.close(CloseCode::UnsupportedVersion, why);
                     return;
                 }
@@ -287,7 +348,10 @@ impl Session {
             }
             (Role::Edge, State::Handshake, Frame::Welcome(w)) => {
                 if w.version != VERSION {
-                    let why = format!("cloud speaks version {}, this edge {VERSION}", w.version);
+                    let why = format!(
+                        "cloud speaks version {}, this edge {VERSION}: run the same version on both",
+                        w.version
+                    );
                     self.close(CloseCode::UnsupportedVersion, why);
                     return;
                 }
@@ -298,25 +362,21 @@ impl Session {
                         .max(MIN_HEARTBEAT),
                 );
                 self.peer_window = w.window.max(1);
-                let local = self.local;
-                // The cloud processed our stream up to up_seq; we resume after it, never before
-                // what we still hold. Saturating: up_seq comes off the wire.
-                let out_start = w.up_seq.saturating_add(1).max(local.out_first);
-                let in_expected = if w.down_stream == local.in_stream {
-                    (local.in_seq + 1).max(w.down_first)
-                } else {
-                    w.down_first.max(1)
-                };
                 self.state = State::Open;
                 self.events.push_back(Event::Open);
-                self.in_stream = local.in_stream;
-                self.open_streams(
-                    local.out_first,
-                    out_start,
-                    w.down_stream,
-                    in_expected,
-                    local.in_seq,
-                );
+                for lane in Lane::ALL {
+                    let local = self.lanes[lane.index()].local;
+                    let wl = w.lanes[lane.index()];
+                    // The cloud processed our stream up to up_seq; we resume after it, never
+                    // before what we still hold. Saturating: up_seq comes off the wire.
+                    let out_start = wl.up_seq.saturating_add(1).max(local.out_first);
+                    let in_expected = if wl.down_stream == local.in_stream {
+                        (local.in_seq + 1).max(wl.down_first)
+                    } else {
+                        wl.down_first.max(1)
+                    };
+                    self.open_lane(lane, out_start, wl.down_stream, in_expected);
+                }
                 self.peer_welcome = Some(w);
             }
             (_, state, frame) => {
@@ -327,8 +387,8 @@ impl Session {
     }
 
     /// Cloud: accepts the edge whose HELLO was reported, given the cloud's stream positions for
-    /// this node; queues WELCOME and opens the link.
-    pub fn accept(&mut self, now: Instant, local: Streams) {
+    /// this node on each lane; queues WELCOME and opens the link.
+    pub fn accept(&mut self, now: Instant, local: [Streams; LANES]) {
         if self.state != State::Deciding {
             return;
         }
@@ -338,115 +398,225 @@ impl Session {
         let heartbeat = (h.read_deadline / 3).max(MIN_HEARTBEAT);
         self.heartbeat = Some(heartbeat);
         self.peer_window = h.window.max(1);
-        let in_expected = if h.up_stream == local.in_stream {
-            (local.in_seq + 1).max(h.up_first)
-        } else {
-            h.up_first.max(1)
-        };
-        let out_start = if h.down_stream == local.out_stream {
-            // Saturating: down_seq comes off the wire.
-            h.down_seq.saturating_add(1).max(local.out_first)
-        } else {
-            local.out_first
-        };
-        self.transmit.push_back(Frame::Welcome(Welcome {
+        let mut lanes = [WelcomeLane::default(); LANES];
+        let mut starts = [(0, 0); LANES];
+        for lane in Lane::ALL {
+            let (hl, ours): (HelloLane, Streams) = (h.lanes[lane.index()], local[lane.index()]);
+            let in_expected = if hl.up_stream == ours.in_stream {
+                (ours.in_seq + 1).max(hl.up_first)
+            } else {
+                hl.up_first.max(1)
+            };
+            let out_start = if hl.down_stream == ours.out_stream {
+                // Saturating: down_seq comes off the wire.
+                hl.down_seq.saturating_add(1).max(ours.out_first)
+            } else {
+                ours.out_first.max(1)
+            };
+            lanes[lane.index()] = WelcomeLane {
+                down_stream: ours.out_stream,
+                down_first: ours.out_first,
+                up_seq: in_expected - 1,
+            };
+            starts[lane.index()] = (out_start, in_expected);
+            self.lanes[lane.index()].local = ours;
+        }
+        self.lanes[0].transmit.push_back(Frame::Welcome(Welcome {
             version: VERSION,
             keepalive: self.deadline,
             heartbeat,
             window: self.window,
-            down_stream: local.out_stream,
-            down_first: local.out_first,
-            up_seq: in_expected - 1,
+            lanes,
         }));
         self.last_recv = now;
         self.state = State::Open;
         self.events.push_back(Event::Open);
-        self.in_stream = local.in_stream;
-        self.open_streams(
-            local.out_first,
-            out_start,
-            h.up_stream,
-            in_expected,
-            local.in_seq,
-        );
+        for lane in Lane::ALL {
+            let (out_start, in_expected) = starts[lane.index()];
+            self.open_lane(
+                lane,
+                out_start,
+                h.lanes[lane.index()].up_stream,
+                in_expected,
+            );
+        }
     }
 
-    /// How many more messages may be sent now (the peer's window less what is unacknowledged).
-    pub fn send_capacity(&self) -> u64 {
+    /// How many more messages may be sent now on `lane` (the peer's window less what is
+    /// unacknowledged).
+    pub fn send_capacity(&self, lane: Lane) -> u64 {
         if self.state != State::Open {
             return 0;
         }
-        u64::from(self.peer_window).saturating_sub(self.out_next - 1 - self.out_acked)
+        let l = &self.lanes[lane.index()];
+        u64::from(self.peer_window).saturating_sub(l.out_next - 1 - l.out_acked)
     }
 
-    /// The sequence number the next [`send_message`](Self::send_message) must carry.
-    pub fn next_send_seq(&self) -> u64 {
-        self.out_next
+    /// The sequence number the next [`send_message`](Self::send_message) on `lane` must carry.
+    pub fn next_send_seq(&self, lane: Lane) -> u64 {
+        self.lanes[lane.index()].out_next
     }
 
-    /// The highest sequence number the peer acknowledged.
-    pub fn acked(&self) -> u64 {
-        self.out_acked
+    /// The highest sequence number the peer acknowledged on `lane`.
+    pub fn acked(&self, lane: Lane) -> u64 {
+        self.lanes[lane.index()].out_acked
     }
 
-    /// Queues message `seq` (which must be [`next_send_seq`](Self::next_send_seq)) for sending.
-    pub fn send_message(&mut self, seq: u64, payload: Vec<u8>) {
-        debug_assert_eq!(seq, self.out_next, "messages are sent in sequence");
-        if self.state != State::Open || seq != self.out_next {
+    /// Queues message `seq` of `lane` (which must be [`next_send_seq`](Self::next_send_seq)) for
+    /// sending, cut into [`Frame::Part`]s of [`CHUNK`] bytes if it is longer than one.
+    pub fn send_message(&mut self, lane: Lane, seq: u64, payload: Vec<u8>) {
+        let l = &mut self.lanes[lane.index()];
+        debug_assert_eq!(seq, l.out_next, "messages are sent in sequence");
+        if self.state != State::Open || seq != l.out_next {
             return;
         }
-        self.out_next += 1;
-        self.transmit.push_back(Frame::Message { seq, payload });
-    }
-
-    /// The id of the peer stream this side receives.
-    pub fn inbound_stream(&self) -> u64 {
-        self.in_stream
-    }
-
-    /// The caller made every message up to `seq` durable: acknowledge them to the peer.
-    pub fn committed(&mut self, seq: u64) {
-        self.commit_pending = false;
-        if self.state == State::Closed {
+        l.out_next += 1;
+        if payload.len() > CHUNK {
+            // Messages are at most MAX_FRAME (16 MiB) long: offsets fit in a u32.
+            let total = payload.len() as u32;
+            for (i, piece) in payload.chunks(CHUNK).enumerate() {
+                l.transmit.push_back(Frame::Part {
+                    lane,
+                    seq,
+                    offset: (i * CHUNK) as u32,
+                    total,
+                    payload: piece.to_vec(),
+                });
+            }
             return;
         }
-        self.in_committed = self.in_committed.max(seq);
+        l.transmit.push_back(Frame::Message { lane, seq, payload });
+    }
+
+    /// Bytes of messages queued on `lane` and not yet taken by [`poll_transmit`](Self::poll_transmit).
+    pub fn queued_bytes(&self, lane: Lane) -> usize {
+        self.lanes[lane.index()]
+            .transmit
+            .iter()
+            .map(|f| match f {
+                Frame::Message { payload, .. } | Frame::Part { payload, .. } => payload.len(),
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// The id of the peer stream this side receives on `lane`.
+    pub fn inbound_stream(&self, lane: Lane) -> u64 {
+        self.lanes[lane.index()].in_stream
+    }
+
+    /// The caller made every message of `lane` up to `seq` durable: acknowledge them to the peer.
+    pub fn committed(&mut self, lane: Lane, seq: u64) {
+        let last_recv = self.last_recv;
+        let closed = self.state == State::Closed;
+        let l = &mut self.lanes[lane.index()];
+        l.commit_pending = false;
+        if closed {
+            return;
+        }
+        l.in_committed = l.in_committed.max(seq);
         if seq > 0 {
-            self.transmit.push_back(Frame::Ack(seq));
+            self.lanes[0].transmit.push_back(Frame::Ack { lane, seq });
         }
-        if self.in_uncommitted > 0 && self.commit_due.is_none() {
-            self.commit_due = Some(self.last_recv + ACK_DELAY);
+        let l = &mut self.lanes[lane.index()];
+        if l.in_uncommitted > 0 && l.commit_due.is_none() {
+            l.commit_due = Some(last_recv + ACK_DELAY);
         }
     }
 
     fn ack_every(&self) -> u64 {
-        (u64::from(self.window) / 4).max(1)
+        (u64::from(self.window) / 4).clamp(1, ACK_EVERY)
     }
 
-    fn receive(&mut self, now: Instant, seq: u64, payload: Vec<u8>) {
-        if seq < self.in_expected {
+    /// Takes message `seq` of `lane`, or a piece of it (`piece`: its offset and the whole
+    /// message's length).
+    fn receive(
+        &mut self,
+        now: Instant,
+        lane: Lane,
+        seq: u64,
+        payload: Vec<u8>,
+        piece: Option<(u32, u32)>,
+    ) {
+        let window = self.window;
+        let ack_every = self.ack_every();
+        let l = &mut self.lanes[lane.index()];
+        if seq < l.in_expected {
             // A retransmission of something already processed: acknowledge it again.
-            if !self.commit_pending && self.in_committed > 0 {
-                self.transmit.push_back(Frame::Ack(self.in_committed));
+            if piece.is_none_or(|(offset, total)| offset as usize + payload.len() == total as usize)
+                && !l.commit_pending
+                && l.in_committed > 0
+            {
+                let seq = l.in_committed;
+                self.lanes[0].transmit.push_back(Frame::Ack { lane, seq });
             }
             return;
         }
-        if seq > self.in_expected {
-            let why = format!("message {seq} when {} was expected", self.in_expected);
-            self.close(CloseCode::ProtocolError, why);
-            return;
-        }
-        if seq - self.in_committed > u64::from(self.window) {
-            // This side announced how many it takes ahead of its acknowledgements; a peer that
-            // sends more would make it hold more than it agreed to.
+        if seq > l.in_expected {
             let why = format!(
-                "message {seq} with only {} acknowledged: over the window of {}",
-                self.in_committed, self.window
+                "message {seq} on the {lane} lane when {} was expected",
+                l.in_expected
             );
             self.close(CloseCode::ProtocolError, why);
             return;
         }
-        let Some(next) = self.in_expected.checked_add(1) else {
+        if seq - l.in_committed > u64::from(window) {
+            // This side announced how many it takes ahead of its acknowledgements; a peer that
+            // sends more would make it hold more than it agreed to.
+            let why = format!(
+                "message {seq} on the {lane} lane with only {} acknowledged: over the window of {window}",
+                l.in_committed
+            );
+            self.close(CloseCode::ProtocolError, why);
+            return;
+        }
+        let payload = match piece {
+            None if !l.partial.is_empty() => {
+                let why = format!(
+                    "message {seq} on the {lane} lane whole, after pieces of it ({} of {} bytes)",
+                    l.partial.len(),
+                    l.partial_total
+                );
+                self.close(CloseCode::ProtocolError, why);
+                return;
+            }
+            None => payload,
+            Some((offset, total)) => {
+                let (offset, total) = (offset as usize, total as usize);
+                if total > MAX_FRAME {
+                    let e = FrameError::Oversized(total);
+                    self.close(
+                        e.close_code(),
+                        format!("message {seq} on the {lane} lane: {e}"),
+                    );
+                    return;
+                }
+                if l.partial.is_empty() {
+                    l.partial_total = total;
+                }
+                if offset < l.partial.len() {
+                    return; // a piece taken already
+                }
+                if offset > l.partial.len()
+                    || total != l.partial_total
+                    || offset + payload.len() > total
+                {
+                    let why = format!(
+                        "piece of message {seq} on the {lane} lane at {offset} of {total} bytes, with {} of {} taken",
+                        l.partial.len(),
+                        l.partial_total
+                    );
+                    self.close(CloseCode::ProtocolError, why);
+                    return;
+                }
+                l.partial.extend_from_slice(&payload);
+                if l.partial.len() < total {
+                    return;
+                }
+                std::mem::take(&mut l.partial)
+            }
+        };
+        let Some(next) = l.in_expected.checked_add(1) else {
             // The peer's first position was the last number there is: nothing can follow.
             self.close(
                 CloseCode::ProtocolError,
@@ -454,25 +624,29 @@ impl Session {
             );
             return;
         };
-        self.in_expected = next;
-        self.in_uncommitted += 1;
-        self.events.push_back(Event::Message { seq, payload });
-        if self.commit_due.is_none() {
-            self.commit_due = Some(now + ACK_DELAY);
+        l.in_expected = next;
+        l.in_uncommitted += 1;
+        l.in_uncommitted_bytes += payload.len();
+        self.events.push_back(Event::Message { lane, seq, payload });
+        if l.commit_due.is_none() {
+            l.commit_due = Some(now + ACK_DELAY);
         }
-        if self.in_uncommitted >= self.ack_every() {
-            self.request_commit();
+        if l.in_uncommitted >= ack_every || l.in_uncommitted_bytes >= ACK_EVERY_BYTES {
+            self.request_commit(lane);
         }
     }
 
-    fn request_commit(&mut self) {
-        if self.commit_pending || self.in_uncommitted == 0 {
+    fn request_commit(&mut self, lane: Lane) {
+        let l = &mut self.lanes[lane.index()];
+        if l.commit_pending || l.in_uncommitted == 0 {
             return;
         }
-        self.commit_pending = true;
-        self.in_uncommitted = 0;
-        self.commit_due = None;
-        self.events.push_back(Event::Commit(self.in_expected - 1));
+        l.commit_pending = true;
+        l.in_uncommitted = 0;
+        l.in_uncommitted_bytes = 0;
+        l.commit_due = None;
+        self.events
+            .push_back(Event::Commit(lane, l.in_expected - 1));
     }
 
     /// Closes the session with `code`; reported once as [`Event::Close`].
@@ -481,8 +655,15 @@ impl Session {
             return;
         }
         self.state = State::Closed;
-        self.transmit.clear();
+        for l in &mut self.lanes {
+            l.transmit.clear();
+            l.partial = Vec::new();
+        }
         self.events.push_back(Event::Close(code, detail.into()));
+    }
+
+    fn nothing_to_send(&self) -> bool {
+        self.lanes.iter().all(|l| l.transmit.is_empty())
     }
 
     /// Handles the passing of time: deadlines and heartbeats. Call when `now` reaches
@@ -504,25 +685,28 @@ impl Session {
             );
             return;
         }
-        if self.commit_due.is_some_and(|due| now >= due) {
-            if self.commit_pending {
-                // Still with the caller; look again shortly.
-                self.commit_due = Some(now + ACK_DELAY);
-            } else {
-                self.request_commit();
+        for lane in Lane::ALL {
+            let l = &mut self.lanes[lane.index()];
+            if l.commit_due.is_some_and(|due| now >= due) {
+                if l.commit_pending {
+                    // Still with the caller; look again shortly.
+                    l.commit_due = Some(now + ACK_DELAY);
+                } else {
+                    self.request_commit(lane);
+                }
             }
         }
         if let Some(hb) = self.heartbeat {
-            if self.transmit.is_empty() && now.saturating_duration_since(self.last_send) >= hb {
-                self.transmit.push_back(Frame::Heartbeat);
+            if self.nothing_to_send() && now.saturating_duration_since(self.last_send) >= hb {
+                self.lanes[0].transmit.push_back(Frame::Heartbeat);
             }
         }
         if let Some(probe) = self.probe_after() {
-            if self.transmit.is_empty()
+            if self.nothing_to_send()
                 && silent >= probe
                 && now.saturating_duration_since(self.last_send) >= probe
             {
-                self.transmit.push_back(Frame::Heartbeat);
+                self.lanes[0].transmit.push_back(Frame::Heartbeat);
             }
         }
     }
@@ -541,9 +725,10 @@ impl Session {
         Some(cloud_heartbeat + cloud_heartbeat / 10)
     }
 
-    /// The next frame to send, if any. Sending counts as activity for the heartbeat timer.
+    /// The next frame to send, if any: urgent ones (every frame that is not a bulk message) before
+    /// bulk ones. Sending counts as activity for the heartbeat timer.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Frame> {
-        let f = self.transmit.pop_front()?;
+        let f = self.lanes.iter_mut().find_map(|l| l.transmit.pop_front())?;
         self.last_send = now;
         Some(f)
     }
@@ -566,7 +751,21 @@ impl Session {
         if let Some(probe) = self.probe_after() {
             next = next.min(self.last_recv.max(self.last_send) + probe);
         }
-        Some(self.commit_due.map_or(next, |due| next.min(due)))
+        for l in &self.lanes {
+            if let Some(due) = l.commit_due {
+                next = next.min(due);
+            }
+        }
+        Some(next)
+    }
+}
+
+/// The lane a frame travels on: its own for a message or a piece of one, urgent for everything
+/// else (HELLO, WELCOME, heartbeats, acknowledgements of either lane).
+pub fn frame_lane(f: &Frame) -> Lane {
+    match f {
+        Frame::Message { lane, .. } | Frame::Part { lane, .. } => *lane,
+        _ => Lane::Urgent,
     }
 }
 
@@ -579,13 +778,17 @@ fn frame_name(f: &Frame) -> &'static str {
         Frame::Welcome(_) => "WELCOME",
         Frame::Heartbeat => "HEARTBEAT",
         Frame::Message { .. } => "MESSAGE",
-        Frame::Ack(_) => "ACK",
+        Frame::Part { .. } => "PART",
+        Frame::Ack { .. } => "ACK",
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const B: Lane = Lane::Bulk;
+    const U: Lane = Lane::Urgent;
 
     const S: Duration = Duration::from_secs(1);
 
@@ -597,10 +800,12 @@ mod tests {
             heartbeat,
             read_deadline,
             window: 16,
-            up_stream: 1,
-            up_first: 1,
-            down_stream: 0,
-            down_seq: 0,
+            lanes: [HelloLane {
+                up_stream: 1,
+                up_first: 1,
+                down_stream: 0,
+                down_seq: 0,
+            }; LANES],
         }
     }
 
@@ -630,22 +835,27 @@ mod tests {
         assert!(matches!(events(&mut cloud)[..], [Event::Hello(_)]));
         cloud.accept(
             now,
-            Streams {
+            [Streams {
                 out_stream: 2,
                 out_first: 1,
                 in_stream: 0,
                 in_seq: 0,
-            },
+            }; LANES],
         );
         assert_eq!(
             events(&mut cloud),
-            vec![Event::Open, Event::Commit(0)],
-            "a new edge stream is recorded"
+            vec![Event::Open, Event::Commit(U, 0), Event::Commit(B, 0)],
+            "a new edge stream is recorded, on each lane"
         );
-        cloud.committed(0);
+        cloud.committed(U, 0);
+        cloud.committed(B, 0);
         transfer(now, &mut cloud, &mut edge);
-        assert_eq!(events(&mut edge), vec![Event::Open, Event::Commit(0)]);
-        edge.committed(0);
+        assert_eq!(
+            events(&mut edge),
+            vec![Event::Open, Event::Commit(U, 0), Event::Commit(B, 0)]
+        );
+        edge.committed(U, 0);
+        edge.committed(B, 0);
         (edge, cloud)
     }
 
@@ -817,13 +1027,22 @@ mod tests {
                 delivered: Vec::new(),
             }
         }
-        fn streams(&self) -> Streams {
-            Streams {
-                out_stream: self.stream,
-                out_first: self.acked + 1,
-                in_stream: self.in_stream,
-                in_seq: self.in_seq,
-            }
+        /// Positions per lane: the urgent lane carries nothing here.
+        fn streams(&self) -> [Streams; LANES] {
+            [
+                Streams {
+                    out_stream: self.stream + 1000,
+                    out_first: 1,
+                    in_stream: 0,
+                    in_seq: 0,
+                },
+                Streams {
+                    out_stream: self.stream,
+                    out_first: self.acked + 1,
+                    in_stream: self.in_stream,
+                    in_seq: self.in_seq,
+                },
+            ]
         }
         /// Feeds the session from the queue and applies its events, as a hub's driver does.
         fn drive(&mut self, s: &mut Session) {
@@ -832,23 +1051,24 @@ mod tests {
                 while let Some(ev) = s.poll_event() {
                     progressed = true;
                     match ev {
-                        Event::Message { seq, payload } => {
+                        Event::Message { lane, seq, payload } if lane == B => {
                             // A hub records what it delivered, and persists it at each commit
                             // and when the link ends.
                             self.delivered.push(payload);
-                            (self.in_stream, self.in_seq) = (s.inbound_stream(), seq);
+                            (self.in_stream, self.in_seq) = (s.inbound_stream(B), seq);
                         }
-                        Event::Acked(seq) => self.acked = self.acked.max(seq),
-                        Event::Commit(seq) => {
-                            (self.in_stream, self.in_seq) = (s.inbound_stream(), seq);
-                            s.committed(seq);
+                        Event::Acked(B, seq) => self.acked = self.acked.max(seq),
+                        Event::Commit(B, seq) => {
+                            (self.in_stream, self.in_seq) = (s.inbound_stream(B), seq);
+                            s.committed(B, seq);
                         }
+                        Event::Commit(lane, seq) => s.committed(lane, seq),
                         _ => {}
                     }
                 }
-                while s.send_capacity() > 0 && (s.next_send_seq() as usize) <= self.queue.len() {
-                    let seq = s.next_send_seq();
-                    s.send_message(seq, self.queue[seq as usize - 1].clone());
+                while s.send_capacity(B) > 0 && (s.next_send_seq(B) as usize) <= self.queue.len() {
+                    let seq = s.next_send_seq(B);
+                    s.send_message(B, seq, self.queue[seq as usize - 1].clone());
                     progressed = true;
                 }
                 if !progressed {
@@ -859,13 +1079,15 @@ mod tests {
     }
 
     fn edge_hello(edge: &Store) -> Hello {
-        let st = edge.streams();
-        Hello {
-            window: 8,
+        let lanes = edge.streams().map(|st| HelloLane {
             up_stream: st.out_stream,
             up_first: st.out_first,
             down_stream: st.in_stream,
             down_seq: st.in_seq,
+        });
+        Hello {
+            window: 8,
+            lanes,
             ..hello(S, 10 * S)
         }
     }
@@ -933,24 +1155,24 @@ mod tests {
         c.poll_event();
         c.accept(
             now,
-            Streams {
+            [Streams {
                 out_stream: 2,
                 out_first: 1,
                 ..Streams::default()
-            },
+            }; LANES],
         );
         transfer(now, &mut c, &mut e);
         while e.poll_event().is_some() {}
         // The cloud announced a window of 3: the edge keeps at most 3 unacknowledged.
-        assert_eq!(e.send_capacity(), 3);
+        assert_eq!(e.send_capacity(B), 3);
         for seq in 1..=3 {
-            e.send_message(seq, vec![seq as u8]);
+            e.send_message(B, seq, vec![seq as u8]);
         }
-        assert_eq!(e.send_capacity(), 0);
-        e.handle_frame(now, Frame::Ack(2));
-        assert_eq!(e.send_capacity(), 2);
-        assert_eq!(e.poll_event(), Some(Event::Acked(2)));
-        e.handle_frame(now, Frame::Ack(9));
+        assert_eq!(e.send_capacity(B), 0);
+        e.handle_frame(now, Frame::Ack { lane: B, seq: 2 });
+        assert_eq!(e.send_capacity(B), 2);
+        assert_eq!(e.poll_event(), Some(Event::Acked(B, 2)));
+        e.handle_frame(now, Frame::Ack { lane: B, seq: 9 });
         assert!(
             matches!(
                 e.poll_event(),
@@ -994,9 +1216,10 @@ mod tests {
             let mut c = Session::cloud(now, 30 * S, 3);
             c.handle_frame(now, Frame::Hello(hello(S, 10 * S)));
             c.poll_event();
-            c.accept(now, Streams::default());
+            c.accept(now, [Streams::default(); LANES]);
             while c.poll_event().is_some() {}
-            c.committed(0);
+            c.committed(U, 0);
+            c.committed(B, 0);
             c
         };
         let mut c = open_cloud();
@@ -1004,6 +1227,7 @@ mod tests {
             c.handle_frame(
                 now,
                 Frame::Message {
+                    lane: B,
                     seq,
                     payload: vec![1],
                 },
@@ -1011,12 +1235,17 @@ mod tests {
         }
         assert!(!c.is_closed(), "three within the window");
         let mut got = events(&mut c);
-        got.retain(|e| matches!(e, Event::Commit(_)));
-        assert_eq!(got, vec![Event::Commit(1)], "asked to commit, not yet done");
+        got.retain(|e| matches!(e, Event::Commit(..)));
+        assert_eq!(
+            got,
+            vec![Event::Commit(B, 1)],
+            "asked to commit, not yet done"
+        );
         // Not yet acknowledged (the commit is still with the caller): a fourth is over the window.
         c.handle_frame(
             now,
             Frame::Message {
+                lane: B,
                 seq: 4,
                 payload: vec![1],
             },
@@ -1034,13 +1263,14 @@ mod tests {
             c.handle_frame(
                 now,
                 Frame::Message {
+                    lane: B,
                     seq,
                     payload: vec![1],
                 },
             );
             while let Some(e) = c.poll_event() {
-                if let Event::Commit(n) = e {
-                    c.committed(n);
+                if let Event::Commit(lane, n) = e {
+                    c.committed(lane, n);
                 }
             }
         }
@@ -1089,24 +1319,29 @@ mod tests {
     fn repeats_are_dropped_and_gaps_refused() {
         let now = Instant::now();
         let (mut e, mut c) = open_pair(now, S, 10 * S, 30 * S);
-        e.send_message(1, b"one".to_vec());
+        e.send_message(B, 1, b"one".to_vec());
         let one = e.poll_transmit(now).unwrap();
         c.handle_frame(now, one.clone());
         assert!(matches!(
             c.poll_event(),
-            Some(Event::Message { seq: 1, .. })
+            Some(Event::Message {
+                lane: B,
+                seq: 1,
+                ..
+            })
         ));
         c.handle_frame(now, one);
         assert_eq!(c.poll_event(), None, "a repeat is not delivered twice");
         c.handle_frame(
             now,
             Frame::Message {
+                lane: B,
                 seq: 3,
                 payload: vec![],
             },
         );
         assert!(
-            matches!(c.poll_event(), Some(Event::Close(CloseCode::ProtocolError, d)) if d.contains("3 when 2"))
+            matches!(c.poll_event(), Some(Event::Close(CloseCode::ProtocolError, d)) if d.contains("3 on the bulk lane when 2"))
         );
     }
 
@@ -1124,17 +1359,20 @@ mod tests {
                 keepalive: 30 * S,
                 heartbeat: S,
                 window: 16,
-                down_stream: 2,
-                down_first: u64::MAX,
-                up_seq: u64::MAX,
+                lanes: [WelcomeLane {
+                    down_stream: 2,
+                    down_first: u64::MAX,
+                    up_seq: u64::MAX,
+                }; LANES],
             }),
         );
         assert!(edge.is_open());
-        assert_eq!(edge.next_send_seq(), u64::MAX);
+        assert_eq!(edge.next_send_seq(B), u64::MAX);
         events(&mut edge);
         edge.handle_frame(
             now,
             Frame::Message {
+                lane: B,
                 seq: u64::MAX,
                 payload: vec![],
             },
@@ -1148,22 +1386,26 @@ mod tests {
         cloud.handle_frame(
             now,
             Frame::Hello(Hello {
-                down_stream: 2,
-                down_seq: u64::MAX,
+                lanes: [HelloLane {
+                    up_stream: 1,
+                    up_first: 1,
+                    down_stream: 2,
+                    down_seq: u64::MAX,
+                }; LANES],
                 ..hello(S, 10 * S)
             }),
         );
         cloud.accept(
             now,
-            Streams {
+            [Streams {
                 out_stream: 2,
                 out_first: 1,
                 in_stream: 0,
                 in_seq: 0,
-            },
+            }; LANES],
         );
         assert!(cloud.is_open());
-        assert_eq!(cloud.next_send_seq(), u64::MAX);
+        assert_eq!(cloud.next_send_seq(B), u64::MAX);
     }
 
     #[test]
@@ -1172,22 +1414,165 @@ mod tests {
         let (mut e, mut c) = open_pair(now, S, 10 * S, 30 * S);
         // The cloud's window is 16: it asks for a commit every 4 messages.
         for seq in 1..=3 {
-            e.send_message(seq, vec![]);
+            e.send_message(B, seq, vec![]);
         }
         transfer(now, &mut e, &mut c);
         let ev = events(&mut c);
         assert_eq!(ev.len(), 3, "three deliveries, no commit yet: {ev:?}");
-        e.send_message(4, vec![]);
+        e.send_message(B, 4, vec![]);
         transfer(now, &mut e, &mut c);
-        assert_eq!(events(&mut c).last(), Some(&Event::Commit(4)));
-        c.committed(4);
-        assert_eq!(c.poll_transmit(now), Some(Frame::Ack(4)));
+        assert_eq!(events(&mut c).last(), Some(&Event::Commit(B, 4)));
+        c.committed(B, 4);
+        assert_eq!(c.poll_transmit(now), Some(Frame::Ack { lane: B, seq: 4 }));
         // A lone message is committed after ACK_DELAY.
-        e.send_message(5, vec![]);
+        e.send_message(B, 5, vec![]);
         transfer(now, &mut e, &mut c);
         events(&mut c);
         assert_eq!(c.poll_timeout(), Some(now + ACK_DELAY));
         c.handle_timeout(now + ACK_DELAY);
-        assert_eq!(c.poll_event(), Some(Event::Commit(5)));
+        assert_eq!(c.poll_event(), Some(Event::Commit(B, 5)));
+    }
+
+    #[test]
+    fn an_urgent_message_overtakes_a_large_bulk_one_by_all_but_one_piece() {
+        let now = Instant::now();
+        let (mut e, mut c) = open_pair(now, S, 10 * S, 30 * S);
+        // A bulk message of four pieces and a bit, then a request.
+        let big: Vec<u8> = (0..4 * CHUNK + 10).map(|i| i as u8).collect();
+        e.send_message(B, 1, big.clone());
+        let first = e.poll_transmit(now).expect("the first piece");
+        assert!(
+            matches!(&first, Frame::Part { lane: B, seq: 1, offset: 0, payload, .. } if payload.len() == CHUNK)
+        );
+        e.send_message(U, 1, b"request".to_vec());
+        // The request goes next, ahead of the other pieces.
+        assert_eq!(
+            e.poll_transmit(now),
+            Some(Frame::Message {
+                lane: U,
+                seq: 1,
+                payload: b"request".to_vec()
+            })
+        );
+        let rest: Vec<Frame> = std::iter::from_fn(|| e.poll_transmit(now)).collect();
+        assert_eq!(rest.len(), 4, "four more pieces");
+        assert!(
+            matches!(rest.last(), Some(Frame::Part { lane: B, seq: 1, payload, .. }) if payload.len() == 10)
+        );
+        // The receiver joins the pieces, whatever came between them.
+        c.handle_frame(now, first);
+        c.handle_frame(
+            now,
+            Frame::Message {
+                lane: U,
+                seq: 1,
+                payload: b"request".to_vec(),
+            },
+        );
+        for f in rest {
+            c.handle_frame(now, f);
+        }
+        let got: Vec<(Lane, Vec<u8>)> = events(&mut c)
+            .into_iter()
+            .filter_map(|ev| match ev {
+                Event::Message { lane, payload, .. } => Some((lane, payload)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(got, vec![(U, b"request".to_vec()), (B, big)]);
+    }
+
+    #[test]
+    fn pieces_repeated_are_dropped_and_missing_or_oversized_ones_refused() {
+        let now = Instant::now();
+        let piece = |offset: usize, total: usize| Frame::Part {
+            lane: B,
+            seq: 1,
+            offset: offset as u32,
+            total: total as u32,
+            payload: vec![7; CHUNK],
+        };
+        let last = |len: usize| Frame::Part {
+            lane: B,
+            seq: 1,
+            offset: 2 * CHUNK as u32,
+            total: (2 * CHUNK + len) as u32,
+            payload: vec![7; len],
+        };
+        let whole = Frame::Message {
+            lane: B,
+            seq: 1,
+            payload: vec![7; 1],
+        };
+        // A repeated piece is dropped: the message is whole, once.
+        let (_, mut c) = open_pair(now, S, 10 * S, 30 * S);
+        for f in [
+            piece(0, 2 * CHUNK + 1),
+            piece(0, 2 * CHUNK + 1),
+            piece(CHUNK, 2 * CHUNK + 1),
+        ] {
+            c.handle_frame(now, f);
+        }
+        c.handle_frame(now, last(1));
+        let got: Vec<usize> = events(&mut c)
+            .into_iter()
+            .filter_map(|ev| match ev {
+                Event::Message { payload, .. } => Some(payload.len()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(got, vec![2 * CHUNK + 1]);
+        // A missing piece, a message that ends short, one over the frame limit: refused.
+        for (frames, code) in [
+            (
+                vec![piece(0, 3 * CHUNK), piece(2 * CHUNK, 3 * CHUNK)],
+                CloseCode::ProtocolError,
+            ),
+            (
+                vec![piece(0, 3 * CHUNK), whole.clone()],
+                CloseCode::ProtocolError,
+            ),
+            (vec![piece(0, MAX_FRAME + 1)], CloseCode::Oversized),
+        ] {
+            let (_, mut c) = open_pair(now, S, 10 * S, 30 * S);
+            for f in frames {
+                c.handle_frame(now, f);
+            }
+            assert!(
+                matches!(events(&mut c).pop(), Some(Event::Close(c2, _)) if c2 == code),
+                "{code:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_large_window_is_acknowledged_every_ack_every_messages() {
+        let now = Instant::now();
+        let mut edge = Session::edge(now, hello(S, 10 * S));
+        let mut cloud = Session::cloud(now, 30 * S, 65536);
+        transfer(now, &mut edge, &mut cloud);
+        events(&mut cloud);
+        cloud.accept(now, [Streams::default(); LANES]);
+        for ev in events(&mut cloud) {
+            if let Event::Commit(lane, seq) = ev {
+                cloud.committed(lane, seq);
+            }
+        }
+        transfer(now, &mut cloud, &mut edge);
+        for ev in events(&mut edge) {
+            if let Event::Commit(lane, seq) = ev {
+                edge.committed(lane, seq);
+            }
+        }
+        assert_eq!(edge.send_capacity(B), 65536);
+        for seq in 1..=ACK_EVERY {
+            edge.send_message(B, seq, vec![1]);
+        }
+        transfer(now, &mut edge, &mut cloud);
+        assert_eq!(
+            events(&mut cloud).last(),
+            Some(&Event::Commit(B, ACK_EVERY)),
+            "not after a quarter of 65536"
+        );
     }
 }

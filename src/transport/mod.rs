@@ -20,6 +20,8 @@ use smol::channel::{Receiver, Sender};
 use smol::future::FutureExt;
 
 use crate::config::Protocol;
+use crate::proto::frame::{LANES, Lane};
+use crate::proto::session::frame_lane;
 use crate::proto::{CloseCode, Frame, FrameError, Session};
 
 /// Why a link ended, as seen from this side.
@@ -121,34 +123,47 @@ pub enum Inbound {
     Closed(LinkError),
 }
 
-/// What the session's task asks the writer task to do.
+/// What the session's task asks a writer task to do.
 #[derive(Debug)]
 enum Outbound {
     Frame(Frame),
     Close(CloseCode),
 }
 
-/// An open link: frames in, frames out.
+/// An open link: frames in, frames out, on two lanes ([`Lane`]).
+///
+/// Each lane has its own inbound queue, and [`Link::recv`] takes urgent items first, so that a
+/// backlog of bulk messages the session has not processed yet never holds up a request, an
+/// acknowledgement or a heartbeat. Outbound, each lane has its own queue too: the writer takes
+/// urgent frames before bulk ones (WebSocket), or each lane has its own QUIC stream and writer.
+/// The session's task asks [`Link::room`] before it takes more messages of a lane from its queue,
+/// so what waits here for the socket stays within [`LANE_BYTES`] per lane; the rest of the window
+/// waits in the durable queue, not in memory.
 pub struct Link {
     /// The transport.
     pub protocol: Protocol,
     /// The peer's address.
     pub peer: SocketAddr,
-    inbound: Receiver<Inbound>,
-    budget: Arc<InboundBudget>,
-    outbound: Sender<Outbound>,
+    inbound: [Receiver<Inbound>; LANES],
+    budget: [Arc<InboundBudget>; LANES],
+    outbound: [Sender<Outbound>; LANES],
+    queued: Arc<Queued>,
     writer_done: Receiver<()>,
     /// Dropped with the link, which stops the reader task.
     _alive: Sender<()>,
 }
 
-/// Inbound items buffered between the reader task and the session task.
+/// Inbound items buffered between a reader task and the session task, per lane.
 const INBOUND_QUEUE: usize = 64;
-/// Bytes of frames read from the peer and not yet taken by the session, beyond which the reader
-/// stops reading: the rest waits in the peer's socket or QUIC flow control, not in this process.
-/// With the frame the reader holds while it waits, a link buffers at most this plus one frame
-/// (16 MiB), not [`INBOUND_QUEUE`] frames of 16 MiB each.
+/// Bytes of frames read from the peer on one lane and not yet taken by the session, beyond which
+/// the reader of that lane stops reading: the rest waits in the peer's socket or QUIC flow
+/// control, not in this process. With the frame the reader holds while it waits, a link buffers
+/// at most this plus one frame (16 MiB) per lane, not [`INBOUND_QUEUE`] frames of 16 MiB each.
 pub const INBOUND_BYTES: usize = 4 << 20;
+/// Bytes of frames of one lane the session's task hands a link ahead of its writer (see
+/// [`Link::room`]): enough to keep the socket busy between two turns of the session's task, and
+/// no more, so the window's worth of messages in flight is not also held here.
+pub const LANE_BYTES: usize = 1 << 20;
 
 /// The bytes waiting in a link's inbound queue, and a wake-up for a reader waiting for room.
 struct InboundBudget {
@@ -157,6 +172,13 @@ struct InboundBudget {
 }
 
 impl InboundBudget {
+    fn new() -> Arc<InboundBudget> {
+        Arc::new(InboundBudget {
+            queued: AtomicUsize::new(0),
+            room: smol::channel::bounded(1),
+        })
+    }
+
     /// Waits until fewer than [`INBOUND_BYTES`] are queued, then counts `len` more.
     async fn reserve(&self, len: usize) {
         while self.queued.load(Ordering::Acquire) >= INBOUND_BYTES {
@@ -174,53 +196,105 @@ impl InboundBudget {
     }
 }
 
+/// The bytes of outbound frames handed to a link and not yet taken by its writer, per lane, and
+/// a wake-up for the session's task when a lane has room again.
+struct Queued {
+    bytes: [AtomicUsize; LANES],
+    drained: (Sender<()>, Receiver<()>),
+}
+
+impl Queued {
+    fn add(&self, lane: Lane, len: usize) {
+        self.bytes[lane.index()].fetch_add(len, Ordering::AcqRel);
+    }
+
+    /// The writer took `len` bytes of `lane`.
+    fn taken(&self, lane: Lane, len: usize) {
+        let before = self.bytes[lane.index()].fetch_sub(len, Ordering::AcqRel);
+        if before >= LANE_BYTES / 2 && before - len < LANE_BYTES / 2 {
+            let _ = self.drained.0.try_send(());
+        }
+    }
+}
+
+/// The payload bytes of a frame, as counted against [`LANE_BYTES`].
+fn frame_bytes(f: &Outbound) -> usize {
+    match f {
+        Outbound::Frame(Frame::Message { payload, .. } | Frame::Part { payload, .. }) => {
+            payload.len()
+        }
+        _ => 0,
+    }
+}
+
 impl Link {
     /// Creates the channels of a link; the transport spawns its reader and writer tasks on the
     /// returned [`LinkTasks`].
     fn new(protocol: Protocol, peer: SocketAddr) -> (Link, LinkTasks) {
-        let (in_tx, in_rx) = smol::channel::bounded(INBOUND_QUEUE);
-        let budget = Arc::new(InboundBudget {
-            queued: AtomicUsize::new(0),
-            room: smol::channel::bounded(1),
+        let (in_urgent, out_urgent_rx) = smol::channel::bounded(INBOUND_QUEUE);
+        let (in_bulk, out_bulk_rx) = smol::channel::bounded(INBOUND_QUEUE);
+        let budget = [InboundBudget::new(), InboundBudget::new()];
+        // Unbounded: the session bounds what it queues ([`Link::room`], its window, heartbeats).
+        let (urgent_tx, urgent_rx) = smol::channel::unbounded();
+        let (bulk_tx, bulk_rx) = smol::channel::unbounded();
+        let queued = Arc::new(Queued {
+            bytes: Default::default(),
+            drained: smol::channel::bounded(1),
         });
-        // Unbounded: the session bounds what it queues (heartbeats and, later, its window).
-        let (out_tx, out_rx) = smol::channel::unbounded();
         let (done_tx, done_rx) = smol::channel::bounded(1);
         let (alive_tx, alive_rx) = smol::channel::bounded(1);
         (
             Link {
                 protocol,
                 peer,
-                inbound: in_rx,
+                inbound: [out_urgent_rx, out_bulk_rx],
                 budget: budget.clone(),
-                outbound: out_tx,
+                outbound: [urgent_tx, bulk_tx],
+                queued: queued.clone(),
                 writer_done: done_rx,
                 _alive: alive_tx,
             },
             LinkTasks {
-                inbound: in_tx,
+                inbound: [in_urgent, in_bulk],
                 budget,
-                outbound: out_rx,
+                outbound: [urgent_rx, bulk_rx],
+                queued,
                 writer_done: done_tx,
                 alive: alive_rx,
             },
         )
     }
 
-    /// Queues a frame for the writer task.
+    /// Queues a frame for the writer of its lane.
     pub fn send(&self, frame: Frame) {
-        let _ = self.outbound.try_send(Outbound::Frame(frame));
+        let lane = frame_lane(&frame);
+        let out = Outbound::Frame(frame);
+        self.queued.add(lane, frame_bytes(&out));
+        let _ = self.outbound[lane.index()].try_send(out);
     }
 
-    /// The next item from the peer; `Closed` once the link is gone.
+    /// How many more bytes of messages the link takes on `lane` now (see [`LANE_BYTES`]).
+    pub fn room(&self, lane: Lane) -> usize {
+        LANE_BYTES.saturating_sub(self.queued.bytes[lane.index()].load(Ordering::Acquire))
+    }
+
+    /// The next item from the peer, urgent ones first; `Closed` once the link is gone.
     pub async fn recv(&self) -> Inbound {
-        let item = self
-            .inbound
-            .recv()
-            .await
-            .unwrap_or(Inbound::Closed(LinkError::Eof));
+        let [urgent, bulk] = &self.inbound;
+        let (lane, item) = match urgent.try_recv() {
+            Ok(item) => (Lane::Urgent, Ok(item)),
+            Err(_) => match bulk.try_recv() {
+                Ok(item) => (Lane::Bulk, Ok(item)),
+                Err(_) => {
+                    async { (Lane::Urgent, urgent.recv().await) }
+                        .or(async { (Lane::Bulk, bulk.recv().await) })
+                        .await
+                }
+            },
+        };
+        let item = item.unwrap_or(Inbound::Closed(LinkError::Eof));
         if let Inbound::Frame(bytes) = &item {
-            self.budget.release(bytes.len());
+            self.budget[lane.index()].release(bytes.len());
         }
         item
     }
@@ -232,10 +306,10 @@ impl Link {
         }
     }
 
-    /// Closes the link with `code` after the frames already queued, waiting at most `linger` for
-    /// the writer to finish so the peer learns why.
+    /// Closes the link with `code` after the urgent frames already queued, waiting at most
+    /// `linger` for the writer to finish so the peer learns why.
     pub async fn close(self, code: CloseCode, linger: Duration) {
-        let _ = self.outbound.try_send(Outbound::Close(code));
+        let _ = self.outbound[Lane::Urgent.index()].try_send(Outbound::Close(code));
         let _ = self
             .writer_done
             .recv()
@@ -246,8 +320,9 @@ impl Link {
             .await;
     }
 
-    /// Waits for whichever comes first: an inbound item, the session's next timer, or `other`
-    /// (the caller's stop signal, new messages to send, …).
+    /// Waits for whichever comes first: an inbound item, the session's next timer, room again
+    /// on a lane the session filled, or `other` (the caller's stop signal, new messages to send,
+    /// …).
     pub async fn wait<S: Future<Output = Wake>>(&self, session: &Session, other: S) -> Wake {
         let timer = async {
             match session.poll_timeout() {
@@ -257,7 +332,11 @@ impl Link {
             Wake::Timer
         };
         let inbound = async { Wake::Inbound(self.recv().await) };
-        inbound.or(other).or(timer).await
+        let drained = async {
+            let _ = self.queued.drained.1.recv().await;
+            Wake::Added
+        };
+        inbound.or(other).or(drained).or(timer).await
     }
 }
 
@@ -270,22 +349,23 @@ pub enum Wake {
     Timer,
     /// The caller wants the link closed with this code.
     Stop(CloseCode),
-    /// There are new messages to send.
+    /// There are new messages to send, or room to send them.
     Added,
 }
 
 /// The task ends of a link's channels.
 struct LinkTasks {
-    inbound: Sender<Inbound>,
-    budget: Arc<InboundBudget>,
-    outbound: Receiver<Outbound>,
+    inbound: [Sender<Inbound>; LANES],
+    budget: [Arc<InboundBudget>; LANES],
+    outbound: [Receiver<Outbound>; LANES],
+    queued: Arc<Queued>,
     writer_done: Sender<()>,
     /// Closes when the [`Link`] is dropped.
     alive: Receiver<()>,
 }
 
 impl LinkTasks {
-    /// Runs `read` (the transport's read loop) until it ends or the link is dropped.
+    /// Runs `read` (a transport's read loop) until it ends or the link is dropped.
     fn spawn_reader(&self, read: impl Future<Output = ()> + Send + 'static) {
         let alive = self.alive.clone();
         smol::spawn(read.or(async move {
@@ -293,17 +373,104 @@ impl LinkTasks {
         }))
         .detach();
     }
+
+    /// The writer's end of the outbound queues.
+    fn outgoing(&self) -> Outgoing {
+        Outgoing {
+            lanes: self.outbound.clone(),
+            queued: self.queued.clone(),
+        }
+    }
+
+    /// A reader task's end of the inbound queues.
+    fn reader(&self) -> Reader {
+        Reader {
+            inbound: self.inbound.clone(),
+            budget: self.budget.clone(),
+        }
+    }
 }
 
-/// Hands an item from a reader task to the session task, first waiting while
-/// [`INBOUND_BYTES`] are queued already; `false` when the reader should stop (the link closed, or
-/// its owner is gone).
-async fn deliver(inbound: &Sender<Inbound>, budget: &InboundBudget, item: Inbound) -> bool {
-    let last = matches!(item, Inbound::Closed(_));
-    if let Inbound::Frame(bytes) = &item {
-        budget.reserve(bytes.len()).await;
+/// A reader task's end of the inbound queues (also used by writers to report a failure).
+#[derive(Clone)]
+struct Reader {
+    inbound: [Sender<Inbound>; LANES],
+    budget: [Arc<InboundBudget>; LANES],
+}
+
+impl Reader {
+    /// Hands an item to the session task on the lane the frame belongs to (urgent for a close),
+    /// first waiting while [`INBOUND_BYTES`] are queued on it already; `false` when the reader
+    /// should stop (the link closed, or its owner is gone).
+    async fn deliver(&self, item: Inbound) -> bool {
+        let last = matches!(item, Inbound::Closed(_));
+        let lane = match &item {
+            Inbound::Frame(bytes) => wire_lane(bytes),
+            Inbound::Closed(_) => Lane::Urgent,
+        };
+        if let Inbound::Frame(bytes) = &item {
+            self.budget[lane.index()].reserve(bytes.len()).await;
+        }
+        self.inbound[lane.index()].send(item).await.is_ok() && !last
     }
-    inbound.send(item).await.is_ok() && !last
+}
+
+/// A writer's end of the outbound queues: urgent frames before bulk ones.
+struct Outgoing {
+    lanes: [Receiver<Outbound>; LANES],
+    queued: Arc<Queued>,
+}
+
+impl Outgoing {
+    fn took(&self, lane: Lane, out: Outbound) -> Outbound {
+        self.queued.taken(lane, frame_bytes(&out));
+        out
+    }
+
+    /// The next item of `lane`, waiting for one; `None` once the link is dropped.
+    async fn next_of(&self, lane: Lane) -> Option<Outbound> {
+        let out = self.lanes[lane.index()].recv().await.ok()?;
+        Some(self.took(lane, out))
+    }
+
+    /// The next item of `lane` if one is waiting.
+    fn try_next_of(&self, lane: Lane) -> Option<Outbound> {
+        let out = self.lanes[lane.index()].try_recv().ok()?;
+        Some(self.took(lane, out))
+    }
+
+    /// The next item of either lane if one is waiting, urgent first.
+    fn try_next(&self) -> Option<Outbound> {
+        Lane::ALL
+            .into_iter()
+            .find_map(|lane| self.try_next_of(lane))
+    }
+
+    /// The next item of either lane, urgent first, waiting for one; `None` once the link is
+    /// dropped.
+    async fn next(&self) -> Option<Outbound> {
+        if let Some(out) = self.try_next() {
+            return Some(out);
+        }
+        let [urgent, bulk] = &self.lanes;
+        let (lane, out) = async { (Lane::Urgent, urgent.recv().await) }
+            .or(async { (Lane::Bulk, bulk.recv().await) })
+            .await;
+        match out {
+            Ok(out) => Some(self.took(lane, out)),
+            // One lane's sender is gone: so is the link; the other may still hold a close.
+            Err(_) => self.try_next(),
+        }
+    }
+}
+
+/// The lane of a frame's bytes: a MESSAGE or PART of the bulk lane goes to the bulk queue,
+/// everything else (malformed frames included, which the session refuses) to the urgent one.
+fn wire_lane(bytes: &[u8]) -> Lane {
+    match bytes {
+        [kind, 1, ..] if Frame::is_message_kind(*kind) => Lane::Bulk,
+        _ => Lane::Urgent,
+    }
 }
 
 /// Runs `fut` for at most `limit`; `None` when time ran out.
@@ -325,21 +492,39 @@ mod tests {
         smol::block_on(async {
             let peer = "127.0.0.1:1".parse().unwrap();
             let (link, tasks) = Link::new(Protocol::Websocket, peer);
-            let frame = || Inbound::Frame(vec![0; 1 << 20]);
+            // Bulk messages (type 0x10, lane 1) of 1 MiB.
+            let frame = || {
+                let mut bytes = vec![0; 1 << 20];
+                bytes[..2].copy_from_slice(&[0x10, 1]);
+                Inbound::Frame(bytes)
+            };
+            let reader = tasks.reader();
             // The session takes nothing: four 1 MiB frames fill the budget ...
             for _ in 0..INBOUND_BYTES >> 20 {
-                assert!(deliver(&tasks.inbound, &tasks.budget, frame()).await);
+                assert!(reader.deliver(frame()).await);
             }
             // ... and the reader waits with the fifth rather than reading on.
-            let fifth = deliver(&tasks.inbound, &tasks.budget, frame());
+            let fifth = reader.deliver(frame());
             let mut fifth = std::pin::pin!(fifth);
             let waited = timeout(Duration::from_millis(100), fifth.as_mut()).await;
             assert!(waited.is_none(), "the reader went past the budget");
-            assert_eq!(link.inbound.len(), INBOUND_BYTES >> 20);
-            // One taken by the session makes room for it.
+            assert_eq!(link.inbound[1].len(), INBOUND_BYTES >> 20);
+            // The urgent lane has a budget of its own: an acknowledgement still goes through,
+            // and the session takes it before the bulk backlog.
+            let ack = Frame::Ack {
+                lane: Lane::Bulk,
+                seq: 1,
+            };
+            let urgent = timeout(
+                Duration::from_secs(5),
+                reader.deliver(Inbound::Frame(ack.encode())),
+            );
+            assert_eq!(urgent.await, Some(true));
+            assert!(matches!(link.recv().await, Inbound::Frame(b) if b == ack.encode()));
+            // One bulk frame taken by the session makes room for the fifth.
             assert!(matches!(link.recv().await, Inbound::Frame(_)));
             assert_eq!(timeout(Duration::from_secs(5), fifth).await, Some(true));
-            assert_eq!(link.inbound.len(), INBOUND_BYTES >> 20);
+            assert_eq!(link.inbound[1].len(), INBOUND_BYTES >> 20);
         });
     }
 }

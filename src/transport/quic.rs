@@ -12,9 +12,12 @@ use quinn::{
     ReadError, RecvStream, SendStream, TransportConfig, VarInt,
 };
 
-use super::{Inbound, Link, LinkError, Outbound, deliver, dial, timeout};
+use super::{Inbound, Link, LinkError, Outbound, Outgoing, Reader, dial, timeout};
 use crate::config::{Congestion, Protocol};
+use crate::proto::FrameError;
+use crate::proto::frame::{Frame, Lane};
 use crate::proto::frame::{StreamDecoder, encode_len_prefixed};
+use smol::future::FutureExt;
 
 /// Bidirectional streams the edge lets the cloud open towards it.
 const EDGE_MAX_STREAMS: u32 = 100;
@@ -373,87 +376,249 @@ fn read_error(e: ReadError) -> LinkError {
     }
 }
 
+/// Which side opens the bulk lane's stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BulkStream {
+    /// The edge: it opens the stream and sends [`BULK_PREFACE`] on it first.
+    Open,
+    /// The cloud: it accepts the next stream the edge opens, which must start with
+    /// [`BULK_PREFACE`].
+    Accept,
+}
+
+/// The first byte of the bulk lane's stream: the lane's number.
+pub const BULK_PREFACE: u8 = 1;
+
+/// Reads length-prefixed frames from `recv` and hands them to the session task until the stream
+/// or the link ends. On the bulk stream (`bulk`), anything but a message or a piece of one of the
+/// bulk lane is a protocol error.
+async fn read_frames(
+    mut recv: RecvStream,
+    tasks: Reader,
+    bulk: bool,
+    mut first: Option<smol::channel::Sender<()>>,
+) {
+    let mut decoder = StreamDecoder::default();
+    loop {
+        let item = loop {
+            match decoder.next_frame() {
+                Ok(Some(frame)) => {
+                    let ok = !bulk
+                        || matches!(&frame[..], [kind, lane, ..]
+                            if Frame::is_message_kind(*kind) && *lane == Lane::Bulk.index() as u8);
+                    break if ok {
+                        Inbound::Frame(frame)
+                    } else {
+                        Inbound::Closed(LinkError::Frame(FrameError::WrongStream))
+                    };
+                }
+                Err(e) => break Inbound::Closed(LinkError::Frame(e)),
+                Ok(None) => {}
+            }
+            // quinn's own chunks, at most what the decoder wants: no read buffer of this link's
+            // own sits idle beside each of thousands of connections.
+            match recv.read_chunk(decoder.wanted(), true).await {
+                Ok(Some(chunk)) => decoder.push(&chunk.bytes),
+                Ok(None) => break Inbound::Closed(LinkError::Eof),
+                Err(e) => break Inbound::Closed(read_error(e)),
+            }
+        };
+        if !tasks.deliver(item).await {
+            return;
+        }
+        // The first frame is with the session: the bulk stream's reader may start.
+        drop(first.take());
+    }
+}
+
+/// Writes the frames of one lane to `send` until the link closes; on the control stream
+/// (`control`), a close request closes the connection. A write blocked past `write_deadline`, or a
+/// lost connection, is reported to the session task.
+async fn write_frames(
+    conn: &quinn::Connection,
+    send: &mut SendStream,
+    lane: Lane,
+    outgoing: &Outgoing,
+    report: &Reader,
+    write_deadline: Duration,
+    mut held: Option<Outbound>,
+) {
+    let mut buf = Vec::new();
+    loop {
+        let out = match held.take() {
+            Some(out) => out,
+            None => match outgoing.next_of(lane).await {
+                Some(out) => out,
+                None => return,
+            },
+        };
+        let Outbound::Frame(f) = out else {
+            if let Outbound::Close(code) = out {
+                conn.close(VarInt::from(code.code()), code.reason().as_bytes());
+            }
+            return;
+        };
+        // Everything already waiting goes out with it, in one write.
+        buf.clear();
+        encode_len_prefixed(&f, &mut buf);
+        let mut close = None;
+        while buf.len() < 1 << 20 {
+            match outgoing.try_next_of(lane) {
+                Some(Outbound::Frame(f)) => encode_len_prefixed(&f, &mut buf),
+                Some(Outbound::Close(code)) => {
+                    close = Some(code);
+                    break;
+                }
+                None => break,
+            }
+        }
+        let err = match timeout(write_deadline, send.write_all(&buf)).await {
+            Some(Ok(())) => match close {
+                None => continue,
+                Some(code) => {
+                    conn.close(VarInt::from(code.code()), code.reason().as_bytes());
+                    return;
+                }
+            },
+            Some(Err(quinn::WriteError::ConnectionLost(c))) => connection_error(&c),
+            Some(Err(e)) => LinkError::Io(format!("QUIC {lane} stream: {e}")),
+            None => LinkError::WriteTimeout(write_deadline),
+        };
+        report.deliver(Inbound::Closed(err)).await;
+        return;
+    }
+}
+
 /// Turns an open connection and its control stream into a [`Link`], spawning its reader and
-/// writer tasks. `already` holds frame bytes that arrived before (none, usually).
+/// writer tasks: the control stream carries the urgent lane and every frame that is not a
+/// message; the bulk lane gets a second bidirectional stream, which the edge opens
+/// ([`BulkStream`]). Frames of the bulk stream are handed on only after the first frame of the
+/// control stream (HELLO or WELCOME), so the session never sees a bulk message before the link
+/// is open. The control stream is sent with a higher priority, so its frames go ahead of bulk
+/// data waiting in the connection.
 pub fn spawn_link(
     conn: quinn::Connection,
-    mut send: SendStream,
-    mut recv: RecvStream,
+    send: SendStream,
+    recv: RecvStream,
     write_deadline: Duration,
+    bulk: BulkStream,
 ) -> Link {
     let (link, tasks) = Link::new(Protocol::Quic, conn.remote_address());
-    let inbound = tasks.inbound.clone();
-    let reader_inbound = tasks.inbound.clone();
-    let budget = tasks.budget.clone();
-    tasks.spawn_reader(async move {
-        let mut decoder = StreamDecoder::default();
-        loop {
-            let item = loop {
-                match decoder.next_frame() {
-                    Ok(Some(frame)) => break Inbound::Frame(frame),
-                    Err(e) => break Inbound::Closed(LinkError::Frame(e)),
-                    Ok(None) => {}
-                }
-                // quinn's own chunks, at most what the decoder wants: no read buffer of this
-                // link's own sits idle beside each of thousands of connections.
-                match recv.read_chunk(decoder.wanted(), true).await {
-                    Ok(Some(chunk)) => decoder.push(&chunk.bytes),
-                    Ok(None) => break Inbound::Closed(LinkError::Eof),
-                    Err(e) => break Inbound::Closed(read_error(e)),
-                }
-            };
-            if !deliver(&reader_inbound, &budget, item).await {
-                return;
-            }
-        }
-    });
-
-    let outbound = tasks.outbound;
-    let done = tasks.writer_done;
+    let (first_tx, first_rx) = smol::channel::bounded::<()>(1);
+    let control_reader = tasks.reader();
+    tasks.spawn_reader(read_frames(recv, control_reader, false, Some(first_tx)));
+    let outgoing = Arc::new(tasks.outgoing());
+    let report = tasks.reader();
+    let done = tasks.writer_done.clone();
+    let control_conn = conn.clone();
+    let control_out = outgoing.clone();
+    let control_report = report.clone();
+    let mut send = send;
+    let _ = send.set_priority(1);
     smol::spawn(async move {
-        let mut buf = Vec::new();
-        while let Ok(out) = outbound.recv().await {
-            match out {
-                Outbound::Frame(f) => {
-                    // Everything already waiting goes out with it, in one write.
-                    buf.clear();
-                    encode_len_prefixed(&f, &mut buf);
-                    let mut close = None;
-                    while buf.len() < 1 << 20 {
-                        match outbound.try_recv() {
-                            Ok(Outbound::Frame(f)) => encode_len_prefixed(&f, &mut buf),
-                            Ok(Outbound::Close(code)) => {
-                                close = Some(code);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    let err = match timeout(write_deadline, send.write_all(&buf)).await {
-                        Some(Ok(())) => match close {
-                            None => continue,
-                            Some(code) => {
-                                conn.close(VarInt::from(code.code()), code.reason().as_bytes());
-                                break;
-                            }
-                        },
-                        Some(Err(quinn::WriteError::ConnectionLost(c))) => connection_error(&c),
-                        Some(Err(e)) => LinkError::Io(format!("QUIC control stream: {e}")),
-                        None => LinkError::WriteTimeout(write_deadline),
-                    };
-                    let _ = inbound.send(Inbound::Closed(err)).await;
-                    break;
-                }
-                Outbound::Close(code) => {
-                    conn.close(VarInt::from(code.code()), code.reason().as_bytes());
-                    break;
-                }
-            }
-        }
+        let out = &control_out;
+        write_frames(
+            &control_conn,
+            &mut send,
+            Lane::Urgent,
+            out,
+            &control_report,
+            write_deadline,
+            None,
+        )
+        .await;
         let _ = done.try_send(());
     })
     .detach();
+
+    let bulk_reader = tasks.reader();
+    let alive = tasks.alive.clone();
+    smol::spawn(
+        async move {
+            // Cloud: a bulk frame that waits for the edge's bulk stream longer than the write
+            // deadline is a blocked write, as one the edge stopped reading would be.
+            let mut held = None;
+            let streams = match bulk {
+                BulkStream::Open => match conn.open_bi().await {
+                    Ok((mut send, recv)) => match send.write_all(&[BULK_PREFACE]).await {
+                        Ok(()) => Ok((send, recv)),
+                        Err(e) => Err(LinkError::Io(format!("QUIC bulk stream: {e}"))),
+                    },
+                    Err(e) => Err(connection_error(&e)),
+                },
+                BulkStream::Accept => {
+                    let accepted = accept_bulk(&conn);
+                    let mut accepted = std::pin::pin!(accepted);
+                    let first = async { Err(outgoing.next_of(Lane::Bulk).await) };
+                    match async { Ok(accepted.as_mut().await) }.or(first).await {
+                        Ok(streams) => streams,
+                        Err(None) => return,
+                        Err(Some(out)) => {
+                            held = Some(out);
+                            timeout(write_deadline, accepted)
+                                .await
+                                .unwrap_or(Err(LinkError::WriteTimeout(write_deadline)))
+                        }
+                    }
+                }
+            };
+            let (mut send, recv) = match streams {
+                Ok(s) => s,
+                Err(e) => {
+                    bulk_reader.deliver(Inbound::Closed(e)).await;
+                    return;
+                }
+            };
+            if bulk == BulkStream::Accept {
+                // The protocol uses two streams; a peer that opens more is told so.
+                let extra = conn.clone();
+                let report = bulk_reader.clone();
+                smol::spawn(async move {
+                    if extra.accept_bi().await.is_ok() {
+                        let e = LinkError::Frame(FrameError::WrongStream);
+                        report.deliver(Inbound::Closed(e)).await;
+                    }
+                })
+                .detach();
+            }
+            let reader = bulk_reader.clone();
+            smol::spawn(async move {
+                // Not before the control stream's first frame reached the session.
+                let _ = first_rx.recv().await;
+                read_frames(recv, reader, true, None).await
+            })
+            .detach();
+            write_frames(
+                &conn,
+                &mut send,
+                Lane::Bulk,
+                &outgoing,
+                &report,
+                write_deadline,
+                held,
+            )
+            .await;
+        }
+        .or(async move {
+            let _ = alive.recv().await;
+        }),
+    )
+    .detach();
     link
+}
+
+/// Cloud: accepts the edge's bulk stream and checks its preface; a stream that starts otherwise
+/// is a protocol error ([`FrameError::WrongStream`]).
+async fn accept_bulk(conn: &quinn::Connection) -> Result<(SendStream, RecvStream), LinkError> {
+    let (send, mut recv) = conn.accept_bi().await.map_err(|e| connection_error(&e))?;
+    let mut preface = [0u8];
+    recv.read_exact(&mut preface)
+        .await
+        .map_err(|e| LinkError::Io(format!("QUIC bulk stream: {e}")))?;
+    if preface[0] != BULK_PREFACE {
+        return Err(LinkError::Frame(FrameError::WrongStream));
+    }
+    Ok((send, recv))
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use smol::Async;
 use smol::io::{AsyncRead, AsyncWrite};
 use smol::stream::StreamExt;
 
-use super::{Inbound, Link, LinkError, Outbound, deliver, dial, io_link_error, timeout};
+use super::{Inbound, Link, LinkError, Outbound, dial, io_link_error, timeout};
 use crate::config::{Endpoint, Protocol};
 use crate::proto::{CloseCode, FrameError, MAX_FRAME, WS_SUBPROTOCOL};
 
@@ -84,9 +84,8 @@ where
 {
     let (link, tasks) = Link::new(Protocol::Websocket, peer);
     let (mut tx, mut rx) = ws.split();
-    let inbound = tasks.inbound.clone();
-    let reader_inbound = tasks.inbound.clone();
-    let budget = tasks.budget.clone();
+    let reader = tasks.reader();
+    let report = tasks.reader();
     tasks.spawn_reader(async move {
         loop {
             let item = match rx.next().await {
@@ -97,59 +96,63 @@ where
                 Some(Err(e)) => Inbound::Closed(link_error(e)),
                 None => Inbound::Closed(LinkError::Eof),
             };
-            if !deliver(&reader_inbound, &budget, item).await {
+            if !reader.deliver(item).await {
                 return;
             }
         }
     });
 
-    let outbound = tasks.outbound;
+    let outgoing = tasks.outgoing();
     let done = tasks.writer_done;
     smol::spawn(async move {
-        while let Ok(out) = outbound.recv().await {
-            match out {
-                Outbound::Frame(f) => {
-                    // Everything already waiting goes out with it, in one flush.
-                    let mut close = None;
-                    let batch = async {
-                        tx.feed(Message::binary(f.encode())).await?;
-                        while let Ok(more) = outbound.try_recv() {
-                            match more {
-                                Outbound::Frame(f) => tx.feed(Message::binary(f.encode())).await?,
-                                Outbound::Close(code) => {
-                                    close = Some(code);
-                                    break;
-                                }
-                            }
+        // One connection carries both lanes: each batch takes urgent frames first, and holds at
+        // most WRITE_BATCH bytes plus one frame (a bulk message is cut into pieces of 64 KiB),
+        // so an urgent frame waits for at most about one batch.
+        while let Some(first) = outgoing.next().await {
+            let mut close = None;
+            let batch = async {
+                let mut next = Some(first);
+                let mut bytes = 0;
+                while let Some(out) = next.take() {
+                    match out {
+                        Outbound::Frame(f) => {
+                            let encoded = f.encode();
+                            bytes += encoded.len();
+                            tx.feed(Message::binary(encoded)).await?;
                         }
-                        tx.flush().await
-                    };
-                    let err = match timeout(write_deadline, batch).await {
-                        Some(Ok(())) => match close {
-                            None => continue,
-                            Some(code) => {
-                                let _ = timeout(write_deadline, tx.close(Some(close_frame(code))))
-                                    .await;
-                                break;
-                            }
-                        },
-                        Some(Err(e)) => link_error(e),
-                        None => LinkError::WriteTimeout(write_deadline),
-                    };
-                    let _ = inbound.send(Inbound::Closed(err)).await;
-                    break;
+                        Outbound::Close(code) => {
+                            close = Some(code);
+                            break;
+                        }
+                    }
+                    if bytes < WRITE_BATCH {
+                        next = outgoing.try_next();
+                    }
                 }
-                Outbound::Close(code) => {
-                    let _ = timeout(write_deadline, tx.close(Some(close_frame(code)))).await;
-                    break;
-                }
-            }
+                tx.flush().await
+            };
+            let err = match timeout(write_deadline, batch).await {
+                Some(Ok(())) => match close {
+                    None => continue,
+                    Some(code) => {
+                        let _ = timeout(write_deadline, tx.close(Some(close_frame(code)))).await;
+                        break;
+                    }
+                },
+                Some(Err(e)) => link_error(e),
+                None => LinkError::WriteTimeout(write_deadline),
+            };
+            report.deliver(Inbound::Closed(err)).await;
+            break;
         }
         let _ = done.try_send(());
     })
     .detach();
     link
 }
+
+/// Bytes a WebSocket writer feeds before it flushes them and looks for urgent frames again.
+const WRITE_BATCH: usize = 64 << 10;
 
 /// Opens a TCP connection to `addr` with `TCP_NODELAY`. Errors name the step ("TCP connect: …"),
 /// not the address.

@@ -702,9 +702,11 @@ pub fn raw_hello(project: &str, node: &str, version: u8) -> hub::proto::frame::F
         heartbeat: Duration::from_secs(60),
         read_deadline: Duration::from_secs(60),
         window: 16,
-        up_stream: 1,
-        up_first: 1,
-        down_stream: 0,
-        down_seq: 0,
+        lanes: [1, 2].map(|up_stream| hub::proto::frame::HelloLane {
+            up_stream,
+            up_first: 1,
+            down_stream: 0,
+            down_seq: 0,
+        }),
     })
 }

@@ -1,8 +1,10 @@
 //! A simulated edge/cloud link for property tests and the `session` fuzz target: two
-//! [`Session`]s, each with a model of the durable state its hub keeps (the outgoing queue and
-//! the received stream's position, bookkept as `hub::exchange::Exchange` does), joined by pipes
-//! that may drop, duplicate, reorder or forge frames, under a fake clock. Links end when a
-//! session closes and a new one starts, as the hubs reconnect.
+//! [`Session`]s, each with a model of the durable state its hub keeps per lane (the outgoing
+//! queue and the received stream's position, bookkept as `hub::exchange::Exchange` does), joined
+//! by one pipe per lane and direction (as QUIC's streams are: frames of one lane never wait for
+//! the other's) that may drop, duplicate, reorder or forge frames, under a fake clock. Messages
+//! are short or longer than a `CHUNK`, so that they cross in pieces. Links end when a session
+//! closes and a new one starts, as the hubs reconnect.
 //!
 //! Every choice (what happens next, how long, how many) comes from a [`Choices`], so the same
 //! simulation runs from a seeded PRNG or from a fuzzer's input. [`Sim::step`] checks the
@@ -11,8 +13,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use hub::proto::frame::{Hello, Welcome};
-use hub::proto::session::{ACK_DELAY, Streams};
+use hub::proto::frame::{CHUNK, Hello, HelloLane, LANES, Lane, Welcome, WelcomeLane};
+use hub::proto::session::{ACK_DELAY, Streams, frame_lane};
 use hub::proto::{CloseCode, Event, Frame, Session, VERSION};
 
 /// Where the simulation's choices come from.
@@ -85,10 +87,10 @@ pub fn run_bytes(data: &[u8]) {
 /// The most messages each side's applications submit in one run, so a run stays short.
 const MAX_MESSAGES: usize = 400;
 
-/// One hub's durable state and what its applications received, bookkept as `Exchange` does.
+/// One hub's durable state on one lane and what its applications received, bookkept as
+/// `Exchange` does.
 #[derive(Debug)]
-pub struct Side {
-    name: &'static str,
+pub struct LaneSide {
     /// The outgoing queue's stream id and its messages (sequence number = index + 1).
     stream: u64,
     pub queue: Vec<Vec<u8>>,
@@ -103,10 +105,16 @@ pub struct Side {
     pub delivered: Vec<Vec<u8>>,
 }
 
+/// One hub's durable state, per lane.
+#[derive(Debug)]
+pub struct Side {
+    name: &'static str,
+    pub lanes: [LaneSide; LANES],
+}
+
 impl Side {
     fn new(name: &'static str, stream: u64) -> Side {
-        Side {
-            name,
+        let lane = |stream| LaneSide {
             stream,
             queue: Vec::new(),
             acked: 0,
@@ -114,27 +122,44 @@ impl Side {
             in_seq: 0,
             saved: (0, 0),
             delivered: Vec::new(),
+        };
+        Side {
+            name,
+            lanes: [lane(stream << 16 | 0xaaaa), lane(stream)],
         }
     }
 
-    fn streams(&self) -> Streams {
-        Streams {
-            out_stream: self.stream,
-            out_first: self.acked + 1,
-            in_stream: self.in_stream,
-            in_seq: self.in_seq,
-        }
+    fn streams(&self) -> [Streams; LANES] {
+        self.lanes.each_ref().map(|l| Streams {
+            out_stream: l.stream,
+            out_first: l.acked + 1,
+            in_stream: l.in_stream,
+            in_seq: l.in_seq,
+        })
     }
 
-    fn submit(&mut self, n: usize) {
-        for _ in 0..n.min(MAX_MESSAGES - self.queue.len()) {
-            let payload = format!("{}-{}", self.name, self.queue.len() + 1);
-            self.queue.push(payload.into_bytes());
+    /// Messages submitted, both lanes together.
+    pub fn messages(&self) -> usize {
+        self.lanes.iter().map(|l| l.queue.len()).sum()
+    }
+
+    /// The applications submit `n` messages on `lane`, some of them longer than a [`CHUNK`]
+    /// (`long`), so that they cross in pieces.
+    fn submit(&mut self, lane: Lane, n: usize, long: bool) {
+        let l = &mut self.lanes[lane.index()];
+        for _ in 0..n.min(MAX_MESSAGES - l.queue.len()) {
+            let mut payload = format!("{}-{lane}-{}", self.name, l.queue.len() + 1).into_bytes();
+            if long && l.queue.len() % 3 == 0 {
+                payload.resize(2 * CHUNK + l.queue.len(), b'.');
+            }
+            l.queue.push(payload);
         }
     }
 
     fn save(&mut self) {
-        self.saved = (self.in_stream, self.in_seq);
+        for l in &mut self.lanes {
+            l.saved = (l.in_stream, l.in_seq);
+        }
     }
 }
 
@@ -144,6 +169,12 @@ struct Seen {
     hello: bool,
     open: bool,
     closed: bool,
+    lanes: [SeenLane; LANES],
+}
+
+/// What one session has reported so far on one lane.
+#[derive(Debug, Default)]
+struct SeenLane {
     acked: u64,
     last_message: Option<u64>,
     last_sent: Option<u64>,
@@ -153,8 +184,8 @@ struct Link {
     edge: Session,
     cloud: Session,
     seen: [Seen; 2],
-    /// Encoded frames in flight: edge to cloud, cloud to edge.
-    pipes: [VecDeque<Vec<u8>>; 2],
+    /// Encoded frames in flight: edge to cloud, cloud to edge, each per lane.
+    pipes: [[VecDeque<Vec<u8>>; LANES]; 2],
 }
 
 /// Link parameters, fixed for a run.
@@ -218,7 +249,12 @@ impl Sim {
     }
 
     fn connect(&mut self) {
-        let st = self.edge.streams();
+        let lanes = self.edge.streams().map(|st| HelloLane {
+            up_stream: st.out_stream,
+            up_first: st.out_first,
+            down_stream: st.in_stream,
+            down_seq: st.in_seq,
+        });
         let hello = Hello {
             version: VERSION,
             project_id: "p".into(),
@@ -226,10 +262,7 @@ impl Sim {
             heartbeat: self.config.heartbeat,
             read_deadline: self.config.read_deadline,
             window: self.config.edge_window,
-            up_stream: st.out_stream,
-            up_first: st.out_first,
-            down_stream: st.in_stream,
-            down_seq: st.in_seq,
+            lanes,
         };
         self.links += 1;
         self.link = Some(Link {
@@ -259,17 +292,25 @@ impl Sim {
         }
         let op = if self.forgery { op % 16 } else { op % 14 };
         let ok = match op {
-            0..=3 => c.below(8).map(|n| {
-                self.deliver(usize::from(op % 2), n as usize + 1);
+            0..=3 => c.below(16).map(|n| {
+                let lane = Lane::ALL[n as usize % LANES];
+                self.deliver_lane(usize::from(op % 2), lane, n as usize / 2 + 1);
             }),
             4 | 5 => c
                 .below(1_000)
                 .map(|ms| self.run_for(Duration::from_millis(ms.into()))),
-            6 => c.below(8).map(|n| self.edge.submit(n as usize + 1)),
-            7 => c.below(8).map(|n| self.cloud.submit(n as usize + 1)),
-            8 => c.byte().map(|d| self.drop_frame(usize::from(d % 2))),
-            9 => c.byte().map(|d| self.duplicate_frame(usize::from(d % 2))),
-            10 => c.byte().map(|d| self.swap_frames(usize::from(d % 2))),
+            6 | 7 => c.below(64).map(|n| {
+                let side = if op == 6 {
+                    &mut self.edge
+                } else {
+                    &mut self.cloud
+                };
+                let lane = Lane::ALL[n as usize % LANES];
+                side.submit(lane, (n as usize / 2) % 8 + 1, n >= 48);
+            }),
+            8 => c.byte().map(|d| self.drop_frame(pipe_of(d))),
+            9 => c.byte().map(|d| self.duplicate_frame(pipe_of(d))),
+            10 => c.byte().map(|d| self.swap_frames(pipe_of(d))),
             11 => c
                 .below(60_000)
                 .map(|ms| self.stall(Duration::from_millis(ms.into()))),
@@ -307,20 +348,23 @@ impl Sim {
                 link.edge.is_open() || rounds < 10,
                 "the drain link did not open"
             );
-            let done = self.edge.delivered.len() == self.cloud.queue.len()
-                && self.cloud.delivered.len() == self.edge.queue.len()
-                && self.edge.acked as usize == self.edge.queue.len()
-                && self.cloud.acked as usize == self.cloud.queue.len();
+            let done = (0..LANES).all(|i| {
+                let (e, c) = (&self.edge.lanes[i], &self.cloud.lanes[i]);
+                e.delivered.len() == c.queue.len()
+                    && c.delivered.len() == e.queue.len()
+                    && e.acked as usize == e.queue.len()
+                    && c.acked as usize == c.queue.len()
+            });
             if done && moved == 0 {
                 break;
             }
             assert!(
-                rounds < 20 * (MAX_MESSAGES + 100),
+                rounds < 20 * (LANES * MAX_MESSAGES + 100),
                 "no progress after {rounds} rounds: {} of {} up delivered, {} of {} down",
-                self.cloud.delivered.len(),
-                self.edge.queue.len(),
-                self.edge.delivered.len(),
-                self.cloud.queue.len()
+                self.cloud.messages(),
+                self.edge.messages(),
+                self.edge.messages(),
+                self.cloud.messages()
             );
         }
         // Nothing more is owed: quiet for longer than the acknowledgement delay.
@@ -332,8 +376,14 @@ impl Sim {
             self.deliver(CLOUD, usize::MAX);
         }
         assert!(self.link.is_some(), "the drain link stays up");
-        assert_eq!(self.cloud.delivered, self.edge.queue, "edge to cloud");
-        assert_eq!(self.edge.delivered, self.cloud.queue, "cloud to edge");
+        for lane in Lane::ALL {
+            let (e, c) = (
+                &self.edge.lanes[lane.index()],
+                &self.cloud.lanes[lane.index()],
+            );
+            assert_eq!(c.delivered, e.queue, "edge to cloud, {lane} lane");
+            assert_eq!(e.delivered, c.queue, "cloud to edge, {lane} lane");
+        }
     }
 
     fn timeouts(&mut self) {
@@ -344,12 +394,30 @@ impl Sim {
         self.process();
     }
 
-    /// Hands up to `n` frames from `from`'s pipe to the other session; returns how many.
+    /// Hands up to `n` frames from `from`'s pipes to the other session, the lanes in turn;
+    /// returns how many.
     fn deliver(&mut self, from: usize, n: usize) -> usize {
+        let mut moved = 0;
+        loop {
+            let before = moved;
+            for lane in Lane::ALL {
+                if moved < n {
+                    moved += self.deliver_lane(from, lane, 1);
+                }
+            }
+            if moved == before || moved >= n {
+                return moved;
+            }
+        }
+    }
+
+    /// Hands up to `n` frames from `from`'s pipe of `lane` to the other session; returns how
+    /// many.
+    fn deliver_lane(&mut self, from: usize, lane: Lane, n: usize) -> usize {
         let mut moved = 0;
         while moved < n {
             let Some(link) = &mut self.link else { break };
-            let Some(bytes) = link.pipes[from].pop_front() else {
+            let Some(bytes) = link.pipes[from][lane.index()].pop_front() else {
                 break;
             };
             let to = if from == EDGE {
@@ -391,17 +459,17 @@ impl Sim {
         self.timeouts();
     }
 
-    fn pipe(&mut self, from: usize) -> Option<&mut VecDeque<Vec<u8>>> {
-        self.link.as_mut().map(|l| &mut l.pipes[from])
+    fn pipe(&mut self, (from, lane): (usize, Lane)) -> Option<&mut VecDeque<Vec<u8>>> {
+        self.link.as_mut().map(|l| &mut l.pipes[from][lane.index()])
     }
 
-    fn drop_frame(&mut self, from: usize) {
+    fn drop_frame(&mut self, from: (usize, Lane)) {
         if let Some(p) = self.pipe(from) {
             p.pop_front();
         }
     }
 
-    fn duplicate_frame(&mut self, from: usize) {
+    fn duplicate_frame(&mut self, from: (usize, Lane)) {
         if let Some(p) = self.pipe(from) {
             if let Some(f) = p.front().cloned() {
                 p.push_front(f);
@@ -409,7 +477,7 @@ impl Sim {
         }
     }
 
-    fn swap_frames(&mut self, from: usize) {
+    fn swap_frames(&mut self, from: (usize, Lane)) {
         if let Some(p) = self.pipe(from) {
             if p.len() >= 2 {
                 p.swap(0, 1);
@@ -430,8 +498,9 @@ impl Sim {
 
     /// Puts a well-formed frame with chosen fields at the head of a pipe.
     fn forge_frame(&mut self, c: &mut impl Choices) -> Option<()> {
-        let from = usize::from(c.byte()? % 2);
-        let frame = match c.byte()? % 5 {
+        let from = pipe_of(c.byte()?);
+        let lane = Lane::ALL[usize::from(c.byte()? % 2)];
+        let frame = match c.byte()? % 6 {
             0 => Frame::Hello(Hello {
                 version: if c.byte()? < 200 { VERSION } else { c.byte()? },
                 project_id: "p".into(),
@@ -439,26 +508,56 @@ impl Sim {
                 heartbeat: Duration::from_millis(c.position()?),
                 read_deadline: Duration::from_millis(c.position()?),
                 window: c.position()? as u32,
-                up_stream: c.position()?,
-                up_first: c.position()?,
-                down_stream: c.position()?,
-                down_seq: c.position()?,
+                lanes: [
+                    HelloLane {
+                        up_stream: c.position()?,
+                        up_first: c.position()?,
+                        down_stream: c.position()?,
+                        down_seq: c.position()?,
+                    },
+                    HelloLane {
+                        up_stream: c.position()?,
+                        up_first: c.position()?,
+                        down_stream: c.position()?,
+                        down_seq: c.position()?,
+                    },
+                ],
             }),
             1 => Frame::Welcome(Welcome {
                 version: if c.byte()? < 200 { VERSION } else { c.byte()? },
                 keepalive: Duration::from_millis(c.position()?),
                 heartbeat: Duration::from_millis(c.position()?),
                 window: c.position()? as u32,
-                down_stream: c.position()?,
-                down_first: c.position()?,
-                up_seq: c.position()?,
+                lanes: [
+                    WelcomeLane {
+                        down_stream: c.position()?,
+                        down_first: c.position()?,
+                        up_seq: c.position()?,
+                    },
+                    WelcomeLane {
+                        down_stream: c.position()?,
+                        down_first: c.position()?,
+                        up_seq: c.position()?,
+                    },
+                ],
             }),
             2 => Frame::Heartbeat,
             3 => Frame::Message {
+                lane,
                 seq: c.position()?,
                 payload: b"forged".to_vec(),
             },
-            _ => Frame::Ack(c.position()?),
+            4 => Frame::Part {
+                lane,
+                seq: c.position()?,
+                offset: c.position()? as u32,
+                total: c.position()? as u32,
+                payload: b"forged piece".to_vec(),
+            },
+            _ => Frame::Ack {
+                lane,
+                seq: c.position()?,
+            },
         };
         self.forged = true;
         if let Some(p) = self.pipe(from) {
@@ -469,7 +568,7 @@ impl Sim {
 
     /// Puts arbitrary bytes at the head of a pipe.
     fn garble(&mut self, c: &mut impl Choices) -> Option<()> {
-        let from = usize::from(c.byte()? % 2);
+        let from = pipe_of(c.byte()?);
         let len = c.byte()? % 48;
         let bytes = (0..len).map(|_| c.byte()).collect::<Option<Vec<u8>>>()?;
         self.forged = true;
@@ -502,20 +601,31 @@ impl Sim {
                     check_closed(self.now, s);
                     continue;
                 }
-                // Fill the window from the queue, as `Exchange::fill` does.
-                while s.send_capacity() > 0
-                    && s.next_send_seq() <= side.queue.len() as u64
-                    && s.next_send_seq() > 0
-                {
-                    let seq = s.next_send_seq();
-                    s.send_message(seq, side.queue[seq as usize - 1].clone());
-                    progressed = true;
+                // Fill each lane's window from its queue, as `Exchange::fill` does.
+                for lane in Lane::ALL {
+                    let queue = &side.lanes[lane.index()].queue;
+                    while s.send_capacity(lane) > 0
+                        && s.next_send_seq(lane) <= queue.len() as u64
+                        && s.next_send_seq(lane) > 0
+                    {
+                        let seq = s.next_send_seq(lane);
+                        s.send_message(lane, seq, queue[seq as usize - 1].clone());
+                        progressed = true;
+                    }
                 }
                 check_session(s, seen, peer_windows[who], forged);
+                let mut bulk_sent = false;
                 while let Some(frame) = s.poll_transmit(self.now) {
                     progressed = true;
+                    let lane = frame_lane(&frame);
+                    // Every urgent frame is handed out before any bulk one.
+                    assert!(
+                        lane == Lane::Bulk || !bulk_sent,
+                        "an urgent frame after a bulk one"
+                    );
+                    bulk_sent |= lane == Lane::Bulk;
                     check_frame(&frame, side, seen, forged);
-                    link.pipes[who].push_back(frame.encode());
+                    link.pipes[who][lane.index()].push_back(frame.encode());
                 }
             }
             if !progressed {
@@ -532,31 +642,39 @@ impl Sim {
         if self.forged {
             return;
         }
-        for (rx, tx) in [(&self.cloud, &self.edge), (&self.edge, &self.cloud)] {
-            assert!(
-                tx.queue.starts_with(&rx.delivered),
-                "{} delivered {:?}, which is not the start of what {} sent",
-                rx.name,
-                names(&rx.delivered),
-                tx.name
-            );
-            assert!(
-                tx.acked <= rx.saved.1 && tx.acked as usize <= tx.queue.len(),
-                "{} dropped up to {} from its queue of {}; {} saved only {}",
-                tx.name,
-                tx.acked,
-                tx.queue.len(),
-                rx.name,
-                rx.saved.1
-            );
+        for (rxs, txs) in [(&self.cloud, &self.edge), (&self.edge, &self.cloud)] {
+            for lane in Lane::ALL {
+                let (rx, tx) = (&rxs.lanes[lane.index()], &txs.lanes[lane.index()]);
+                assert!(
+                    tx.queue.starts_with(&rx.delivered),
+                    "{} delivered {:?} on the {lane} lane, which is not the start of what {} sent",
+                    rxs.name,
+                    names(&rx.delivered),
+                    txs.name
+                );
+                assert!(
+                    tx.acked <= rx.saved.1 && tx.acked as usize <= tx.queue.len(),
+                    "{} dropped up to {} from its {lane} queue of {}; {} saved only {}",
+                    txs.name,
+                    tx.acked,
+                    tx.queue.len(),
+                    rxs.name,
+                    rx.saved.1
+                );
+            }
         }
     }
 }
 
 fn names(list: &[Vec<u8>]) -> Vec<String> {
     list.iter()
-        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .map(|p| String::from_utf8_lossy(&p[..p.len().min(24)]).into_owned())
         .collect()
+}
+
+/// A pipe chosen by a byte: the direction, and the lane.
+fn pipe_of(d: u8) -> (usize, Lane) {
+    (usize::from(d % 2), Lane::ALL[usize::from(d / 2 % 2)])
 }
 
 /// Acts on one event as the hubs do (`Exchange::handle`, the cloud's HELLO check), checking it
@@ -588,73 +706,79 @@ fn handle_event(
             seen.closed = true;
             assert!(s.is_closed());
         }
-        Event::Message { seq, payload } => {
+        Event::Message { lane, seq, payload } => {
             assert!(seen.open, "message {seq} before the link opened");
+            let seen = &mut seen.lanes[lane.index()];
             if let Some(last) = seen.last_message {
                 assert_eq!(seq, last + 1, "messages out of sequence");
             }
             seen.last_message = Some(seq);
+            let (side, peer) = (&mut side.lanes[lane.index()], &peer.lanes[lane.index()]);
             if !forged {
                 assert_eq!(
-                    (s.inbound_stream(), seq),
+                    (s.inbound_stream(lane), seq),
                     (peer.stream, side.in_seq + 1),
-                    "{}: the next message of the peer's stream",
-                    side.name
+                    "{lane}: the next message of the peer's stream"
                 );
                 assert_eq!(Some(&payload), peer.queue.get(seq as usize - 1));
             }
-            side.in_stream = s.inbound_stream();
+            side.in_stream = s.inbound_stream(lane);
             side.in_seq = seq;
             side.delivered.push(payload);
         }
-        Event::Acked(seq) => {
+        Event::Acked(lane, seq) => {
             assert!(seen.open, "ACK before the link opened");
+            let seen = &mut seen.lanes[lane.index()];
             assert!(
                 seq > seen.acked,
                 "acknowledgement {seq} after {}",
                 seen.acked
             );
             assert!(
-                seq < s.next_send_seq(),
+                seq < s.next_send_seq(lane),
                 "acknowledged {seq}, next to send is {}",
-                s.next_send_seq()
+                s.next_send_seq(lane)
             );
             seen.acked = seq;
+            let side = &mut side.lanes[lane.index()];
             side.acked = side.acked.max(seq);
         }
-        Event::Commit(seq) => {
+        Event::Commit(lane, seq) => {
             assert!(seen.open, "commit before the link opened");
-            if let Some(last) = seen.last_message {
+            if let Some(last) = seen.lanes[lane.index()].last_message {
                 assert_eq!(seq, last, "a commit covers exactly what was delivered");
             }
-            let stream = s.inbound_stream();
-            if side.in_stream == stream {
-                side.in_seq = side.in_seq.max(seq);
+            let stream = s.inbound_stream(lane);
+            let l = &mut side.lanes[lane.index()];
+            if l.in_stream == stream {
+                l.in_seq = l.in_seq.max(seq);
             } else {
-                side.in_stream = stream;
-                side.in_seq = seq;
+                l.in_stream = stream;
+                l.in_seq = seq;
             }
-            side.save();
-            s.committed(seq);
+            l.saved = (l.in_stream, l.in_seq);
+            s.committed(lane, seq);
         }
     }
 }
 
 /// The session's own bookkeeping is consistent.
 fn check_session(s: &Session, seen: &Seen, peer_window: u32, forged: bool) {
-    assert!(
-        s.acked() < s.next_send_seq(),
-        "acked {} but next to send is {}",
-        s.acked(),
-        s.next_send_seq()
-    );
-    assert!(s.acked() >= seen.acked);
-    if !forged && s.is_open() {
-        let in_flight = s.next_send_seq() - 1 - s.acked();
+    for lane in Lane::ALL {
         assert!(
-            in_flight <= u64::from(peer_window),
-            "{in_flight} unacknowledged, window {peer_window}"
+            s.acked(lane) < s.next_send_seq(lane),
+            "acked {} but next to send is {}",
+            s.acked(lane),
+            s.next_send_seq(lane)
         );
+        assert!(s.acked(lane) >= seen.lanes[lane.index()].acked);
+        if !forged && s.is_open() {
+            let in_flight = s.next_send_seq(lane) - 1 - s.acked(lane);
+            assert!(
+                in_flight <= u64::from(peer_window),
+                "{in_flight} unacknowledged on the {lane} lane, window {peer_window}"
+            );
+        }
     }
     assert!(
         s.is_closed() || s.poll_timeout().is_some(),
@@ -668,7 +792,7 @@ fn check_closed(now: Instant, s: &mut Session) {
     s.handle_timeout(now + Duration::from_secs(3600));
     s.handle_frame(now, Frame::Heartbeat);
     s.handle_bytes(now, &[0xff]);
-    s.committed(1);
+    s.committed(Lane::Bulk, 1);
     assert!(s.is_closed());
     assert_eq!(s.poll_transmit(now), None, "a closed session sends nothing");
     assert_eq!(
@@ -683,18 +807,36 @@ fn check_closed(now: Instant, s: &mut Session) {
 /// what the hub has not saved.
 fn check_frame(frame: &Frame, side: &Side, seen: &mut Seen, forged: bool) {
     match frame {
-        Frame::Message { seq, .. } => {
+        Frame::Message { lane, seq, .. } => {
+            let seen = &mut seen.lanes[lane.index()];
             if let Some(last) = seen.last_sent {
                 assert_eq!(*seq, last + 1, "sent out of sequence");
             }
             seen.last_sent = Some(*seq);
         }
-        Frame::Ack(seq) if !forged => {
+        Frame::Part {
+            lane,
+            seq,
+            offset,
+            total,
+            payload,
+        } => {
+            let seen = &mut seen.lanes[lane.index()];
+            let next = seen.last_sent.map(|last| last + 1);
             assert!(
-                *seq <= side.saved.1,
-                "{} acknowledged {seq} having saved only {}",
-                side.name,
-                side.saved.1
+                next.is_none_or(|n| n == *seq),
+                "a piece of {seq} when {next:?} is next"
+            );
+            if *offset as usize + payload.len() == *total as usize {
+                seen.last_sent = Some(*seq);
+            }
+        }
+        Frame::Ack { lane, seq } if !forged => {
+            let saved = side.lanes[lane.index()].saved.1;
+            assert!(
+                *seq <= saved,
+                "{} acknowledged {seq} on the {lane} lane having saved only {saved}",
+                side.name
             );
         }
         _ => {}

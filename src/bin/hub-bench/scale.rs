@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hub::config::Endpoint;
-use hub::proto::frame::{Hello, encode_len_prefixed};
+use hub::proto::frame::{Hello, HelloLane, encode_len_prefixed};
 use hub::proto::{ALPN, Event, Session, VERSION};
 use hub::tls::{self, Credentials};
 use hub::transport::{Inbound, Wake, quic, ws};
@@ -81,10 +81,12 @@ pub async fn run(s: Scale) -> Result<(), String> {
                 heartbeat: Duration::from_secs(15),
                 read_deadline: Duration::from_secs(15),
                 window: 16,
-                up_stream: 0x5ca1e000 + i as u64,
-                up_first: 1,
-                down_stream: 0,
-                down_seq: 0,
+                lanes: [0, 1].map(|lane| HelloLane {
+                    up_stream: 0x5ca1e000 + 2 * i as u64 + lane,
+                    up_first: 1,
+                    down_stream: 0,
+                    down_seq: 0,
+                }),
             };
             let mut session = Session::edge(Instant::now(), hello);
             let websocket = match only_websocket {
@@ -125,7 +127,8 @@ pub async fn run(s: Scale) -> Result<(), String> {
                 }
                 match quic::connect(&endpoint, config, quic_ep, "127.0.0.1", &first).await {
                     Ok((conn, send, recv, _)) => {
-                        quic::spawn_link(conn, send, recv, Duration::from_secs(15))
+                        let bulk = quic::BulkStream::Open;
+                        quic::spawn_link(conn, send, recv, Duration::from_secs(15), bulk)
                     }
                     Err(_) => {
                         failed.fetch_add(1, Ordering::Relaxed);
