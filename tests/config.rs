@@ -566,3 +566,47 @@ fn relative_paths_are_read_from_the_files_folder() {
         "{stderr}"
     );
 }
+
+#[test]
+fn quic_congestion_takes_each_controller_on_both_sides() {
+    use hub::config::Congestion;
+    let tmp = tempfile::tempdir().unwrap();
+    common::kubeedge_layout(tmp.path());
+    let cloud = fixture("cloud", "minimal.yaml", tmp.path());
+    let edge = fixture("edge", "seed-quic.yaml", tmp.path());
+    let with_cloud = |v: &str| {
+        CloudConfig::from_yaml(
+            Path::new("c.yaml"),
+            &format!("{cloud}  quic-congestion: {v}\n"),
+        )
+    };
+    let with_edge = |v: &str| {
+        EdgeConfig::from_yaml(
+            Path::new("e.yaml"),
+            &edge.replace("  keyfile:", &format!("  congestion: {v}\n  keyfile:")),
+            Path::new("/x"),
+        )
+    };
+    for (name, want) in [
+        ("cubic", Congestion::Cubic),
+        ("newreno", Congestion::NewReno),
+        ("bbr", Congestion::Bbr),
+    ] {
+        let c = with_cloud(name).unwrap();
+        assert_eq!((c.quic_congestion, c.quic_congestion.name()), (want, name));
+        let e = with_edge(name).unwrap();
+        assert_eq!((e.congestion, e.congestion.name()), (want, name));
+    }
+    for bad in ["vegas", "NewReno", "\"\""] {
+        let e = with_cloud(bad).unwrap_err().to_string();
+        assert!(
+            e.contains("cloudhub.quic-congestion") && e.contains("cubic, newreno or bbr"),
+            "{bad}: {e}"
+        );
+        let e = with_edge(bad).unwrap_err().to_string();
+        assert!(
+            e.contains("quic.congestion") && e.contains("cubic, newreno or bbr"),
+            "{bad}: {e}"
+        );
+    }
+}

@@ -317,6 +317,9 @@ pub enum Congestion {
     /// CUBIC (quinn's default): backs off on every loss, like most TCP stacks.
     #[default]
     Cubic,
+    /// NewReno (RFC 9002 section 7): halves its window on a loss and grows it by one packet per
+    /// round trip.
+    NewReno,
     /// quinn's BBR, which paces by measured bandwidth and round trip and hardly slows down for
     /// random loss; far higher goodput on lossy links (docs/benchmarks.md), but quinn marks its
     /// implementation experimental.
@@ -328,6 +331,7 @@ impl Congestion {
     pub fn name(self) -> &'static str {
         match self {
             Congestion::Cubic => "cubic",
+            Congestion::NewReno => "newreno",
             Congestion::Bbr => "bbr",
         }
     }
@@ -450,8 +454,9 @@ impl Checker<'_> {
     fn congestion(&self, key: &str, raw: Option<&str>) -> Result<Congestion, ConfigError> {
         match raw {
             None | Some("cubic") => Ok(Congestion::Cubic),
+            Some("newreno") => Ok(Congestion::NewReno),
             Some("bbr") => Ok(Congestion::Bbr),
-            Some(s) => Err(self.invalid(key, format!("{s:?} is not cubic or bbr"))),
+            Some(s) => Err(self.invalid(key, format!("{s:?} is not cubic, newreno or bbr"))),
         }
     }
 

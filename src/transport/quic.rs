@@ -21,40 +21,98 @@ use smol::future::FutureExt;
 
 /// Bidirectional streams the edge lets the cloud open towards it.
 const EDGE_MAX_STREAMS: u32 = 100;
-/// Bytes a peer may send ahead of what this side has read, on one stream and on all streams of a
-/// connection together (quinn's default stream window). The protocol reads one stream; without
-/// the connection-wide bound, data on every other stream the peer may open would be buffered up
-/// to this much per stream.
-const RECEIVE_WINDOW: u32 = 1_250_000;
+
+/// Bytes a peer may send on one stream ahead of what this side has read (QUIC's
+/// `initial_max_stream_data`): 4 MiB, the bandwidth-delay product of a 100 Mbit/s path with a
+/// 200 ms round trip (2.5 MB) with 1.6x headroom, since quinn grants more credit only after an
+/// eighth of the window has been read and the grant takes half a round trip to arrive.
+pub const STREAM_RECEIVE_WINDOW: u32 = 4 << 20;
+
+/// What the urgent lane may have in flight on top of a full bulk stream window: 1 MiB.
+const URGENT_HEADROOM: u32 = 1 << 20;
+
+/// Bytes a peer may send on all streams of a connection together ahead of what this side has
+/// read (QUIC's `initial_max_data`): one full stream window for the bulk lane plus
+/// [`URGENT_HEADROOM`] for the urgent lane, so a bulk lane this side leaves unread never takes the
+/// urgent lane's credit. This is the most a node can make the cloud buffer, however many streams
+/// it opens: 5 MiB.
+pub const RECEIVE_WINDOW: u32 = STREAM_RECEIVE_WINDOW + URGENT_HEADROOM;
+
+/// Bytes of this side's writes quinn keeps until the peer acknowledges them, all streams of a
+/// connection together: as much as the peer's connection window lets through, so a full path is
+/// never held back by the sender's buffer (quinn's default is 10 MB).
+pub const SEND_WINDOW: u64 = RECEIVE_WINDOW as u64;
+
+/// The kernel buffer asked for on each QUIC UDP socket, both directions (`SO_RCVBUF`,
+/// `SO_SNDBUF`): 4 MiB, so a burst of a full path is not dropped at the socket, where a drop looks
+/// like loss to the congestion controller. Linux grants at most `net.core.rmem_max` /
+/// `net.core.wmem_max` (often 208 KiB by default); a smaller grant is logged, not an error.
+pub const SOCKET_BUFFER: usize = 4 << 20;
 
 /// The most concurrent streams granted to a peer, whatever `max_incomingstreams` says. The
-/// protocol uses one stream per connection; KubeEdge's default of 10,000 is sized for a stream per
-/// message, and quinn sets up the state of every allowed stream when a connection starts (about
-/// 60 bytes each): 10,000 would cost about 600 KB per node, 100 cost 6 KB.
+/// protocol uses two per connection (its lanes, urgent and bulk); KubeEdge's default of 10,000 is sized for a
+/// stream per message, and quinn sets up the state of every allowed stream when a connection
+/// starts (about 60 bytes each): 10,000 would cost about 600 KB per node, 100 cost 6 KB.
 pub const MAX_GRANTED_STREAMS: u32 = 100;
 
 /// QUIC transport settings: `max_streams` (at most [`MAX_GRANTED_STREAMS`]) concurrent
 /// bidirectional streams for the peer (the protocol opens no unidirectional ones, so none are
-/// allowed), an idle timeout of `idle`, no QUIC keep-alives (the session's heartbeats keep the link
-/// busy). Unread data is bounded by [`RECEIVE_WINDOW`] per connection, however many streams the
-/// peer opens.
+/// allowed, nor unreliable datagrams), an idle timeout of `idle`, no QUIC keep-alives (the
+/// session's heartbeats keep the link busy), the congestion controller `congestion`.
+///
+/// Flow control: [`STREAM_RECEIVE_WINDOW`] per stream, [`RECEIVE_WINDOW`] per connection however
+/// many streams the peer opens, and [`SEND_WINDOW`] of this side's unacknowledged writes
+/// (docs/protocol.md section 8).
 pub fn transport_config(
     max_streams: u32,
     idle: Duration,
     congestion: Congestion,
 ) -> TransportConfig {
     let mut t = TransportConfig::default();
-    if congestion == Congestion::Bbr {
-        t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
-    }
+    match congestion {
+        Congestion::Cubic => {
+            t.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default()))
+        }
+        Congestion::NewReno => {
+            t.congestion_controller_factory(Arc::new(quinn::congestion::NewRenoConfig::default()))
+        }
+        Congestion::Bbr => {
+            t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()))
+        }
+    };
     let granted = max_streams.min(MAX_GRANTED_STREAMS);
     t.max_concurrent_bidi_streams(VarInt::from_u32(granted));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
-    t.stream_receive_window(VarInt::from_u32(RECEIVE_WINDOW));
+    t.stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW));
     t.receive_window(VarInt::from_u32(RECEIVE_WINDOW));
+    t.send_window(SEND_WINDOW);
+    t.datagram_receive_buffer_size(None);
     t.max_idle_timeout(IdleTimeout::try_from(idle).ok());
     t.keep_alive_interval(None);
     t
+}
+
+/// Asks the kernel for [`SOCKET_BUFFER`] bytes of receive and send buffer on `socket`; logs
+/// (at debug) what it granted when that is less.
+fn size_socket_buffers(socket: &UdpSocket) {
+    let state = match quinn::udp::UdpSocketState::new(socket.into()) {
+        Ok(state) => state,
+        Err(e) => {
+            log::debug!("UDP socket buffers left as they are: {e}");
+            return;
+        }
+    };
+    let _ = state.set_recv_buffer_size(socket.into(), SOCKET_BUFFER);
+    let _ = state.set_send_buffer_size(socket.into(), SOCKET_BUFFER);
+    // Linux reports twice what it grants (it counts its bookkeeping).
+    let recv = state.recv_buffer_size(socket.into()).unwrap_or(0) / 2;
+    let send = state.send_buffer_size(socket.into()).unwrap_or(0) / 2;
+    if recv < SOCKET_BUFFER || send < SOCKET_BUFFER {
+        log::debug!(
+            "UDP socket buffers: {recv} bytes to receive, {send} to send (asked for {SOCKET_BUFFER}; \
+             raise net.core.rmem_max / wmem_max for more)"
+        );
+    }
 }
 
 /// The keys of the cloud's QUIC endpoint that must be the same after a restart, derived from a
@@ -138,6 +196,7 @@ pub fn server_endpoint(
     let mut config = quinn::ServerConfig::new(Arc::new(crypto), Arc::new(keys.token));
     config.transport_config(Arc::new(transport));
     let socket = UdpSocket::bind(addr).map_err(|e| format!("cannot bind UDP {addr}: {e}"))?;
+    size_socket_buffers(&socket);
     let mut endpoint = EndpointConfig::new(Arc::new(keys.reset));
     endpoint.cid_generator(|| Box::new(ServerCids(ring::rand::SystemRandom::new())));
     Endpoint::new(endpoint, Some(config), socket, Arc::new(quinn::SmolRuntime))
@@ -150,6 +209,7 @@ pub fn client_endpoint(ipv6: bool) -> Result<Endpoint, String> {
         .parse()
         .expect("literal");
     let socket = UdpSocket::bind(bind).map_err(|e| format!("cannot bind UDP {bind}: {e}"))?;
+    size_socket_buffers(&socket);
     Endpoint::new(
         EndpointConfig::default(),
         None,
@@ -160,12 +220,12 @@ pub fn client_endpoint(ipv6: bool) -> Result<Endpoint, String> {
 }
 
 /// The edge's quinn client configuration from a rustls one (which must allow early data for 0-RTT),
-/// with quinn's default congestion controller.
+/// with the default congestion controller ([`Congestion::default`]).
 pub fn client_config(
     tls: rustls::ClientConfig,
     idle: Duration,
 ) -> Result<quinn::ClientConfig, String> {
-    client_config_with(tls, idle, Congestion::Cubic)
+    client_config_with(tls, idle, Congestion::default())
 }
 
 /// [`client_config`] with the congestion controller `congestion`.
