@@ -354,7 +354,7 @@ fn hub_sections_take_effect() {
     assert_eq!(c.queues.dir, Path::new("/var/lib/hub/cloud"));
     assert_eq!(c.queues.fsync, hub::store::Fsync::Always);
     assert_eq!((c.queues.max_messages, c.queues.window), (100_000, 65536));
-    assert_eq!(c.quic_congestion, hub::config::Congestion::Cubic);
+    assert_eq!(c.quic_congestion, hub::config::Congestion::Bbr);
     let s = EdgeConfig::from_yaml(
         Path::new("e.yaml"),
         &fixture("edge", "seed-quic.yaml", tmp.path()),
@@ -363,7 +363,7 @@ fn hub_sections_take_effect() {
     .unwrap();
     assert_eq!(s.apps.listen, Some("127.0.0.1:10060".parse().unwrap()));
     assert_eq!(s.outbox.dir, Path::new("/var/lib/hub/edge"));
-    assert_eq!(s.congestion, hub::config::Congestion::Cubic);
+    assert_eq!(s.congestion, hub::config::Congestion::Bbr);
 }
 
 #[test]
