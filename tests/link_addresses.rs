@@ -138,8 +138,9 @@ fn quic_dial_races_past_an_address_that_never_answers() {
         let took = started.elapsed();
         assert_eq!(conn.remote_address(), good);
         assert!(
-            took >= hub::transport::dial::ATTEMPT_DELAY && took < Duration::from_secs(5),
-            "the second address is tried after the attempt delay, not after a timeout: {took:?}"
+            took >= hub::transport::dial::ATTEMPT_DELAY.mul_f64(0.75)
+                && took < Duration::from_secs(5),
+            "the second address is tried after the attempt delay (75-100 %), not after a timeout: {took:?}"
         );
         conn.close(0u32.into(), b"");
 

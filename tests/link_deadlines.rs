@@ -171,9 +171,12 @@ fn blackholed_link_is_noticed_within_read_deadline_and_restored() {
         relay.blackhole(false);
         let back = edge.wait_for("connected to the cloud");
         if proto == Proto::Quic {
+            // Every attempt made during the outage took one of the session tickets the cloud
+            // handed out (a ticket is used once), so after a long outage the reconnect may be a
+            // full handshake (one more round trip).
             assert!(
-                back.contains("(0-RTT, "),
-                "a reconnect to the same cloud resumes with 0-RTT: {back}"
+                back.contains("(0-RTT") || back.contains("(1-RTT"),
+                "a reconnect to the same cloud: {back}"
             );
         }
         cloud
@@ -195,8 +198,9 @@ fn edge_comes_back_after_a_cloud_restart_within_the_backoff_cap() {
         let (ws_port, quic_port) = (cloud.ws_port, cloud.quic_port);
         cloud.hub.kill9();
         edge.wait_for("link to the cloud lost");
-        // The edge keeps trying (and failing) while the cloud is down.
-        edge.wait_for("reconnecting in");
+        // The edge keeps trying (and failing) while the cloud is down: after the backoff when
+        // refused (TCP), at once when nothing comes back (QUIC).
+        edge.wait_for("reconnecting ");
 
         let spec = CloudSpec {
             ws_port,

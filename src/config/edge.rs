@@ -72,6 +72,10 @@ struct RawController {
     backoff_initial: Option<f64>,
     #[serde(rename = "backoff-max")]
     backoff_max: Option<f64>,
+    #[serde(rename = "fallback-after")]
+    fallback_after: Option<i64>,
+    #[serde(rename = "quic-probe-interval")]
+    quic_probe_interval: Option<f64>,
 }
 
 /// Reads a YAML scalar as text, so that `node-id: 42` means the id "42".
@@ -230,6 +234,21 @@ pub struct CredentialRefresh {
     pub interval: Duration,
 }
 
+/// Falling back from QUIC to WebSocket where UDP gets no answer: set when `controller.protocol`
+/// is `quic` and the file also has a `websocket` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fallback {
+    /// The cloud's WebSocket endpoint, from `websocket.url` (its path is the same
+    /// `/{project-id}/{node-id}/events` as always).
+    pub endpoint: Endpoint,
+    /// `controller.fallback-after`: QUIC attempts in a row that got no answer before the edge
+    /// tries WebSocket (default 3).
+    pub after: u32,
+    /// `controller.quic-probe-interval`: how often an edge on WebSocket tries a QUIC handshake
+    /// to go back to QUIC (seconds; default 300).
+    pub probe_interval: Duration,
+}
+
 /// The edge hub's validated configuration.
 #[derive(Debug, Clone)]
 pub struct EdgeConfig {
@@ -266,6 +285,9 @@ pub struct EdgeConfig {
     /// `controller.backoff-max`: the longest reconnect wait; a link up this long counts as stable
     /// and resets the backoff.
     pub backoff_max: Duration,
+    /// QUIC's fallback to WebSocket, when `controller.protocol` is `quic` and a `websocket`
+    /// section gives the cloud's WebSocket URL.
+    pub fallback: Option<Fallback>,
     /// `apps`: the local application endpoint.
     pub apps: AppsConfig,
     /// `outbox`: the durable outbox of messages for the cloud.
@@ -386,6 +408,42 @@ impl EdgeConfig {
             ));
         }
 
+        let fallback_after =
+            c.count("controller.fallback-after", ctl.fallback_after, 3, 1, 1000)? as u32;
+        let probe_interval = c.duration(
+            "controller.quic-probe-interval",
+            ctl.quic_probe_interval,
+            300.0,
+            1.0,
+        )?;
+        let fallback = match (protocol, raw.websocket.as_ref()) {
+            (Protocol::Quic, Some(ws)) => {
+                let url = ws.url.as_deref().ok_or_else(|| {
+                    c.invalid(
+                        "websocket.url",
+                        "is required: with controller.protocol quic, the websocket section is the fallback",
+                    )
+                })?;
+                let url = Url::parse(url, "wss").map_err(|p| c.invalid("websocket.url", p))?;
+                let want = format!("/{project_id}/{node_id}/events");
+                if url.path != want {
+                    return Err(c.invalid(
+                        "websocket.url",
+                        format!(
+                            "path is {:?} but controller.project-id and controller.node-id make it {want:?}",
+                            url.path
+                        ),
+                    ));
+                }
+                Some(Fallback {
+                    endpoint: url.endpoint,
+                    after: fallback_after,
+                    probe_interval,
+                })
+            }
+            _ => None,
+        };
+
         if raw
             .websocket
             .as_ref()
@@ -423,6 +481,7 @@ impl EdgeConfig {
             node_id,
             backoff_initial,
             backoff_max,
+            fallback,
             apps: c.apps(raw.apps, DEFAULTS.listen)?,
             outbox: c.queue("outbox", raw.outbox, &DEFAULTS)?,
         })
@@ -432,7 +491,18 @@ impl EdgeConfig {
     pub fn summary(&self) -> String {
         let target = match self.protocol {
             Protocol::Websocket => format!("wss://{}{}", self.endpoint, self.websocket_path()),
-            Protocol::Quic => format!("quic {} ({})", self.endpoint, self.congestion.name()),
+            Protocol::Quic => match &self.fallback {
+                None => format!("quic {} ({})", self.endpoint, self.congestion.name()),
+                Some(f) => format!(
+                    "quic {} ({}), falling back to wss://{}{} after {} unanswered attempts, QUIC probed every {:?}",
+                    self.endpoint,
+                    self.congestion.name(),
+                    f.endpoint,
+                    self.websocket_path(),
+                    f.after,
+                    f.probe_interval
+                ),
+            },
         };
         let placement = match &self.placement {
             Some(u) => format!(", placement via https://{}{}", u.endpoint, u.path),

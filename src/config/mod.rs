@@ -9,7 +9,7 @@ mod cloud;
 mod edge;
 
 pub use cloud::CloudConfig;
-pub use edge::{CredentialRefresh, EdgeConfig, Endpoint, Protocol, Url};
+pub use edge::{CredentialRefresh, EdgeConfig, Endpoint, Fallback, Protocol, Url};
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -1,22 +1,29 @@
 //! The edge hub: one link to the cloud over the configured protocol, kept up across bad networks.
 //!
 //! Each round: ask placement (when configured) for the endpoint, connect within
-//! `handshake-timeout`, run the session until the link ends, then wait a jittered exponential
-//! backoff (reset after a stable link) and try again. Every reconnect is logged with its cause.
+//! `handshake-timeout` (attempts paced by [`dial::Pacer`] from the last link's round trip), run
+//! the session until the link ends, then try again: after an answer (a refusal, a reset, a TLS
+//! failure, a close code) once a jittered exponential backoff (reset after a stable link) has
+//! passed, after silence (nothing came back) at once, the pacer alone setting the pace. An edge
+//! on QUIC with a `websocket` section falls back to WebSocket when QUIC gets no answer, and
+//! probes QUIC in the background to go back to it. Every reconnect is logged with its cause.
 
 mod credentials;
 mod placement;
 
 pub use credentials::{CredentialStore, ROTATED_CERT, ROTATED_KEY};
 
+use std::cell::Cell;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use smol::future::FutureExt;
 
 use crate::apps::{Apps, Route};
-use crate::config::{EdgeConfig, Endpoint, Protocol};
+use crate::config::{EdgeConfig, Endpoint, Fallback, Protocol};
 use crate::exchange::{Exchange, LaneStores};
 use crate::local::Local;
 use crate::proto::backoff::Backoff;
@@ -34,8 +41,15 @@ const CLOSE_LINGER: Duration = Duration::from_secs(1);
 enum Ended {
     /// Shutdown was asked for.
     Shutdown,
-    /// The link was lost or closed; reconnect.
+    /// The link was lost or closed after an answer (a close code, a reset); reconnect after the
+    /// backoff.
     Lost,
+    /// The link was lost to silence (nothing arrived within the read deadline); reconnect at
+    /// once.
+    Silent,
+    /// A QUIC probe succeeded while on the WebSocket fallback: the link was closed (code 1) to
+    /// reconnect over QUIC at once.
+    BackToQuic,
     /// The cloud refused the node certificate before the link opened (the reason); reconnect,
     /// with the last credentials that worked if these are others.
     CertificateRefused(String),
@@ -56,6 +70,10 @@ pub async fn run(config: EdgeConfig, shutdown: Shutdown) -> Result<(), String> {
     }
     let seed = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64 ^ nanos_now();
     let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max, seed);
+    // The pace of connection attempts, from the last link's round trip.
+    let mut pacer = dial::Pacer::new(dial::ATTEMPT_DELAY, seed.rotate_left(17));
+    // On the WebSocket fallback of a QUIC edge.
+    let mut on_fallback = false;
     let mut tls: Option<Tls> = None;
     let mut quic_endpoints = quic::ClientEndpoints::default();
     // The address that answered last, per endpoint (placement's and the cloud's), tried first.
@@ -91,9 +109,15 @@ pub async fn run(config: EdgeConfig, shutdown: Shutdown) -> Result<(), String> {
         }
         let tls = tls.as_ref().expect("built above");
 
-        let target = match &config.placement {
-            None => config.endpoint.clone(),
-            Some(url) => {
+        let protocol = if on_fallback {
+            Protocol::Websocket
+        } else {
+            config.protocol
+        };
+        let target = match (&config.placement, &config.fallback) {
+            (_, Some(f)) if on_fallback => f.endpoint.clone(),
+            (None, _) => config.endpoint.clone(),
+            (Some(url), _) => {
                 let asked = placement::query(
                     url,
                     &config.ca,
@@ -146,37 +170,78 @@ pub async fn run(config: EdgeConfig, shutdown: Shutdown) -> Result<(), String> {
         let started = Instant::now();
         // Each transport bounds its attempts by handshake-timeout itself, so that a failure
         // names every address tried.
+        // With a fallback, a dial gives up after that many unanswered attempts, so that an edge
+        // whose QUIC gets no answer tries WebSocket soon (and, on the fallback, goes back to
+        // QUIC when WebSocket gets none either: the whole path may be down).
+        let mut limit = dial::Limit::new(config.handshake_timeout);
+        if let Some(f) = &config.fallback {
+            limit = limit.with_attempts(f.after as usize);
+        }
         let dialer = Dialer {
             quic_endpoints: &mut quic_endpoints,
             last_good: &mut last_good,
+            pacer: &mut pacer,
         };
-        let attempt = connect(&config, &target, tls, &mut session, dialer)
+        let attempt = connect(&config, protocol, &target, tls, &mut session, dialer, limit)
             .or(async {
                 shutdown.wait().await;
                 Err(LinkError::Eof)
             })
             .await;
         let ended = match attempt {
-            Ok((link, how)) => {
+            Ok((link, how, quic_conn)) => {
+                let mut stats = LinkStats {
+                    hello_at: Instant::now(),
+                    opened: false,
+                    rtt: None,
+                };
+                // On the fallback, QUIC is probed in the background while the link runs.
+                let probe: Option<Probe<'_>> = match &config.fallback {
+                    Some(f) if on_fallback => Some(Box::pin(probe_quic(
+                        &config,
+                        f.probe_interval,
+                        &tls.quic,
+                        &mut quic_endpoints,
+                    ))),
+                    _ => None,
+                };
                 let driven = Driven {
                     config: &config,
                     creds: &creds,
                     generation,
                     how,
                     started,
+                    probe,
+                    stats: &mut stats,
                 };
                 let ended = drive(link, session, exchange, driven, &shutdown).await;
+                if let Some(conn) = quic_conn {
+                    stats.rtt = Some(conn.rtt());
+                }
+                if stats.opened {
+                    pacer.link_opened(stats.rtt);
+                    if let Some(rtt) = stats.rtt {
+                        log::debug!(
+                            "round trip {:.1} ms: attempts {:.0} ms apart while the cloud is silent",
+                            rtt.as_secs_f64() * 1000.0,
+                            pacer.base().as_secs_f64() * 1000.0
+                        );
+                    }
+                }
                 backoff.link_was_up(started.elapsed());
                 ended
             }
             Err(_) if shutdown.is_triggered() => Ended::Shutdown,
             Err(e) => {
-                log::warn!(
-                    "cannot connect to the cloud at {target} over {}: {e}",
-                    config.protocol
-                );
+                log::warn!("cannot connect to the cloud at {target} over {protocol}: {e}");
                 match e {
                     LinkError::CertificateRefused(why) => Ended::CertificateRefused(why),
+                    LinkError::NoAnswer(_) => {
+                        if let Some(f) = &config.fallback {
+                            on_fallback = fall_back(f, on_fallback, &target, &config);
+                        }
+                        Ended::Silent
+                    }
                     _ => Ended::Lost,
                 }
             }
@@ -184,6 +249,19 @@ pub async fn run(config: EdgeConfig, shutdown: Shutdown) -> Result<(), String> {
         match ended {
             Ended::Shutdown => break,
             Ended::Lost => {}
+            // Nothing came back: an attempt should be under way when the path returns, so no
+            // backoff; the pacer spaces the attempts.
+            Ended::Silent => {
+                log::info!(
+                    "reconnecting at once: nothing came back, so no backoff (attempts {:.0} ms apart)",
+                    pacer.base().as_secs_f64() * 1000.0
+                );
+                continue;
+            }
+            Ended::BackToQuic => {
+                on_fallback = false;
+                continue;
+            }
             Ended::CertificateRefused(why) => {
                 creds.refused(generation, &why);
             }
@@ -219,40 +297,108 @@ fn build_tls(
     })
 }
 
-/// What dialling keeps across reconnects: QUIC's endpoints and the address that answered last.
+/// Whether the edge is on the WebSocket fallback after a dial over `target` that got no answer,
+/// from `on_fallback` (whether it was): a silent QUIC dial falls back (with one warning naming
+/// why), a silent WebSocket dial on the fallback goes back to QUIC (the whole path may be down,
+/// and QUIC is the configured protocol).
+fn fall_back(f: &Fallback, on_fallback: bool, target: &Endpoint, config: &EdgeConfig) -> bool {
+    if on_fallback {
+        log::info!(
+            "WebSocket got no answer either; trying QUIC at {} again",
+            config.endpoint
+        );
+        return false;
+    }
+    log::warn!(
+        "QUIC to {target} got no answer in {} attempt(s) (UDP blocked or filtered?): falling back to WebSocket at wss://{}{}; QUIC is probed again every {:.0}s",
+        f.after,
+        f.endpoint,
+        config.websocket_path(),
+        f.probe_interval.as_secs_f64()
+    );
+    true
+}
+
+/// A background QUIC probe: resolves when a QUIC handshake with the cloud succeeded.
+type Probe<'a> = Pin<Box<dyn Future<Output = ()> + 'a>>;
+
+/// Tries a QUIC handshake with the cloud at `config.endpoint` every `interval` until one
+/// succeeds (at most `fallback-after` attempts each time, within `handshake-timeout`); the
+/// connection is closed at once, its only use being to show that QUIC gets through (and to leave
+/// a session ticket for 0-RTT). Failures are logged at debug level.
+async fn probe_quic(
+    config: &EdgeConfig,
+    interval: Duration,
+    tls: &quinn::ClientConfig,
+    endpoints: &mut quic::ClientEndpoints,
+) {
+    let after = config.fallback.as_ref().map_or(3, |f| f.after) as usize;
+    loop {
+        smol::Timer::after(interval).await;
+        let limit = dial::Limit::new(config.handshake_timeout).with_attempts(after);
+        let target = &config.endpoint;
+        let addrs = match dial::resolve(&target.host, target.port, limit).await {
+            Ok(a) => a,
+            Err(e) => {
+                log::debug!("QUIC probe: {e}");
+                continue;
+            }
+        };
+        let mut pacer = dial::Pacer::default();
+        let probed =
+            quic::dial_paced(endpoints, tls, &addrs, &target.host, &[], limit, &mut pacer).await;
+        match probed {
+            Ok((conn, ..)) => {
+                log::info!(
+                    "QUIC answers again at {}: moving the link back from WebSocket to QUIC",
+                    conn.remote_address()
+                );
+                conn.close(0u32.into(), b"QUIC probe");
+                return;
+            }
+            Err(e) => log::debug!("QUIC probe: {e}"),
+        }
+    }
+}
+
+/// What dialling keeps across reconnects: QUIC's endpoints, the address that answered last and
+/// the pace of attempts.
 struct Dialer<'a> {
     quic_endpoints: &'a mut quic::ClientEndpoints,
     last_good: &'a mut dial::LastGood,
+    pacer: &'a mut dial::Pacer,
 }
 
-/// Connects the transport to every address of `target` in turn, the happy-eyeballs way (the one
-/// that answered last first), within `handshake-timeout`, and hands the session's HELLO to it (as
-/// 0-RTT data on QUIC when the session can be resumed). Returns the link and how the handshake
-/// went, for the log.
+/// Connects `protocol` to every address of `target`, the happy-eyeballs way (the one that
+/// answered last first) with fresh attempts beside silent ones, within `limit`
+/// (`handshake-timeout`, and at most so many attempts), and hands the session's HELLO to it (as
+/// 0-RTT data on QUIC when the session can be resumed). Returns the link, how the handshake
+/// went, for the log, and the QUIC connection (for its round trip).
 async fn connect(
     config: &EdgeConfig,
+    protocol: Protocol,
     target: &Endpoint,
     tls: &Tls,
     session: &mut Session,
     dialer: Dialer<'_>,
-) -> Result<(Link, &'static str), LinkError> {
-    let limit = config.handshake_timeout;
-    match config.protocol {
+    limit: dial::Limit,
+) -> Result<(Link, &'static str, Option<quinn::Connection>), LinkError> {
+    match protocol {
         Protocol::Websocket => {
             let (stream, peer) = ws::dial(
                 target,
                 &config.websocket_path(),
                 tls.websocket.clone(),
                 limit,
+                dialer.pacer,
                 dialer.last_good,
             )
             .await?;
             let link = ws::spawn_link(stream, peer, config.write_deadline);
             link.flush(session, Instant::now());
-            Ok((link, "TLS 1.3"))
+            Ok((link, "TLS 1.3", None))
         }
         Protocol::Quic => {
-            let limit = dial::Limit::new(limit);
             let addrs = dial::resolve(&target.host, target.port, limit)
                 .await
                 .map_err(LinkError::Io)?;
@@ -261,38 +407,53 @@ async fn connect(
             while let Some(frame) = session.poll_transmit(Instant::now()) {
                 encode_len_prefixed(&frame, &mut first);
             }
-            let (conn, send, recv, how) = quic::dial(
+            let (conn, send, recv, how) = quic::dial_paced(
                 dialer.quic_endpoints,
                 &tls.quic,
                 &addrs,
                 &target.host,
                 &first,
                 limit,
+                dialer.pacer,
             )
             .await?;
             dialer.last_good.remember(target, conn.remote_address());
             Ok((
                 quic::spawn_link(
-                    conn,
+                    conn.clone(),
                     send,
                     recv,
                     config.write_deadline,
                     quic::BulkStream::Open,
                 ),
                 how.describe(),
+                Some(conn),
             ))
         }
     }
 }
 
+/// What one link measured: whether it opened, and its round trip.
+struct LinkStats {
+    /// When HELLO went out (WebSocket: right after the upgrade).
+    hello_at: Instant,
+    /// Whether WELCOME arrived.
+    opened: bool,
+    /// The round trip: HELLO to WELCOME (QUIC's own estimate replaces it at the end).
+    rtt: Option<Duration>,
+}
+
 /// What [`drive`] needs besides the link: the configuration, the credentials the link was made
-/// with (`generation` of `creds`), how the handshake went and when the attempt started.
-struct Driven<'a> {
+/// with (`generation` of `creds`), how the handshake went, when the attempt started, the QUIC
+/// probe to run beside a fallback link, and where to put what the link measured.
+struct Driven<'a, 'p> {
     config: &'a EdgeConfig,
     creds: &'a CredentialStore,
     generation: u64,
     how: &'a str,
     started: Instant,
+    probe: Option<Probe<'p>>,
+    stats: &'a mut LinkStats,
 }
 
 /// Runs one link's session until it ends.
@@ -300,7 +461,7 @@ async fn drive(
     link: Link,
     mut session: Session,
     mut exchange: Exchange,
-    driven: Driven<'_>,
+    driven: Driven<'_, '_>,
     shutdown: &Shutdown,
 ) -> Ended {
     let Driven {
@@ -309,9 +470,13 @@ async fn drive(
         generation,
         how,
         started,
+        mut probe,
+        stats,
     } = driven;
     let (protocol, peer) = (link.protocol, link.peer);
     let mut opened = false;
+    // Set when the probe found QUIC again and the link is being closed to move to it.
+    let switching = Cell::new(false);
     loop {
         let now = Instant::now();
         while let Some(event) = session.poll_event() {
@@ -321,6 +486,8 @@ async fn drive(
             match event {
                 Event::Open => {
                     opened = true;
+                    stats.opened = true;
+                    stats.rtt = Some(stats.hello_at.elapsed());
                     creds.worked(generation);
                     log::info!(
                         "connected to the cloud over {protocol} at {peer} ({how}, {:.1} ms); heartbeat every {:.1}s",
@@ -338,9 +505,17 @@ async fn drive(
                         format!(": {detail}")
                     };
                     let why = format!("{code}{detail}");
-                    let ended = if code == CloseCode::ShuttingDown {
+                    let ended = if code == CloseCode::ShuttingDown && switching.get() {
+                        log::info!(
+                            "closing the WebSocket link to the cloud ({peer}) to move to QUIC"
+                        );
+                        Ended::BackToQuic
+                    } else if code == CloseCode::ShuttingDown {
                         log::info!("closing the link to the cloud ({protocol}, {peer}): {code}");
                         Ended::Shutdown
+                    } else if code == CloseCode::Timeout {
+                        lost(opened, protocol, peer, &why);
+                        Ended::Silent
                     } else if code == CloseCode::IdentityMismatch && !opened {
                         // The cloud says the certificate is not this node.
                         lost(opened, protocol, peer, &why);
@@ -365,6 +540,16 @@ async fn drive(
         .or(async {
             exchange.added().await;
             Wake::Added
+        })
+        .or(async {
+            match probe.as_mut() {
+                Some(p) if !switching.get() => {
+                    p.as_mut().await;
+                    switching.set(true);
+                    Wake::Stop(CloseCode::ShuttingDown)
+                }
+                _ => std::future::pending().await,
+            }
         });
         match link.wait(&session, other).await {
             Wake::Inbound(Inbound::Frame(bytes)) => session.handle_bytes(Instant::now(), &bytes),

@@ -60,9 +60,9 @@ pub async fn query(
     let addrs = last_good.order(&url.endpoint, addrs);
     let raced = dial::race(
         &addrs,
-        dial::ATTEMPT_DELAY,
+        &mut dial::Pacer::default(),
         limit,
-        LinkError::is_final,
+        LinkError::verdict,
         |addr| ask(url, connector.clone(), name.clone(), addr),
     )
     .await;

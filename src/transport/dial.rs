@@ -1,16 +1,24 @@
-//! Dialling a host name that resolves to several addresses, the happy-eyeballs way (RFC 8305).
+//! Dialling a host name that resolves to several addresses, the happy-eyeballs way (RFC 8305),
+//! with fresh attempts beside the ones that stall.
 //!
 //! The addresses are ordered as the resolver sorted them (RFC 6724) with the two families
 //! interleaved, starting with the family of the first ([`interleave`], RFC 8305 section 4), and
 //! the address that answered last time first ([`LastGood`]). The first attempt starts at once;
-//! the next starts when the previous one failed or after [`ATTEMPT_DELAY`] while it is still
-//! pending, whichever comes first (section 5); the first success wins and the attempts still
+//! the next starts when the previous one failed, or when the [`Pacer`]'s gap (about two round
+//! trips of the last link; [`ATTEMPT_DELAY`] before any) passed with no answer from any pending
+//! attempt (RFC 8305 section 5). Once every address has been started, the gap starts a *fresh*
+//! attempt (a new connection) to an address that has not answered yet, beside the stalled ones:
+//! an attempt whose packets were lost while the path was down waits out its transport's
+//! retransmission timer (TCP SYN, QUIC Initial: 1 s, 2 s, 4 s, …), a fresh one goes out as soon
+//! as the path is back. At most [`MAX_ALIVE`] attempts are pending at once (the oldest is
+//! abandoned), and the pacer caps their rate. The first success wins and the attempts still
 //! pending are dropped, which cancels them. An attempt is everything up to a usable connection:
 //! for WebSocket the TCP connect, the TLS handshake and the HTTP upgrade; for QUIC the whole QUIC
 //! handshake; for placement the TCP connect, the TLS handshake and the HTTP exchange. A failure
-//! that is the peer's own answer (see [`race`]'s `is_final`) ends the race at once: the other
-//! addresses belong to the same service, which has answered.
+//! that is the peer's own answer ([`Verdict::Final`]) ends the race at once: the other addresses
+//! belong to the same service, which has answered.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -21,26 +29,159 @@ use smol::future::FutureExt;
 
 use crate::config::Endpoint;
 
-/// How long an attempt may stay pending before the next address is tried alongside it: RFC
-/// 8305's recommended "Connection Attempt Delay" (section 8).
+/// How long an attempt may stay pending before the next address is tried alongside it, when no
+/// round trip has been measured yet: RFC 8305's recommended "Connection Attempt Delay"
+/// (section 8).
 pub const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
 
+/// The shortest gap between attempts, however short the measured round trip (RFC 8305
+/// section 5's lower bound for the attempt delay is 100 ms too).
+pub const MIN_GAP: Duration = Duration::from_millis(100);
+
+/// The longest gap between attempts while every one stays silent: at most about one attempt a
+/// second per edge during a long outage, so 10,000 edges that lost a dead cloud host send it no
+/// more than about 10,000 packets a second, spread by jitter.
+pub const MAX_GAP: Duration = Duration::from_secs(1);
+
+/// Attempts in a row started at the base gap (about two round trips) before the gap grows
+/// towards [`MAX_GAP`]: a short outage is bridged at full speed, a long one settles at the cap.
+pub const BURST: u32 = 8;
+
+/// The most attempts pending at once; starting another abandons the oldest.
+pub const MAX_ALIVE: usize = 4;
+
+/// The pace of connection attempts for one dialler, kept across its dials so that a dial that
+/// follows one that got no answer goes on at the same pace (and the cap holds across them).
+///
+/// The gap between two attempts started without an answer between them is the *base* (two
+/// measured round trips, clamped to [`MIN_GAP`]..[`MAX_GAP`]; [`ATTEMPT_DELAY`] before any link)
+/// for the first [`BURST`] attempts, then grows by half each time up to [`MAX_GAP`]. Each gap is
+/// drawn from its upper quarter (75-100 %), so diallers that lost the same host together drift
+/// apart. A link that opens ([`Pacer::link_opened`]) starts the count again.
+#[derive(Debug, Clone)]
+pub struct Pacer {
+    base: Duration,
+    /// Attempts started since the last link opened.
+    silent: u32,
+    /// When the last attempt started.
+    last_start: Option<Instant>,
+    /// The gap that must pass after `last_start` before the next silent attempt.
+    gap: Duration,
+    rng: u64,
+}
+
+impl Default for Pacer {
+    fn default() -> Pacer {
+        Pacer::new(ATTEMPT_DELAY, 0x9e37_79b9_7f4a_7c15)
+    }
+}
+
+impl Pacer {
+    /// A pacer whose base gap is `base` (not clamped: tests use any), jitter seeded by `seed`.
+    pub fn new(base: Duration, seed: u64) -> Pacer {
+        Pacer {
+            base,
+            silent: 0,
+            last_start: None,
+            gap: Duration::ZERO,
+            rng: seed | 1,
+        }
+    }
+
+    /// The base gap for a link whose round trip was `rtt`: `2 × rtt` clamped to
+    /// [`MIN_GAP`]..[`MAX_GAP`].
+    pub fn base_for(rtt: Duration) -> Duration {
+        (rtt * 2).clamp(MIN_GAP, MAX_GAP)
+    }
+
+    /// The base gap now.
+    pub fn base(&self) -> Duration {
+        self.base
+    }
+
+    /// A link opened; `rtt` is its measured round trip if known. The next attempts go at the
+    /// base pace again, derived from `rtt` ([`Pacer::base_for`]).
+    pub fn link_opened(&mut self, rtt: Option<Duration>) {
+        if let Some(rtt) = rtt {
+            self.base = Pacer::base_for(rtt);
+        }
+        self.silent = 0;
+        self.last_start = None;
+        self.gap = Duration::ZERO;
+    }
+
+    /// When the next attempt may start if nothing answers before.
+    pub fn due(&self) -> Instant {
+        match self.last_start {
+            Some(t) => t + self.gap,
+            None => Instant::now(),
+        }
+    }
+
+    /// Records an attempt started `now` and draws the gap before the next one.
+    pub fn started(&mut self, now: Instant) {
+        let mut step = self.base;
+        if self.silent >= BURST {
+            let grown = (self.silent - BURST + 1).min(16) as i32;
+            step = step.mul_f64(1.5f64.powi(grown)).min(MAX_GAP.max(self.base));
+        }
+        self.silent = self.silent.saturating_add(1);
+        let frac = (self.next_random() >> 11) as f64 / (1u64 << 53) as f64;
+        self.gap = step.mul_f64(0.75 + 0.25 * frac);
+        self.last_start = Some(now);
+    }
+
+    fn next_random(&mut self) -> u64 {
+        // xorshift64*: plenty for jitter.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+/// What a failed attempt says about the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The peer's own answer about the request (a refusal of the certificate, an HTTP status):
+    /// ends the whole race.
+    Final,
+    /// Something answered (a refused or reset connection, a TLS failure): this address is done,
+    /// the next one starts at once.
+    Answer,
+    /// Nothing came back (the transport gave up waiting): the address stays a candidate for
+    /// fresh attempts.
+    Silence,
+}
+
 /// The time a whole connect may take (the edge's `handshake-timeout`), counted from when it
-/// started: resolving the host and every attempt share it, and reports name `total`.
+/// started: resolving the host and every attempt share it, and reports name `total`; and the
+/// most attempts it may start ([`race`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Limit {
     /// The configured limit, as reports name it.
     pub total: Duration,
     /// When the connect started.
     pub since: Instant,
+    /// The most attempts (fresh ones to one address count each); unbounded by default.
+    pub attempts: usize,
 }
 
 impl Limit {
-    /// `total`, starting now.
+    /// `total`, starting now, with no bound on attempts.
     pub fn new(total: Duration) -> Limit {
         Limit {
             total,
             since: Instant::now(),
+            attempts: usize::MAX,
+        }
+    }
+
+    /// This limit with at most `n` attempts (at least 1).
+    pub fn with_attempts(self, n: usize) -> Limit {
+        Limit {
+            attempts: n.max(1),
+            ..self
         }
     }
 
@@ -144,27 +285,33 @@ impl LastGood {
     }
 }
 
-/// How an attempt that did not win ended.
+/// How an address's attempts ended, when none won.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome<E> {
-    /// It failed with this error.
+    /// Its last attempt to end failed with this error.
     Failed(E),
-    /// It had not finished when the time limit (the handshake timeout) ran out.
+    /// None had finished when the time limit (the handshake timeout) or the most attempts ran
+    /// out.
     NoAnswer,
-    /// It had not finished when another address gave a final answer, and was dropped.
+    /// None had finished when another address gave a final answer, and they were dropped.
     Abandoned,
 }
 
-/// Every address [`race`] tried and why it failed, in the order the attempts were started.
+/// Every address [`race`] tried and why it failed, in the order they were first started.
 #[derive(Debug)]
 pub struct Failed<E> {
-    /// Each address tried, with how its attempt ended.
+    /// Each address tried, with how its attempts ended.
     pub tried: Vec<(SocketAddr, Outcome<E>)>,
     /// The time limit named in the report (the handshake timeout).
     pub limit: Duration,
     /// The address whose failure was a final answer, which ended the race (its entry in `tried`
     /// is [`Outcome::Failed`]); `None` when every attempt failed or ran out of time.
     pub final_answer: Option<SocketAddr>,
+    /// Attempts started (fresh attempts to one address count each).
+    pub attempts: usize,
+    /// Whether nothing answered at all: every attempt ended in [`Verdict::Silence`], was still
+    /// pending at the end, or was abandoned as the oldest.
+    pub silent: bool,
 }
 
 impl<E> Failed<E> {
@@ -216,38 +363,58 @@ impl<E: fmt::Display> fmt::Display for Failed<E> {
     }
 }
 
-/// `fut`'s outcome with the address it was for.
+/// How one attempt ended inside the race.
+enum Ended<T, E> {
+    Done(Result<T, E>),
+    /// Abandoned as the oldest pending attempt.
+    Superseded,
+}
+
+/// `fut`'s outcome with the address it was for; resolves to [`Ended::Superseded`] when
+/// `cancel`'s sender is dropped first.
 async fn tagged<T, E>(
     addr: SocketAddr,
+    cancel: smol::channel::Receiver<()>,
     fut: impl Future<Output = Result<T, E>>,
-) -> (SocketAddr, Result<T, E>) {
-    (addr, fut.await)
+) -> (SocketAddr, Ended<T, E>) {
+    let ended = async { Ended::Done(fut.await) }
+        .or(async {
+            let _ = cancel.recv().await;
+            Ended::Superseded
+        })
+        .await;
+    (addr, ended)
 }
 
 enum Step<T, E> {
-    Done(SocketAddr, Result<T, E>),
+    Done(SocketAddr, Ended<T, E>),
     Next,
     OutOfTime,
 }
 
 /// Races `attempt` over `addrs` (in the given order; see [`interleave`] and [`LastGood`]),
-/// starting the next address when the previous attempt failed or after `delay` while it is
-/// pending. Returns the first success with its address; the attempts still pending are dropped,
-/// which cancels them.
+/// at the pace of `pacer` (see the module documentation): the next address starts when an
+/// attempt got an answer that was not final, or when the pacer's gap passed while every pending
+/// attempt stayed silent; once every address was started, each gap starts a fresh attempt to an
+/// address that has not answered (in turn), keeping at most [`MAX_ALIVE`] pending (the oldest
+/// abandoned). At most `limit.attempts` are started: when the gap after the last passes with
+/// no answer, the race ends as if out of time. Returns the first success with its address; the
+/// attempts still pending are dropped, which cancels them.
 ///
-/// An error for which `is_final` is true is the peer's own answer (for the edge: the cloud
-/// refused the request or this side's certificate, after proving it is the cloud): it ends the
-/// race at once, as a failure, with the pending attempts dropped ([`Outcome::Abandoned`]) and no
-/// further address started. Any other error only moves the race on.
+/// `verdict` says what a failure means: [`Verdict::Final`] (for the edge: the cloud refused the
+/// request or this side's certificate, after proving it is the cloud) ends the race at once, as
+/// a failure, with the pending attempts dropped ([`Outcome::Abandoned`]) and nothing further
+/// started; [`Verdict::Answer`] takes that address out of the race and starts the next one at
+/// once; [`Verdict::Silence`] leaves the address in for fresh attempts.
 ///
-/// When every attempt failed, or `limit` ran out first (addresses not yet tried are then not
-/// tried), returns each address tried with how it ended, in the order they were started. Each
-/// attempt, and each failure with its error, is logged (debug) with its address.
+/// When every address answered, or `limit` ran out first, returns each address tried with how
+/// it ended, in the order they were first started. Each attempt, and each failure with its
+/// error, is logged (debug) with its address.
 pub async fn race<T, E, F, Fut>(
     addrs: &[SocketAddr],
-    delay: Duration,
+    pacer: &mut Pacer,
     limit: Limit,
-    is_final: impl Fn(&E) -> bool,
+    verdict: impl Fn(&E) -> Verdict,
     mut attempt: F,
 ) -> Result<(T, SocketAddr), Failed<E>>
 where
@@ -257,16 +424,27 @@ where
 {
     let out_of_time = smol::Timer::at(limit.until());
     let mut out_of_time = std::pin::pin!(out_of_time);
+    let at_most = limit.attempts;
     let mut pending = FuturesUnordered::new();
+    // The cancel handles of the pending attempts, oldest first, with their ids.
+    let mut alive: VecDeque<(u64, smol::channel::Sender<()>)> = VecDeque::new();
     let mut next = 0;
+    let mut started = 0usize;
+    // Each address's last error, and whether any answer (not silence) came back.
     let mut ended: Vec<(SocketAddr, E)> = Vec::new();
+    let mut answered = false;
+    // Addresses that answered (not silence): no fresh attempts for them.
+    let mut done: Vec<SocketAddr> = Vec::new();
+    // The next address in turn for a fresh attempt.
+    let mut turn = 0usize;
     // The addresses started, in order: the order of the report.
-    let mut order = Vec::with_capacity(addrs.len());
-    // The report: what failed, and the rest of what was started as `unfinished`.
+    let mut order: Vec<SocketAddr> = Vec::with_capacity(addrs.len());
     let report = |mut ended: Vec<(SocketAddr, E)>,
                   order: &[SocketAddr],
                   unfinished: fn() -> Outcome<E>,
-                  final_answer: Option<SocketAddr>| {
+                  final_answer: Option<SocketAddr>,
+                  attempts: usize,
+                  silent: bool| {
         let tried = order
             .iter()
             .map(|a| match ended.iter().position(|(e, _)| e == a) {
@@ -278,34 +456,94 @@ where
             tried,
             limit: limit.total,
             final_answer,
+            attempts,
+            silent,
         }
     };
-    // Each turn starts the next address (if any is left): at first, after a failure, or after
-    // `delay` without an answer.
+    // Whether to start an attempt now: at first (unless the previous dial's last attempt was
+    // too recent for the pacer), and after an answer while addresses are left.
+    let mut start_now = pacer.due() <= Instant::now();
+    let mut id = 0u64;
     loop {
-        if next < addrs.len() {
-            let addr = addrs[next];
-            log::debug!("trying {addr} ({} of {})", next + 1, addrs.len());
-            pending.push(tagged(addr, attempt(addr)));
-            order.push(addr);
-            next += 1;
+        if start_now && started < at_most {
+            // The next address never tried, else the next one in turn that has not answered.
+            let addr = if next < addrs.len() {
+                next += 1;
+                Some(addrs[next - 1])
+            } else {
+                let live: Vec<SocketAddr> = order
+                    .iter()
+                    .copied()
+                    .filter(|a| !done.contains(a))
+                    .collect();
+                (!live.is_empty()).then(|| {
+                    turn += 1;
+                    live[(turn - 1) % live.len()]
+                })
+            };
+            if let Some(addr) = addr {
+                if alive.len() >= MAX_ALIVE {
+                    // Dropping the sender ends that attempt as superseded.
+                    alive.pop_front();
+                }
+                started += 1;
+                let fresh = order.contains(&addr);
+                let nth = order.iter().position(|a| *a == addr).unwrap_or(order.len()) + 1;
+                if fresh {
+                    log::debug!(
+                        "trying {addr} again ({nth} of {}, attempt {started})",
+                        addrs.len()
+                    );
+                } else {
+                    log::debug!("trying {addr} ({nth} of {})", addrs.len());
+                }
+                if !fresh {
+                    order.push(addr);
+                }
+                let (tx, rx) = smol::channel::bounded(1);
+                id += 1;
+                alive.push_back((id, tx));
+                let my_id = id;
+                let fut = attempt(addr);
+                pending.push(async move {
+                    let (addr, ended) = tagged(addr, rx, fut).await;
+                    (my_id, addr, ended)
+                });
+                pacer.started(Instant::now());
+            }
         }
-        if pending.is_empty() {
-            return Err(report(ended, &order, || Outcome::NoAnswer, None));
+        start_now = false;
+        if pending.is_empty() && (next >= addrs.len() || started >= at_most) {
+            let no_more = order.iter().all(|a| done.contains(a)) || started >= at_most;
+            if no_more && !order.is_empty() {
+                return Err(report(
+                    ended,
+                    &order,
+                    || Outcome::NoAnswer,
+                    None,
+                    started,
+                    !answered,
+                ));
+            }
         }
-        let more = next < addrs.len();
+        let can_start = next < addrs.len() || order.iter().any(|a| !done.contains(a));
+        let due = (can_start || started >= at_most).then(|| pacer.due());
         let step = async {
             match pending.next().await {
-                Some((addr, result)) => Step::Done(addr, result),
+                Some((my_id, addr, result)) => {
+                    alive.retain(|(i, _)| *i != my_id);
+                    Step::Done(addr, result)
+                }
                 None => std::future::pending().await,
             }
         }
         .or(async {
-            if more {
-                smol::Timer::after(delay).await;
-                Step::Next
-            } else {
-                std::future::pending().await
+            match due {
+                Some(due) => {
+                    smol::Timer::at(due).await;
+                    Step::Next
+                }
+                None => std::future::pending().await,
             }
         })
         .or(async {
@@ -314,21 +552,65 @@ where
         })
         .await;
         match step {
-            Step::Done(addr, Ok(t)) => return Ok((t, addr)),
-            Step::Done(addr, Err(e)) => {
-                let stop = is_final(&e);
-                let what = if stop { "final answer" } else { "failed" };
+            Step::Done(addr, Ended::Done(Ok(t))) => return Ok((t, addr)),
+            Step::Done(addr, Ended::Done(Err(e))) => {
+                let v = verdict(&e);
+                let what = match v {
+                    Verdict::Final => "final answer",
+                    Verdict::Answer => "failed",
+                    Verdict::Silence => "no answer",
+                };
                 log::debug!("{addr}: {what}: {e}");
+                ended.retain(|(a, _)| *a != addr);
                 ended.push((addr, e));
-                if stop {
-                    drop(pending);
-                    return Err(report(ended, &order, || Outcome::Abandoned, Some(addr)));
+                match v {
+                    Verdict::Final => {
+                        drop(pending);
+                        return Err(report(
+                            ended,
+                            &order,
+                            || Outcome::Abandoned,
+                            Some(addr),
+                            started,
+                            false,
+                        ));
+                    }
+                    Verdict::Answer => {
+                        answered = true;
+                        if !done.contains(&addr) {
+                            done.push(addr);
+                        }
+                        // An answer is not silence: the next address goes at once.
+                        start_now = next < addrs.len();
+                    }
+                    Verdict::Silence => {}
                 }
             }
-            Step::Next => {}
+            Step::Done(_, Ended::Superseded) => {}
+            Step::Next => {
+                if started >= at_most {
+                    drop(pending);
+                    return Err(report(
+                        ended,
+                        &order,
+                        || Outcome::NoAnswer,
+                        None,
+                        started,
+                        !answered,
+                    ));
+                }
+                start_now = true;
+            }
             Step::OutOfTime => {
                 drop(pending);
-                return Err(report(ended, &order, || Outcome::NoAnswer, None));
+                return Err(report(
+                    ended,
+                    &order,
+                    || Outcome::NoAnswer,
+                    None,
+                    started,
+                    !answered,
+                ));
             }
         }
     }
@@ -387,9 +669,19 @@ mod tests {
         let started = RefCell::new(Vec::new());
         let addrs: Vec<SocketAddr> = plan.iter().map(|(a, _)| *a).collect();
         let limit = Limit::new(Duration::from_secs(4));
-        // The fake attempts' errors say "final" when they are a final answer.
-        let is_final = |e: &String| e.starts_with("final");
-        let result = smol::block_on(race(&addrs, delay, limit, is_final, |a| {
+        // The fake attempts' errors say "final" when they are a final answer, "silent" when
+        // the transport gave up waiting.
+        let verdict = |e: &String| {
+            if e.starts_with("final") {
+                Verdict::Final
+            } else if e.starts_with("silent") {
+                Verdict::Silence
+            } else {
+                Verdict::Answer
+            }
+        };
+        let mut pacer = Pacer::new(delay, 7);
+        let result = smol::block_on(race(&addrs, &mut pacer, limit, verdict, |a| {
             started
                 .borrow_mut()
                 .push((a, t0.elapsed().as_millis() as u64));
@@ -428,8 +720,8 @@ mod tests {
         assert_eq!(started[0], (v6, 0));
         let second = started[1].1;
         assert!(
-            (250..600).contains(&second),
-            "the second attempt starts one attempt delay after the first: {second} ms"
+            (187..600).contains(&second),
+            "the second attempt starts one attempt delay (75-100 %) after the first: {second} ms"
         );
     }
 
@@ -485,9 +777,9 @@ mod tests {
         let t0 = Instant::now();
         let result = smol::block_on(race(
             &[a, b, c],
-            Duration::from_millis(100),
+            &mut Pacer::new(Duration::from_millis(100), 1),
             Limit::new(Duration::from_millis(200)),
-            |_: &&str| false,
+            |_: &&str| Verdict::Answer,
             |addr| async move {
                 if addr == b {
                     Err("refused")
@@ -543,6 +835,167 @@ mod tests {
         assert_eq!(
             won,
             Err("final answer 5 (127.0.0.1:9); also tried [::1]:9: refused 5".to_owned())
+        );
+    }
+
+    #[test]
+    fn a_silent_address_gets_fresh_attempts_and_a_late_one_wins() {
+        // One address; the attempts started in the first 300 ms are lost (they hang, as an
+        // attempt whose packets went into a blackhole waits out its retransmission timer), the
+        // later ones get through at once.
+        let a = addr("127.0.0.1:9");
+        let t0 = Instant::now();
+        let started = RefCell::new(Vec::new());
+        let mut pacer = Pacer::new(Duration::from_millis(50), 3);
+        let result = smol::block_on(race(
+            &[a],
+            &mut pacer,
+            Limit::new(Duration::from_secs(10)),
+            |_: &String| Verdict::Answer,
+            |_| {
+                let at = t0.elapsed();
+                started.borrow_mut().push(at);
+                async move {
+                    if at < Duration::from_millis(300) {
+                        std::future::pending().await
+                    } else {
+                        Ok(at)
+                    }
+                }
+            },
+        ));
+        let (won_at, _) = result.expect("a fresh attempt wins");
+        let took = t0.elapsed();
+        assert!(
+            won_at >= Duration::from_millis(300) && took < Duration::from_secs(2),
+            "the first attempt after the path returned wins, long before the limit: {took:?}"
+        );
+        let n = started.borrow().len();
+        assert!(n >= 5, "fresh attempts every gap while silent: {n}");
+    }
+
+    #[test]
+    fn at_most_max_alive_attempts_are_pending_and_the_oldest_is_dropped() {
+        struct Alive<'a>(&'a RefCell<usize>);
+        impl Drop for Alive<'_> {
+            fn drop(&mut self) {
+                *self.0.borrow_mut() -= 1;
+            }
+        }
+        let a = addr("127.0.0.1:9");
+        let alive = RefCell::new(0usize);
+        let most = RefCell::new(0usize);
+        let mut pacer = Pacer::new(Duration::from_millis(10), 3);
+        let failed = smol::block_on(race(
+            &[a],
+            &mut pacer,
+            Limit::new(Duration::from_millis(400)),
+            |_: &String| Verdict::Answer,
+            |_| async {
+                // Counted from the first poll: an attempt does nothing before it.
+                *alive.borrow_mut() += 1;
+                let now = *alive.borrow();
+                let m = (*most.borrow()).max(now);
+                *most.borrow_mut() = m;
+                let _guard = Alive(&alive);
+                std::future::pending::<Result<(), String>>().await
+            },
+        ))
+        .unwrap_err();
+        assert_eq!(*most.borrow(), MAX_ALIVE);
+        assert!(failed.attempts > MAX_ALIVE, "{}", failed.attempts);
+        assert!(failed.silent);
+        assert_eq!(
+            failed.to_string(),
+            "127.0.0.1:9: no answer within handshake-timeout (400ms)",
+            "one entry per address, however many attempts"
+        );
+    }
+
+    #[test]
+    fn at_most_ends_a_silent_race_after_that_many_attempts() {
+        let (a, b) = (addr("[::1]:9"), addr("127.0.0.1:9"));
+        let n = RefCell::new(0usize);
+        let mut pacer = Pacer::new(Duration::from_millis(20), 3);
+        let t0 = Instant::now();
+        let failed = smol::block_on(race(
+            &[a, b],
+            &mut pacer,
+            Limit::new(Duration::from_secs(10)).with_attempts(3),
+            |_: &String| Verdict::Answer,
+            |_| {
+                *n.borrow_mut() += 1;
+                std::future::pending::<Result<(), String>>()
+            },
+        ))
+        .unwrap_err();
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+        assert_eq!((*n.borrow(), failed.attempts, failed.silent), (3, 3, true));
+    }
+
+    #[test]
+    fn an_answer_is_not_silence() {
+        let (a, b) = (addr("[::1]:9"), addr("127.0.0.1:9"));
+        let (won, _) = run(
+            &[(a, Fake::Fail(5)), (b, Fake::Fail(5))],
+            Duration::from_millis(20),
+        );
+        assert!(won.is_err());
+        let mut pacer = Pacer::new(Duration::from_millis(20), 3);
+        let failed = smol::block_on(race(
+            &[a, b],
+            &mut pacer,
+            Limit::new(Duration::from_millis(300)),
+            |e: &String| {
+                if e == "silent" {
+                    Verdict::Silence
+                } else {
+                    Verdict::Answer
+                }
+            },
+            |x| async move {
+                Err::<(), String>(if x == a {
+                    "silent".into()
+                } else {
+                    "reset".into()
+                })
+            },
+        ))
+        .unwrap_err();
+        assert!(!failed.silent, "one address answered");
+    }
+
+    #[test]
+    fn the_pace_is_two_round_trips_then_grows_to_the_cap() {
+        assert_eq!(Pacer::base_for(Duration::from_millis(10)), MIN_GAP);
+        assert_eq!(
+            Pacer::base_for(Duration::from_millis(120)),
+            Duration::from_millis(240)
+        );
+        assert_eq!(Pacer::base_for(Duration::from_secs(3)), MAX_GAP);
+        let mut p = Pacer::new(ATTEMPT_DELAY, 5);
+        p.link_opened(Some(Duration::from_millis(50)));
+        let t0 = Instant::now();
+        let mut gaps = Vec::new();
+        for _ in 0..30 {
+            p.started(t0);
+            gaps.push(p.due() - t0);
+        }
+        for g in &gaps[..BURST as usize] {
+            assert!(
+                *g >= Duration::from_millis(75) && *g <= Duration::from_millis(100),
+                "{g:?}"
+            );
+        }
+        assert!(gaps[BURST as usize] > Duration::from_millis(100));
+        for g in &gaps[20..] {
+            assert!(*g >= MAX_GAP.mul_f64(0.75) && *g <= MAX_GAP, "{g:?}");
+        }
+        p.link_opened(None);
+        p.started(t0);
+        assert!(
+            p.due() - t0 <= Duration::from_millis(100),
+            "a link resets the count"
         );
     }
 

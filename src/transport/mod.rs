@@ -46,6 +46,10 @@ pub enum LinkError {
     Refused(String),
     /// The connection failed.
     Io(String),
+    /// Nothing came back: no attempt got any answer (every address silent until the handshake
+    /// timeout, the transport's own handshake timeout, or the most attempts allowed); the text
+    /// names each address.
+    NoAnswer(String),
 }
 
 impl LinkError {
@@ -64,13 +68,29 @@ impl LinkError {
         )
     }
 
+    /// What a failed connection attempt says, for [`dial::race`]: [`dial::Verdict::Final`] as
+    /// [`LinkError::is_final`], [`dial::Verdict::Silence`] for [`LinkError::NoAnswer`] (nothing
+    /// came back), [`dial::Verdict::Answer`] for the rest (something answered: a refused or
+    /// reset connection, a TLS failure, a close).
+    pub fn verdict(&self) -> dial::Verdict {
+        if self.is_final() {
+            dial::Verdict::Final
+        } else if matches!(self, LinkError::NoAnswer(_)) {
+            dial::Verdict::Silence
+        } else {
+            dial::Verdict::Answer
+        }
+    }
+
     /// A failed [`dial::race`] as one error naming every address tried: of the kind of the final
-    /// answer that ended it, if one did, else [`LinkError::Io`].
+    /// answer that ended it, if one did; [`LinkError::NoAnswer`] when nothing answered at all;
+    /// else [`LinkError::Io`].
     pub fn from_race(failed: dial::Failed<LinkError>) -> LinkError {
         let why = failed.to_string();
         match failed.final_error() {
             Some(LinkError::CertificateRefused(_)) => LinkError::CertificateRefused(why),
             Some(LinkError::Refused(_)) => LinkError::Refused(why),
+            _ if failed.silent => LinkError::NoAnswer(why),
             _ => LinkError::Io(why),
         }
     }
@@ -84,9 +104,10 @@ impl fmt::Display for LinkError {
             LinkError::Eof => f.write_str("connection ended"),
             LinkError::Frame(e) => write!(f, "bad frame from the peer: {e}"),
             LinkError::WriteTimeout(d) => write!(f, "write blocked for {:.1}s", d.as_secs_f64()),
-            LinkError::CertificateRefused(why) | LinkError::Refused(why) | LinkError::Io(why) => {
-                f.write_str(why)
-            }
+            LinkError::CertificateRefused(why)
+            | LinkError::Refused(why)
+            | LinkError::Io(why)
+            | LinkError::NoAnswer(why) => f.write_str(why),
         }
     }
 }

@@ -311,10 +311,7 @@ impl ClientEndpoints {
 
 /// Connects to the cloud at the first of `addrs` that answers, racing them the happy-eyeballs
 /// way ([`dial::race`]) within `limit` (which resolving them may have used part of), each
-/// attempt as [`connect`]. Returns the connection of
-/// the first to succeed; the error names each address tried. A refusal of this side's
-/// certificate is the cloud's own answer and ends the dial at once
-/// ([`LinkError::is_final`]), as [`LinkError::CertificateRefused`].
+/// attempt as [`connect`], at [`dial::ATTEMPT_DELAY`]'s pace; see [`dial_paced`].
 pub async fn dial(
     endpoints: &mut ClientEndpoints,
     config: &quinn::ClientConfig,
@@ -323,26 +320,48 @@ pub async fn dial(
     first: &[u8],
     limit: dial::Limit,
 ) -> Result<(quinn::Connection, SendStream, RecvStream, Handshake), LinkError> {
+    let mut pacer = dial::Pacer::default();
+    dial_paced(
+        endpoints,
+        config,
+        addrs,
+        server_name,
+        first,
+        limit,
+        &mut pacer,
+    )
+    .await
+}
+
+/// [`dial`] at the pace of `pacer`: fresh QUIC connections (new Initials) beside attempts that
+/// stay silent, at most `limit.attempts`. Returns the connection of the first to succeed; the
+/// error names each address tried. A refusal of this side's certificate is the cloud's own
+/// answer and ends the dial at once ([`LinkError::is_final`]), as
+/// [`LinkError::CertificateRefused`]; when nothing answered at all it is
+/// [`LinkError::NoAnswer`].
+pub async fn dial_paced(
+    endpoints: &mut ClientEndpoints,
+    config: &quinn::ClientConfig,
+    addrs: &[SocketAddr],
+    server_name: &str,
+    first: &[u8],
+    limit: dial::Limit,
+    pacer: &mut dial::Pacer,
+) -> Result<(quinn::Connection, SendStream, RecvStream, Handshake), LinkError> {
     let bound: Vec<(SocketAddr, Result<Endpoint, String>)> =
         addrs.iter().map(|a| (*a, endpoints.for_addr(*a))).collect();
-    let raced = dial::race(
-        addrs,
-        dial::ATTEMPT_DELAY,
-        limit,
-        LinkError::is_final,
-        |addr| {
-            let endpoint = bound
-                .iter()
-                .find(|(a, _)| *a == addr)
-                .map(|(_, e)| e.clone())
-                .expect("every address has its endpoint");
-            let config = config.clone();
-            async move {
-                let endpoint = endpoint.map_err(LinkError::Io)?;
-                connect(&endpoint, config, addr, server_name, first).await
-            }
-        },
-    )
+    let raced = dial::race(addrs, pacer, limit, LinkError::verdict, |addr| {
+        let endpoint = bound
+            .iter()
+            .find(|(a, _)| *a == addr)
+            .map(|(_, e)| e.clone())
+            .expect("every address has its endpoint");
+        let config = config.clone();
+        async move {
+            let endpoint = endpoint.map_err(LinkError::Io)?;
+            connect(&endpoint, config, addr, server_name, first).await
+        }
+    })
     .await;
     raced
         .map(|(connected, _)| connected)
@@ -366,6 +385,10 @@ pub async fn connect(
     let lost = |e: &ConnectionError| match connection_error(e) {
         LinkError::CertificateRefused(_) => {
             LinkError::CertificateRefused(format!("QUIC handshake with {addr}: {e}"))
+        }
+        // quinn gave up waiting: nothing came back.
+        _ if matches!(e, ConnectionError::TimedOut) => {
+            LinkError::NoAnswer(format!("QUIC handshake with {addr}: {e}"))
         }
         _ => failed(e),
     };

@@ -180,47 +180,54 @@ pub async fn connect(
     tls: Arc<rustls::ClientConfig>,
     limit: Duration,
 ) -> Result<(WebSocketStream<ClientStream>, SocketAddr), LinkError> {
-    dial(endpoint, path, tls, limit, &mut dial::LastGood::default()).await
+    let limit = dial::Limit::new(limit);
+    let mut pacer = dial::Pacer::default();
+    dial(
+        endpoint,
+        path,
+        tls,
+        limit,
+        &mut pacer,
+        &mut dial::LastGood::default(),
+    )
+    .await
 }
 
 /// Connects to the cloud at `endpoint`: TCP, TLS with `tls`, and the upgrade of `path` to a
-/// WebSocket speaking the hub subprotocol, all within `limit` (handshake-timeout). Every address
-/// the host resolves to is tried the happy-eyeballs way ([`dial::race`]), the one in `last_good`
-/// first, and an attempt on one address is all three steps: an address that accepts TCP and then
-/// fails or stalls the TLS handshake or the upgrade does not keep the others from being tried.
-/// Returns the WebSocket and the address that answered (remembered in `last_good`).
+/// WebSocket speaking the hub subprotocol, all within `limit` (handshake-timeout, and at most
+/// `limit.attempts` attempts). Every address the host resolves to is tried the happy-eyeballs
+/// way at the pace of `pacer` ([`dial::race`]), the one in `last_good` first, with fresh TCP
+/// connections beside attempts that stay silent; an attempt on one address is all three steps:
+/// an address that accepts TCP and then fails or stalls the TLS handshake or the upgrade does
+/// not keep the others from being tried. Returns the WebSocket and the address that answered
+/// (remembered in `last_good`).
 ///
 /// Errors name every address tried and why it failed. The cloud's own answers end the dial at
 /// once ([`LinkError::is_final`]): a refusal of this side's certificate (a TLS alert, or HTTP
 /// 403: the certificate is not the node in the path) as [`LinkError::CertificateRefused`], any
 /// other HTTP status before the upgrade as [`LinkError::Refused`], each with the status and
-/// reason; anything else is [`LinkError::Io`].
+/// reason; [`LinkError::NoAnswer`] when nothing answered at all; anything else is
+/// [`LinkError::Io`].
 pub async fn dial(
     endpoint: &Endpoint,
     path: &str,
     tls: Arc<rustls::ClientConfig>,
-    limit: Duration,
+    limit: dial::Limit,
+    pacer: &mut dial::Pacer,
     last_good: &mut dial::LastGood,
 ) -> Result<(WebSocketStream<ClientStream>, SocketAddr), LinkError> {
-    let limit = dial::Limit::new(limit);
     let name = server_name(&endpoint.host).map_err(LinkError::Io)?;
     let addrs = dial::resolve(&endpoint.host, endpoint.port, limit)
         .await
         .map_err(LinkError::Io)?;
     let addrs = last_good.order(endpoint, addrs);
-    let raced = dial::race(
-        &addrs,
-        dial::ATTEMPT_DELAY,
-        limit,
-        LinkError::is_final,
-        |addr| {
-            let (tls, name) = (tls.clone(), name.clone());
-            async move {
-                let tcp = tcp_connect(addr).await.map_err(LinkError::Io)?;
-                upgrade(endpoint, path, tls, name, tcp).await
-            }
-        },
-    )
+    let raced = dial::race(&addrs, pacer, limit, LinkError::verdict, |addr| {
+        let (tls, name) = (tls.clone(), name.clone());
+        async move {
+            let tcp = tcp_connect(addr).await.map_err(LinkError::Io)?;
+            upgrade(endpoint, path, tls, name, tcp).await
+        }
+    })
     .await;
     match raced {
         Ok((ws, peer)) => {

@@ -1,0 +1,70 @@
+//! Back within a round trip: an edge whose first connection attempts went into a blackhole (the
+//! path is down: nothing answers, nothing is refused) connects as soon as the path returns, not
+//! when the attempt pending during the outage gives up or retransmits. The old behaviour waited
+//! out that attempt: over WebSocket the TLS ClientHello swallowed by the blackhole is never
+//! answered, so until `handshake-timeout` (10 s here); over QUIC until the Initial's next
+//! retransmission (about 1 s, 3 s, 7 s after the first), 3.5 s after the path returns here.
+//! With fresh attempts beside the stalled one (at most a second apart during a long outage), the
+//! edge is connected within about a second of the return.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{CloudSpec, EdgeSpec, Proto, Relay};
+
+/// How long the path stays down after the edge starts: past QUIC's second Initial retransmission
+/// (about 3 s), well before its third (about 7 s) and the handshake timeout (10 s).
+const OUTAGE: Duration = Duration::from_millis(3500);
+/// The bound after the path returns: the longest gap between fresh attempts (1 s) and a
+/// loopback handshake on a loaded machine; the old code needs 3.5 s (QUIC) or 6.5 s (WebSocket)
+/// more.
+const BACK_WITHIN: Duration = Duration::from_secs(2);
+
+fn back_soon_after_the_path_returns(proto: Proto) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let pki = common::link_pki(dir);
+    let mut cloud = common::start_cloud(dir, &pki, &CloudSpec::default());
+    let relay = Relay::start(proto, cloud.port(proto));
+    relay.blackhole(true);
+    let mut spec = EdgeSpec::new(proto, &pki, "edge-node", relay.port());
+    spec.handshake_timeout = 10.0;
+    spec.read_deadline = 10.0;
+    let mut edge = spec.start(dir);
+    let apps = common::apps_url(&mut edge);
+    edge.wait_for("starting:");
+    // The path is down: the first attempts go into the blackhole.
+    std::thread::sleep(OUTAGE);
+    let mut sub = common::apps::subscribe(&cloud.apps, "node/edge-node/back");
+    assert_eq!(
+        common::apps::publish_numbers(&apps, "back", 1),
+        (1, 0),
+        "the outbox takes the message while the path is down"
+    );
+    assert!(
+        edge.lines_with("connected to the cloud").is_empty(),
+        "nothing got through the blackhole"
+    );
+    relay.blackhole(false);
+    let returned = Instant::now();
+    edge.wait_for_within("connected to the cloud", BACK_WITHIN);
+    let got = common::apps::receive(&mut sub, 1);
+    common::apps::assert_numbers_in_order(&got, "node/edge-node/back", 1);
+    eprintln!(
+        "{}: connected and the first message delivered {:?} after the path returned",
+        proto.name(),
+        returned.elapsed()
+    );
+    cloud.hub.terminate();
+}
+
+#[test]
+fn websocket_is_back_soon_after_the_path_returns() {
+    back_soon_after_the_path_returns(Proto::Websocket);
+}
+
+#[test]
+fn quic_is_back_soon_after_the_path_returns() {
+    back_soon_after_the_path_returns(Proto::Quic);
+}
