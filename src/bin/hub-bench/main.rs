@@ -8,9 +8,12 @@
 //!   end to end, and prints the goodput: what was delivered within that time.
 //! - `latency`: sequential sync requests answered by an application on the other side
 //!   (`hub sub --echo`); prints p50, p99 and max round trip.
-//! - `mqtt`: the same two jobs through MQTT brokers (a Mosquitto bridge), for comparison.
+//! - `mqtt`: the same jobs through MQTT brokers (a Mosquitto bridge), for comparison.
+//! - `outage`: a paced stream across a link that is cut and restored in the middle of it; prints
+//!   the time from the restore to the first and the last delivery, and what was lost or repeated.
 
 mod mqtt;
+mod outage;
 mod relay;
 mod scale;
 
@@ -40,6 +43,7 @@ enum Command {
     Mqtt(Mqtt),
     Relay(Relay),
     Scale(scale::Scale),
+    Outage(outage::Outage),
 }
 
 #[derive(FromArgs)]
@@ -88,9 +92,14 @@ struct Mqtt {
     /// payload bytes per message (default 256)
     #[argh(option, default = "256")]
     size: usize,
-    /// messages awaiting PUBACK at most, at QoS 1 (default 4096)
+    /// messages awaiting PUBACK at most, at QoS 1 (default 4096); with --duration, messages
+    /// published but not yet delivered at most, at either QoS
     #[argh(option, default = "4096")]
     inflight: u64,
+    /// publish for this many seconds instead of --count messages, and report what was delivered
+    /// within them (goodput)
+    #[argh(option)]
+    duration: Option<f64>,
 }
 
 #[derive(FromArgs)]
@@ -404,6 +413,7 @@ fn main() -> ExitCode {
             },
             Command::Latency(l) => latency(l).await,
             Command::Scale(s) => scale::run(s).await,
+            Command::Outage(o) => outage::run(o).await,
             Command::Relay(r) => {
                 relay::run(
                     r.to,
@@ -428,10 +438,34 @@ fn main() -> ExitCode {
                 println!("{}", percentiles(samples));
                 Ok(())
             }
+            Command::Mqtt(m) if m.qos > 1 => Err("--qos is 0 or 1".to_owned()),
+            Command::Mqtt(Mqtt {
+                duration: Some(secs),
+                ..
+            }) if secs <= 0.0 => Err("--duration is a positive number of seconds".to_owned()),
+            Command::Mqtt(m) if m.duration.is_some() => {
+                let secs = m.duration.unwrap_or_default();
+                let (received, sent, gaps) = mqtt::goodput(
+                    &m.publish,
+                    &m.subscribe,
+                    &m.topic,
+                    secs,
+                    m.size,
+                    m.qos,
+                    m.inflight,
+                )
+                .await?;
+                let rate = received as f64 / secs;
+                println!(
+                    "delivered {rate:.0} msg/s ({:.2} MB/s) over {secs} s at QoS {}: {received} messages of {} B in order, {gaps} after a gap ({} more published, not delivered within the time)",
+                    rate * m.size as f64 / 1e6,
+                    m.qos,
+                    m.size,
+                    sent - received
+                );
+                Ok(())
+            }
             Command::Mqtt(m) => {
-                if m.qos > 1 {
-                    return Err("--qos is 0 or 1".to_owned());
-                }
                 let (received, took) = mqtt::throughput(
                     &m.publish,
                     &m.subscribe,

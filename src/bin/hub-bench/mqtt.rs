@@ -1,18 +1,39 @@
 //! Just enough MQTT 3.1.1 to load a Mosquitto bridge the way `throughput` and `latency` load hub:
 //! CONNECT, PUBLISH at QoS 0 or 1 with a bounded number awaiting PUBACK, SUBSCRIBE, and PUBACK for
-//! what a subscriber receives. Plain TCP to a broker on this machine.
+//! what a subscriber receives. Plain TCP (`HOST:PORT`) or a unix socket (`unix:PATH`, Mosquitto
+//! 2.0's `listener 0 PATH`) to a broker on this machine.
 
 use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
 use smol::Async;
-use smol::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
 /// One MQTT connection.
 pub struct Client {
-    reader: BufReader<Async<TcpStream>>,
-    writer: Async<TcpStream>,
+    reader: BufReader<Box<dyn AsyncRead + Unpin + Send>>,
+    writer: Box<dyn AsyncWrite + Unpin + Send>,
     out: Vec<u8>,
+}
+
+type Halves = (
+    Box<dyn AsyncRead + Unpin + Send>,
+    Box<dyn AsyncWrite + Unpin + Send>,
+);
+
+/// The read and write halves of a connection to `addr` (`HOST:PORT` or `unix:PATH`).
+fn open(addr: &str) -> Result<Halves, String> {
+    let err = |e: std::io::Error| format!("MQTT connect to {addr}: {e}");
+    if let Some(path) = addr.strip_prefix("unix:") {
+        let s = UnixStream::connect(path).map_err(err)?;
+        let w = Async::new(s.try_clone().map_err(err)?).map_err(err)?;
+        return Ok((Box::new(Async::new(s).map_err(err)?), Box::new(w)));
+    }
+    let tcp = TcpStream::connect(addr).map_err(err)?;
+    tcp.set_nodelay(true).map_err(err)?;
+    let w = Async::new(tcp.try_clone().map_err(err)?).map_err(err)?;
+    Ok((Box::new(Async::new(tcp).map_err(err)?), Box::new(w)))
 }
 
 fn remaining_length(mut n: usize, out: &mut Vec<u8>) {
@@ -42,13 +63,10 @@ pub struct Packet {
 }
 
 impl Client {
-    /// Connects with a clean session.
+    /// Connects with a clean session to `addr` (`HOST:PORT` or `unix:PATH`).
     pub async fn connect(addr: &str, client_id: &str) -> Result<Client, String> {
-        let tcp = TcpStream::connect(addr).map_err(|e| format!("MQTT connect to {addr}: {e}"))?;
-        tcp.set_nodelay(true).map_err(|e| e.to_string())?;
-        let writer =
-            Async::new(tcp.try_clone().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-        let reader = BufReader::with_capacity(1 << 16, Async::new(tcp).map_err(|e| e.to_string())?);
+        let (reader, writer) = open(addr)?;
+        let reader = BufReader::with_capacity(1 << 16, reader);
         let mut c = Client {
             reader,
             writer,
@@ -62,7 +80,9 @@ impl Client {
         string(client_id, &mut body);
         c.packet(0x10, &body);
         c.flush().await?;
-        let ack = c.read().await?;
+        let ack = hub::transport::timeout(Duration::from_secs(30), c.read())
+            .await
+            .ok_or_else(|| format!("MQTT: no CONNACK from {addr} within 30 s"))??;
         if ack.kind != 2 || ack.body.get(1) != Some(&0) {
             return Err(format!("MQTT connect refused: {:?}", ack.body));
         }
@@ -123,43 +143,68 @@ impl Client {
 
     /// Reads one packet.
     pub async fn read(&mut self) -> Result<Packet, String> {
-        let mut first = [0u8; 1];
-        self.reader
-            .read_exact(&mut first)
-            .await
-            .map_err(|e| format!("MQTT read: {e}"))?;
-        let (mut len, mut shift) = (0usize, 0);
-        loop {
-            let mut b = [0u8; 1];
-            self.reader
-                .read_exact(&mut b)
-                .await
-                .map_err(|e| format!("MQTT read: {e}"))?;
-            len |= usize::from(b[0] & 0x7f) << shift;
-            if b[0] & 0x80 == 0 {
-                break;
-            }
-            shift += 7;
-            if shift > 21 {
-                return Err("MQTT: bad remaining length".into());
-            }
-        }
-        let mut body = vec![0u8; len];
-        self.reader
-            .read_exact(&mut body)
-            .await
-            .map_err(|e| format!("MQTT read: {e}"))?;
-        Ok(Packet {
-            kind: first[0] >> 4,
-            flags: first[0] & 0x0f,
-            body,
-        })
+        read_packet(&mut self.reader).await
     }
+
+    /// Splits off the reading half, so that one task can read (e.g. PUBACKs) while another
+    /// writes; the client goes on writing, and reading from it afterwards ends at once.
+    pub fn split(mut self) -> (Reader, Client) {
+        let empty: Box<dyn AsyncRead + Unpin + Send> = Box::new(smol::io::empty());
+        let reader = std::mem::replace(&mut self.reader, BufReader::new(empty));
+        (Reader(reader), self)
+    }
+}
+
+/// The reading half of a [`Client`].
+pub struct Reader(BufReader<Box<dyn AsyncRead + Unpin + Send>>);
+
+impl Reader {
+    /// Reads one packet.
+    pub async fn read(&mut self) -> Result<Packet, String> {
+        read_packet(&mut self.0).await
+    }
+}
+
+/// Reads one packet from `reader`.
+async fn read_packet(
+    reader: &mut BufReader<Box<dyn AsyncRead + Unpin + Send>>,
+) -> Result<Packet, String> {
+    let mut first = [0u8; 1];
+    reader
+        .read_exact(&mut first)
+        .await
+        .map_err(|e| format!("MQTT read: {e}"))?;
+    let (mut len, mut shift) = (0usize, 0);
+    loop {
+        let mut b = [0u8; 1];
+        reader
+            .read_exact(&mut b)
+            .await
+            .map_err(|e| format!("MQTT read: {e}"))?;
+        len |= usize::from(b[0] & 0x7f) << shift;
+        if b[0] & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+        if shift > 21 {
+            return Err("MQTT: bad remaining length".into());
+        }
+    }
+    let mut body = vec![0u8; len];
+    reader
+        .read_exact(&mut body)
+        .await
+        .map_err(|e| format!("MQTT read: {e}"))?;
+    Ok(Packet {
+        kind: first[0] >> 4,
+        flags: first[0] & 0x0f,
+        body,
+    })
 }
 
 impl Packet {
     /// A PUBLISH's QoS, packet id (0 at QoS 0) and payload.
-    fn publish_parts(&self) -> Result<(u8, u16, &[u8]), String> {
+    pub fn publish_parts(&self) -> Result<(u8, u16, &[u8]), String> {
         let qos = (self.flags >> 1) & 3;
         let short = || "MQTT: short PUBLISH".to_owned();
         let tlen = usize::from(u16::from_be_bytes([
@@ -178,7 +223,7 @@ impl Packet {
 }
 
 /// The counter at the start of a payload ("N xxxx...").
-fn counter(payload: &[u8]) -> Option<u64> {
+pub fn counter(payload: &[u8]) -> Option<u64> {
     std::str::from_utf8(&payload[..payload.len().min(20)])
         .ok()?
         .split(' ')
@@ -336,3 +381,98 @@ pub async fn throughput(
 }
 
 use std::time::Duration;
+
+/// Publishes payloads of `size` bytes to `topic` at `pub_addr` for `secs` seconds, with at most
+/// `inflight` published but not yet delivered (end to end, as `hub-bench throughput --duration`
+/// bounds hub), while a subscriber at `sub_addr` counts them. Returns how many arrived within the
+/// time (in order; at QoS 0 gaps are skipped), how many were published, and how many arrivals
+/// came after a gap (QoS 0 only).
+pub async fn goodput(
+    pub_addr: &str,
+    sub_addr: &str,
+    topic: &str,
+    secs: f64,
+    size: usize,
+    qos: u8,
+    inflight: u64,
+) -> Result<(u64, u64, u64), String> {
+    let pid = std::process::id();
+    let mut sub = Client::connect(sub_addr, &format!("hub-bench-sub-{pid}")).await?;
+    sub.subscribe(topic, qos).await?;
+    let (mut acks, mut publisher) = Client::connect(pub_addr, &format!("hub-bench-pub-{pid}"))
+        .await?
+        .split();
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let (delivered_tx, delivered_rx) = smol::channel::unbounded::<u64>();
+    let receiver = smol::spawn(async move {
+        let (mut next, mut received, mut gaps) = (0u64, 0u64, 0u64);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok::<_, String>((received, gaps));
+            }
+            let Some(p) = hub::transport::timeout(left, sub.read()).await else {
+                return Ok((received, gaps));
+            };
+            let p = p?;
+            if p.kind != 3 {
+                continue;
+            }
+            let (q, id, payload) = p.publish_parts()?;
+            if q > 0 {
+                sub.puback(id);
+            }
+            let n = counter(payload).ok_or("MQTT: payload without a counter")?;
+            if n != next && (q > 0 || n < next) {
+                return Err(format!("MQTT: received {n} when {next} was due"));
+            }
+            if n != next {
+                gaps += 1;
+            }
+            next = n + 1;
+            received += 1;
+            let _ = delivered_tx.try_send(next);
+            if received % 64 == 0 {
+                sub.flush().await?;
+            }
+        }
+    });
+    // PUBACKs are read (and dropped) by a task of their own: the window is end to end.
+    let acks = smol::spawn(async move {
+        let mut read: Result<(), String> = Ok(());
+        while read.is_ok() {
+            read = acks.read().await.map(|_| ());
+        }
+        read
+    });
+    let (mut sent, mut delivered) = (0u64, 0u64);
+    let mut payload = vec![b'x'; size.max(20)];
+    'publishing: while Instant::now() < deadline {
+        while sent - delivered >= inflight {
+            publisher.flush().await?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            match hub::transport::timeout(left, delivered_rx.recv()).await {
+                Some(Ok(d)) => delivered = d,
+                Some(Err(_)) | None => break 'publishing,
+            }
+            while let Ok(d) = delivered_rx.try_recv() {
+                delivered = d;
+            }
+        }
+        if acks.is_finished() {
+            acks.await?;
+            return Err("MQTT: the publisher's connection ended".into());
+        }
+        let head = format!("{sent} ");
+        payload[..head.len()].copy_from_slice(head.as_bytes());
+        publisher.publish(topic, &payload, qos, (sent % 65535 + 1) as u16);
+        sent += 1;
+        if publisher.out.len() > 1 << 16 {
+            publisher.flush().await?;
+        }
+    }
+    publisher.flush().await?;
+    let (received, gaps) = receiver.await?;
+    drop(acks);
+    Ok((received, sent, gaps))
+}
