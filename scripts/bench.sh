@@ -9,14 +9,16 @@
 # the real processes and their application endpoints, with target/release/hub-bench as the
 # applications. Mosquitto: an edge broker bridging to a cloud broker over mutual TLS (the same
 # dev PKI), QoS 1 and QoS 0, publisher with a bounded in-flight window (hub-bench mqtt), and
-# request round trips through the bridge. Then hub under emulated loss and latency, QUIC vs
-# WebSocket, between two network namespaces (scripts/bench-loss.sh; skipped where namespaces or
-# TUN devices are unavailable).
+# request round trips through the bridge. Then the WAN section, scripts/bench-loss.sh: hub and the
+# same Mosquitto bridge over an emulated link between two network namespaces (latency, loss, the
+# head-of-line run, a link cut during a stream), with the ratios to this run's loopback goodput;
+# skipped where namespaces or TUN devices are unavailable.
 #
 # Environment: COUNT, BIG_COUNT (messages per throughput run), REQUESTS (round trips),
-# MQ_STOCK_REQUESTS, BACKLOG, SCALE, and those of scripts/bench-loss.sh (LOSSES, RTT_MS, DURATION,
-# LOSS_REQUESTS). Run as root: it installs mosquitto with apt if missing, and the loss section
-# creates network namespaces.
+# MQ_STOCK_REQUESTS, BACKLOG, SCALE, and those of scripts/bench-loss.sh (RTTS, LOSSES, DURATION,
+# LOSS_REQUESTS, QUIC_VARIANTS, TCP_VARIANTS, SECTIONS, HOL_*, HUB_BASELINE, CUT_*, NS_C, NS_E,
+# SUBNET; see its --help). Run as root: it installs mosquitto with apt if missing, and the WAN
+# section creates network namespaces.
 set -euo pipefail
 if [ "${1:-}" = --help ] || [ "${1:-}" = -h ]; then
   sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
@@ -243,6 +245,7 @@ rm -f "$W/backlog.lines"
 # idle are read from /proc. The cloud holds one descriptor per node (its queue's segment) besides each WebSocket's socket: 10,000 nodes need
 # about 15,000 of the 20,000 these machines allow.
 SCALE=${SCALE:-10000}
+# shellcheck disable=SC2046 # one --node argument per node, split on purpose
 "$HUB" certs --dir "$W/scale-pki" $(seq -f 'sim-%.0f' 0 $((SCALE - 1)) | sed 's/^/--node /') >/dev/null
 cat >"$W/scale-cloud.yaml" <<YAML
 cloudhub:
@@ -283,46 +286,10 @@ kill "$SCALE_PID"; wait "$SCALE_PID" 2>/dev/null || true
 
 # --- Mosquitto bridge ------------------------------------------------------------------------
 TLS_PORT=$(free_port); CLOUD_MQTT=$(free_port); EDGE_MQTT=$(free_port)
-cat >"$W/mosq-cloud.conf" <<CONF
-user root
-per_listener_settings false
-allow_anonymous true
-persistence false
-log_type error
-max_queued_messages 1000000
-max_inflight_messages 1000
-listener $TLS_PORT 127.0.0.1
-cafile $W/pki/ca.crt
-certfile $W/pki/server.crt
-keyfile $W/pki/server.key
-require_certificate true
-listener $CLOUD_MQTT 127.0.0.1
-CONF
-cat >"$W/mosq-edge.conf" <<CONF
-user root
-per_listener_settings false
-allow_anonymous true
-persistence false
-log_type error
-max_queued_messages 1000000
-max_inflight_messages 1000
-listener $EDGE_MQTT 127.0.0.1
-connection cloud
-address 127.0.0.1:$TLS_PORT
-bridge_protocol_version mqttv311
-bridge_cafile $W/pki/ca.crt
-bridge_certfile $W/pki/node-bridge.crt
-bridge_keyfile $W/pki/node-bridge.key
-cleansession false
-restart_timeout 1 1
-try_private true
-topic up1/# out 1
-topic up0/# out 0
-topic down1/# in 1
-topic down0/# in 0
-topic req/# in 1
-topic rep/# out 1
-CONF
+# shellcheck source=scripts/mosquitto-bridge.sh
+. scripts/mosquitto-bridge.sh
+mosquitto_bridge_confs "$W/mosq-" "$W/pki" "$TLS_PORT 127.0.0.1" "$CLOUD_MQTT 127.0.0.1" \
+  "$EDGE_MQTT 127.0.0.1" "127.0.0.1:$TLS_PORT"
 mq_start() { # config suffix
   mosquitto -c "$W/mosq-cloud$1.conf" 2>"$W/mosq-cloud$1.log" &
   MQ_CLOUD_PID=$!
@@ -368,8 +335,11 @@ else
   row "mosquitto request round trip, bridge NODELAY" "not measured: could not set TCP_NODELAY on the bridge"
 fi
 
-# --- under loss and latency (network namespaces and a userspace link emulator) ----------------
-HUB=$HUB BENCH=$BENCH scripts/bench-loss.sh >"$W/loss.rows" &
+# --- WAN: latency, loss and a cut (network namespaces and a userspace link emulator) ----------
+# The loopback goodput above is what the WAN figures are compared with.
+# shellcheck disable=SC2154 # HUB_UP_* are set by eval above
+HUB=$HUB BENCH=$BENCH LOOPBACK_WS_256=$HUB_UP_websocket_256 LOOPBACK_QUIC_256=$HUB_UP_quic_256 \
+  scripts/bench-loss.sh >"$W/loss.rows" &
 LOSS_PID=$!
 PIDS+=("$LOSS_PID")
 wait "$LOSS_PID" || echo "bench: the loss section failed" >&2

@@ -8,6 +8,11 @@ PRNG per direction). Each direction is one FIFO with due times: packets are neve
 The devices vanish when the process ends. It prints one line when the link is up and, on
 SIGTERM or SIGINT, its counters (packets per direction, dropped, peak packets/s).
 
+SIGUSR1 cuts the link: from then on every packet is dropped, both ways, and what was still
+queued in the emulator is discarded (nothing sent before the cut arrives after it); nothing is
+closed or answered, like a radio link that went silent. SIGUSR2 forwards again. Each prints a
+line ("netem cut", "netem restored") and the counters show the packets dropped while cut.
+
 `blast` sends UDP datagrams as fast as it can for a few seconds (run it inside one namespace,
 towards the other, with `run` at 0 % loss): `run`'s peak packets/s then shows what the emulator
 itself can forward.
@@ -80,9 +85,25 @@ def run(a):
     seen = [0, 0]
     dropped = [0, 0]
     overrun = [0, 0]
+    blackholed = [0, 0]
     stop = []
+    # cut[0]: dropping everything read; changes: signals not yet acted on (queues are cleared
+    # and lines printed by the loop, not in the handler, which may run between its steps).
+    cut = [False]
+    changes = []
+
+    def cut_link(*_):
+        cut[0] = True
+        changes.append("cut")
+
+    def restore_link(*_):
+        cut[0] = False
+        changes.append("restored")
+
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     signal.signal(signal.SIGINT, lambda *_: stop.append(1))
+    signal.signal(signal.SIGUSR1, cut_link)
+    signal.signal(signal.SIGUSR2, restore_link)
     poller = select.epoll()
     for d, fd in enumerate(fds):
         poller.register(fd, select.EPOLLIN)
@@ -97,6 +118,15 @@ def run(a):
     peak = 0
     read, write, monotonic = os.read, os.write, time.monotonic
     while not stop:
+        while changes:
+            change = changes.pop(0)
+            if change == "cut":
+                for q in queues:
+                    q.clear()
+            print(f"netem {change}", flush=True)
+        if cut[0]:
+            for q in queues:
+                q.clear()
         now = monotonic()
         for d in (0, 1):
             q = queues[d]
@@ -127,7 +157,9 @@ def run(a):
                     break
                 seen[d] += 1
                 in_second += 1
-                if loss > 0 and rng.random() < loss:
+                if cut[0]:
+                    blackholed[d] += 1
+                elif loss > 0 and rng.random() < loss:
                     dropped[d] += 1
                 else:
                     q.append((now + delay, pkt))
@@ -135,7 +167,8 @@ def run(a):
     for d, (netns, _, _) in enumerate(ends):
         print(
             f"netem {netns}->{ends[1 - d][0]}: {seen[d]} packets, {dropped[d]} dropped "
-            f"({dropped[d] * 100 / max(seen[d], 1):.2f} %), {overrun[d]} not written",
+            f"({dropped[d] * 100 / max(seen[d], 1):.2f} %), {overrun[d]} not written"
+            + (f", {blackholed[d]} dropped while cut" if blackholed[d] else ""),
             flush=True,
         )
     print(f"netem peak {peak} packets/s (both directions)", flush=True)
