@@ -1,6 +1,6 @@
 //! QUIC flow control on a real cloud: a node may send a whole bandwidth-delay product ahead on a
 //! stream (100 Mbit/s x 200 ms, 2.5 MB), yet what it sends that the cloud does not read is bounded
-//! per stream and per connection, however many streams it opens (docs/protocol.md section 8).
+//! per stream (docs/protocol.md section 8); streams beyond the protocol's two are refused (hostile_peers).
 
 mod common;
 
@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use common::apps::block;
 use common::{CloudSpec, Proto};
-use hub::proto::frame::encode_len_prefixed;
 use hub::transport::quic::{RECEIVE_WINDOW, STREAM_RECEIVE_WINDOW};
 
 /// 100 Mbit/s for 200 ms, in bytes: the path the windows must keep full.
@@ -48,18 +47,15 @@ fn unread_data_is_bounded_per_stream_and_per_connection_at_windows_that_fill_a_w
     .unwrap();
     let config = hub::transport::quic::client_config(tls, Duration::from_secs(60)).unwrap();
     let endpoint = hub::transport::quic::client_endpoint(false).unwrap();
-    let mut hello = Vec::new();
-    encode_len_prefixed(
-        &common::raw_hello("proj", "edge-node", hub::proto::VERSION),
-        &mut hello,
-    );
+    // The length of a HELLO that never follows: the control stream's first frame never reaches
+    // the session, so the cloud reads nothing of the bulk stream (its reader waits for that frame).
+    let hello = 100u32.to_be_bytes().to_vec();
     let cloud_addr = SocketAddr::from(([127, 0, 0, 1], port));
     let (conn, _control, _recv, _) = block(
         "connect",
         hub::transport::quic::connect(&endpoint, config, cloud_addr, "127.0.0.1", &hello),
     )
     .unwrap();
-    cloud.hub.wait_for("node edge-node connected over quic");
     let rss = |pid: u32| -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
@@ -67,18 +63,17 @@ fn unread_data_is_bounded_per_stream_and_per_connection_at_windows_that_fill_a_w
     };
     let before = rss(cloud.hub.pid());
 
-    // Streams the cloud never reads, each filled until flow control stops it.
+    // The bulk lane's stream, which the cloud does not read yet, filled until flow control
+    // stops it. (A third stream would be a protocol error: the protocol opens two.)
     let stream = STREAM_RECEIVE_WINDOW as usize;
     let connection = RECEIVE_WINDOW as usize;
-    let (written, mut streams) = block("fill streams", async {
-        let mut written = Vec::new();
-        let mut streams = Vec::new();
-        for _ in 0..4 {
-            let (mut s, r) = conn.open_bi().await.unwrap();
-            written.push(fill(&mut s, 4 * connection).await);
-            streams.push((s, r));
-        }
-        (written, streams)
+    let (written, mut streams) = block("fill the bulk stream", async {
+        let (mut s, r) = conn.open_bi().await.unwrap();
+        s.write_all(&[hub::transport::quic::BULK_PREFACE])
+            .await
+            .unwrap();
+        let written = vec![fill(&mut s, 4 * connection).await];
+        (written, vec![(s, r)])
     });
     let total: usize = written.iter().sum();
     let after = rss(cloud.hub.pid());
@@ -95,16 +90,8 @@ fn unread_data_is_bounded_per_stream_and_per_connection_at_windows_that_fill_a_w
         written.iter().all(|w| *w <= stream),
         "a stream took more than its window of {stream} bytes: {written:?}"
     );
-    assert!(
-        total <= connection,
-        "the streams of one connection took {total} bytes, more than its window of {connection}"
-    );
-    assert!(
-        total >= connection - 64 * 1024,
-        "the connection window ({connection} bytes) was not granted: {written:?}"
-    );
-    // What the cloud holds for the node is about the connection window, not what the node tried
-    // to send (four times that per stream).
+    // What the cloud holds for the node is about the window, not what the node tried to send
+    // (four times the connection window).
     assert!(
         after < before + 3 * (connection as u64 / 1024),
         "the cloud's memory grew by {} KiB for {} KiB of unread data",
