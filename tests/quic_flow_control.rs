@@ -1,6 +1,7 @@
 //! QUIC flow control on a real cloud: a node may send a whole bandwidth-delay product ahead on a
 //! stream (100 Mbit/s x 200 ms, 2.5 MB), yet what it sends that the cloud does not read is bounded
-//! per stream (docs/protocol.md section 8); streams beyond the protocol's two are refused (hostile_peers).
+//! per stream (docs/protocol.md section 8); streams beyond the protocol's two are refused
+//! (tests/hostile_peers.rs).
 
 mod common;
 
@@ -33,7 +34,7 @@ async fn fill(stream: &mut quinn::SendStream, cap: usize) -> usize {
 fn unread_data_is_bounded_per_stream_and_per_connection_at_windows_that_fill_a_wan_path() {
     let tmp = tempfile::tempdir().unwrap();
     let pki = common::link_pki(tmp.path());
-    let mut cloud = common::start_cloud(tmp.path(), &pki, &CloudSpec::default());
+    let cloud = common::start_cloud(tmp.path(), &pki, &CloudSpec::default());
     let port = cloud.port(Proto::Quic);
     let tls = hub::tls::client_config(
         &pki.join("ca.crt"),
