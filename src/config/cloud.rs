@@ -127,7 +127,9 @@ impl CloudConfig {
             "cloudhub.max_incomingstreams",
             raw.max_incomingstreams,
             10000,
-            1,
+            // The protocol's two streams (docs/protocol.md section 1.2): with fewer, the edge's
+            // bulk stream would wait for credit forever.
+            2,
             1 << 30,
         )? as u32;
         let ca = c.path("cloudhub.ca", raw.ca.as_ref())?;

@@ -388,11 +388,7 @@ struct LinkTasks {
 impl LinkTasks {
     /// Runs `read` (a transport's read loop) until it ends or the link is dropped.
     fn spawn_reader(&self, read: impl Future<Output = ()> + Send + 'static) {
-        let alive = self.alive.clone();
-        smol::spawn(read.or(async move {
-            let _ = alive.recv().await;
-        }))
-        .detach();
+        spawn_while(self.alive.clone(), read);
     }
 
     /// The writer's end of the outbound queues.
@@ -408,8 +404,18 @@ impl LinkTasks {
         Reader {
             inbound: self.inbound.clone(),
             budget: self.budget.clone(),
+            closes_on: Lane::Urgent,
         }
     }
+}
+
+/// Runs `task` until it ends or `alive` closes (the [`Link`] was dropped), so that no task of a
+/// link outlives it waiting on a budget or a stream.
+fn spawn_while(alive: Receiver<()>, task: impl Future<Output = ()> + Send + 'static) {
+    smol::spawn(task.or(async move {
+        let _ = alive.recv().await;
+    }))
+    .detach();
 }
 
 /// A reader task's end of the inbound queues (also used by writers to report a failure).
@@ -417,17 +423,28 @@ impl LinkTasks {
 struct Reader {
     inbound: [Sender<Inbound>; LANES],
     budget: [Arc<InboundBudget>; LANES],
+    /// The queue a close goes on: urgent (the session learns at once) unless the reader reads
+    /// bulk frames too, whose close comes after the bulk frames it read before it, so that they
+    /// are processed rather than sent again on the next link.
+    closes_on: Lane,
 }
 
 impl Reader {
-    /// Hands an item to the session task on the lane the frame belongs to (urgent for a close),
+    /// This reader, its close queued behind the bulk frames it delivered.
+    fn closing_after_bulk(mut self) -> Reader {
+        self.closes_on = Lane::Bulk;
+        self
+    }
+
+    /// Hands an item to the session task on the lane the frame belongs to (a close on
+    /// `closes_on`),
     /// first waiting while [`INBOUND_BYTES`] are queued on it already; `false` when the reader
     /// should stop (the link closed, or its owner is gone).
     async fn deliver(&self, item: Inbound) -> bool {
         let last = matches!(item, Inbound::Closed(_));
         let lane = match &item {
             Inbound::Frame(bytes) => wire_lane(bytes),
-            Inbound::Closed(_) => Lane::Urgent,
+            Inbound::Closed(_) => self.closes_on,
         };
         if let Inbound::Frame(bytes) = &item {
             self.budget[lane.index()].reserve(bytes.len()).await;
@@ -489,7 +506,11 @@ impl Outgoing {
 /// everything else (malformed frames included, which the session refuses) to the urgent one.
 fn wire_lane(bytes: &[u8]) -> Lane {
     match bytes {
-        [kind, 1, ..] if Frame::is_message_kind(*kind) => Lane::Bulk,
+        [kind, lane, ..]
+            if Frame::is_message_kind(*kind) && Lane::from_index(*lane) == Some(Lane::Bulk) =>
+        {
+            Lane::Bulk
+        }
         _ => Lane::Urgent,
     }
 }

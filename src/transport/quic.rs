@@ -15,12 +15,13 @@ use quinn::{
 use super::{Inbound, Link, LinkError, Outbound, Outgoing, Reader, dial, timeout};
 use crate::config::{Congestion, Protocol};
 use crate::proto::FrameError;
-use crate::proto::frame::{Frame, Lane};
+use crate::proto::frame::Lane;
 use crate::proto::frame::{StreamDecoder, encode_len_prefixed};
 use smol::future::FutureExt;
 
-/// Bidirectional streams the edge lets the cloud open towards it.
-const EDGE_MAX_STREAMS: u32 = 100;
+/// Bidirectional streams the edge lets the cloud open towards it: none, since the edge opens both
+/// of the protocol's streams.
+const EDGE_MAX_STREAMS: u32 = 0;
 
 /// Bytes a peer may send on one stream ahead of what this side has read (QUIC's
 /// `initial_max_stream_data`): 4 MiB, the bandwidth-delay product of a 100 Mbit/s path with a
@@ -452,10 +453,11 @@ fn connection_error(e: &ConnectionError) -> LinkError {
     }
 }
 
-fn read_error(e: ReadError) -> LinkError {
+fn read_error(e: ReadError, bulk: bool) -> LinkError {
+    let stream = if bulk { "bulk" } else { "control" };
     match e {
         ReadError::ConnectionLost(c) => connection_error(&c),
-        other => LinkError::Io(format!("QUIC control stream: {other}")),
+        other => LinkError::Io(format!("QUIC {stream} stream: {other}")),
     }
 }
 
@@ -486,9 +488,7 @@ async fn read_frames(
         let item = loop {
             match decoder.next_frame() {
                 Ok(Some(frame)) => {
-                    let ok = !bulk
-                        || matches!(&frame[..], [kind, lane, ..]
-                            if Frame::is_message_kind(*kind) && *lane == Lane::Bulk.index() as u8);
+                    let ok = !bulk || super::wire_lane(&frame) == Lane::Bulk;
                     break if ok {
                         Inbound::Frame(frame)
                     } else {
@@ -503,7 +503,7 @@ async fn read_frames(
             match recv.read_chunk(decoder.wanted(), true).await {
                 Ok(Some(chunk)) => decoder.push(&chunk.bytes),
                 Ok(None) => break Inbound::Closed(LinkError::Eof),
-                Err(e) => break Inbound::Closed(read_error(e)),
+                Err(e) => break Inbound::Closed(read_error(e, bulk)),
             }
         };
         if !tasks.deliver(item).await {
@@ -616,77 +616,71 @@ pub fn spawn_link(
 
     let bulk_reader = tasks.reader();
     let alive = tasks.alive.clone();
-    smol::spawn(
-        async move {
-            // Cloud: a bulk frame that waits for the edge's bulk stream longer than the write
-            // deadline is a blocked write, as one the edge stopped reading would be.
-            let mut held = None;
-            let streams = match bulk {
-                BulkStream::Open => match conn.open_bi().await {
-                    Ok((mut send, recv)) => match send.write_all(&[BULK_PREFACE]).await {
-                        Ok(()) => Ok((send, recv)),
-                        Err(e) => Err(LinkError::Io(format!("QUIC bulk stream: {e}"))),
-                    },
-                    Err(e) => Err(connection_error(&e)),
+    let alive_for_tasks = tasks.alive.clone();
+    super::spawn_while(alive, async move {
+        // Cloud: a bulk frame that waits for the edge's bulk stream longer than the write
+        // deadline is a blocked write, as one the edge stopped reading would be.
+        let mut held = None;
+        let streams = match bulk {
+            BulkStream::Open => match conn.open_bi().await {
+                Ok((mut send, recv)) => match send.write_all(&[BULK_PREFACE]).await {
+                    Ok(()) => Ok((send, recv)),
+                    Err(quinn::WriteError::ConnectionLost(c)) => Err(connection_error(&c)),
+                    Err(e) => Err(LinkError::Io(format!("QUIC bulk stream: {e}"))),
                 },
-                BulkStream::Accept => {
-                    let accepted = accept_bulk(&conn);
-                    let mut accepted = std::pin::pin!(accepted);
-                    let first = async { Err(outgoing.next_of(Lane::Bulk).await) };
-                    match async { Ok(accepted.as_mut().await) }.or(first).await {
-                        Ok(streams) => streams,
-                        Err(None) => return,
-                        Err(Some(out)) => {
-                            held = Some(out);
-                            timeout(write_deadline, accepted)
-                                .await
-                                .unwrap_or(Err(LinkError::WriteTimeout(write_deadline)))
-                        }
+                Err(e) => Err(connection_error(&e)),
+            },
+            BulkStream::Accept => {
+                let accepted = accept_bulk(&conn);
+                let mut accepted = std::pin::pin!(accepted);
+                let first = async { Err(outgoing.next_of(Lane::Bulk).await) };
+                match async { Ok(accepted.as_mut().await) }.or(first).await {
+                    Ok(streams) => streams,
+                    Err(None) => return,
+                    Err(Some(out)) => {
+                        held = Some(out);
+                        timeout(write_deadline, accepted)
+                            .await
+                            .unwrap_or(Err(LinkError::WriteTimeout(write_deadline)))
                     }
                 }
-            };
-            let (mut send, recv) = match streams {
-                Ok(s) => s,
-                Err(e) => {
-                    bulk_reader.deliver(Inbound::Closed(e)).await;
-                    return;
-                }
-            };
-            if bulk == BulkStream::Accept {
-                // The protocol uses two streams; a peer that opens more is told so.
-                let extra = conn.clone();
-                let report = bulk_reader.clone();
-                smol::spawn(async move {
-                    if extra.accept_bi().await.is_ok() {
-                        let e = LinkError::Frame(FrameError::WrongStream);
-                        report.deliver(Inbound::Closed(e)).await;
-                    }
-                })
-                .detach();
             }
-            let reader = bulk_reader.clone();
-            smol::spawn(async move {
-                // Not before the control stream's first frame reached the session.
-                let _ = first_rx.recv().await;
-                read_frames(recv, reader, true, None).await
-            })
-            .detach();
-            write_frames(
-                &conn,
-                &mut send,
-                Lane::Bulk,
-                &outgoing,
-                &report,
-                write_deadline,
-                held,
-            )
-            .await;
+        };
+        let (mut send, recv) = match streams {
+            Ok(s) => s,
+            Err(e) => {
+                bulk_reader.deliver(Inbound::Closed(e)).await;
+                return;
+            }
+        };
+        if bulk == BulkStream::Accept {
+            // The protocol uses two streams; a peer that opens more is told so.
+            let extra = conn.clone();
+            let report = bulk_reader.clone();
+            super::spawn_while(alive_for_tasks.clone(), async move {
+                if extra.accept_bi().await.is_ok() {
+                    let e = LinkError::Frame(FrameError::WrongStream);
+                    report.deliver(Inbound::Closed(e)).await;
+                }
+            });
         }
-        .or(async move {
-            let _ = alive.recv().await;
-        }),
-    )
-    .detach();
+        let reader = bulk_reader.clone().closing_after_bulk();
+        super::spawn_while(alive_for_tasks, async move {
+            // Not before the control stream's first frame reached the session.
+            let _ = first_rx.recv().await;
+            read_frames(recv, reader, true, None).await
+        });
+        write_frames(
+            &conn,
+            &mut send,
+            Lane::Bulk,
+            &outgoing,
+            &report,
+            write_deadline,
+            held,
+        )
+        .await;
+    });
     link
 }
 

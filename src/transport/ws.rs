@@ -84,7 +84,8 @@ where
 {
     let (link, tasks) = Link::new(Protocol::Websocket, peer);
     let (mut tx, mut rx) = ws.split();
-    let reader = tasks.reader();
+    // One connection carries both lanes: its end comes after the bulk frames read before it.
+    let reader = tasks.reader().closing_after_bulk();
     let report = tasks.reader();
     tasks.spawn_reader(async move {
         loop {
