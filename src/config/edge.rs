@@ -416,14 +416,13 @@ impl EdgeConfig {
             300.0,
             1.0,
         )?;
-        let fallback = match (protocol, raw.websocket.as_ref()) {
-            (Protocol::Quic, Some(ws)) => {
-                let url = ws.url.as_deref().ok_or_else(|| {
-                    c.invalid(
-                        "websocket.url",
-                        "is required: with controller.protocol quic, the websocket section is the fallback",
-                    )
-                })?;
+        // The fallback needs somewhere to go: a websocket section without a url (as KubeEdge's
+        // edgehub files often have) leaves it off, as before the fallback existed.
+        let fallback = match (
+            protocol,
+            raw.websocket.as_ref().and_then(|w| w.url.as_deref()),
+        ) {
+            (Protocol::Quic, Some(url)) => {
                 let url = Url::parse(url, "wss").map_err(|p| c.invalid("websocket.url", p))?;
                 let want = format!("/{project_id}/{node_id}/events");
                 if url.path != want {

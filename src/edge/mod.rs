@@ -149,12 +149,7 @@ pub async fn run(config: EdgeConfig, shutdown: Shutdown) -> Result<(), String> {
         };
 
         let exchange = Exchange::new(&outbox, local.clone(), None);
-        let lanes = exchange.streams().map(|s| HelloLane {
-            up_stream: s.out_stream,
-            up_first: s.out_first,
-            down_stream: s.in_stream,
-            down_seq: s.in_seq,
-        });
+        let lanes = exchange.streams().map(HelloLane::from);
         let mut session = Session::edge(
             Instant::now(),
             Hello {
@@ -513,7 +508,9 @@ async fn drive(
                     } else if code == CloseCode::ShuttingDown {
                         log::info!("closing the link to the cloud ({protocol}, {peer}): {code}");
                         Ended::Shutdown
-                    } else if code == CloseCode::Timeout {
+                    } else if code == CloseCode::Timeout && opened {
+                        // The path went silent under an open link. Before WELCOME the cloud
+                        // answered the handshake, so the backoff applies (`Ended::Lost`).
                         lost(opened, protocol, peer, &why);
                         Ended::Silent
                     } else if code == CloseCode::IdentityMismatch && !opened {
