@@ -79,35 +79,24 @@ impl LaneStores {
     /// Opens (or creates) the queues and receive states in `dir`, each queue with the limits of
     /// `config`. Errors name the file or folder that could not be opened.
     pub fn open(dir: &Path, config: &QueueConfig) -> Result<LaneStores, String> {
-        let names = |lane: Lane| match lane {
-            Lane::Bulk => ("out", "in.state"),
-            Lane::Urgent => ("urgent-out", "urgent-in.state"),
-        };
-        let mut out = Vec::with_capacity(LANES);
-        let mut inbound = Vec::with_capacity(LANES);
-        for lane in Lane::ALL {
-            let (queue, state) = names(lane);
+        let open = |lane: Lane| {
+            let (queue, state) = match lane {
+                Lane::Bulk => ("out", "in.state"),
+                Lane::Urgent => ("urgent-out", "urgent-in.state"),
+            };
             let path = dir.join(queue);
-            out.push(
-                Queue::open(&path, config)
-                    .map_err(|e| format!("cannot open the queue in {}: {e}", path.display()))?,
-            );
+            let out = Queue::open(&path, config)
+                .map_err(|e| format!("cannot open the queue in {}: {e}", path.display()))?;
             let path = dir.join(state);
-            inbound.push(
-                Inbound::open(&path).map_err(|e| {
-                    format!("cannot open the receive state {}: {e}", path.display())
-                })?,
-            );
-        }
+            let inbound = Inbound::open(&path)
+                .map_err(|e| format!("cannot open the receive state {}: {e}", path.display()))?;
+            Ok::<_, String>((out, inbound))
+        };
+        let [urgent, bulk] = Lane::ALL.map(open);
+        let ((urgent_out, urgent_in), (bulk_out, bulk_in)) = (urgent?, bulk?);
         Ok(LaneStores {
-            out: out
-                .try_into()
-                .map_err(|_| "two lanes")
-                .expect("one per lane"),
-            inbound: inbound
-                .try_into()
-                .map_err(|_| "two lanes")
-                .expect("one per lane"),
+            out: [urgent_out, bulk_out],
+            inbound: [urgent_in, bulk_in],
         })
     }
 

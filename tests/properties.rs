@@ -484,12 +484,7 @@ struct ExchangeLink {
 impl ExchangeLink {
     fn connect(now: Instant, edge: &Hub, cloud: &Hub) -> ExchangeLink {
         let ex = edge.exchange();
-        let lanes = ex.streams().map(|st| HelloLane {
-            up_stream: st.out_stream,
-            up_first: st.out_first,
-            down_stream: st.in_stream,
-            down_seq: st.in_seq,
-        });
+        let lanes = ex.streams().map(HelloLane::from);
         let hello = Hello {
             version: VERSION,
             project_id: "p".into(),

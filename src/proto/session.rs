@@ -57,6 +57,19 @@ pub struct Streams {
     pub in_seq: u64,
 }
 
+impl From<Streams> for HelloLane {
+    /// The edge's positions as HELLO carries them: its outgoing queue is the `up` stream, the
+    /// stream it receives the `down` one.
+    fn from(s: Streams) -> HelloLane {
+        HelloLane {
+            up_stream: s.out_stream,
+            up_first: s.out_first,
+            down_stream: s.in_stream,
+            down_seq: s.in_seq,
+        }
+    }
+}
+
 /// Which end of the link a session is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -592,7 +605,9 @@ impl Session {
                     return;
                 }
                 if l.partial.is_empty() {
+                    // Checked against MAX_FRAME above: the whole message, in one allocation.
                     l.partial_total = total;
+                    l.partial.reserve_exact(total);
                 }
                 if offset < l.partial.len() {
                     return; // a piece taken already
@@ -1079,12 +1094,7 @@ mod tests {
     }
 
     fn edge_hello(edge: &Store) -> Hello {
-        let lanes = edge.streams().map(|st| HelloLane {
-            up_stream: st.out_stream,
-            up_first: st.out_first,
-            down_stream: st.in_stream,
-            down_seq: st.in_seq,
-        });
+        let lanes = edge.streams().map(HelloLane::from);
         Hello {
             window: 8,
             lanes,

@@ -249,12 +249,7 @@ impl Sim {
     }
 
     fn connect(&mut self) {
-        let lanes = self.edge.streams().map(|st| HelloLane {
-            up_stream: st.out_stream,
-            up_first: st.out_first,
-            down_stream: st.in_stream,
-            down_seq: st.in_seq,
-        });
+        let lanes = self.edge.streams().map(HelloLane::from);
         let hello = Hello {
             version: VERSION,
             project_id: "p".into(),

@@ -171,7 +171,7 @@ async fn throughput(t: Throughput) -> Result<(), String> {
     let path = format!("/?resource={}", t.prefix);
     let mut sub = client::connect(&t.subscribe, &path).await?;
     let publisher = client::connect(&t.publish, "/").await?;
-    let (mut tx, mut rx) = publisher.split();
+    let (mut tx, rx) = publisher.split();
     let count = t.count;
     let started = Instant::now();
 
@@ -191,29 +191,7 @@ async fn throughput(t: Throughput) -> Result<(), String> {
         Ok(started.elapsed())
     });
 
-    let (acked_tx, acked_rx) = smol::channel::unbounded::<u64>();
-    let notices = smol::spawn(async move {
-        let mut accepted = 0u64;
-        while accepted < count {
-            match rx.next().await {
-                Some(Ok(WsMessage::Text(t))) => {
-                    let m = Message::from_json(&t).map_err(|e| e.to_string())?;
-                    match m.operation.as_str() {
-                        "accepted" => {
-                            accepted += 1;
-                            let _ = acked_tx.try_send(accepted);
-                        }
-                        "error" => return Err(format!("refused: {}", client::notice_error(&m))),
-                        _ => {}
-                    }
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(e.to_string()),
-                None => return Err("publisher connection closed".into()),
-            }
-        }
-        Ok(started.elapsed())
-    });
+    let (notices, acked_rx) = count_accepted(rx, count);
 
     let mut accepted = 0u64;
     for n in 0..count {
@@ -234,7 +212,7 @@ async fn throughput(t: Throughput) -> Result<(), String> {
         }
     }
     futures_flush(&mut tx).await?;
-    let to_accepted = notices.await?;
+    let to_accepted = notices.await?.duration_since(started);
     let to_delivered = receiver.await?;
     let mb = (count as f64) * (t.size as f64) / 1e6;
     println!(
@@ -246,6 +224,46 @@ async fn throughput(t: Throughput) -> Result<(), String> {
         mb / to_delivered.as_secs_f64()
     );
     Ok(())
+}
+
+/// Reads a publisher's notices until `count` messages were accepted: sends the running count of
+/// accepted messages on the returned channel after each, and finishes with the moment of the last
+/// one, or why publishing failed (a refusal, the connection closed).
+pub(crate) fn count_accepted<S, E>(
+    mut notices: S,
+    count: u64,
+) -> (
+    smol::Task<Result<Instant, String>>,
+    smol::channel::Receiver<u64>,
+)
+where
+    S: smol::stream::Stream<Item = Result<WsMessage, E>> + Unpin + Send + 'static,
+    E: std::fmt::Display,
+{
+    let (acked_tx, acked_rx) = smol::channel::unbounded::<u64>();
+    let task = smol::spawn(async move {
+        let mut accepted = 0u64;
+        while accepted < count {
+            match notices.next().await {
+                Some(Ok(WsMessage::Text(t))) => {
+                    let m = Message::from_json(&t).map_err(|e| e.to_string())?;
+                    match m.operation.as_str() {
+                        "accepted" => {
+                            accepted += 1;
+                            let _ = acked_tx.try_send(accepted);
+                        }
+                        "error" => return Err(format!("refused: {}", client::notice_error(&m))),
+                        _ => {}
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Err("publisher connection closed".into()),
+            }
+        }
+        Ok(Instant::now())
+    });
+    (task, acked_rx)
 }
 
 /// Publishes for `secs` seconds with at most `t.inflight` messages published but not yet
@@ -457,7 +475,7 @@ fn main() -> ExitCode {
                 .await?;
                 let rate = received as f64 / secs;
                 println!(
-                    "delivered {rate:.0} msg/s ({:.2} MB/s) over {secs} s at QoS {}: {received} messages of {} B in order, {gaps} after a gap ({} more published, not delivered within the time)",
+                    "delivered {rate:.0} msg/s ({:.2} MB/s) over {secs} s at QoS {}: {received} distinct messages of {} B, {gaps} after a gap (out of sequence) ({} more published, not delivered within the time)",
                     rate * m.size as f64 / 1e6,
                     m.qos,
                     m.size,

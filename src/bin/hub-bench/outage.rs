@@ -14,7 +14,6 @@ use futures_util::SinkExt;
 use hub::client;
 use hub::message::Message;
 use hub::transport::timeout;
-use smol::stream::StreamExt;
 
 use crate::mqtt;
 
@@ -301,31 +300,9 @@ fn due(started: Instant, n: u64, rate: f64) -> Instant {
 /// "accepted" notice (the edge accepts into its outbox while the link is cut).
 async fn publish_hub(o: &Outage, started: Instant) -> Result<(), String> {
     let publisher = client::connect(&o.publish, "/").await?;
-    let (mut tx, mut rx) = publisher.split();
+    let (mut tx, rx) = publisher.split();
     let count = o.count;
-    let (acked_tx, acked_rx) = smol::channel::unbounded::<u64>();
-    let notices = smol::spawn(async move {
-        let mut accepted = 0u64;
-        while accepted < count {
-            match rx.next().await {
-                Some(Ok(WsMessage::Text(t))) => {
-                    let m = Message::from_json(&t).map_err(|e| e.to_string())?;
-                    match m.operation.as_str() {
-                        "accepted" => {
-                            accepted += 1;
-                            let _ = acked_tx.try_send(accepted);
-                        }
-                        "error" => return Err(format!("refused: {}", client::notice_error(&m))),
-                        _ => {}
-                    }
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(e.to_string()),
-                None => return Err("publisher connection closed".into()),
-            }
-        }
-        Ok(())
-    });
+    let (notices, acked_rx) = crate::count_accepted(rx, count);
     let mut accepted = 0u64;
     for n in 0..count {
         let at = due(started, n, o.rate);
@@ -354,7 +331,7 @@ async fn publish_hub(o: &Outage, started: Instant) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
     }
     tx.flush().await.map_err(|e| e.to_string())?;
-    notices.await
+    notices.await.map(|_| ())
 }
 
 /// Publishes the stream at the MQTT broker at QoS 1, paced, with at most 4096 awaiting PUBACK
