@@ -384,9 +384,11 @@ use std::time::Duration;
 
 /// Publishes payloads of `size` bytes to `topic` at `pub_addr` for `secs` seconds, with at most
 /// `inflight` published but not yet delivered (end to end, as `hub-bench throughput --duration`
-/// bounds hub), while a subscriber at `sub_addr` counts them. Returns how many arrived within the
-/// time (in order; at QoS 0 gaps are skipped), how many were published, and how many arrivals
-/// came after a gap (QoS 0 only).
+/// bounds hub), while a subscriber at `sub_addr` counts them. Returns how many distinct messages
+/// arrived within the time, how many were published, and how many arrivals came out of sequence
+/// (after a gap: at QoS 0 a dropped message, at QoS 1 one the broker delivers later, as a bridge
+/// does when it resends after reconnecting). A run is a measurement, not a check: such arrivals
+/// are counted and reported, not an error.
 pub async fn goodput(
     pub_addr: &str,
     sub_addr: &str,
@@ -405,14 +407,15 @@ pub async fn goodput(
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let (delivered_tx, delivered_rx) = smol::channel::unbounded::<u64>();
     let receiver = smol::spawn(async move {
-        let (mut next, mut received, mut gaps) = (0u64, 0u64, 0u64);
+        let (mut next, mut gaps) = (0u64, 0u64);
+        let mut seen = std::collections::HashSet::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Ok::<_, String>((received, gaps));
+                return Ok::<_, String>((seen.len() as u64, gaps));
             }
             let Some(p) = hub::transport::timeout(left, sub.read()).await else {
-                return Ok((received, gaps));
+                return Ok((seen.len() as u64, gaps));
             };
             let p = p?;
             if p.kind != 3 {
@@ -423,15 +426,15 @@ pub async fn goodput(
                 sub.puback(id);
             }
             let n = counter(payload).ok_or("MQTT: payload without a counter")?;
-            if n != next && (q > 0 || n < next) {
-                return Err(format!("MQTT: received {n} when {next} was due"));
-            }
             if n != next {
                 gaps += 1;
             }
-            next = n + 1;
-            received += 1;
-            let _ = delivered_tx.try_send(next);
+            next = next.max(n + 1);
+            if !seen.insert(n) {
+                continue; // a repeat (QoS 1 allows them)
+            }
+            let received = seen.len() as u64;
+            let _ = delivered_tx.try_send(received);
             if received % 64 == 0 {
                 sub.flush().await?;
             }
