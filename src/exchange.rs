@@ -73,6 +73,8 @@ pub struct LaneStores {
     pub out: [Arc<Queue>; LANES],
     /// The receive state of each lane.
     pub inbound: [Arc<Mutex<Inbound>>; LANES],
+    /// Held by the one [`Exchange`] using these stores (see [`Exchange::open`]).
+    holder: Arc<smol::lock::Mutex<()>>,
 }
 
 impl LaneStores {
@@ -97,6 +99,7 @@ impl LaneStores {
         Ok(LaneStores {
             out: [urgent_out, bulk_out],
             inbound: [urgent_in, bulk_in],
+            holder: Arc::default(),
         })
     }
 
@@ -142,12 +145,20 @@ pub struct Exchange {
     prefix: Option<String>,
     sending: [Sending; LANES],
     batch: Vec<(u64, Vec<u8>)>,
+    /// These stores are this exchange's alone until it is dropped.
+    _holding: smol::lock::MutexGuardArc<()>,
 }
 
 impl Exchange {
     /// An exchange sending from `stores`' queues, receiving into their receive states and
     /// delivering to `local`.
-    pub fn new(stores: &LaneStores, local: Arc<Local>, prefix: Option<String>) -> Exchange {
+    ///
+    /// Waits until no other exchange uses `stores`: the link a newer one replaces must have
+    /// delivered its last message and recorded its position before the newer link reads the
+    /// positions it resumes from, or the newer link would deliver those messages again, after
+    /// later ones.
+    pub async fn open(stores: &LaneStores, local: Arc<Local>, prefix: Option<String>) -> Exchange {
+        let holding = stores.holder.lock_arc().await;
         Exchange {
             out: stores.out.clone(),
             inbound: stores.inbound.clone(),
@@ -155,6 +166,7 @@ impl Exchange {
             prefix,
             sending: Default::default(),
             batch: Vec::new(),
+            _holding: holding,
         }
     }
 
@@ -416,7 +428,7 @@ mod tests {
     fn exchange(dir: &Path) -> (Exchange, LaneStores) {
         let stores = stores(dir);
         let local = Arc::new(Local::new(Duration::from_secs(1)));
-        (Exchange::new(&stores, local, None), stores)
+        (smol::block_on(Exchange::open(&stores, local, None)), stores)
     }
 
     #[test]
@@ -444,6 +456,27 @@ mod tests {
     }
 
     #[test]
+    fn a_replacing_link_resumes_after_what_the_replaced_one_delivered() {
+        // The cloud admits a node's new link while the old one may still be delivering what it
+        // had read: the new exchange waits for the old to let go, so the position it resumes
+        // from (its WELCOME) covers everything the old one delivered.
+        let tmp = tempfile::tempdir().unwrap();
+        let stores = stores(tmp.path());
+        let local = Arc::new(Local::new(Duration::from_secs(1)));
+        let mut old = smol::block_on(Exchange::open(&stores, local.clone(), None));
+        let mut new = Box::pin(Exchange::open(&stores, local, None));
+        assert!(
+            smol::block_on(smol::future::poll_once(&mut new)).is_none(),
+            "opened while the old exchange holds the stores"
+        );
+        link(&mut old, 0xaaaa, 7);
+        drop(old);
+        let new = smol::block_on(new);
+        let s = new.streams()[Lane::Bulk.index()];
+        assert_eq!((s.in_stream, s.in_seq), (0xaaaa, 7));
+    }
+
+    #[test]
     fn messages_sharing_a_msg_id_are_all_delivered() {
         // Applications choose msg_ids; two of them (or one, twice) may choose the same. Only the
         // link's sequence numbers tell a repeat; three messages numbered 1, 2, 3 are three.
@@ -451,7 +484,7 @@ mod tests {
         let local = Arc::new(Local::new(Duration::from_secs(1)));
         let (app, app_rx) = crate::local::app_channel("test", 16, 1 << 20);
         local.subscribe(crate::local::Filter::default(), app);
-        let mut ex = Exchange::new(&stores(tmp.path()), local, None);
+        let mut ex = smol::block_on(Exchange::open(&stores(tmp.path()), local, None));
 
         let now = Instant::now();
         let mut s = Session::cloud(now, Duration::from_secs(30), 64);

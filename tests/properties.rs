@@ -424,7 +424,11 @@ impl Hub {
     }
 
     fn exchange(&self) -> Exchange {
-        Exchange::new(&self.stores, self.local.clone(), self.prefix.clone())
+        smol::block_on(Exchange::open(
+            &self.stores,
+            self.local.clone(),
+            self.prefix.clone(),
+        ))
     }
 
     /// Publishes one to six messages; one in eight repeats the id of an earlier one, one in

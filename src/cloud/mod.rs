@@ -21,7 +21,7 @@ use smol::future::FutureExt;
 
 use crate::apps::{Apps, Route};
 use crate::config::{CloudConfig, Protocol, valid_id};
-use crate::exchange::Exchange;
+use crate::exchange::{Exchange, LaneStores};
 use crate::local::Local;
 use crate::message::node_prefix;
 use crate::proto::frame::Hello;
@@ -538,8 +538,29 @@ async fn serve(
                         node = hello.node_id.clone(); // else it stays out of the log lines
                     }
                     match admit(&cloud, &hello, &url_ids, &identity, protocol, peer) {
-                        Ok((a, ex)) => {
-                            session.accept(now, ex.streams());
+                        Ok((a, stores)) => {
+                            // The link this one replaces lets go of the node's queues first.
+                            let prefix = Some(node_prefix(&hello.node_id));
+                            let opened = async {
+                                Ok(Exchange::open(&stores, cloud.local.clone(), prefix).await)
+                            }
+                            .or(async {
+                                a.replaced().await;
+                                Err(CloseCode::Replaced)
+                            })
+                            .or(async {
+                                cloud.shutdown.wait().await;
+                                Err(CloseCode::ShuttingDown)
+                            })
+                            .await;
+                            let ex = match opened {
+                                Ok(ex) => ex,
+                                Err(code) => {
+                                    session.close(code, "");
+                                    continue;
+                                }
+                            };
+                            session.accept(Instant::now(), ex.streams());
                             admission = Some(a);
                             exchange = Some(ex);
                             log::info!(
@@ -568,6 +589,12 @@ async fn serve(
                 }
                 _ => {}
             }
+        }
+        // Checked before anything else is read: a replaced link must stop delivering at once,
+        // since its replacement waits for it (see [`Exchange::open`]).
+        if admission.as_ref().is_some_and(|a| a.is_replaced()) {
+            session.close(CloseCode::Replaced, "");
+            continue;
         }
         if let Some(ex) = exchange.as_mut() {
             ex.fill(&mut session, |lane| link.room(lane));
@@ -615,7 +642,7 @@ async fn serve(
 }
 
 /// Decides on a HELLO: the ids agree with the URL (WebSocket) and the certificate, and the node
-/// fits under node-limit. Returns its registry entry and its message exchange.
+/// fits under node-limit. Returns its registry entry and its queues.
 fn admit(
     cloud: &Arc<Cloud>,
     hello: &Hello,
@@ -623,7 +650,7 @@ fn admit(
     identity: &CertIdentity,
     protocol: Protocol,
     peer: SocketAddr,
-) -> Result<(Admission, Exchange), (CloseCode, String)> {
+) -> Result<(Admission, Arc<LaneStores>), (CloseCode, String)> {
     // Checked before anything else reads them: the ids become a registry key, a queue folder and
     // log lines, so only the canonical form gets that far.
     valid_id(&hello.project_id).map_err(|p| {
@@ -664,10 +691,5 @@ fn admit(
                 format!("{} nodes connected", cloud.config.node_limit),
             )
         })?;
-    let exchange = Exchange::new(
-        &streams,
-        cloud.local.clone(),
-        Some(node_prefix(&hello.node_id)),
-    );
-    Ok((admission, exchange))
+    Ok((admission, streams))
 }

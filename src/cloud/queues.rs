@@ -79,7 +79,8 @@ impl NodeQueues {
     pub fn release(&self, node_id: &str) {
         let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
         let idle = nodes.get(node_id).is_some_and(|n| {
-            n.out.iter().all(|q| Arc::strong_count(q) == 1)
+            Arc::strong_count(n) == 1
+                && n.out.iter().all(|q| Arc::strong_count(q) == 1)
                 && n.inbound.iter().all(|i| Arc::strong_count(i) == 1)
                 && n.is_empty()
         });

@@ -73,6 +73,11 @@ impl Admission {
     pub async fn replaced(&self) {
         let _ = self.replaced.recv().await;
     }
+
+    /// Whether a newer connection for the same node replaced this one.
+    pub fn is_replaced(&self) -> bool {
+        self.replaced.is_closed()
+    }
 }
 
 impl Drop for Admission {

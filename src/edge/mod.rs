@@ -148,7 +148,7 @@ pub async fn run(config: EdgeConfig, shutdown: Shutdown) -> Result<(), String> {
             }
         };
 
-        let exchange = Exchange::new(&outbox, local.clone(), None);
+        let exchange = Exchange::open(&outbox, local.clone(), None).await;
         let lanes = exchange.streams().map(HelloLane::from);
         let mut session = Session::edge(
             Instant::now(),
