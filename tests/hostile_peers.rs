@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_tungstenite::tungstenite::Message as WsMessage;
-use common::apps::{block, is_hub_notice, message};
+use common::apps::{block, is_hub_notice, message, publish_tracked};
 use common::{Cloud, CloudSpec, EdgeSpec, Hub, Proto};
 use hub::client::{self, Connection};
 use hub::proto::VERSION;
@@ -1340,4 +1340,101 @@ fn pending_handshakes_are_capped_while_edges_keep_flowing() {
     eprintln!(
         "capped handshakes: websocket edge {ws_n} messages each way (slowest {ws_worst:?}), quic edge {quic_n} (slowest {quic_worst:?})"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// A peer that announces a huge window and reads nothing.
+
+/// A HELLO of `edge-node` announcing the largest window the frame can carry.
+fn greedy_hello() -> Frame {
+    match hello("edge-node", VERSION) {
+        Frame::Hello(h) => Frame::Hello(hub::proto::frame::Hello {
+            window: u32::MAX,
+            ..h
+        }),
+        _ => unreachable!(),
+    }
+}
+
+/// The highest resident memory of `pid` (KiB) seen every 50 ms until `line` is in the cloud's log.
+fn peak_rss_until(bench: &Bench, line: &str) -> u64 {
+    let (pid, deadline) = (bench.cloud.hub.pid(), Instant::now() + WAIT);
+    let mut peak = 0;
+    while bench.cloud.hub.lines_with(line).is_empty() {
+        peak = peak.max(rss_kib(pid));
+        assert!(Instant::now() < deadline, "no {line:?} within {WAIT:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    peak
+}
+
+#[test]
+fn a_peer_announcing_a_huge_window_is_sent_what_the_link_has_room_for() {
+    // 96 MiB queued for edge-node; a peer with its certificate announces a window of 2^32 - 1
+    // messages and reads nothing. The cloud reads from the queue only what the link has room for,
+    // so its memory grows by the transport's buffers, not by the queue.
+    let bench = Bench::start(Proto::Quic, CloudSpec::default());
+    let pki = bench.pki.clone();
+    let content = format!("\"{}\"", "q".repeat(48 * 1024));
+    let queued: Vec<_> = (0..2048)
+        .map(|_| message("node/edge-node/bulk", &content))
+        .collect();
+    let outcomes = block("queue for edge-node", async {
+        let ws = client::connect(&bench.cloud.apps, "/").await.unwrap();
+        publish_tracked(ws, &queued, |_| {}).await
+    });
+    assert!(outcomes.iter().all(Result::is_ok), "queued: {outcomes:?}");
+
+    for proto in [Proto::Websocket, Proto::Quic] {
+        let before = rss_kib(bench.cloud.hub.pid());
+        let port = bench.port(proto);
+        let ended = format!("node edge-node disconnected ({}", proto.name());
+        let peak = match proto {
+            Proto::Websocket => {
+                let (mut ws, _) = block("connect", ws_peer(port, &pki));
+                block("hello", ws.send(WsMessage::binary(greedy_hello().encode()))).unwrap();
+                let peak = peak_rss_until(&bench, &ended);
+                drop(ws);
+                peak
+            }
+            Proto::Quic => {
+                let peer = block(
+                    "connect",
+                    quic_peer(port, &pki, &len_prefixed(&greedy_hello())),
+                );
+                let bulk = block("open the bulk stream", async {
+                    let (mut s, r) = peer.conn.open_bi().await.unwrap();
+                    s.write_all(&[hub::transport::quic::BULK_PREFACE])
+                        .await
+                        .unwrap();
+                    (s, r)
+                });
+                let peak = peak_rss_until(&bench, &ended);
+                drop((bulk, peer));
+                peak
+            }
+        };
+        let lines = bench.cloud.hub.lines_with(&ended);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        // Closed for the writes it blocks, or (a peer whose kernel still takes a trickle) for
+        // sending nothing.
+        assert!(
+            ["write timeout", "heartbeat timeout"]
+                .iter()
+                .any(|why| lines[0].contains(why)),
+            "{}",
+            lines[0]
+        );
+        eprintln!(
+            "{}: 96 MiB queued, a window of 2^32 - 1; cloud RSS {before} KiB, at most {peak} KiB until it closed the link: {}",
+            proto.name(),
+            lines[0]
+        );
+        assert!(
+            peak < before + 32 * 1024,
+            "the cloud read its queue into memory for a peer that reads nothing: {before} KiB -> {peak} KiB"
+        );
+    }
+    bench.still_serving("a peer announcing a huge window");
+    bench.finish();
 }
