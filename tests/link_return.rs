@@ -68,3 +68,49 @@ fn websocket_is_back_soon_after_the_path_returns() {
 fn quic_is_back_soon_after_the_path_returns() {
     back_soon_after_the_path_returns(Proto::Quic);
 }
+
+/// An outage longer than the read deadline: the wait for WELCOME counts from the connect, not
+/// from when the edge started dialling, so the connection that gets through once the path
+/// returns carries the link. (Before, the session's deadline had passed during the dial: the
+/// edge closed the new link at once with "no WELCOME" and waited out its backoff first.)
+fn an_outage_longer_than_the_read_deadline_costs_no_extra_round(proto: Proto) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let pki = common::link_pki(dir);
+    let mut cloud = common::start_cloud(dir, &pki, &CloudSpec::default());
+    let relay = Relay::start(proto, cloud.port(proto));
+    relay.blackhole(true);
+    let mut spec = EdgeSpec::new(proto, &pki, "edge-node", relay.port());
+    spec.handshake_timeout = 10.0;
+    spec.read_deadline = 1.0;
+    // A backoff far longer than the bound below: a link closed after the connect shows.
+    spec.backoff_initial = 5.0;
+    spec.backoff_max = 10.0;
+    let mut edge = spec.start(dir);
+    let apps = common::apps_url(&mut edge);
+    edge.wait_for("starting:");
+    // Down for more than twice the read deadline, within one dial (the handshake timeout).
+    std::thread::sleep(Duration::from_millis(2500));
+    let mut sub = common::apps::subscribe(&cloud.apps, "node/edge-node/long");
+    assert_eq!(common::apps::publish_numbers(&apps, "long", 1), (1, 0));
+    relay.blackhole(false);
+    edge.wait_for_within("connected to the cloud", BACK_WITHIN);
+    let got = common::apps::receive(&mut sub, 1);
+    common::apps::assert_numbers_in_order(&got, "node/edge-node/long", 1);
+    assert!(
+        edge.lines_with("no WELCOME").is_empty(),
+        "the link that connected was not timed out: {:?}",
+        edge.lines_with("no WELCOME")
+    );
+    cloud.hub.terminate();
+}
+
+#[test]
+fn websocket_outage_longer_than_the_read_deadline() {
+    an_outage_longer_than_the_read_deadline_costs_no_extra_round(Proto::Websocket);
+}
+
+#[test]
+fn quic_outage_longer_than_the_read_deadline() {
+    an_outage_longer_than_the_read_deadline_costs_no_extra_round(Proto::Quic);
+}

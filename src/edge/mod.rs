@@ -185,6 +185,8 @@ pub async fn run(config: EdgeConfig, shutdown: Shutdown) -> Result<(), String> {
             .await;
         let ended = match attempt {
             Ok((link, how, quic_conn)) => {
+                // The link's own time counts towards the backoff's reset, not the connect's.
+                let up = Instant::now();
                 let mut stats = LinkStats {
                     hello_at: Instant::now(),
                     opened: false,
@@ -223,7 +225,7 @@ pub async fn run(config: EdgeConfig, shutdown: Shutdown) -> Result<(), String> {
                         );
                     }
                 }
-                backoff.link_was_up(started.elapsed());
+                backoff.link_was_up(up.elapsed());
                 ended
             }
             Err(_) if shutdown.is_triggered() => Ended::Shutdown,
@@ -389,6 +391,7 @@ async fn connect(
                 dialer.last_good,
             )
             .await?;
+            session.connected(Instant::now());
             let link = ws::spawn_link(stream, peer, config.write_deadline);
             link.flush(session, Instant::now());
             Ok((link, "TLS 1.3", None))
@@ -412,6 +415,7 @@ async fn connect(
                 dialer.pacer,
             )
             .await?;
+            session.connected(Instant::now());
             dialer.last_good.remember(target, conn.remote_address());
             Ok((
                 quic::spawn_link(

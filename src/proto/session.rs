@@ -266,6 +266,19 @@ impl Session {
         l.in_stream = in_stream;
     }
 
+    /// Edge: the transport is connected (TCP, TLS and the upgrade, or the QUIC handshake) at
+    /// `now`, so HELLO is on its way. The wait for WELCOME (at most `read_deadline`) and the
+    /// heartbeat timer count from here, not from when the session was made: a connect may take
+    /// up to `handshake-timeout`, which bounds it on its own (docs/protocol.md section 3,
+    /// "Connecting"). Call it once, before the first [`handle_timeout`](Self::handle_timeout)
+    /// after the connect; a session that is already open or closed is left as it is.
+    pub fn connected(&mut self, now: Instant) {
+        if self.state == State::Handshake {
+            self.last_recv = now;
+            self.last_send = now;
+        }
+    }
+
     /// Which end this session is.
     pub fn role(&self) -> Role {
         self.role
@@ -958,6 +971,27 @@ mod tests {
             }
         };
         assert_eq!(closed_at - t0, 15 * S);
+    }
+
+    #[test]
+    fn the_wait_for_welcome_counts_from_the_connect() {
+        // The session is made (and HELLO polled, for QUIC's 0-RTT) before a connect that took
+        // longer than the read deadline: the deadline starts when the transport is up.
+        let t0 = Instant::now();
+        let mut edge = Session::edge(t0, hello(15 * S, 3 * S));
+        assert!(edge.poll_transmit(t0).is_some());
+        let up = t0 + 20 * S;
+        edge.connected(up);
+        assert_eq!(edge.poll_timeout(), Some(up + 3 * S));
+        edge.handle_timeout(up + S);
+        assert!(
+            edge.poll_event().is_none(),
+            "not closed a second after the connect"
+        );
+        edge.handle_timeout(up + 3 * S);
+        assert!(
+            matches!(edge.poll_event(), Some(Event::Close(CloseCode::Timeout, d)) if d.contains("no WELCOME for 3.0s"))
+        );
     }
 
     #[test]

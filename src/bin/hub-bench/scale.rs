@@ -107,6 +107,7 @@ pub async fn run(s: Scale) -> Result<(), String> {
                 .await
                 {
                     Ok((stream, peer)) => {
+                        session.connected(Instant::now());
                         let link = ws::spawn_link(stream, peer, Duration::from_secs(15));
                         link.flush(&mut session, Instant::now());
                         link
@@ -127,6 +128,7 @@ pub async fn run(s: Scale) -> Result<(), String> {
                 }
                 match quic::connect(&endpoint, config, quic_ep, "127.0.0.1", &first).await {
                     Ok((conn, send, recv, _)) => {
+                        session.connected(Instant::now());
                         let bulk = quic::BulkStream::Open;
                         quic::spawn_link(conn, send, recv, Duration::from_secs(15), bulk)
                     }
