@@ -339,6 +339,7 @@ fn hub_sections_take_effect() {
     );
     assert_eq!(e.outbox.fsync, hub::store::Fsync::Periodic);
     assert_eq!(e.congestion, hub::config::Congestion::Bbr);
+    assert_eq!(e.fast_attempts_for, Duration::from_secs(300));
     // Defaults: loopback endpoints, safe fsync, the largest window.
     let c = CloudConfig::from_yaml(
         Path::new("c.yaml"),
@@ -364,6 +365,7 @@ fn hub_sections_take_effect() {
     assert_eq!(s.apps.listen, Some("127.0.0.1:10060".parse().unwrap()));
     assert_eq!(s.outbox.dir, Path::new("/var/lib/hub/edge"));
     assert_eq!(s.congestion, hub::config::Congestion::Bbr);
+    assert_eq!(s.fast_attempts_for, Duration::from_secs(60));
 }
 
 #[test]

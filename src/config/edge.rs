@@ -76,6 +76,8 @@ struct RawController {
     fallback_after: Option<i64>,
     #[serde(rename = "quic-probe-interval")]
     quic_probe_interval: Option<f64>,
+    #[serde(rename = "fast-attempts-for")]
+    fast_attempts_for: Option<f64>,
 }
 
 /// Reads a YAML scalar as text, so that `node-id: 42` means the id "42".
@@ -285,6 +287,10 @@ pub struct EdgeConfig {
     /// `controller.backoff-max`: the longest reconnect wait; a link up this long counts as stable
     /// and resets the backoff.
     pub backoff_max: Duration,
+    /// `controller.fast-attempts-for`: how long, from the first connection attempt that gets no
+    /// answer, fresh attempts go every two round trips of the last link before their gap grows
+    /// towards a second (docs/protocol.md section 6).
+    pub fast_attempts_for: Duration,
     /// QUIC's fallback to WebSocket, when `controller.protocol` is `quic` and a `websocket`
     /// section gives the cloud's WebSocket URL.
     pub fallback: Option<Fallback>,
@@ -408,6 +414,12 @@ impl EdgeConfig {
             ));
         }
 
+        let fast_attempts_for = c.duration(
+            "controller.fast-attempts-for",
+            ctl.fast_attempts_for,
+            crate::transport::dial::FAST_FOR.as_secs_f64(),
+            1.0,
+        )?;
         let fallback_after =
             c.count("controller.fallback-after", ctl.fallback_after, 3, 1, 1000)? as u32;
         let probe_interval = c.duration(
@@ -480,6 +492,7 @@ impl EdgeConfig {
             node_id,
             backoff_initial,
             backoff_max,
+            fast_attempts_for,
             fallback,
             apps: c.apps(raw.apps, DEFAULTS.listen)?,
             outbox: c.queue("outbox", raw.outbox, &DEFAULTS)?,

@@ -71,7 +71,8 @@ pub async fn run(config: EdgeConfig, shutdown: Shutdown) -> Result<(), String> {
     let seed = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64 ^ nanos_now();
     let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max, seed);
     // The pace of connection attempts, from the last link's round trip.
-    let mut pacer = dial::Pacer::new(dial::ATTEMPT_DELAY, seed.rotate_left(17));
+    let mut pacer = dial::Pacer::new(dial::ATTEMPT_DELAY, seed.rotate_left(17))
+        .with_fast_for(config.fast_attempts_for);
     // On the WebSocket fallback of a QUIC edge.
     let mut on_fallback = false;
     let mut tls: Option<Tls> = None;

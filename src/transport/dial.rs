@@ -11,7 +11,8 @@
 //! an attempt whose packets were lost while the path was down waits out its transport's
 //! retransmission timer (TCP SYN, QUIC Initial: 1 s, 2 s, 4 s, …), a fresh one goes out as soon
 //! as the path is back. At most [`MAX_ALIVE`] attempts are pending at once (the oldest is
-//! abandoned), and the pacer caps their rate. The first success wins and the attempts still
+//! abandoned once it had [`KEEP_FOR`]), and the pacer sets their rate: every two round trips for
+//! a while ([`FAST_FOR`]), then slowing to one a second. The first success wins and the attempts still
 //! pending are dropped, which cancels them. An attempt is everything up to a usable connection:
 //! for WebSocket the TCP connect, the TLS handshake and the HTTP upgrade; for QUIC the whole QUIC
 //! handshake; for placement the TCP connect, the TLS handshake and the HTTP exchange. A failure
@@ -38,31 +39,48 @@ pub const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
 /// section 5's lower bound for the attempt delay is 100 ms too).
 pub const MIN_GAP: Duration = Duration::from_millis(100);
 
-/// The longest gap between attempts while every one stays silent: at most about one attempt a
-/// second per edge during a long outage, so 10,000 edges that lost a dead cloud host send it no
-/// more than about 10,000 packets a second, spread by jitter.
+/// The longest gap between attempts once a silence has lasted past the fast phase
+/// ([`FAST_FOR`]): at most about one attempt a second per edge during a long outage, so 10,000
+/// edges that lost a dead cloud host send it no more than about 10,000 packets a second, spread
+/// by jitter.
 pub const MAX_GAP: Duration = Duration::from_secs(1);
 
-/// Attempts in a row started at the base gap (about two round trips) before the gap grows
-/// towards [`MAX_GAP`]: a short outage is bridged at full speed, a long one settles at the cap.
-pub const BURST: u32 = 8;
+/// How long a silence is bridged at the base gap (about two round trips) before the gap grows
+/// towards [`MAX_GAP`] (`controller.fast-attempts-for`'s default): an outage of up to a minute
+/// (a radio handover, a tunnel, a flapping route) ends with an attempt at most two round trips
+/// after the path returns; a longer one settles at the cap. At a 50 ms round trip that is 600
+/// attempts in the minute: about 36 KB of TCP SYNs, or 0.74 MB of 1,228-byte QUIC Initials
+/// (docs/protocol.md section 6).
+pub const FAST_FOR: Duration = Duration::from_secs(60);
 
-/// The most attempts pending at once; starting another abandons the oldest.
+/// The most attempts pending at once; starting another abandons the oldest, once that one has
+/// been pending for [`KEEP_FOR`].
 pub const MAX_ALIVE: usize = 4;
+
+/// How long an attempt is kept pending at least, however many fresh ones start beside it: a
+/// handshake of three round trips (TCP, TLS, the upgrade) over a 600 ms path, so that an attempt
+/// on a path slower than the last link's is not abandoned before it can finish. At the shortest
+/// gap ([`MIN_GAP`], 75 ms with jitter) that is at most 27 attempts pending at once.
+pub const KEEP_FOR: Duration = Duration::from_secs(2);
 
 /// The pace of connection attempts for one dialler, kept across its dials so that a dial that
 /// follows one that got no answer goes on at the same pace (and the cap holds across them).
 ///
 /// The gap between two attempts started without an answer between them is the *base* (two
 /// measured round trips, clamped to [`MIN_GAP`]..[`MAX_GAP`]; [`ATTEMPT_DELAY`] before any link)
-/// for the first [`BURST`] attempts, then grows by half each time up to [`MAX_GAP`]. Each gap is
-/// drawn from its upper quarter (75-100 %), so diallers that lost the same host together drift
-/// apart. A link that opens ([`Pacer::link_opened`]) starts the count again.
+/// for the first `fast_for` ([`FAST_FOR`] by default) after the first attempt since the last
+/// link, then grows by half with each attempt up to [`MAX_GAP`]. Each gap is drawn from its upper
+/// quarter (75-100 %), so diallers that lost the same host together drift apart. A link that
+/// opens ([`Pacer::link_opened`]) starts the schedule again.
 #[derive(Debug, Clone)]
 pub struct Pacer {
     base: Duration,
-    /// Attempts started since the last link opened.
-    silent: u32,
+    /// How long the attempts go at the base gap.
+    fast_for: Duration,
+    /// When the first attempt since the last link opened started.
+    silent_since: Option<Instant>,
+    /// Attempts started since the fast phase ended.
+    slow: u32,
     /// When the last attempt started.
     last_start: Option<Instant>,
     /// The gap that must pass after `last_start` before the next silent attempt.
@@ -77,15 +95,24 @@ impl Default for Pacer {
 }
 
 impl Pacer {
-    /// A pacer whose base gap is `base` (not clamped: tests use any), jitter seeded by `seed`.
+    /// A pacer whose base gap is `base` (not clamped: tests use any), with a fast phase of
+    /// [`FAST_FOR`], jitter seeded by `seed`.
     pub fn new(base: Duration, seed: u64) -> Pacer {
         Pacer {
             base,
-            silent: 0,
+            fast_for: FAST_FOR,
+            silent_since: None,
+            slow: 0,
             last_start: None,
             gap: Duration::ZERO,
             rng: seed | 1,
         }
+    }
+
+    /// This pacer with a fast phase of `fast_for`: how long after the first attempt since the
+    /// last link the attempts go at the base gap (`controller.fast-attempts-for`).
+    pub fn with_fast_for(self, fast_for: Duration) -> Pacer {
+        Pacer { fast_for, ..self }
     }
 
     /// The base gap for a link whose round trip was `rtt`: `2 × rtt` clamped to
@@ -105,9 +132,17 @@ impl Pacer {
         if let Some(rtt) = rtt {
             self.base = Pacer::base_for(rtt);
         }
-        self.silent = 0;
+        self.silent_since = None;
+        self.slow = 0;
         self.last_start = None;
         self.gap = Duration::ZERO;
+    }
+
+    /// Something answered an attempt (a refusal, a reset, a TLS failure): the path is there, so
+    /// a silence that follows is a new one and starts with the fast phase again.
+    pub fn answered(&mut self) {
+        self.silent_since = None;
+        self.slow = 0;
     }
 
     /// When the next attempt may start if nothing answers before.
@@ -118,14 +153,17 @@ impl Pacer {
         }
     }
 
-    /// Records an attempt started `now` and draws the gap before the next one.
+    /// Records an attempt started `now` and draws the gap before the next one: the base gap
+    /// within the fast phase, then half as much again with each attempt, up to [`MAX_GAP`] (or
+    /// the base, when that is longer).
     pub fn started(&mut self, now: Instant) {
+        let since = *self.silent_since.get_or_insert(now);
         let mut step = self.base;
-        if self.silent >= BURST {
-            let grown = (self.silent - BURST + 1).min(16) as i32;
+        if now.saturating_duration_since(since) >= self.fast_for {
+            self.slow = self.slow.saturating_add(1);
+            let grown = self.slow.min(16) as i32;
             step = step.mul_f64(1.5f64.powi(grown)).min(MAX_GAP.max(self.base));
         }
-        self.silent = self.silent.saturating_add(1);
         let frac = (self.next_random() >> 11) as f64 / (1u64 << 53) as f64;
         self.gap = step.mul_f64(0.75 + 0.25 * frac);
         self.last_start = Some(now);
@@ -397,7 +435,7 @@ enum Step<T, E> {
 /// attempt got an answer that was not final, or when the pacer's gap passed while every pending
 /// attempt stayed silent; once every address was started, each gap starts a fresh attempt to an
 /// address that has not answered (in turn), keeping at most [`MAX_ALIVE`] pending (the oldest
-/// abandoned). At most `limit.attempts` are started: when the gap after the last passes with
+/// abandoned, once it was pending for [`KEEP_FOR`]). At most `limit.attempts` are started: when the gap after the last passes with
 /// no answer, the race ends as if out of time. Returns the first success with its address; the
 /// attempts still pending are dropped, which cancels them.
 ///
@@ -426,8 +464,8 @@ where
     let mut out_of_time = std::pin::pin!(out_of_time);
     let at_most = limit.attempts;
     let mut pending = FuturesUnordered::new();
-    // The cancel handles of the pending attempts, oldest first, with their ids.
-    let mut alive: VecDeque<(u64, smol::channel::Sender<()>)> = VecDeque::new();
+    // The cancel handles of the pending attempts, oldest first, with their ids and starts.
+    let mut alive: VecDeque<(u64, smol::channel::Sender<()>, Instant)> = VecDeque::new();
     let mut next = 0;
     let mut started = 0usize;
     // Each address's last error, and whether any answer (not silence) came back.
@@ -482,8 +520,14 @@ where
                 })
             };
             if let Some(addr) = addr {
-                if alive.len() >= MAX_ALIVE {
-                    // Dropping the sender ends that attempt as superseded.
+                // Dropping the sender ends that attempt as superseded: the oldest, once it had
+                // its time.
+                let now = Instant::now();
+                while alive.len() >= MAX_ALIVE
+                    && alive
+                        .front()
+                        .is_some_and(|(_, _, at)| now.saturating_duration_since(*at) >= KEEP_FOR)
+                {
                     alive.pop_front();
                 }
                 started += 1;
@@ -502,7 +546,7 @@ where
                 }
                 let (tx, rx) = smol::channel::bounded(1);
                 id += 1;
-                alive.push_back((id, tx));
+                alive.push_back((id, tx, Instant::now()));
                 let my_id = id;
                 let fut = attempt(addr);
                 pending.push(async move {
@@ -533,7 +577,7 @@ where
         let step = async {
             match pending.next().await {
                 Some((my_id, addr, result)) => {
-                    alive.retain(|(i, _)| *i != my_id);
+                    alive.retain(|(i, _, _)| *i != my_id);
                     Step::Done(addr, result)
                 }
                 None => std::future::pending().await,
@@ -565,6 +609,9 @@ where
                 log::debug!("{addr}: {what}: {e}");
                 ended.retain(|(a, _)| *a != addr);
                 ended.push((addr, e));
+                if v != Verdict::Silence {
+                    pacer.answered();
+                }
                 match v {
                     Verdict::Final => {
                         drop(pending);
@@ -866,21 +913,26 @@ mod tests {
     }
 
     #[test]
-    fn at_most_max_alive_attempts_are_pending_and_the_oldest_is_dropped() {
-        struct Alive<'a>(&'a RefCell<usize>);
+    fn the_oldest_pending_attempt_is_dropped_only_after_its_time() {
+        // Attempts that never finish, about 200 ms apart for 3 s: more than MAX_ALIVE are
+        // pending while the oldest is younger than KEEP_FOR (a slow path's handshake may still
+        // finish), and each dropped before the end had KEEP_FOR at least.
+        struct Alive<'a>(&'a RefCell<usize>, &'a RefCell<Vec<Duration>>, Instant);
         impl Drop for Alive<'_> {
             fn drop(&mut self) {
                 *self.0.borrow_mut() -= 1;
+                self.1.borrow_mut().push(self.2.elapsed());
             }
         }
         let a = addr("127.0.0.1:9");
         let alive = RefCell::new(0usize);
         let most = RefCell::new(0usize);
-        let mut pacer = Pacer::new(Duration::from_millis(10), 3);
+        let lived = RefCell::new(Vec::new());
+        let mut pacer = Pacer::new(Duration::from_millis(200), 3);
         let failed = smol::block_on(race(
             &[a],
             &mut pacer,
-            Limit::new(Duration::from_millis(400)),
+            Limit::new(Duration::from_secs(3)),
             |_: &String| Verdict::Answer,
             |_| async {
                 // Counted from the first poll: an attempt does nothing before it.
@@ -888,17 +940,28 @@ mod tests {
                 let now = *alive.borrow();
                 let m = (*most.borrow()).max(now);
                 *most.borrow_mut() = m;
-                let _guard = Alive(&alive);
+                let _guard = Alive(&alive, &lived, Instant::now());
                 std::future::pending::<Result<(), String>>().await
             },
         ))
         .unwrap_err();
-        assert_eq!(*most.borrow(), MAX_ALIVE);
-        assert!(failed.attempts > MAX_ALIVE, "{}", failed.attempts);
+        let most = *most.borrow();
+        assert!(
+            most > MAX_ALIVE && most <= 15,
+            "about KEEP_FOR / gap pending at most: {most}"
+        );
+        // The ones dropped at the end are dropped all at once, after those superseded.
+        let lived = lived.into_inner();
+        let superseded = &lived[..lived.len() - most.min(lived.len())];
+        assert!(!superseded.is_empty(), "{lived:?}");
+        for l in superseded {
+            assert!(*l >= KEEP_FOR, "dropped after {l:?}: {lived:?}");
+        }
+        assert!(failed.attempts > most, "{}", failed.attempts);
         assert!(failed.silent);
         assert_eq!(
             failed.to_string(),
-            "127.0.0.1:9: no answer within handshake-timeout (400ms)",
+            "127.0.0.1:9: no answer within handshake-timeout (3s)",
             "one entry per address, however many attempts"
         );
     }
@@ -975,8 +1038,23 @@ mod tests {
         assert!(!failed.silent, "one address answered");
     }
 
+    /// The gaps a pacer draws when each attempt starts as soon as it is due, for `n` attempts
+    /// from `t0`, with when each attempt started.
+    fn schedule(p: &mut Pacer, t0: Instant, n: usize) -> Vec<(Duration, Duration)> {
+        let mut now = t0;
+        (0..n)
+            .map(|_| {
+                p.started(now);
+                let gap = p.due() - now;
+                let at = now - t0;
+                now = p.due();
+                (at, gap)
+            })
+            .collect()
+    }
+
     #[test]
-    fn the_pace_is_two_round_trips_then_grows_to_the_cap() {
+    fn the_pace_is_two_round_trips_for_the_fast_phase_then_grows_to_the_cap() {
         assert_eq!(Pacer::base_for(Duration::from_millis(10)), MIN_GAP);
         assert_eq!(
             Pacer::base_for(Duration::from_millis(120)),
@@ -986,27 +1064,46 @@ mod tests {
         let mut p = Pacer::new(ATTEMPT_DELAY, 5);
         p.link_opened(Some(Duration::from_millis(50)));
         let t0 = Instant::now();
-        let mut gaps = Vec::new();
-        for _ in 0..30 {
-            p.started(t0);
-            gaps.push(p.due() - t0);
-        }
-        for g in &gaps[..BURST as usize] {
+        let gaps = schedule(&mut p, t0, 800);
+        let fast: Vec<_> = gaps.iter().filter(|(at, _)| *at < FAST_FOR).collect();
+        // 600 to 800 attempts in the first minute, each within two round trips of the last.
+        assert!(fast.len() > 600, "{}", fast.len());
+        for (at, g) in &fast {
             assert!(
                 *g >= Duration::from_millis(75) && *g <= Duration::from_millis(100),
-                "{g:?}"
+                "{g:?} at {at:?}"
             );
         }
-        assert!(gaps[BURST as usize] > Duration::from_millis(100));
-        for g in &gaps[20..] {
+        let slow: Vec<_> = gaps[fast.len()..].iter().map(|(_, g)| *g).collect();
+        assert!(slow[0] > Duration::from_millis(100), "{:?}", slow[0]);
+        assert!(slow.windows(2).take(5).all(|w| w[1] > w[0]), "{slow:?}");
+        for g in &slow[10..] {
             assert!(*g >= MAX_GAP.mul_f64(0.75) && *g <= MAX_GAP, "{g:?}");
         }
         p.link_opened(None);
-        p.started(t0);
+        let again = schedule(&mut p, t0, 3);
         assert!(
-            p.due() - t0 <= Duration::from_millis(100),
-            "a link resets the count"
+            again.iter().all(|(_, g)| *g <= Duration::from_millis(100)),
+            "a link starts the fast phase again: {again:?}"
         );
+    }
+
+    #[test]
+    fn the_fast_phase_is_configurable_and_an_answer_starts_it_again() {
+        let mut p = Pacer::new(Duration::from_millis(100), 5).with_fast_for(Duration::from_secs(1));
+        let t0 = Instant::now();
+        let gaps = schedule(&mut p, t0, 30);
+        let fast = gaps
+            .iter()
+            .filter(|(at, _)| *at < Duration::from_secs(1))
+            .count();
+        assert!((10..=14).contains(&fast), "{fast}");
+        assert!(gaps[29].1 >= MAX_GAP.mul_f64(0.75), "{:?}", gaps[29]);
+        // An answer means the path is there: a silence after it is a new one.
+        let now = t0 + gaps[29].0 + gaps[29].1;
+        p.answered();
+        p.started(now);
+        assert!(p.due() - now <= Duration::from_millis(100));
     }
 
     #[test]
