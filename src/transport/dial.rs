@@ -11,7 +11,8 @@
 //! an attempt whose packets were lost while the path was down waits out its transport's
 //! retransmission timer (TCP SYN, QUIC Initial: 1 s, 2 s, 4 s, …), a fresh one goes out as soon
 //! as the path is back. At most [`MAX_ALIVE`] attempts are pending at once (the oldest is
-//! abandoned once it had [`KEEP_FOR`]), and the pacer sets their rate: every two round trips for
+//! abandoned once it had [`KEEP_FOR`], and at most [`MAX_PENDING`] are kept whatever their age),
+//! and the pacer sets their rate: every two round trips for
 //! a while ([`FAST_FOR`]), then slowing to one a second. The first success wins and the attempts still
 //! pending are dropped, which cancels them. An attempt is everything up to a usable connection:
 //! for WebSocket the TCP connect, the TLS handshake and the HTTP upgrade; for QUIC the whole QUIC
@@ -57,10 +58,19 @@ pub const FAST_FOR: Duration = Duration::from_secs(60);
 /// been pending for [`KEEP_FOR`].
 pub const MAX_ALIVE: usize = 4;
 
+/// The most attempts pending at once whatever their age: when the path returns, the cloud sees
+/// at most this many handshakes of one edge (each costs it a key exchange and a signature), so a
+/// fleet that returns together costs it at most this many times one handshake per edge. The
+/// oldest is abandoned even before [`KEEP_FOR`]; at the fastest pace (100 ms) an attempt still
+/// lives 0.6-0.8 s, enough for a handshake over a path up to about five times slower than the
+/// last link's, and after the fast phase (gaps up to 1 s) far more.
+pub const MAX_PENDING: usize = 8;
+
 /// How long an attempt is kept pending at least, however many fresh ones start beside it: a
 /// handshake of three round trips (TCP, TLS, the upgrade) over a 600 ms path, so that an attempt
 /// on a path slower than the last link's is not abandoned before it can finish. At the shortest
-/// gap ([`MIN_GAP`], 75 ms with jitter) that is at most 27 attempts pending at once.
+/// gap ([`MIN_GAP`], 75 ms with jitter) that would be 27 attempts pending at once: [`MAX_PENDING`]
+/// caps them.
 pub const KEEP_FOR: Duration = Duration::from_secs(2);
 
 /// The pace of connection attempts for one dialler, kept across its dials so that a dial that
@@ -435,8 +445,8 @@ enum Step<T, E> {
 /// attempt got an answer that was not final, or when the pacer's gap passed while every pending
 /// attempt stayed silent; once every address was started, each gap starts a fresh attempt to an
 /// address that has not answered (in turn), keeping at most [`MAX_ALIVE`] pending (the oldest
-/// abandoned, once it was pending for [`KEEP_FOR`]). At most `limit.attempts` are started: when the gap after the last passes with
-/// no answer, the race ends as if out of time. Returns the first success with its address; the
+/// abandoned once it was pending for [`KEEP_FOR`], and at most [`MAX_PENDING`] whatever their
+/// age). At most `limit.attempts` are started: when the gap after the last passes with no answer, the race ends as if out of time. Returns the first success with its address; the
 /// attempts still pending are dropped, which cancels them.
 ///
 /// `verdict` says what a failure means: [`Verdict::Final`] (for the edge: the cloud refused the
@@ -523,10 +533,11 @@ where
                 // Dropping the sender ends that attempt as superseded: the oldest, once it had
                 // its time.
                 let now = Instant::now();
-                while alive.len() >= MAX_ALIVE
-                    && alive
-                        .front()
-                        .is_some_and(|(_, _, at)| now.saturating_duration_since(*at) >= KEEP_FOR)
+                while alive.len() >= MAX_PENDING
+                    || alive.len() >= MAX_ALIVE
+                        && alive.front().is_some_and(|(_, _, at)| {
+                            now.saturating_duration_since(*at) >= KEEP_FOR
+                        })
                 {
                     alive.pop_front();
                 }
@@ -802,10 +813,11 @@ mod tests {
         let (a, b) = (addr("[::1]:9"), addr("127.0.0.1:9"));
         // b starts after the delay and fails first; the report keeps the order of the starts.
         let delay = Duration::from_millis(20);
-        let (won, _) = run(&[(a, Fake::Fail(300)), (b, Fake::Fail(10))], delay);
+        // (a's first attempt must finish before MAX_PENDING fresh ones supersede it.)
+        let (won, _) = run(&[(a, Fake::Fail(120)), (b, Fake::Fail(10))], delay);
         assert_eq!(
             won,
-            Err("[::1]:9: refused 300; 127.0.0.1:9: refused 10".to_owned())
+            Err("[::1]:9: refused 120; 127.0.0.1:9: refused 10".to_owned())
         );
     }
 
@@ -913,10 +925,42 @@ mod tests {
     }
 
     #[test]
+    fn no_more_than_max_pending_attempts_are_pending_whatever_their_age() {
+        // Attempts that never finish, 40-50 ms apart: KEEP_FOR would keep about 40 of them;
+        // MAX_PENDING abandons the oldest sooner.
+        let alive = RefCell::new(0usize);
+        let most = RefCell::new(0usize);
+        let mut pacer = Pacer::new(Duration::from_millis(50), 3);
+        let failed = smol::block_on(race(
+            &[addr("127.0.0.1:9")],
+            &mut pacer,
+            Limit::new(Duration::from_millis(1500)),
+            |_: &String| Verdict::Answer,
+            |_| async {
+                struct Alive<'a>(&'a RefCell<usize>);
+                impl Drop for Alive<'_> {
+                    fn drop(&mut self) {
+                        *self.0.borrow_mut() -= 1;
+                    }
+                }
+                *alive.borrow_mut() += 1;
+                let now = *alive.borrow();
+                let m = (*most.borrow()).max(now);
+                *most.borrow_mut() = m;
+                let _guard = Alive(&alive);
+                std::future::pending::<Result<(), String>>().await
+            },
+        ))
+        .unwrap_err();
+        assert!(failed.attempts > 2 * MAX_PENDING, "{}", failed.attempts);
+        assert_eq!(*most.borrow(), MAX_PENDING);
+    }
+
+    #[test]
     fn the_oldest_pending_attempt_is_dropped_only_after_its_time() {
-        // Attempts that never finish, about 200 ms apart for 3 s: more than MAX_ALIVE are
-        // pending while the oldest is younger than KEEP_FOR (a slow path's handshake may still
-        // finish), and each dropped before the end had KEEP_FOR at least.
+        // Attempts that never finish, 300-400 ms apart for 4 s: more than MAX_ALIVE are pending
+        // while the oldest is younger than KEEP_FOR (a slow path's handshake may still finish),
+        // and each dropped before the end had KEEP_FOR at least.
         struct Alive<'a>(&'a RefCell<usize>, &'a RefCell<Vec<Duration>>, Instant);
         impl Drop for Alive<'_> {
             fn drop(&mut self) {
@@ -928,11 +972,11 @@ mod tests {
         let alive = RefCell::new(0usize);
         let most = RefCell::new(0usize);
         let lived = RefCell::new(Vec::new());
-        let mut pacer = Pacer::new(Duration::from_millis(200), 3);
+        let mut pacer = Pacer::new(Duration::from_millis(400), 3);
         let failed = smol::block_on(race(
             &[a],
             &mut pacer,
-            Limit::new(Duration::from_secs(3)),
+            Limit::new(Duration::from_secs(4)),
             |_: &String| Verdict::Answer,
             |_| async {
                 // Counted from the first poll: an attempt does nothing before it.
@@ -947,7 +991,7 @@ mod tests {
         .unwrap_err();
         let most = *most.borrow();
         assert!(
-            most > MAX_ALIVE && most <= 15,
+            most > MAX_ALIVE && most <= MAX_PENDING,
             "about KEEP_FOR / gap pending at most: {most}"
         );
         // The ones dropped at the end are dropped all at once, after those superseded.
@@ -961,7 +1005,7 @@ mod tests {
         assert!(failed.silent);
         assert_eq!(
             failed.to_string(),
-            "127.0.0.1:9: no answer within handshake-timeout (3s)",
+            "127.0.0.1:9: no answer within handshake-timeout (4s)",
             "one entry per address, however many attempts"
         );
     }
