@@ -587,6 +587,9 @@ pub fn spawn_link(
     bulk: BulkStream,
 ) -> Link {
     let (link, tasks) = Link::new(Protocol::Quic, conn.remote_address());
+    if log::log_enabled!(log::Level::Debug) {
+        smol::spawn(log_stats(conn.clone(), tasks.alive.clone())).detach();
+    }
     let (first_tx, first_rx) = smol::channel::bounded::<()>(1);
     let control_reader = tasks.reader();
     tasks.spawn_reader(read_frames(recv, control_reader, false, Some(first_tx)));
@@ -682,6 +685,63 @@ pub fn spawn_link(
         .await;
     });
     link
+}
+
+/// Logs the connection's path figures (quinn's [`quinn::ConnectionStats`]: round trip,
+/// congestion window, packets sent and lost, congestion events, MTU) at trace level once a second
+/// while it lives and at debug level when it closes or its link ends (`alive` closes), for reading
+/// a WAN run's limits.
+async fn log_stats(conn: quinn::Connection, alive: smol::channel::Receiver<()>) {
+    let line = |conn: &quinn::Connection, what: &str| {
+        let s = conn.stats();
+        let p = s.path;
+        format!(
+            "quic {what} {}: rtt {} ms (min {}), cwnd {} B, sent {} packets, lost {} ({} B), \
+             congestion events {}, mtu {}, udp out {} datagrams in {} calls, udp in {} datagrams, \
+             acks out {} in {}",
+            conn.remote_address(),
+            p.rtt.as_millis(),
+            p.min_rtt.as_millis(),
+            p.cwnd,
+            p.sent_packets,
+            p.lost_packets,
+            p.lost_bytes,
+            p.congestion_events,
+            p.current_mtu,
+            s.udp_tx.datagrams,
+            s.udp_tx.ios,
+            s.udp_rx.datagrams,
+            s.frame_tx.acks,
+            s.frame_rx.acks,
+        )
+    };
+    let ended = async {
+        smol::future::race(
+            async {
+                conn.closed().await;
+            },
+            async {
+                let _ = alive.recv().await;
+            },
+        )
+        .await
+    };
+    let mut ended = std::pin::pin!(ended);
+    loop {
+        let tick = async {
+            smol::Timer::after(Duration::from_secs(1)).await;
+            false
+        };
+        let over = async {
+            ended.as_mut().await;
+            true
+        };
+        if over.or(tick).await {
+            break;
+        }
+        log::trace!("{}", line(&conn, "stats"));
+    }
+    log::debug!("{}", line(&conn, "closed"));
 }
 
 /// Cloud: accepts the edge's bulk stream and checks its preface; a stream that starts otherwise
