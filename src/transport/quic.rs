@@ -474,6 +474,9 @@ pub enum BulkStream {
 /// The first byte of the bulk lane's stream: the lane's number.
 pub const BULK_PREFACE: u8 = 1;
 
+/// The most bytes taken from quinn in one read when the next frame needs fewer: 64 KiB.
+const READ_CHUNK: usize = 64 << 10;
+
 /// Reads length-prefixed frames from `recv` and hands them to the session task until the stream
 /// or the link ends. On the bulk stream (`bulk`), anything but a message or a piece of one of the
 /// bulk lane is a protocol error.
@@ -498,9 +501,14 @@ async fn read_frames(
                 Err(e) => break Inbound::Closed(LinkError::Frame(e)),
                 Ok(None) => {}
             }
-            // quinn's own chunks, at most what the decoder wants: no read buffer of this link's
-            // own sits idle beside each of thousands of connections.
-            match recv.read_chunk(decoder.wanted(), true).await {
+            // quinn's own chunks (each at most one received STREAM frame's data, so about a
+            // packet), never less than the decoder wants: frames of a few hundred bytes are
+            // taken a packet at a time rather than a length prefix and a frame at a time, and
+            // the decoder holds at most one chunk beyond the frame it completes.
+            match recv
+                .read_chunk(decoder.wanted().max(READ_CHUNK), true)
+                .await
+            {
                 Ok(Some(chunk)) => decoder.push(&chunk.bytes),
                 Ok(None) => break Inbound::Closed(LinkError::Eof),
                 Err(e) => break Inbound::Closed(read_error(e, bulk)),
