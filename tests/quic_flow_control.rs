@@ -1,5 +1,6 @@
-//! QUIC flow control on a real cloud: a node may send a whole bandwidth-delay product ahead on a
-//! stream (100 Mbit/s x 200 ms, 2.5 MB), yet what it sends that the cloud does not read is bounded
+//! QUIC flow control on a real cloud: a node may send two bandwidth-delay products ahead on a
+//! stream (100 Mbit/s x 200 ms, 2.5 MB, twice: a lost packet holds up its stream for about a round
+//! trip while the sender goes on), yet what it sends that the cloud does not read is bounded
 //! per stream (docs/protocol.md section 8); streams beyond the protocol's two are refused
 //! (tests/hostile_peers.rs).
 
@@ -83,9 +84,11 @@ fn unread_data_is_bounded_per_stream_and_per_connection_at_windows_that_fill_a_w
          cloud RSS {before} KiB -> {after} KiB"
     );
     assert!(
-        written[0] >= PATH_BDP,
-        "a stream blocked after {} bytes, less than a 100 Mbit/s x 200 ms path holds ({PATH_BDP})",
-        written[0]
+        written[0] >= 2 * PATH_BDP,
+        "a stream blocked after {} bytes, less than two round trips of a 100 Mbit/s x 200 ms path \
+         ({}): a lost packet would stall the path while its retransmission is under way",
+        written[0],
+        2 * PATH_BDP
     );
     assert!(
         written.iter().all(|w| *w <= stream),

@@ -24,10 +24,14 @@ use smol::future::FutureExt;
 const EDGE_MAX_STREAMS: u32 = 0;
 
 /// Bytes a peer may send on one stream ahead of what this side has read (QUIC's
-/// `initial_max_stream_data`): 4 MiB, the bandwidth-delay product of a 100 Mbit/s path with a
-/// 200 ms round trip (2.5 MB) with 1.6x headroom, since quinn grants more credit only after an
-/// eighth of the window has been read and the grant takes half a round trip to arrive.
-pub const STREAM_RECEIVE_WINDOW: u32 = 4 << 20;
+/// `initial_max_stream_data`): 8 MiB. A lost packet holds up everything behind it on its stream
+/// until the retransmission arrives, about one round trip later, and meanwhile the sender keeps
+/// sending into the window: so the window must hold about two round trips of the path, not one.
+/// Measured over the emulated WAN of `scripts/bench-loss.sh` with 16 KiB messages, 4 MiB held a
+/// 200 ms path at 16 MB/s (the window over the round trip and the grant's delay) and a 50 ms path
+/// with 1 % loss at 32 MB/s; 8 MiB carried 31 and 42 MB/s there, 16 MiB not much more
+/// (docs/benchmarks.md).
+pub const STREAM_RECEIVE_WINDOW: u32 = 8 << 20;
 
 /// What the urgent lane may have in flight on top of a full bulk stream window: 1 MiB.
 const URGENT_HEADROOM: u32 = 1 << 20;
@@ -36,7 +40,7 @@ const URGENT_HEADROOM: u32 = 1 << 20;
 /// read (QUIC's `initial_max_data`): one full stream window for the bulk lane plus
 /// [`URGENT_HEADROOM`] for the urgent lane, so a bulk lane this side leaves unread never takes the
 /// urgent lane's credit. This is the most a node can make the cloud buffer, however many streams
-/// it opens: 5 MiB.
+/// it opens: 9 MiB.
 pub const RECEIVE_WINDOW: u32 = STREAM_RECEIVE_WINDOW + URGENT_HEADROOM;
 
 /// Bytes of this side's writes quinn keeps until the peer acknowledges them, all streams of a
