@@ -42,6 +42,11 @@
 #   LOSSES          drop probabilities per packet and direction (default "0 0.01 0.05")
 #   DURATION        whole seconds per goodput measurement (default 10)
 #   LOSS_REQUESTS   request round trips per goodput case (default 200)
+#   INFLIGHT_SMALL, INFLIGHT_BIG
+#                   messages the benchmark's publisher lets be published and not yet delivered,
+#                   for 256 B and for 16 KiB, on hub and Mosquitto alike (default 65536 and 2048:
+#                   16 MiB and 32 MiB, more than a 200 ms path carries in a round trip, so the
+#                   publisher is not what limits the goodput)
 #   QUIC_VARIANTS   extra QUIC rows with quic.congestion / cloudhub.quic-congestion set to each
 #                   value (e.g. "bbr cubic newreno"); values the hub refuses get a "skipped" row
 #                   (default none: the defaults only)
@@ -73,6 +78,8 @@ RTTS=${RTTS:-50 200}
 LOSSES=${LOSSES:-0 0.01 0.05}
 DURATION=${DURATION:-10}
 LOSS_REQUESTS=${LOSS_REQUESTS:-200}
+INFLIGHT_SMALL=${INFLIGHT_SMALL:-65536}
+INFLIGHT_BIG=${INFLIGHT_BIG:-2048}
 QUIC_VARIANTS=${QUIC_VARIANTS:-}
 TCP_VARIANTS=${TCP_VARIANTS:-}
 SECTIONS=${SECTIONS:-goodput hol cut}
@@ -257,8 +264,8 @@ edge_down() { # reports reconnects during the measurement
   wait "$EDGE_PID" 2>/dev/null || true
 }
 hub_goodput() { # label size; the edge is up; prints a row, sets OUT
-  local inflight=4096 cpu0 busy
-  [ "$2" = 256 ] || inflight=256
+  local inflight=$INFLIGHT_SMALL cpu0 busy
+  [ "$2" = 256 ] || inflight=$INFLIGHT_BIG
   cpu0=$(cpu_ticks "$NETEM_PID")
   OUT=$("$BENCH" throughput --publish "unix:$W/edge.sock" --resource "g-$2" \
     --subscribe "unix:$W/cloud.sock" --prefix "node/edge-node/g-$2" \
@@ -297,8 +304,8 @@ mq_down() {
   wait "$MQ_CLOUD_PID" "$MQ_EDGE_PID" 2>/dev/null || true
 }
 mq_goodput() { # qos size; prints a row, sets OUT
-  local inflight=4096 cpu0 busy
-  [ "$2" = 256 ] || inflight=256
+  local inflight=$INFLIGHT_SMALL cpu0 busy
+  [ "$2" = 256 ] || inflight=$INFLIGHT_BIG
   mq_up
   cpu0=$(cpu_ticks "$NETEM_PID")
   OUT=$("$BENCH" mqtt --publish "unix:$W/mq-edge.sock" --subscribe "unix:$W/mq-cloud.sock" \

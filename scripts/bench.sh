@@ -16,7 +16,7 @@
 #
 # Environment: COUNT, BIG_COUNT (messages per throughput run), REQUESTS (round trips),
 # MQ_STOCK_REQUESTS, BACKLOG, SCALE, and those of scripts/bench-loss.sh (RTTS, LOSSES, DURATION,
-# LOSS_REQUESTS, QUIC_VARIANTS, TCP_VARIANTS, SECTIONS, HOL_*, HUB_BASELINE, CUT_*, NS_C, NS_E,
+# LOSS_REQUESTS, INFLIGHT_SMALL, INFLIGHT_BIG, QUIC_VARIANTS, TCP_VARIANTS, SECTIONS, HOL_*, HUB_BASELINE, CUT_*, NS_C, NS_E,
 # SUBNET; see its --help). Run as root: it installs mosquitto with apt if missing, and the WAN
 # section creates network namespaces.
 set -euo pipefail
