@@ -537,53 +537,74 @@ pub fn encode_len_prefixed(frame: &Frame, out: &mut Vec<u8>) {
     out[start..start + 4].copy_from_slice(&len.to_be_bytes());
 }
 
-/// Splits a byte stream into length-prefixed frames. Feed it bytes as they arrive; it never
-/// buffers more than one frame's worth, and refuses a length over [`MAX_FRAME`] at once.
+/// Splits a byte stream into length-prefixed frames. Feed it bytes as they arrive; it holds the
+/// incomplete frame plus at most what the last [`push`](Self::push) brought, and refuses a length
+/// over [`MAX_FRAME`] at once. Frames are returned at their exact size, and each received byte is
+/// copied a bounded number of times however many frames one push brings.
 #[derive(Debug, Default)]
 pub struct StreamDecoder {
     buf: Vec<u8>,
+    /// Where the bytes not yet returned as a frame start in `buf`.
+    start: usize,
 }
 
 impl StreamDecoder {
-    /// Adds received bytes.
+    /// Adds received bytes (first dropping those already returned as frames).
     pub fn push(&mut self, bytes: &[u8]) {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
         self.buf.extend_from_slice(bytes);
     }
 
-    /// How many more bytes the next frame needs before [`next_frame`](Self::next_frame) can return it
-    /// (at least 1); callers read at most this much so the buffer stays bounded.
+    fn unread(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    /// How many more bytes the next frame needs before [`next_frame`](Self::next_frame) can return
+    /// it (at least 1).
     pub fn wanted(&self) -> usize {
-        if self.buf.len() < 4 {
-            return 4 - self.buf.len();
+        let unread = self.unread();
+        if unread.len() < 4 {
+            return 4 - unread.len();
         }
-        let len = u32::from_be_bytes(self.buf[..4].try_into().expect("4 bytes")) as usize;
-        (4 + len).saturating_sub(self.buf.len()).max(1)
+        let len = u32::from_be_bytes(unread[..4].try_into().expect("4 bytes")) as usize;
+        (4 + len).saturating_sub(unread.len()).max(1)
     }
 
     /// The next whole frame's bytes, if one has arrived. Call again until it returns `Ok(None)`.
     pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
-        if self.buf.len() < 4 {
+        let unread = self.unread();
+        if unread.len() < 4 {
             return Ok(None);
         }
-        let len = u32::from_be_bytes(self.buf[..4].try_into().expect("4 bytes")) as usize;
+        let len = u32::from_be_bytes(unread[..4].try_into().expect("4 bytes")) as usize;
         if len > MAX_FRAME {
             return Err(FrameError::Oversized(len));
         }
         if len == 0 {
             return Err(FrameError::Empty);
         }
-        if self.buf.len() < 4 + len {
+        if unread.len() < 4 + len {
             return Ok(None);
         }
-        let rest = self.buf.split_off(4 + len);
-        let mut frame = std::mem::replace(&mut self.buf, rest);
-        frame.drain(..4);
+        let frame = if self.start == 0 && self.buf.len() == 4 + len {
+            // The buffer is this frame: hand it over rather than copy it (a large message).
+            let mut frame = std::mem::take(&mut self.buf);
+            frame.drain(..4);
+            frame
+        } else {
+            let frame = unread[4..4 + len].to_vec();
+            self.start += 4 + len;
+            frame
+        };
         Ok(Some(frame))
     }
 
     /// Bytes received but not yet returned as a frame.
     pub fn pending(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - self.start
     }
 }
 
@@ -768,6 +789,34 @@ mod tests {
         let mut empty = StreamDecoder::default();
         empty.push(&[0, 0, 0, 0]);
         assert_eq!(empty.next_frame(), Err(FrameError::Empty));
+    }
+
+    #[test]
+    fn stream_decoder_returns_frames_at_their_size_from_a_large_push() {
+        // A read may bring thousands of small frames at once (quinn hands over merged chunks):
+        // each comes out holding its own bytes only, not the rest of the read.
+        let mut wire = Vec::new();
+        for _ in 0..10_000 {
+            encode_len_prefixed(&Frame::Heartbeat, &mut wire);
+        }
+        encode_len_prefixed(&hello(), &mut wire);
+        let cut = wire.len() - 3;
+        let mut d = StreamDecoder::default();
+        d.push(&wire[..cut]);
+        let mut n = 0;
+        while let Some(f) = d.next_frame().unwrap() {
+            assert_eq!(f.capacity(), f.len(), "frame {n} holds more than its bytes");
+            assert_eq!(Frame::decode(&f).unwrap(), Frame::Heartbeat);
+            n += 1;
+        }
+        assert_eq!(n, 10_000);
+        assert_eq!(d.wanted(), 3);
+        d.push(&wire[cut..]);
+        assert_eq!(
+            Frame::decode(&d.next_frame().unwrap().unwrap()),
+            Ok(hello())
+        );
+        assert_eq!(d.pending(), 0);
     }
 
     #[test]
