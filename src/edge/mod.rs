@@ -125,6 +125,7 @@ pub async fn run(config: EdgeConfig, shutdown: Shutdown) -> Result<(), String> {
                     &current,
                     config.handshake_timeout,
                     &mut last_good,
+                    &mut pacer,
                 )
                 .await;
                 match asked {

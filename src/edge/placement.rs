@@ -45,26 +45,24 @@ fn tls_config(ca: &std::path::Path, creds: &Credentials) -> Result<rustls::Clien
 /// Asks the placement service at `url` for the cloud endpoint, within `limit`
 /// (handshake-timeout). Every address the service's host resolves to is tried, the one in
 /// `last_good` first (and the one that answers is remembered there); the error names each
-/// address tried and why it failed.
+/// address tried and why it failed. Attempts go at `pacer`'s pace (the edge's own, so that a
+/// long outage slows them as it slows the link's, and `controller.fast-attempts-for` applies).
 pub async fn query(
     url: &Url,
     ca: &std::path::Path,
     creds: &Credentials,
     limit: Duration,
     last_good: &mut dial::LastGood,
+    pacer: &mut dial::Pacer,
 ) -> Result<Endpoint, String> {
     let limit = dial::Limit::new(limit);
     let connector = TlsConnector::from(Arc::new(tls_config(ca, creds)?));
     let name = server_name(&url.endpoint.host)?;
     let addrs = dial::resolve(&url.endpoint.host, url.endpoint.port, limit).await?;
     let addrs = last_good.order(&url.endpoint, addrs);
-    let raced = dial::race(
-        &addrs,
-        &mut dial::Pacer::default(),
-        limit,
-        LinkError::verdict,
-        |addr| ask(url, connector.clone(), name.clone(), addr),
-    )
+    let raced = dial::race(&addrs, pacer, limit, LinkError::verdict, |addr| {
+        ask(url, connector.clone(), name.clone(), addr)
+    })
     .await;
     match raced {
         Ok((endpoint, addr)) => {

@@ -10,10 +10,10 @@
 //! attempt (a new connection) to an address that has not answered yet, beside the stalled ones:
 //! an attempt whose packets were lost while the path was down waits out its transport's
 //! retransmission timer (TCP SYN, QUIC Initial: 1 s, 2 s, 4 s, …), a fresh one goes out as soon
-//! as the path is back. At most [`MAX_ALIVE`] attempts are pending at once (the oldest is
-//! abandoned once it had [`KEEP_FOR`], and at most [`MAX_PENDING`] are kept whatever their age),
-//! and the pacer sets their rate: every two round trips for
-//! a while ([`FAST_FOR`]), then slowing to one a second. The first success wins and the attempts still
+//! as the path is back. Beyond [`MAX_ALIVE`] pending attempts the oldest is abandoned once it
+//! had [`KEEP_FOR`]; at most [`MAX_PENDING`] are pending, a fresh one waiting for the oldest to
+//! have had its time. The pacer sets their rate: every two round trips for a while
+//! ([`FAST_FOR`]), then slowing to one a second. The first success wins and the attempts still
 //! pending are dropped, which cancels them. An attempt is everything up to a usable connection:
 //! for WebSocket the TCP connect, the TLS handshake and the HTTP upgrade; for QUIC the whole QUIC
 //! handshake; for placement the TCP connect, the TLS handshake and the HTTP exchange. A failure
@@ -48,29 +48,30 @@ pub const MAX_GAP: Duration = Duration::from_secs(1);
 
 /// How long a silence is bridged at the base gap (about two round trips) before the gap grows
 /// towards [`MAX_GAP`] (`controller.fast-attempts-for`'s default): an outage of up to a minute
-/// (a radio handover, a tunnel, a flapping route) ends with an attempt at most two round trips
-/// after the path returns; a longer one settles at the cap. At a 50 ms round trip that is 600
-/// attempts in the minute: about 36 KB of TCP SYNs, or 0.74 MB of 1,228-byte QUIC Initials
+/// (a radio handover, a tunnel, a flapping route) ends with an attempt at most two round trips,
+/// or `KEEP_FOR / MAX_PENDING` (250 ms) once [`MAX_ALIVE`] are pending, after the path returns; a longer
+/// one settles at the cap. At a 50 ms round trip that is about 240 attempts in the minute, each
+/// sent about twice in its 2 s: about 30 KB of TCP SYNs, or 0.6 MB of 1,228-byte QUIC Initials
 /// (docs/protocol.md section 6).
 pub const FAST_FOR: Duration = Duration::from_secs(60);
 
-/// The most attempts pending at once; starting another abandons the oldest, once that one has
-/// been pending for [`KEEP_FOR`].
+/// Attempts pending beyond which starting another abandons the oldest, once that one has been
+/// pending for [`KEEP_FOR`] (up to [`MAX_PENDING`] are pending while none has had its time).
 pub const MAX_ALIVE: usize = 4;
 
 /// The most attempts pending at once whatever their age: when the path returns, the cloud sees
 /// at most this many handshakes of one edge (each costs it a key exchange and a signature), so a
-/// fleet that returns together costs it at most this many times one handshake per edge. The
-/// oldest is abandoned even before [`KEEP_FOR`]; at the fastest pace (100 ms) an attempt still
-/// lives 0.6-0.8 s, enough for a handshake over a path up to about five times slower than the
-/// last link's, and after the fast phase (gaps up to 1 s) far more.
+/// fleet that returns together costs it at most this many times one handshake per edge. Once
+/// this many are pending, a fresh attempt waits until the oldest has been pending for
+/// [`KEEP_FOR`] (and abandons it); beyond [`MAX_ALIVE`], attempts are at least
+/// `KEEP_FOR / MAX_PENDING` (250 ms) apart, so they go evenly, not in bursts.
 pub const MAX_PENDING: usize = 8;
 
 /// How long an attempt is kept pending at least, however many fresh ones start beside it: a
 /// handshake of three round trips (TCP, TLS, the upgrade) over a 600 ms path, so that an attempt
 /// on a path slower than the last link's is not abandoned before it can finish. At the shortest
 /// gap ([`MIN_GAP`], 75 ms with jitter) that would be 27 attempts pending at once: [`MAX_PENDING`]
-/// caps them.
+/// caps them by holding fresh attempts back instead.
 pub const KEEP_FOR: Duration = Duration::from_secs(2);
 
 /// The pace of connection attempts for one dialler, kept across its dials so that a dial that
@@ -148,8 +149,10 @@ impl Pacer {
         self.gap = Duration::ZERO;
     }
 
-    /// Something answered an attempt (a refusal, a reset, a TLS failure): the path is there, so
-    /// a silence that follows is a new one and starts with the fast phase again.
+    /// A connection got through (its transport's handshake finished, whatever the cloud then
+    /// says): the path is there, so a silence that follows is a new one and starts with the fast
+    /// phase again. Failures do not count: a local "network unreachable" of one address family
+    /// says nothing of the path.
     pub fn answered(&mut self) {
         self.silent_since = None;
         self.slow = 0;
@@ -445,8 +448,10 @@ enum Step<T, E> {
 /// attempt got an answer that was not final, or when the pacer's gap passed while every pending
 /// attempt stayed silent; once every address was started, each gap starts a fresh attempt to an
 /// address that has not answered (in turn), keeping at most [`MAX_ALIVE`] pending (the oldest
-/// abandoned once it was pending for [`KEEP_FOR`], and at most [`MAX_PENDING`] whatever their
-/// age). At most `limit.attempts` are started: when the gap after the last passes with no answer, the race ends as if out of time. Returns the first success with its address; the
+/// abandoned once it was pending for [`KEEP_FOR`]; at most [`MAX_PENDING`] pending, a fresh one
+/// waiting for the oldest to have had its time). At most `limit.attempts` are started; past
+/// them, what is pending may still finish until the time limit. Returns the first success with
+/// its address; the
 /// attempts still pending are dropped, which cancels them.
 ///
 /// `verdict` says what a failure means: [`Verdict::Final`] (for the edge: the cloud refused the
@@ -513,7 +518,26 @@ where
     let mut start_now = pacer.due() <= Instant::now();
     let mut id = 0u64;
     loop {
-        if start_now && started < at_most {
+        // Whether MAX_PENDING attempts are pending and the oldest has not had its time: then a
+        // fresh attempt waits for it (abandoning a younger one could leave a path slower than
+        // the last link's no attempt that lives long enough to finish).
+        // And beyond MAX_ALIVE, attempts are spaced by at least KEEP_FOR / MAX_PENDING, so that
+        // they go evenly rather than in bursts of MAX_PENDING each KEEP_FOR.
+        let held_until = |alive: &VecDeque<(u64, smol::channel::Sender<()>, Instant)>| {
+            let full = (alive.len() >= MAX_PENDING)
+                .then(|| alive.front().map(|(_, _, at)| *at + KEEP_FOR))
+                .flatten();
+            let spaced = (alive.len() >= MAX_ALIVE)
+                .then(|| {
+                    alive
+                        .back()
+                        .map(|(_, _, at)| *at + KEEP_FOR / MAX_PENDING as u32)
+                })
+                .flatten();
+            full.max(spaced)
+        };
+        if start_now && started < at_most && held_until(&alive).is_none_or(|t| t <= Instant::now())
+        {
             // The next address never tried, else the next one in turn that has not answered.
             let addr = if next < addrs.len() {
                 next += 1;
@@ -533,11 +557,10 @@ where
                 // Dropping the sender ends that attempt as superseded: the oldest, once it had
                 // its time.
                 let now = Instant::now();
-                while alive.len() >= MAX_PENDING
-                    || alive.len() >= MAX_ALIVE
-                        && alive.front().is_some_and(|(_, _, at)| {
-                            now.saturating_duration_since(*at) >= KEEP_FOR
-                        })
+                while alive.len() >= MAX_ALIVE
+                    && alive
+                        .front()
+                        .is_some_and(|(_, _, at)| now.saturating_duration_since(*at) >= KEEP_FOR)
                 {
                     alive.pop_front();
                 }
@@ -584,7 +607,10 @@ where
         let can_start = next < addrs.len() || order.iter().any(|a| !done.contains(a));
         // Past `at_most` nothing more starts, but what is pending may still answer within the
         // time limit: a handshake over a long path takes longer than the gap between attempts.
-        let due = (can_start && started < at_most).then(|| pacer.due());
+        let due = (can_start && started < at_most).then(|| match held_until(&alive) {
+            Some(t) => pacer.due().max(t),
+            None => pacer.due(),
+        });
         let step = async {
             match pending.next().await {
                 Some((my_id, addr, result)) => {
@@ -609,7 +635,13 @@ where
         })
         .await;
         match step {
-            Step::Done(addr, Ended::Done(Ok(t))) => return Ok((t, addr)),
+            Step::Done(addr, Ended::Done(Ok(t))) => {
+                // The path is there: a silence after this connection is a new one. (Failures
+                // do not say as much: a local "network unreachable" of one family is no answer
+                // from the path, and must not keep a long outage in the fast phase.)
+                pacer.answered();
+                return Ok((t, addr));
+            }
             Step::Done(addr, Ended::Done(Err(e))) => {
                 let v = verdict(&e);
                 let what = match v {
@@ -620,9 +652,6 @@ where
                 log::debug!("{addr}: {what}: {e}");
                 ended.retain(|(a, _)| *a != addr);
                 ended.push((addr, e));
-                if v != Verdict::Silence {
-                    pacer.answered();
-                }
                 match v {
                     Verdict::Final => {
                         drop(pending);
@@ -925,35 +954,51 @@ mod tests {
     }
 
     #[test]
-    fn no_more_than_max_pending_attempts_are_pending_whatever_their_age() {
-        // Attempts that never finish, 40-50 ms apart: KEEP_FOR would keep about 40 of them;
-        // MAX_PENDING abandons the oldest sooner.
+    fn no_more_than_max_pending_attempts_are_pending_and_none_goes_before_its_time() {
+        // Attempts that never finish, at a 50 ms pace for 3.5 s: KEEP_FOR would keep about 40 of
+        // them. Beyond MAX_ALIVE they are spaced by KEEP_FOR / MAX_PENDING; once MAX_PENDING are
+        // pending, a fresh one waits until the oldest had its time, and only then abandons it.
+        struct Alive<'a>(&'a RefCell<usize>, &'a RefCell<Vec<Duration>>, Instant);
+        impl Drop for Alive<'_> {
+            fn drop(&mut self) {
+                *self.0.borrow_mut() -= 1;
+                self.1.borrow_mut().push(self.2.elapsed());
+            }
+        }
         let alive = RefCell::new(0usize);
         let most = RefCell::new(0usize);
+        let lived = RefCell::new(Vec::new());
+        let starts = RefCell::new(Vec::new());
         let mut pacer = Pacer::new(Duration::from_millis(50), 3);
         let failed = smol::block_on(race(
             &[addr("127.0.0.1:9")],
             &mut pacer,
-            Limit::new(Duration::from_millis(1500)),
+            Limit::new(Duration::from_millis(3500)),
             |_: &String| Verdict::Answer,
             |_| async {
-                struct Alive<'a>(&'a RefCell<usize>);
-                impl Drop for Alive<'_> {
-                    fn drop(&mut self) {
-                        *self.0.borrow_mut() -= 1;
-                    }
-                }
+                starts.borrow_mut().push(Instant::now());
                 *alive.borrow_mut() += 1;
                 let now = *alive.borrow();
                 let m = (*most.borrow()).max(now);
                 *most.borrow_mut() = m;
-                let _guard = Alive(&alive);
+                let _guard = Alive(&alive, &lived, Instant::now());
                 std::future::pending::<Result<(), String>>().await
             },
         ))
         .unwrap_err();
-        assert!(failed.attempts > 2 * MAX_PENDING, "{}", failed.attempts);
         assert_eq!(*most.borrow(), MAX_PENDING);
+        assert!(failed.attempts > MAX_PENDING + 2, "{}", failed.attempts);
+        let starts = starts.into_inner();
+        let spacing = KEEP_FOR / MAX_PENDING as u32;
+        for w in starts[MAX_ALIVE - 1..].windows(2) {
+            assert!(w[1] - w[0] >= spacing, "{:?} apart", w[1] - w[0]);
+        }
+        let lived = lived.into_inner();
+        let superseded = &lived[..lived.len() - MAX_PENDING];
+        assert!(!superseded.is_empty(), "{lived:?}");
+        for l in superseded {
+            assert!(*l >= KEEP_FOR, "dropped after {l:?}: {lived:?}");
+        }
     }
 
     #[test]
