@@ -1018,13 +1018,7 @@ fn half_quic_handshakes(port: u16, pki: &Path, n: usize) -> (Vec<std::net::UdpSo
     .unwrap();
     let config = hub::transport::quic::client_config(tls, Duration::from_secs(60)).unwrap();
     let endpoint = hub::transport::quic::client_endpoint(false).unwrap();
-    let connecting: Vec<quinn::Connecting> = (0..n)
-        .map(|_| {
-            endpoint
-                .connect_with(config.clone(), relay_addr, "127.0.0.1")
-                .unwrap()
-        })
-        .collect();
+    let mut connecting: Vec<quinn::Connecting> = Vec::with_capacity(n);
     let cloud = SocketAddr::from(([127, 0, 0, 1], port));
     let mut seen = std::collections::HashSet::new();
     let mut sources = Vec::new();
@@ -1032,6 +1026,12 @@ fn half_quic_handshakes(port: u16, pki: &Path, n: usize) -> (Vec<std::net::UdpSo
     let deadline = Instant::now() + WAIT;
     while sources.len() < n {
         assert!(Instant::now() < deadline, "only {} Initials", sources.len());
+        // A few connections ahead of the relay at a time: hundreds of Initials at once overflow
+        // its socket's buffer, and the retransmissions (PTO backoff) come too slowly.
+        while connecting.len() < n && connecting.len() < sources.len() + 16 {
+            let c = endpoint.connect_with(config.clone(), relay_addr, "127.0.0.1");
+            connecting.push(c.unwrap());
+        }
         let Ok((len, _)) = relay.recv_from(&mut buf) else {
             continue;
         };
