@@ -129,7 +129,10 @@ pub struct Log {
     stream_id: u64,
     /// Oldest first; never empty; the last one is the active segment.
     segments: VecDeque<Segment>,
-    active: File,
+    /// The active segment's file, opened when it is first written to (and let go when a drained
+    /// queue starts an empty segment): an idle queue holds no descriptor, which matters to a
+    /// cloud with thousands of idle nodes, two queues each.
+    active: Option<File>,
     next_seq: u64,
     acked: u64,
     bytes: u64,
@@ -215,8 +218,6 @@ impl Log {
             ));
         }
         let segments: VecDeque<Segment> = segments.into_iter().map(|(s, _)| s).collect();
-        let last = *segments.back().expect("at least one segment");
-        let active = open_for_append(dir, last.first)?;
         let room =
             rustix::fs::statvfs(dir).map_or(u64::MAX, |fs| fs.f_blocks.saturating_mul(fs.f_frsize));
         let mut log = Log {
@@ -227,7 +228,7 @@ impl Log {
             stream_id,
             bytes: segments.iter().map(|s| s.size).sum(),
             segments,
-            active,
+            active: None,
             next_seq,
             acked,
             acked_file,
@@ -402,7 +403,9 @@ impl Log {
             // append into that segment would not sync it.
             Fsync::Always if !durable && !created => {}
             Fsync::Always => {
-                self.active.sync_data()?;
+                if let Some(f) = &self.active {
+                    f.sync_data()?;
+                }
                 if created {
                     File::open(&self.dir)?.sync_all()?;
                 }
@@ -421,7 +424,11 @@ impl Log {
             return Ok(());
         }
         let at = self.active_segment().size;
-        self.active.write_all_at(&self.buf, at)?;
+        if self.active.is_none() {
+            self.active = Some(open_for_append(&self.dir, self.active_segment().first)?);
+        }
+        let active = self.active.as_ref().expect("opened above");
+        active.write_all_at(&self.buf, at)?;
         let n = self.buf.len() as u64;
         self.segments.back_mut().expect("never empty").size += n;
         self.bytes += n;
@@ -432,11 +439,13 @@ impl Log {
     /// Closes the active segment (synced unless [`Fsync::Never`]) and starts segment `first`.
     fn rotate(&mut self, first: u64) -> io::Result<()> {
         if self.fsync != Fsync::Never {
-            self.active.sync_data()?;
+            if let Some(f) = &self.active {
+                f.sync_data()?;
+            }
         }
         create_segment(&self.dir, first)?;
         self.segments.push_back(Segment { first, size: 0 });
-        self.active = open_for_append(&self.dir, first)?;
+        self.active = Some(open_for_append(&self.dir, first)?);
         Ok(())
     }
 
@@ -455,7 +464,7 @@ impl Log {
             Ok(f)
         });
         match undo {
-            Ok(f) => self.active = f,
+            Ok(f) => self.active = Some(f),
             Err(e) => result = Err(e),
         }
         self.segments.back_mut().expect("never empty").size = to.active_size;
@@ -472,7 +481,9 @@ impl Log {
     /// entries, the acked file). For [`Fsync::Periodic`] callers, e.g. every second.
     pub fn sync(&mut self) -> io::Result<()> {
         if self.dirty.active {
-            self.active.sync_data()?;
+            if let Some(f) = &self.active {
+                f.sync_data()?;
+            }
             self.dirty.active = false;
         }
         if self.dirty.dir {
@@ -636,8 +647,11 @@ impl Log {
             Ok(f)
         });
         match opened {
-            Ok(f) => {
-                self.active = f;
+            Ok(_) => {
+                // Nothing is left to sync in the old one (every record is acknowledged), and
+                // the new one is opened when written to: a drained queue holds no descriptor.
+                self.active = None;
+                self.dirty.active = false;
                 self.segments.push_back(Segment { first, size: 0 });
                 Ok(())
             }

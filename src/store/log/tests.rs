@@ -805,3 +805,43 @@ fn a_new_log_opens_on_a_full_disk_and_appends_once_there_is_room() {
         },
     );
 }
+
+/// How many of this process's descriptors are open on segment files in `dir`.
+fn open_segments(dir: &Path) -> usize {
+    fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| fs::read_link(e.path()).ok())
+        .filter(|t| t.starts_with(dir) && t.extension().is_some_and(|x| x == "seg"))
+        .count()
+}
+
+#[test]
+fn an_idle_log_holds_no_descriptor() {
+    // A cloud keeps two queues per node: an idle node's must not cost descriptors.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("q");
+    let mut log = open(&dir, Fsync::Always);
+    assert_eq!(open_segments(&dir), 0, "opened, nothing written");
+    append_range(&mut log, 1, 11, 4);
+    assert_eq!(open_segments(&dir), 1, "written to");
+    drop(log);
+    let mut log = open(&dir, Fsync::Always);
+    assert_eq!(
+        open_segments(&dir),
+        0,
+        "reopened with records, nothing written"
+    );
+    append_range(&mut log, 11, 13, 1);
+    assert_records(&read_all(&log, 1), 1, 13);
+    // Drained: once the queue starts an empty segment, the old one's descriptor goes.
+    let big = vec![7u8; (log.segment_max / 4) as usize];
+    assert_eq!(log.append(&[&big]).unwrap(), 13);
+    log.ack(13).unwrap();
+    assert_eq!(log.segments.len(), 1, "{:?}", log.segments);
+    assert_eq!(log.segments[0].size, 0, "{:?}", log.segments);
+    assert_eq!(open_segments(&dir), 0, "drained");
+    assert_eq!(log.append(&[b"again"]).unwrap(), 14);
+    assert_eq!(read_all(&log, 14), vec![(14, b"again".to_vec())]);
+    assert_eq!(open_segments(&dir), 1, "written to again");
+}
