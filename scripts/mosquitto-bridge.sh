@@ -13,14 +13,16 @@
 # logging off, bridge cleansession false, restart_timeout 1 1, try_private.
 mosquitto_bridge_confs() {
   local prefix=$1 pki=$2 tls=$3 cloud_apps=$4 edge_apps=$5 bridge_to=$6
-  cat >"${prefix}cloud.conf" <<CONF
-user root
+  # The settings both brokers share.
+  local common="user root
 per_listener_settings false
 allow_anonymous true
 persistence false
 log_type error
 max_queued_messages 1000000
-max_inflight_messages 1000
+max_inflight_messages 1000"
+  cat >"${prefix}cloud.conf" <<CONF
+$common
 listener $tls
 cafile $pki/ca.crt
 certfile $pki/server.crt
@@ -29,13 +31,7 @@ require_certificate true
 listener $cloud_apps
 CONF
   cat >"${prefix}edge.conf" <<CONF
-user root
-per_listener_settings false
-allow_anonymous true
-persistence false
-log_type error
-max_queued_messages 1000000
-max_inflight_messages 1000
+$common
 listener $edge_apps
 connection cloud
 address $bridge_to

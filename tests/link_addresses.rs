@@ -132,6 +132,7 @@ fn quic_dial_races_past_an_address_that_never_answers() {
             "localhost",
             &[],
             Limit::new(Duration::from_secs(10)),
+            &mut hub::transport::dial::Pacer::default(),
         )
         .await
         .expect("the second address answers");
@@ -152,6 +153,7 @@ fn quic_dial_races_past_an_address_that_never_answers() {
             "localhost",
             &[],
             Limit::new(Duration::from_millis(800)),
+            &mut hub::transport::dial::Pacer::default(),
         )
         .await
         .expect_err("nobody answers");

@@ -344,8 +344,7 @@ async fn probe_quic(
             }
         };
         let mut pacer = dial::Pacer::default();
-        let probed =
-            quic::dial_paced(endpoints, tls, &addrs, &target.host, &[], limit, &mut pacer).await;
+        let probed = quic::dial(endpoints, tls, &addrs, &target.host, &[], limit, &mut pacer).await;
         match probed {
             Ok((conn, ..)) => {
                 log::info!(
@@ -407,7 +406,7 @@ async fn connect(
             while let Some(frame) = session.poll_transmit(Instant::now()) {
                 encode_len_prefixed(&frame, &mut first);
             }
-            let (conn, send, recv, how) = quic::dial_paced(
+            let (conn, send, recv, how) = quic::dial(
                 dialer.quic_endpoints,
                 &tls.quic,
                 &addrs,

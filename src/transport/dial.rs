@@ -953,11 +953,18 @@ mod tests {
         assert!(n >= 5, "fresh attempts every gap while silent: {n}");
     }
 
-    #[test]
-    fn no_more_than_max_pending_attempts_are_pending_and_none_goes_before_its_time() {
-        // Attempts that never finish, at a 50 ms pace for 3.5 s: KEEP_FOR would keep about 40 of
-        // them. Beyond MAX_ALIVE they are spaced by KEEP_FOR / MAX_PENDING; once MAX_PENDING are
-        // pending, a fresh one waits until the oldest had its time, and only then abandons it.
+    /// What a race of attempts that never finish showed: when each started, how long each that
+    /// was dropped had been pending (superseded ones first, then those dropped at the end), and
+    /// the most pending at once.
+    struct Silent {
+        failed: Failed<String>,
+        starts: Vec<Instant>,
+        lived: Vec<Duration>,
+        most: usize,
+    }
+
+    /// Races attempts to one address that never finish, at a base gap of `gap`, for `limit`.
+    fn silent_race(gap: Duration, limit: Duration) -> Silent {
         struct Alive<'a>(&'a RefCell<usize>, &'a RefCell<Vec<Duration>>, Instant);
         impl Drop for Alive<'_> {
             fn drop(&mut self) {
@@ -969,13 +976,14 @@ mod tests {
         let most = RefCell::new(0usize);
         let lived = RefCell::new(Vec::new());
         let starts = RefCell::new(Vec::new());
-        let mut pacer = Pacer::new(Duration::from_millis(50), 3);
+        let mut pacer = Pacer::new(gap, 3);
         let failed = smol::block_on(race(
             &[addr("127.0.0.1:9")],
             &mut pacer,
-            Limit::new(Duration::from_millis(3500)),
+            Limit::new(limit),
             |_: &String| Verdict::Answer,
             |_| async {
+                // Counted from the first poll: an attempt does nothing before it.
                 starts.borrow_mut().push(Instant::now());
                 *alive.borrow_mut() += 1;
                 let now = *alive.borrow();
@@ -986,70 +994,54 @@ mod tests {
             },
         ))
         .unwrap_err();
-        assert_eq!(*most.borrow(), MAX_PENDING);
-        assert!(failed.attempts > MAX_PENDING + 2, "{}", failed.attempts);
-        let starts = starts.into_inner();
+        Silent {
+            failed,
+            starts: starts.into_inner(),
+            lived: lived.into_inner(),
+            most: most.into_inner(),
+        }
+    }
+
+    #[test]
+    fn no_more_than_max_pending_attempts_are_pending_and_none_goes_before_its_time() {
+        // At a 50 ms pace for 3.5 s, KEEP_FOR would keep about 40 attempts pending. Beyond
+        // MAX_ALIVE they are spaced by KEEP_FOR / MAX_PENDING; once MAX_PENDING are pending, a
+        // fresh one waits until the oldest had its time, and only then abandons it.
+        let r = silent_race(Duration::from_millis(50), Duration::from_millis(3500));
+        assert_eq!(r.most, MAX_PENDING);
+        assert!(r.failed.attempts > MAX_PENDING + 2, "{}", r.failed.attempts);
         let spacing = KEEP_FOR / MAX_PENDING as u32;
-        for w in starts[MAX_ALIVE - 1..].windows(2) {
+        for w in r.starts[MAX_ALIVE - 1..].windows(2) {
             assert!(w[1] - w[0] >= spacing, "{:?} apart", w[1] - w[0]);
         }
-        let lived = lived.into_inner();
-        let superseded = &lived[..lived.len() - MAX_PENDING];
-        assert!(!superseded.is_empty(), "{lived:?}");
+        let superseded = &r.lived[..r.lived.len() - MAX_PENDING];
+        assert!(!superseded.is_empty(), "{:?}", r.lived);
         for l in superseded {
-            assert!(*l >= KEEP_FOR, "dropped after {l:?}: {lived:?}");
+            assert!(*l >= KEEP_FOR, "dropped after {l:?}: {:?}", r.lived);
         }
     }
 
     #[test]
     fn the_oldest_pending_attempt_is_dropped_only_after_its_time() {
-        // Attempts that never finish, 300-400 ms apart for 4 s: more than MAX_ALIVE are pending
-        // while the oldest is younger than KEEP_FOR (a slow path's handshake may still finish),
-        // and each dropped before the end had KEEP_FOR at least.
-        struct Alive<'a>(&'a RefCell<usize>, &'a RefCell<Vec<Duration>>, Instant);
-        impl Drop for Alive<'_> {
-            fn drop(&mut self) {
-                *self.0.borrow_mut() -= 1;
-                self.1.borrow_mut().push(self.2.elapsed());
-            }
-        }
-        let a = addr("127.0.0.1:9");
-        let alive = RefCell::new(0usize);
-        let most = RefCell::new(0usize);
-        let lived = RefCell::new(Vec::new());
-        let mut pacer = Pacer::new(Duration::from_millis(400), 3);
-        let failed = smol::block_on(race(
-            &[a],
-            &mut pacer,
-            Limit::new(Duration::from_secs(4)),
-            |_: &String| Verdict::Answer,
-            |_| async {
-                // Counted from the first poll: an attempt does nothing before it.
-                *alive.borrow_mut() += 1;
-                let now = *alive.borrow();
-                let m = (*most.borrow()).max(now);
-                *most.borrow_mut() = m;
-                let _guard = Alive(&alive, &lived, Instant::now());
-                std::future::pending::<Result<(), String>>().await
-            },
-        ))
-        .unwrap_err();
-        let most = *most.borrow();
+        // 300-400 ms apart for 4 s: more than MAX_ALIVE are pending while the oldest is younger
+        // than KEEP_FOR (a slow path's handshake may still finish), and each dropped before the
+        // end had KEEP_FOR at least.
+        let r = silent_race(Duration::from_millis(400), Duration::from_secs(4));
         assert!(
-            most > MAX_ALIVE && most <= MAX_PENDING,
-            "about KEEP_FOR / gap pending at most: {most}"
+            r.most > MAX_ALIVE && r.most <= MAX_PENDING,
+            "about KEEP_FOR / gap pending at most: {}",
+            r.most
         );
         // The ones dropped at the end are dropped all at once, after those superseded.
-        let lived = lived.into_inner();
-        let superseded = &lived[..lived.len() - most.min(lived.len())];
-        assert!(!superseded.is_empty(), "{lived:?}");
+        let superseded = &r.lived[..r.lived.len() - r.most.min(r.lived.len())];
+        assert!(!superseded.is_empty(), "{:?}", r.lived);
         for l in superseded {
-            assert!(*l >= KEEP_FOR, "dropped after {l:?}: {lived:?}");
+            assert!(*l >= KEEP_FOR, "dropped after {l:?}: {:?}", r.lived);
         }
-        assert!(failed.attempts > most, "{}", failed.attempts);
-        assert!(failed.silent);
+        assert!(r.failed.attempts > r.most, "{}", r.failed.attempts);
+        assert!(r.failed.silent);
         assert_eq!(
-            failed.to_string(),
+            r.failed.to_string(),
             "127.0.0.1:9: no answer within handshake-timeout (4s)",
             "one entry per address, however many attempts"
         );

@@ -316,35 +316,13 @@ impl ClientEndpoints {
 
 /// Connects to the cloud at the first of `addrs` that answers, racing them the happy-eyeballs
 /// way ([`dial::race`]) within `limit` (which resolving them may have used part of), each
-/// attempt as [`connect`], at [`dial::ATTEMPT_DELAY`]'s pace; see [`dial_paced`].
-pub async fn dial(
-    endpoints: &mut ClientEndpoints,
-    config: &quinn::ClientConfig,
-    addrs: &[SocketAddr],
-    server_name: &str,
-    first: &[u8],
-    limit: dial::Limit,
-) -> Result<(quinn::Connection, SendStream, RecvStream, Handshake), LinkError> {
-    let mut pacer = dial::Pacer::default();
-    dial_paced(
-        endpoints,
-        config,
-        addrs,
-        server_name,
-        first,
-        limit,
-        &mut pacer,
-    )
-    .await
-}
-
-/// [`dial`] at the pace of `pacer`: fresh QUIC connections (new Initials) beside attempts that
-/// stay silent, at most `limit.attempts`. Returns the connection of the first to succeed; the
+/// attempt as [`connect`], at the pace of `pacer`: fresh QUIC connections (new Initials) beside
+/// attempts that stay silent, at most `limit.attempts`. Returns the connection of the first to succeed; the
 /// error names each address tried. A refusal of this side's certificate is the cloud's own
 /// answer and ends the dial at once ([`LinkError::is_final`]), as
 /// [`LinkError::CertificateRefused`]; when nothing answered at all it is
 /// [`LinkError::NoAnswer`].
-pub async fn dial_paced(
+pub async fn dial(
     endpoints: &mut ClientEndpoints,
     config: &quinn::ClientConfig,
     addrs: &[SocketAddr],
