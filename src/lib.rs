@@ -17,6 +17,7 @@ pub mod edge;
 pub mod exchange;
 pub mod local;
 pub mod message;
+pub mod mqtt;
 pub mod open_files;
 pub mod pki;
 pub mod proto;
