@@ -212,6 +212,11 @@ impl Exchange {
                     reply.resource = resource;
                     self.send_back(reply);
                 }
+                if self.local.wrote_durable() {
+                    // A durable session keeps it: were the position recorded only at the next
+                    // acknowledgement, a restart in between would have it sent and kept again.
+                    lock(&self.inbound[lane.index()]).save();
+                }
                 None
             }
             Event::Acked(lane, seq) => {

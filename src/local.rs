@@ -554,6 +554,10 @@ pub struct Local {
     next_id: AtomicU64,
     unroutable: AtomicU64,
     undelivered: AtomicU64,
+    /// Set when a durable session was given a message since [`wrote_durable`] last looked.
+    ///
+    /// [`wrote_durable`]: Self::wrote_durable
+    durable_written: std::sync::atomic::AtomicBool,
     /// How long a sync request waits for its answer.
     pub request_timeout: Duration,
     /// The retained messages (MQTT), by topic.
@@ -585,14 +589,14 @@ pub fn expired(msg: &Message, now_ms: i64) -> bool {
 impl Local {
     /// No applications yet; retained messages kept in memory only.
     pub fn new(request_timeout: Duration) -> Local {
-        Local::with_retained(
+        Local::withretained(
             request_timeout,
             Arc::new(crate::retained::Retained::in_memory()),
         )
     }
 
     /// No applications yet; retained messages in `retained`.
-    pub fn with_retained(
+    pub fn withretained(
         request_timeout: Duration,
         retained: Arc<crate::retained::Retained>,
     ) -> Local {
@@ -602,6 +606,7 @@ impl Local {
             next_id: AtomicU64::new(1),
             unroutable: AtomicU64::new(0),
             undelivered: AtomicU64::new(0),
+            durable_written: std::sync::atomic::AtomicBool::new(false),
             request_timeout,
             retained,
         }
@@ -742,6 +747,7 @@ impl Local {
             let app = match &sub.sink {
                 Sink::Durable(keep) => {
                     if keep.keep(&out) {
+                        self.durable_written.store(true, Ordering::Release);
                         delivered += 1;
                     } else {
                         self.undelivered.fetch_add(1, Ordering::Relaxed);
@@ -780,6 +786,13 @@ impl Local {
             self.retained.update(msg);
         }
         self.fan_out(msg, Some(from)).1
+    }
+
+    /// Whether a durable session was given a message since the last call: the link must then
+    /// record at once that it received the message, or a restart of the hub before its next
+    /// acknowledgement would have the peer send it again and the session keep it twice.
+    pub fn wrote_durable(&self) -> bool {
+        self.durable_written.swap(false, Ordering::AcqRel)
     }
 
     /// Makes what durable subscriptions were given durable (before the link acknowledges it).

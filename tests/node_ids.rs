@@ -178,7 +178,11 @@ fn resources_naming_no_node_are_refused_before_they_are_accepted() {
         .filter(|n| !n.starts_with('.') && n != "lock")
         .collect();
     top.sort();
-    assert_eq!(top, ["nodes"], "only the nodes folder at the top");
+    assert_eq!(
+        top,
+        ["nodes", "sessions"],
+        "only the node queues and the durable sessions at the top"
+    );
     let mut nodes: Vec<String> = std::fs::read_dir(state.join("nodes"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())

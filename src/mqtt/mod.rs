@@ -17,7 +17,7 @@ use crate::sessions::Sessions;
 use crate::shutdown::Shutdown;
 
 /// The routing core's state kept beside a hub's queues in `dir`: local delivery with the
-/// retained messages (`_retained`) and the durable sessions (`_sessions/`, each queue with the
+/// retained messages (`retained`) and the durable sessions (`sessions/`, each queue with the
 /// limits of `mqtt.max-session-*` and `queue`'s fsync policy). Open it before the link starts
 /// delivering, so durable sessions miss nothing.
 ///
@@ -28,15 +28,15 @@ pub fn open_core(
     mqtt: &MqttConfig,
     queue: &QueueConfig,
 ) -> Result<(Arc<Local>, Arc<Sessions>), String> {
-    let retained = crate::retained::Retained::open(&dir.join("_retained"))?;
-    let local = Arc::new(Local::with_retained(request_timeout, retained));
+    let retained = crate::retained::Retained::open(&dir.join("retained"))?;
+    let local = Arc::new(Local::withretained(request_timeout, retained));
     let session_queue = QueueConfig {
-        dir: dir.join("_sessions"),
+        dir: dir.join("sessions"),
         max_messages: mqtt.max_session_messages,
         max_bytes: mqtt.max_session_bytes,
         ..queue.clone()
     };
-    let sessions = Sessions::open(&dir.join("_sessions"), session_queue, local.clone())?;
+    let sessions = Sessions::open(&dir.join("sessions"), session_queue, local.clone())?;
     Ok((local, sessions))
 }
 
