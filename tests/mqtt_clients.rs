@@ -378,13 +378,14 @@ fn a_will_goes_out_when_the_connection_is_lost_not_after_a_disconnect() {
 
 #[test]
 fn mqtt5_requests_and_websocket_requests_answer_each_other() {
-    let h = Hubs::start(
+    // Both hubs give up on a request after 2 s.
+    let h = Hubs::start_with(
         Proto::Quic,
         CloudSpec {
             apps_extra: "  request-timeout: 2\n".into(),
             ..CloudSpec::default()
         },
-        "",
+        |edge| edge.apps_extra = "  request-timeout: 2\n".into(),
     );
 
     // An MQTT 5 request from the edge, answered by a WebSocket application in the cloud.
@@ -434,7 +435,22 @@ fn mqtt5_requests_and_websocket_requests_answer_each_other() {
     assert_eq!(answer.parent_id, req.id);
     assert_eq!(answer.content, b"{\"celsius\":21.5}");
 
-    // A request nobody answers: the requester gets the API's timeout error.
+    // An MQTT request nobody answers: the API's error is published to its response topic.
+    let mut ignoring = apps::subscribe(&h.cloud.apps, &up("svc/void"));
+    requester.subscribe("replies/void", 1);
+    requester.publish_with(json!({
+        "topic": "svc/void", "payload": "1", "qos": 1,
+        "response_topic": "replies/void", "correlation": "corr-2",
+    }));
+    assert!(apps::receive(&mut ignoring, 1)[0].sync);
+    let error = requester.message();
+    assert_eq!(
+        (error.topic.as_str(), error.correlation.as_deref()),
+        ("replies/void", Some("corr-2"))
+    );
+    assert!(error.payload.contains("no response within"), "{error:?}");
+
+    // A WebSocket request an MQTT subscriber does not answer: the API's timeout error.
     let mut silent = Paho::clean("silent", h.edge_mqtt, 5);
     silent.subscribe("svc/silent", 1);
     let err = apps::ask(&h.cloud.apps, &apps::request(&up("svc/silent"), "1"))
@@ -535,6 +551,19 @@ fn mqtt_clients_and_websocket_applications_see_each_others_messages() {
     assert_eq!(got[0].payload, "{\"celsius\":21.5}");
     assert_eq!(got[1].payload, "not json");
 
+    // On one hub an MQTT publish reaches its WebSocket subscribers as a broker's would: at the
+    // edge, and in the cloud for a topic that addresses no node.
+    let mut ws_local = apps::subscribe(&h.edge_apps, "mixed/local");
+    edge_pub.publish("mixed/local", "1", 1, false);
+    assert_eq!(apps::number(&apps::receive(&mut ws_local, 1)[0]), Some(1));
+    let mut ws_cloud_local = apps::subscribe(&h.cloud.apps, "mixed/cloud");
+    let mut cloud_pub = Paho::clean("cloud-pub", h.cloud_mqtt, 5);
+    cloud_pub.publish("mixed/cloud", "2", 1, false);
+    assert_eq!(
+        apps::number(&apps::receive(&mut ws_cloud_local, 1)[0]),
+        Some(2)
+    );
+
     // Downward: a WebSocket application in the cloud; MQTT and WebSocket subscribers on the edge.
     let mut ws_edge = apps::subscribe(&h.edge_apps, "mixed/down");
     let mut mqtt_edge = Paho::clean("edge-sub", h.edge_mqtt, 5);
@@ -552,7 +581,6 @@ fn mqtt_clients_and_websocket_applications_see_each_others_messages() {
     );
 
     // And an MQTT publisher in the cloud reaches the WebSocket application on the edge.
-    let mut cloud_pub = Paho::clean("cloud-pub", h.cloud_mqtt, 5);
     cloud_pub.publish(&up("mixed/down"), "7", 1, false);
     let got = apps::receive(&mut ws_edge, 1);
     assert_eq!(apps::number(&got[0]), Some(7));
@@ -564,24 +592,15 @@ fn websocket_durable_subscriptions_survive_kill9_of_the_edge() {
     const N: u64 = 50;
     let mut h = hubs();
     let path = "/?resource=durable/&session=dashboard";
-    let open = |url: &str| {
-        apps::block("durable subscription", async {
-            let mut ws = client::connect(url, path).await.unwrap();
-            // The error notice for a non-message proves the subscription is in place.
-            ws.send(WsMessage::text("not a message")).await.unwrap();
-            loop {
-                match client::next(&mut ws).await {
-                    Some(Ok(m)) if apps::is_hub_notice(&m) && m.operation == "error" => break,
-                    Some(Ok(m)) => panic!("before the notice: {}", m.to_json()),
-                    other => panic!("no notice: {other:?}"),
-                }
-            }
-            ws
-        })
-    };
-    let ws = open(&h.edge_apps);
-    apps::block("close", async move {
-        let mut ws = ws;
+    // The first time: the error notice for a non-message proves the subscription is in place;
+    // then the application goes away.
+    apps::block("durable subscription", async {
+        let mut ws = client::connect(&h.edge_apps, path).await.unwrap();
+        ws.send(WsMessage::text("not a message")).await.unwrap();
+        match client::next(&mut ws).await {
+            Some(Ok(m)) if apps::is_hub_notice(&m) && m.operation == "error" => {}
+            other => panic!("expected the hub's error notice first, got {other:?}"),
+        }
         ws.close(None).await.unwrap();
     });
     // A plain subscriber as witness that the edge has them all.
@@ -593,7 +612,13 @@ fn websocket_durable_subscriptions_survive_kill9_of_the_edge() {
 
     h.kill9_and_restart_edge();
 
-    let mut ws = open(&h.edge_apps);
+    // Back with the same session: what arrived meanwhile comes first, then what is new.
+    let mut ws = apps::block(
+        "durable subscription again",
+        client::connect(&h.edge_apps, path),
+    )
+    .unwrap();
     apps::assert_numbers_in_order(&apps::receive(&mut ws, N as usize), "durable/x", N);
+    // Once each: the next message is a marker published now.
     apps::assert_next_is_marker(&h.cloud.apps, &resource, &mut ws);
 }

@@ -598,6 +598,16 @@ impl Hubs {
     /// `cloud_spec` says, the edge with `edge_mqtt_extra` in its `mqtt:` section (lines
     /// indented by two spaces).
     pub fn start(proto: Proto, cloud_spec: CloudSpec, edge_mqtt_extra: &str) -> Hubs {
+        let extra = edge_mqtt_extra.to_owned();
+        Hubs::start_with(proto, cloud_spec, |edge| edge.mqtt_extra = extra)
+    }
+
+    /// [`start`](Self::start), with the edge's settings changed by `edge` first.
+    pub fn start_with(
+        proto: Proto,
+        cloud_spec: CloudSpec,
+        edge: impl FnOnce(&mut EdgeSpec),
+    ) -> Hubs {
         let dir = tempfile::tempdir().unwrap();
         let pki = super::dev_pki(dir.path());
         let mut cloud_spec = cloud_spec;
@@ -606,7 +616,7 @@ impl Hubs {
         let cloud_mqtt = mqtt_port(&cloud.hub);
         let mut edge_spec = EdgeSpec::new(proto, &pki, NODE, cloud.port(proto));
         edge_spec.state = Some(dir.path().join("edge-state"));
-        edge_spec.mqtt_extra = edge_mqtt_extra.to_owned();
+        edge(&mut edge_spec);
         let mut hubs_edge = edge_spec.start(dir.path());
         let edge_apps = super::apps_url(&mut hubs_edge);
         let edge_mqtt = mqtt_port(&hubs_edge);
