@@ -6,15 +6,19 @@ CARGO      ?= cargo
 
 BIN := target/release/hub
 
-.PHONY: all build check test demo bench release install uninstall arm-check fuzz fuzz-smoke clean
+.PHONY: all build check test-deps test demo bench release install uninstall arm-check fuzz fuzz-smoke clean
 
 all: build
 
 build:
 	$(CARGO) build --release --locked
 
+# The third-party MQTT clients the tests drive (mosquitto-clients, paho-mqtt 2.x), when missing.
+test-deps:
+	scripts/test-deps.sh
+
 # The quick loop: formatting, lints and every test.
-check:
+check: test-deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	$(CARGO) test --locked

@@ -1051,11 +1051,13 @@ impl Client {
             props.content_type =
                 (!extra.content_type.is_empty()).then(|| extra.content_type.clone());
             props.user = extra.user.clone();
+            // Correlation Data goes with or without a Response Topic (MQTT 5.0 section
+            // 3.3.2.3.6): the answers to a client's requests carry only the former.
             if !extra.response_topic.is_empty() {
                 props.response_topic = Some(extra.response_topic.clone());
-                props.correlation_data =
-                    (!extra.correlation.is_empty()).then(|| Bytes::from(extra.correlation.clone()));
             }
+            props.correlation_data =
+                (!extra.correlation.is_empty()).then(|| Bytes::from(extra.correlation.clone()));
         }
         if msg.sync && props.response_topic.is_none() {
             // A hub sync request from the other side: answered by a publish to its own topic.

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod apps;
+pub mod mqtt;
 pub mod placement;
 
 /// SplitMix64: a small deterministic generator for the tests' random choices, replayable from
@@ -287,6 +288,8 @@ pub struct CloudSpec {
     /// Extra lines for the `apps:` and `queues:` sections (indented by two spaces).
     pub apps_extra: String,
     pub queues_extra: String,
+    /// Extra lines for the `mqtt:` section (indented by two spaces), after `listen: 127.0.0.1:0`.
+    pub mqtt_extra: String,
 }
 
 impl Default for CloudSpec {
@@ -301,6 +304,7 @@ impl Default for CloudSpec {
             state: "cloud-state".into(),
             apps_extra: String::new(),
             queues_extra: String::new(),
+            mqtt_extra: String::new(),
         }
     }
 }
@@ -339,7 +343,7 @@ pub fn start_cloud(dir: &Path, pki: &Path, spec: &CloudSpec) -> Cloud {
     std::fs::write(
         &file,
         format!(
-            "cloudhub:\n  protocol_websocket: true\n  port: {}\n  protocol_quic: true\n  quic_port: {}\n  max_incomingstreams: {}\n  address: 127.0.0.1\n  ca: {}\n  cert: {}\n  key: {}\n  keepalive-interval: {}\n  write-timeout: {}\n  node-limit: {}\nmqtt:\n  listen: 127.0.0.1:0\napps:\n  listen: 127.0.0.1:0\n{}queues:\n  dir: {}\n{}",
+            "cloudhub:\n  protocol_websocket: true\n  port: {}\n  protocol_quic: true\n  quic_port: {}\n  max_incomingstreams: {}\n  address: 127.0.0.1\n  ca: {}\n  cert: {}\n  key: {}\n  keepalive-interval: {}\n  write-timeout: {}\n  node-limit: {}\napps:\n  listen: 127.0.0.1:0\n{}queues:\n  dir: {}\n{}mqtt:\n  listen: 127.0.0.1:0\n{}",
             spec.ws_port,
             spec.quic_port,
             spec.max_streams,
@@ -352,6 +356,7 @@ pub fn start_cloud(dir: &Path, pki: &Path, spec: &CloudSpec) -> Cloud {
             spec.apps_extra,
             dir.join(&spec.state).display(),
             spec.queues_extra,
+            spec.mqtt_extra,
         ),
     )
     .unwrap();
@@ -407,6 +412,8 @@ pub struct EdgeSpec {
     /// Extra lines for the outbox and apps sections (indented by two spaces).
     pub outbox_extra: String,
     pub apps_extra: String,
+    /// Extra lines for the `mqtt:` section (indented by two spaces), after `listen: 127.0.0.1:0`.
+    pub mqtt_extra: String,
 }
 
 impl EdgeSpec {
@@ -429,6 +436,7 @@ impl EdgeSpec {
             state: None,
             outbox_extra: String::new(),
             apps_extra: String::new(),
+            mqtt_extra: String::new(),
         }
     }
 
@@ -448,7 +456,7 @@ impl EdgeSpec {
         std::fs::write(
             &file,
             format!(
-                "{proto}:\n  url: {url}\n  cafile: {ca}\n  certfile: {cert}\n  keyfile: {key}\n  handshake-timeout: {hs}\n  write-deadline: 5\n  read-deadline: {rd}\ncontroller:\n  protocol: {proto}\n  heartbeat: {hb}\n  project-id: proj\n  node-id: {node}\n  backoff-initial: {binit}\n  backoff-max: {bmax}\n{extra}mqtt:\n  listen: 127.0.0.1:0\napps:\n  listen: 127.0.0.1:0\n{apps}outbox:\n  dir: {state}\n{outbox}",
+                "{proto}:\n  url: {url}\n  cafile: {ca}\n  certfile: {cert}\n  keyfile: {key}\n  handshake-timeout: {hs}\n  write-deadline: 5\n  read-deadline: {rd}\ncontroller:\n  protocol: {proto}\n  heartbeat: {hb}\n  project-id: proj\n  node-id: {node}\n  backoff-initial: {binit}\n  backoff-max: {bmax}\n{extra}apps:\n  listen: 127.0.0.1:0\n{apps}outbox:\n  dir: {state}\n{outbox}mqtt:\n  listen: 127.0.0.1:0\n{mqtt}",
                 proto = self.proto.name(),
                 ca = self.ca.display(),
                 cert = self.cert.display(),
@@ -463,6 +471,7 @@ impl EdgeSpec {
                 apps = self.apps_extra,
                 state = state.display(),
                 outbox = self.outbox_extra,
+                mqtt = self.mqtt_extra,
             ),
         )
         .unwrap();
