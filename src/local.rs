@@ -589,14 +589,14 @@ pub fn expired(msg: &Message, now_ms: i64) -> bool {
 impl Local {
     /// No applications yet; retained messages kept in memory only.
     pub fn new(request_timeout: Duration) -> Local {
-        Local::withretained(
+        Local::with_retained(
             request_timeout,
             Arc::new(crate::retained::Retained::in_memory()),
         )
     }
 
     /// No applications yet; retained messages in `retained`.
-    pub fn withretained(
+    pub fn with_retained(
         request_timeout: Duration,
         retained: Arc<crate::retained::Retained>,
     ) -> Local {

@@ -29,7 +29,7 @@ pub fn open_core(
     queue: &QueueConfig,
 ) -> Result<(Arc<Local>, Arc<Sessions>), String> {
     let retained = crate::retained::Retained::open(&dir.join("retained"))?;
-    let local = Arc::new(Local::withretained(request_timeout, retained));
+    let local = Arc::new(Local::with_retained(request_timeout, retained));
     let session_queue = QueueConfig {
         dir: dir.join("sessions"),
         max_messages: mqtt.max_session_messages,

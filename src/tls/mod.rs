@@ -269,7 +269,7 @@ pub fn client_config(
         .with_client_auth_cert(creds.chain.clone(), creds.key.clone_key())
         .map_err(config_error)?;
     config.alpn_protocols = vec![alpn.to_vec()];
-    config.resumption = Resumption::in_memorysessions(64);
+    config.resumption = Resumption::in_memory_sessions(64);
     config.enable_early_data = early_data;
     Ok(config)
 }
