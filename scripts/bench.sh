@@ -71,6 +71,8 @@ cloudhub:
   ca: $W/pki/ca.crt
   cert: $W/pki/server.crt
   key: $W/pki/server.key
+mqtt:
+  listen: 127.0.0.1:0
 apps:
   listen: 127.0.0.1:0
 queues:
@@ -103,6 +105,8 @@ controller:
   protocol: $proto
   project-id: bench
   node-id: edge-node
+mqtt:
+  listen: 127.0.0.1:0
 apps:
   listen: 127.0.0.1:0
 outbox:
@@ -169,6 +173,8 @@ controller:
   backoff-max: 0.2
   project-id: bench
   node-id: edge-node
+mqtt:
+  listen: 127.0.0.1:0
 apps:
   listen: 127.0.0.1:0
 outbox:
@@ -218,6 +224,8 @@ controller:
   protocol: quic
   project-id: bench
   node-id: edge-node
+mqtt:
+  listen: 127.0.0.1:0
 apps:
   listen: 127.0.0.1:0
 outbox:
@@ -258,6 +266,8 @@ cloudhub:
   cert: $W/scale-pki/server.crt
   key: $W/scale-pki/server.key
   node-limit: $((SCALE + 10))
+mqtt:
+  listen: 127.0.0.1:0
 apps:
   listen: 127.0.0.1:0
 queues:

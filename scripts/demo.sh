@@ -49,6 +49,8 @@ cloudhub:
   key: $WORK/pki/server.key
 apps:
   listen: 127.0.0.1:0
+mqtt:
+  listen: 127.0.0.1:0
 queues:
   dir: $WORK/cloud
 YAML
@@ -71,6 +73,8 @@ controller:
   project-id: demo
   node-id: $node
 apps:
+  listen: 127.0.0.1:0
+mqtt:
   listen: 127.0.0.1:0
 outbox:
   dir: $WORK/$node

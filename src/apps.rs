@@ -44,8 +44,9 @@ use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use smol::stream::StreamExt;
 
 use crate::config::AppsConfig;
-use crate::local::{Filter, Local, app_channel};
+use crate::local::{Filter, Local, Out, app_channel};
 use crate::message::{Message, split_node_resource};
+use crate::sessions::Kind;
 
 use crate::shutdown::Shutdown;
 use crate::transport::timeout;
@@ -110,14 +111,18 @@ pub struct Apps {
     pub max_message_bytes: usize,
     /// Cloud: the `/nodes` answer.
     pub nodes: Option<Box<dyn Fn() -> String + Send + Sync>>,
+    /// Durable sessions (named subscriptions: `?session=NAME`).
+    pub sessions: Arc<crate::sessions::Sessions>,
 }
 
-type Accepted = Pin<Box<dyn Future<Output = Result<u64, String>> + Send>>;
+/// A publish on its way into the queue: finishes with its sequence number once durable, or why
+/// it was refused.
+pub type Accepted = Pin<Box<dyn Future<Output = Result<u64, String>> + Send>>;
 
 impl Apps {
     /// Puts an application's message on its way; the future finishes once it is durable (for a
     /// request or a response: once it is written). Also returns the encoded message's size.
-    fn publish(&self, msg: &mut Message) -> Result<(Accepted, usize), String> {
+    pub fn publish(&self, msg: &mut Message) -> Result<(Accepted, usize), String> {
         let queue = match &self.route {
             Route::Edge(outbox) => outbox.queue_for(msg).clone(),
             Route::Cloud(queues) => {
@@ -389,6 +394,8 @@ fn bind_unix(path: &Path) -> Result<Async<UnixListener>, String> {
 struct Target {
     path: String,
     filter: Option<Filter>,
+    /// `session=NAME`: a durable subscription.
+    session: Option<String>,
 }
 
 fn percent_decode(s: &str) -> String {
@@ -414,6 +421,17 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The `session` of a query: the name of a durable subscription (see `docs/api.md`).
+fn session_name(query: Option<&str>) -> Option<String> {
+    query
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == "session")
+        .map(|(_, v)| percent_decode(v))
+        .filter(|v| !v.is_empty())
 }
 
 fn parse_query(query: Option<&str>) -> Option<Filter> {
@@ -471,6 +489,7 @@ where
         }
         let mut t = seen.lock().unwrap_or_else(|e| e.into_inner());
         t.filter = parse_query(req.uri().query());
+        t.session = session_name(req.uri().query());
         t.path = path;
         Ok(resp)
     };
@@ -494,8 +513,11 @@ where
             return;
         }
     };
-    let Target { path, filter } =
-        std::mem::take(&mut *target.lock().unwrap_or_else(|e| e.into_inner()));
+    let Target {
+        path,
+        filter,
+        session: durable,
+    } = std::mem::take(&mut *target.lock().unwrap_or_else(|e| e.into_inner()));
     if path == "/nodes" {
         let mut ws = ws;
         let list = apps.nodes.as_ref().map(|f| f()).unwrap_or_default();
@@ -503,7 +525,53 @@ where
         let _ = ws.close(None).await;
         return;
     }
-    session(ws, name, filter, apps).await;
+    session(ws, name, filter, durable, apps).await;
+}
+
+/// Hands what a durable session's queue holds to its connection, in order, from the first
+/// record not yet written to the application; waits for more. Finishes when the connection is
+/// gone or the queue cannot be read.
+async fn feed_from_session(d: Arc<crate::sessions::Durable>, out: crate::local::AppSender) {
+    let mut next = d.queue.first();
+    let mut reader: Option<crate::store::Reader> = None;
+    let mut batch = Vec::new();
+    loop {
+        let visible = d.queue.visible();
+        if next >= visible {
+            d.queue.added().await;
+            continue;
+        }
+        if reader.as_ref().is_none_or(|r| r.position() != next) {
+            match d.queue.reader(next) {
+                Ok(r) => reader = Some(r),
+                Err(e) => {
+                    out.cut_off(format!("cannot read the session's queue: {e}"));
+                    return;
+                }
+            }
+        }
+        batch.clear();
+        let read =
+            reader
+                .as_mut()
+                .expect("set above")
+                .read_limited(visible, 64, 1 << 20, &mut batch);
+        if let Err(e) = read {
+            out.cut_off(format!("cannot read the session's queue: {e}"));
+            return;
+        }
+        for (seq, bytes) in batch.drain(..) {
+            next = seq + 1;
+            match crate::sessions::decode_out(&bytes, seq) {
+                Ok(o) => {
+                    if out.send(o).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => log::warn!("a stored message is unreadable ({e}); skipped"),
+            }
+        }
+    }
 }
 
 /// A publish awaiting its notice.
@@ -569,13 +637,48 @@ fn close_frame(code: WsCloseCode, reason: &str) -> CloseFrame {
     }
 }
 
-async fn session<S>(ws: WebSocketStream<S>, name: String, filter: Option<Filter>, apps: Arc<Apps>)
-where
+async fn session<S>(
+    ws: WebSocketStream<S>,
+    name: String,
+    filter: Option<Filter>,
+    durable: Option<String>,
+    apps: Arc<Apps>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut tx, mut rx) = ws.split();
     let (out, queue) = app_channel(name.clone(), APP_QUEUE, queue_bytes(apps.max_message_bytes));
-    let subscription = filter.map(|f| apps.local.subscribe(f, out.clone()));
+    // A named subscription is a durable session: what it selects goes into its queue on disk,
+    // from which this connection is fed, and which keeps it while the application is away.
+    let durable = durable.and_then(|session| {
+        let filter = filter.clone().unwrap_or_default();
+        match apps
+            .sessions
+            .attach(Kind::Ws, &session, false, Some(&filter), u32::MAX, out.id())
+        {
+            Ok((d, _, kicked)) => Some((d, kicked)),
+            Err(e) => {
+                log::error!("application {name}: session {session:?}: {e}");
+                out.cut_off(format!("session {session:?} cannot be kept: {e}"));
+                None
+            }
+        }
+    });
+    let subscription = match &durable {
+        Some(_) => None,
+        None => filter.map(|f| apps.local.subscribe(f, out.clone())),
+    };
+    let pump = durable.as_ref().map(|(d, kicked)| {
+        let (d, kicked, out) = (d.clone(), kicked.clone(), out.clone());
+        smol::spawn(async move {
+            let taken = async {
+                let _ = kicked.recv().await;
+                out.cut_off("another connection took this session over".into());
+            };
+            taken.or(feed_from_session(d, out.clone())).await
+        })
+    });
+    let session_queue = durable.as_ref().map(|(d, _)| d.queue.clone());
 
     // Writer: everything for this application, in order. Whatever is waiting goes out with one
     // flush (one write for many notices or messages, not one each). It stops at once when the
@@ -583,11 +686,13 @@ where
     let writer = smol::spawn(async move {
         let mut healthy = true;
         while let Some(text) = queue.recv().await {
+            let mut stored = text.seq;
             let batch = async {
-                tx.feed(WsMessage::text(text)).await?;
+                tx.feed(WsMessage::text(text.msg.to_json())).await?;
                 for _ in 1..WRITE_BATCH {
                     let Some(text) = queue.try_recv() else { break };
-                    tx.feed(WsMessage::text(text)).await?;
+                    stored = text.seq.or(stored);
+                    tx.feed(WsMessage::text(text.msg.to_json())).await?;
                 }
                 tx.flush().await
             };
@@ -596,7 +701,14 @@ where
                 None
             };
             match async { Some(batch.await) }.or(cut).await {
-                Some(Ok(())) => {}
+                Some(Ok(())) => {
+                    // Written: the session's queue may let it go.
+                    if let (Some(seq), Some(q)) = (stored, &session_queue) {
+                        if let Err(e) = q.ack(seq) {
+                            log::error!("cannot acknowledge in a session's queue: {e}");
+                        }
+                    }
+                }
                 Some(Err(_)) => {
                     healthy = false;
                     // Whoever waits to queue a notice for it must not wait forever.
@@ -632,7 +744,7 @@ where
                     Message::notice(&p.about, "error", Some(&e))
                 }
             };
-            if notices_out.send(notice.to_json()).await.is_err() {
+            if notices_out.send(Out::message(notice)).await.is_err() {
                 break;
             }
         }
@@ -743,6 +855,12 @@ where
     };
     if let Some(id) = subscription {
         apps.local.unsubscribe(id);
+    }
+    if let Some(pump) = pump {
+        drop(pump);
+    }
+    if let Some((d, _)) = &durable {
+        apps.sessions.detach(d, out.id(), u32::MAX);
     }
     apps.local.forget(&out);
     drop(pending);

@@ -208,7 +208,7 @@ impl Exchange {
                 if let Some(prefix) = &self.prefix {
                     msg.resource = format!("{prefix}{resource}");
                 }
-                if let Delivery::Refused(mut reply) = self.local.deliver(&msg) {
+                if let Delivery::Refused(mut reply) = self.local.deliver(msg) {
                     reply.resource = resource;
                     self.send_back(reply);
                 }
@@ -233,6 +233,9 @@ impl Exchange {
                 None
             }
             Event::Commit(lane, seq) => {
+                // What durable subscriptions were given must be durable before the peer is told
+                // it may forget it.
+                self.local.sync_durable();
                 {
                     let mut inbound = lock(&self.inbound[lane.index()]);
                     let stream = session.inbound_stream(lane);
@@ -515,7 +518,7 @@ mod tests {
             ex.handle(&mut s, ev);
         }
         let got: Vec<Message> = std::iter::from_fn(|| app_rx.try_recv())
-            .map(|t| Message::from_json(&t).unwrap())
+            .map(|t| (*t.msg).clone())
             .collect();
         let contents: Vec<&[u8]> = got.iter().map(|m| &m.content[..]).collect();
         assert_eq!(contents, [&b"1"[..], b"2", b"3"]);

@@ -22,6 +22,8 @@ pub mod open_files;
 pub mod pki;
 pub mod proto;
 pub mod queue;
+pub mod retained;
+pub mod sessions;
 pub mod shutdown;
 pub mod store;
 pub mod tls;

@@ -125,16 +125,62 @@ pub enum AppSendError {
     Closed,
 }
 
-/// The hub's end of one application's delivery queue: JSON texts for its connection, in order.
+/// One delivery to an application: a message, and how this application gets it.
+#[derive(Debug, Clone)]
+pub struct Out {
+    /// The message (shared by every application it goes to).
+    pub msg: Arc<Message>,
+    /// The QoS it is delivered at, for MQTT: the lower of the message's and the highest its
+    /// matching subscriptions were granted (MQTT 5.0 section 3.8.4). The WebSocket API ignores it.
+    pub qos: u8,
+    /// For MQTT: the RETAIN flag the subscriber sees (a retained message sent because of a new
+    /// subscription, or Retain As Published; MQTT 5.0 section 3.3.1.3).
+    pub retain: bool,
+    /// MQTT 5.0 Subscription Identifiers of the matching subscriptions (section 3.8.2.1.2).
+    pub sub_ids: Vec<u32>,
+    /// The answer to, or the timeout of, a sync request of this application, rather than a
+    /// delivery to one of its subscriptions.
+    pub answer: bool,
+    /// From a durable session's queue: the record's sequence number there, acknowledged once the
+    /// application has the message.
+    pub seq: Option<u64>,
+}
+
+impl Out {
+    /// A message for an application, as it is (a notice, a WebSocket delivery).
+    pub fn message(msg: Message) -> Out {
+        Out::shared(Arc::new(msg), 1)
+    }
+
+    /// A delivery of `msg` at `qos`.
+    pub fn shared(msg: Arc<Message>, qos: u8) -> Out {
+        Out {
+            msg,
+            qos,
+            retain: false,
+            sub_ids: Vec::new(),
+            answer: false,
+            seq: None,
+        }
+    }
+
+    /// What it counts for in the bounds of a delivery queue: its content and resource, plus 128
+    /// bytes for the rest (about its JSON's names and header).
+    pub fn weight(&self) -> usize {
+        self.msg.content.len() + self.msg.resource.len() + 128
+    }
+}
+
+/// The hub's end of one application's delivery queue: its deliveries, in order.
 #[derive(Clone)]
 pub struct AppSender {
-    tx: Sender<String>,
+    tx: Sender<Out>,
     shared: Arc<AppShared>,
 }
 
 /// The connection's end of its delivery queue, read by its writer.
 pub struct AppReceiver {
-    rx: Receiver<String>,
+    rx: Receiver<Out>,
     shared: Arc<AppShared>,
 }
 
@@ -176,12 +222,12 @@ pub fn app_channel(
 }
 
 impl AppSender {
-    /// Queues `text` if it fits under both bounds, without waiting.
-    pub fn try_send(&self, text: String) -> Result<(), AppSendError> {
+    /// Queues `out` if it fits under both bounds, without waiting.
+    pub fn try_send(&self, text: Out) -> Result<(), AppSendError> {
         if self.tx.is_closed() {
             return Err(AppSendError::Closed);
         }
-        let len = text.len();
+        let len = text.weight();
         if !self.shared.reserve(len) {
             return Err(self.full());
         }
@@ -198,8 +244,8 @@ impl AppSender {
     /// Queues `text`, waiting for room (the application's own notices: an application that
     /// does not read them is not read from either). `Err` once the application is gone or cut
     /// off. Only one task may wait in `send` on a queue at a time.
-    pub async fn send(&self, text: String) -> Result<(), AppSendError> {
-        let len = text.len();
+    pub async fn send(&self, text: Out) -> Result<(), AppSendError> {
+        let len = text.weight();
         while !self.shared.reserve(len) {
             if self.tx.is_closed() {
                 return Err(AppSendError::Closed);
@@ -265,6 +311,11 @@ impl AppSender {
         &self.shared.name
     }
 
+    /// Unique among the application connections of this process.
+    pub fn id(&self) -> u64 {
+        self.shared.id
+    }
+
     /// The largest number of bytes queued before the application counts as too slow.
     pub fn max_bytes(&self) -> usize {
         self.shared.max_bytes
@@ -272,9 +323,9 @@ impl AppSender {
 }
 
 impl AppReceiver {
-    fn took(&self, text: Option<String>) -> Option<String> {
+    fn took(&self, text: Option<Out>) -> Option<Out> {
         let text = text?;
-        self.shared.release(text.len());
+        self.shared.release(text.weight());
         // Closed by `cut_off`, after it recorded why: no lock per message.
         if self.shared.cut_tx.is_closed() {
             return None;
@@ -284,7 +335,7 @@ impl AppReceiver {
 
     /// The next text for the application; `None` once it is cut off, or once every sender is
     /// gone and nothing is left.
-    pub async fn recv(&self) -> Option<String> {
+    pub async fn recv(&self) -> Option<Out> {
         // `cut_off` closes the channel, which wakes this; what is still queued then is dropped
         // by `took`.
         let text = self.rx.recv().await.ok();
@@ -300,7 +351,7 @@ impl AppReceiver {
     }
 
     /// The next text if one is waiting; `None` as for [`recv`](Self::recv) or when none is.
-    pub fn try_recv(&self) -> Option<String> {
+    pub fn try_recv(&self) -> Option<Out> {
         self.took(self.rx.try_recv().ok())
     }
 
@@ -319,8 +370,8 @@ impl AppReceiver {
         let (mut messages, mut bytes) = (0, 0);
         while let Ok(text) = self.rx.try_recv() {
             messages += 1;
-            bytes += text.len();
-            self.shared.release(text.len());
+            bytes += text.weight();
+            self.shared.release(text.weight());
         }
         (messages, bytes)
     }
@@ -336,10 +387,139 @@ impl fmt::Debug for AppSender {
     }
 }
 
+/// Where a durable subscription keeps what it is given while its application may be away: a
+/// persistent MQTT session's or a named WebSocket subscription's queue on disk
+/// (`crate::sessions`).
+pub trait Keep: Send + Sync {
+    /// Writes `out` into the queue (before the link acknowledges the message, so a crash of the
+    /// hub after the acknowledgement cannot lose it); `false` when it could not (the queue is
+    /// full: the keeper logs and counts that).
+    fn keep(&self, out: &Out) -> bool;
+    /// Makes what was kept durable as the fsync policy defines it.
+    fn sync(&self);
+}
+
+/// Who gets what a subscription selects.
+#[derive(Clone)]
+pub enum Sink {
+    /// An application connected now.
+    App(AppSender),
+    /// A durable subscription's queue.
+    Durable(Arc<dyn Keep>),
+}
+
+/// One MQTT subscription of a session (MQTT 5.0 section 3.8.3).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TopicSub {
+    /// The topic filter (`+` and `#` wildcards, MQTT 5.0 section 4.7).
+    pub filter: String,
+    /// The maximum QoS granted.
+    pub qos: u8,
+    /// No Local: not the session's own publishes.
+    #[serde(default)]
+    pub no_local: bool,
+    /// Retain As Published: the RETAIN flag is forwarded as it was published.
+    #[serde(default)]
+    pub retain_as_published: bool,
+    /// The Subscription Identifier, if the client gave one.
+    #[serde(default)]
+    pub id: Option<u32>,
+}
+
+/// The subscriptions of one MQTT session, changed by its SUBSCRIBE and UNSUBSCRIBE packets while
+/// it stays registered as one subscriber.
+#[derive(Debug, Default)]
+pub struct TopicSet {
+    subs: Mutex<Vec<TopicSub>>,
+    /// The connection whose publishes count as the session's own (No Local).
+    owner: AtomicU64,
+}
+
+impl TopicSet {
+    /// A set holding `subs`.
+    pub fn new(subs: Vec<TopicSub>) -> TopicSet {
+        TopicSet {
+            subs: Mutex::new(subs),
+            owner: AtomicU64::new(0),
+        }
+    }
+
+    /// Adds `sub`, replacing one with the same filter (MQTT 5.0 section 3.8.4); returns whether
+    /// the filter is new.
+    pub fn add(&self, sub: TopicSub) -> bool {
+        let mut subs = lock(&self.subs);
+        match subs.iter_mut().find(|s| s.filter == sub.filter) {
+            Some(s) => {
+                *s = sub;
+                false
+            }
+            None => {
+                subs.push(sub);
+                true
+            }
+        }
+    }
+
+    /// Removes the subscription to `filter`; returns whether there was one.
+    pub fn remove(&self, filter: &str) -> bool {
+        let mut subs = lock(&self.subs);
+        let before = subs.len();
+        subs.retain(|s| s.filter != filter);
+        subs.len() != before
+    }
+
+    /// The subscriptions, as they are now.
+    pub fn list(&self) -> Vec<TopicSub> {
+        lock(&self.subs).clone()
+    }
+
+    /// Sets the connection whose publishes are the session's own.
+    pub fn set_owner(&self, app: u64) {
+        self.owner.store(app, Ordering::Relaxed);
+    }
+
+    /// How the session gets `msg` (published by connection `from`, if local): `None` when no
+    /// subscription matches, else the delivery (QoS, RETAIN flag, identifiers).
+    fn select(&self, msg: &Arc<Message>, from: Option<u64>) -> Option<Out> {
+        let own = from.is_some_and(|f| f == self.owner.load(Ordering::Relaxed));
+        let mut out: Option<Out> = None;
+        for sub in lock(&self.subs).iter() {
+            if (own && sub.no_local) || !crate::mqtt::topic::matches(&sub.filter, &msg.resource) {
+                continue;
+            }
+            let o = out.get_or_insert_with(|| Out::shared(msg.clone(), 0));
+            o.qos = o.qos.max(sub.qos.min(msg.qos));
+            o.retain |= sub.retain_as_published && msg.retain;
+            if let Some(id) = sub.id {
+                o.sub_ids.push(id);
+            }
+        }
+        out
+    }
+}
+
+/// What a subscription selects.
+#[derive(Clone)]
+pub enum Selector {
+    /// The WebSocket API's: group equal, resource starting with a prefix.
+    Prefix(Filter),
+    /// An MQTT session's topic filters.
+    Topics(Arc<TopicSet>),
+}
+
+impl Selector {
+    fn select(&self, msg: &Arc<Message>, from: Option<u64>) -> Option<Out> {
+        match self {
+            Selector::Prefix(f) => f.matches(msg).then(|| Out::shared(msg.clone(), msg.qos)),
+            Selector::Topics(set) => set.select(msg, from),
+        }
+    }
+}
+
 struct Subscription {
     id: u64,
-    filter: Filter,
-    app: AppSender,
+    selector: Selector,
+    sink: Sink,
 }
 
 /// A sync request waiting for its answer.
@@ -376,6 +556,8 @@ pub struct Local {
     undelivered: AtomicU64,
     /// How long a sync request waits for its answer.
     pub request_timeout: Duration,
+    /// The retained messages (MQTT), by topic.
+    pub retained: Arc<crate::retained::Retained>,
 }
 
 /// The outcome of [`Local::deliver`].
@@ -393,9 +575,27 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Whether `msg` expired (its MQTT Message Expiry Interval passed) at `now_ms`.
+pub fn expired(msg: &Message, now_ms: i64) -> bool {
+    msg.extra
+        .as_ref()
+        .is_some_and(|e| e.expires_at != 0 && e.expires_at <= now_ms)
+}
+
 impl Local {
-    /// No applications yet.
+    /// No applications yet; retained messages kept in memory only.
     pub fn new(request_timeout: Duration) -> Local {
+        Local::with_retained(
+            request_timeout,
+            Arc::new(crate::retained::Retained::in_memory()),
+        )
+    }
+
+    /// No applications yet; retained messages in `retained`.
+    pub fn with_retained(
+        request_timeout: Duration,
+        retained: Arc<crate::retained::Retained>,
+    ) -> Local {
         Local {
             subscriptions: Mutex::new(Vec::new()),
             pending: Mutex::new(Requests::default()),
@@ -403,19 +603,32 @@ impl Local {
             unroutable: AtomicU64::new(0),
             undelivered: AtomicU64::new(0),
             request_timeout,
+            retained,
         }
     }
 
-    /// Adds a subscription; returns its id for [`unsubscribe`](Self::unsubscribe).
+    /// Adds a WebSocket API subscription; returns its id for [`unsubscribe`](Self::unsubscribe).
     pub fn subscribe(&self, filter: Filter, app: AppSender) -> u64 {
+        self.add(Selector::Prefix(filter), Sink::App(app))
+    }
+
+    /// Adds a subscription of any kind; returns its id for [`unsubscribe`](Self::unsubscribe).
+    pub fn add(&self, selector: Selector, sink: Sink) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        lock(&self.subscriptions).push(Subscription { id, filter, app });
+        lock(&self.subscriptions).push(Subscription { id, selector, sink });
         id
     }
 
     /// Removes a subscription.
     pub fn unsubscribe(&self, id: u64) {
         lock(&self.subscriptions).retain(|s| s.id != id);
+    }
+
+    /// Points subscription `id` at `sink` (a durable session's application came or went).
+    pub fn redirect(&self, id: u64, sink: Sink) {
+        if let Some(s) = lock(&self.subscriptions).iter_mut().find(|s| s.id == id) {
+            s.sink = sink;
+        }
     }
 
     /// Records that `app` waits for the answer to its request `about` (`about.id` is the id the
@@ -460,7 +673,8 @@ impl Local {
             let waiting = lock(&local.pending).take(&key);
             if let Some(w) = waiting {
                 let why = format!("no response within {:.1}s", timeout.as_secs_f64());
-                let notice = Message::notice(&about, "error", Some(&why)).to_json();
+                let mut notice = Out::message(Message::notice(&about, "error", Some(&why)));
+                notice.answer = true;
                 local.hand_over(&w.app, notice, "the timeout of its request");
             }
         })
@@ -480,10 +694,10 @@ impl Local {
         pending.by_app.retain(|(id, _)| *id != app.shared.id);
     }
 
-    /// Queues `text` for `app`, which must have it (a response, a timeout): an application that
+    /// Queues `out` for `app`, which must have it (a response, a timeout): an application that
     /// has no room for it is cut off, and the loss is logged and counted.
-    fn hand_over(&self, app: &AppSender, text: String, what: &str) -> bool {
-        match app.try_send(text) {
+    fn hand_over(&self, app: &AppSender, out: Out, what: &str) -> bool {
+        match app.try_send(out) {
             Ok(()) => true,
             Err(AppSendError::Full { messages, bytes }) => {
                 self.undelivered.fetch_add(1, Ordering::Relaxed);
@@ -515,36 +729,34 @@ impl Local {
         }
     }
 
-    /// Hands a message from the other side to the applications it is for.
-    pub fn deliver(&self, msg: &Message) -> Delivery {
-        if !msg.parent_id.is_empty() {
-            let waiting = lock(&self.pending).take(&msg.parent_id);
-            if let Some(w) = waiting {
-                // The requester sees its own id as the parent, not the one the hub sent.
-                let answer = msg.to_json_answering(&w.id);
-                return if self.hand_over(&w.app, answer, "the answer to its request") {
-                    Delivery::Delivered(1)
-                } else {
-                    Delivery::Dropped
-                };
-            }
-        }
-        let mut json = None;
+    /// Gives `msg` to every subscription it matches (not to connection `from`'s own subscriptions
+    /// that asked for No Local); returns how many matched and how many took it.
+    fn fan_out(&self, msg: &Arc<Message>, from: Option<u64>) -> (usize, usize) {
         let (mut matched, mut delivered) = (0, 0);
         let mut slow = Vec::new();
         for sub in lock(&self.subscriptions).iter() {
-            if !sub.filter.matches(msg) {
+            let Some(out) = sub.selector.select(msg, from) else {
                 continue;
-            }
+            };
             matched += 1;
-            let text = json.get_or_insert_with(|| msg.to_json()).clone();
-            match sub.app.try_send(text) {
+            let app = match &sub.sink {
+                Sink::Durable(keep) => {
+                    if keep.keep(&out) {
+                        delivered += 1;
+                    } else {
+                        self.undelivered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    continue;
+                }
+                Sink::App(app) => app,
+            };
+            match app.try_send(out) {
                 Ok(()) => delivered += 1,
                 Err(AppSendError::Full { messages, bytes }) => {
                     self.undelivered.fetch_add(1, Ordering::Relaxed);
                     // An application that cannot keep up is disconnected rather than allowed to
                     // hold the link back or grow this hub's memory.
-                    self.cut_off_slow(&sub.app, messages, bytes);
+                    self.cut_off_slow(app, messages, bytes);
                     slow.push(sub.id);
                 }
                 Err(AppSendError::Closed) => {
@@ -557,6 +769,59 @@ impl Local {
         if !slow.is_empty() {
             lock(&self.subscriptions).retain(|s| !slow.contains(&s.id));
         }
+        (matched, delivered)
+    }
+
+    /// Hands a message published on this hub over MQTT (by connection `from`) to this hub's own
+    /// subscribers, as a broker does; it goes to the other hub as well, through the queue.
+    /// Keeps it if it is retained.
+    pub fn publish_local(&self, msg: &Arc<Message>, from: u64) -> usize {
+        if msg.retain {
+            self.retained.update(msg);
+        }
+        self.fan_out(msg, Some(from)).1
+    }
+
+    /// Makes what durable subscriptions were given durable (before the link acknowledges it).
+    pub fn sync_durable(&self) {
+        let keepers: Vec<Arc<dyn Keep>> = lock(&self.subscriptions)
+            .iter()
+            .filter_map(|s| match &s.sink {
+                Sink::Durable(k) => Some(k.clone()),
+                Sink::App(_) => None,
+            })
+            .collect();
+        for k in keepers {
+            k.sync();
+        }
+    }
+
+    /// Hands a message from the other side to the applications it is for.
+    pub fn deliver(&self, msg: Message) -> Delivery {
+        if !msg.parent_id.is_empty() {
+            let waiting = lock(&self.pending).take(&msg.parent_id);
+            if let Some(w) = waiting {
+                // The requester sees its own id as the parent, not the one the hub sent.
+                let mut answer = Out::message(Message {
+                    parent_id: w.id,
+                    ..msg
+                });
+                answer.answer = true;
+                return if self.hand_over(&w.app, answer, "the answer to its request") {
+                    Delivery::Delivered(1)
+                } else {
+                    Delivery::Dropped
+                };
+            }
+        }
+        if expired(&msg, crate::message::now_millis()) {
+            return Delivery::Dropped;
+        }
+        let msg = Arc::new(msg);
+        if msg.retain {
+            self.retained.update(&msg);
+        }
+        let (matched, delivered) = self.fan_out(&msg, None);
         if delivered > 0 {
             return Delivery::Delivered(delivered);
         }
@@ -567,7 +832,7 @@ impl Local {
                     "the application subscribed to {} was disconnected as too slow",
                     msg.resource
                 );
-                return Delivery::Refused(Message::notice(msg, "error", Some(&why)));
+                return Delivery::Refused(Message::notice(&msg, "error", Some(&why)));
             }
             return Delivery::Dropped;
         }
@@ -581,7 +846,7 @@ impl Local {
         }
         if msg.sync {
             let why = format!("no application subscribed to {}", msg.resource);
-            return Delivery::Refused(Message::notice(msg, "error", Some(&why)));
+            return Delivery::Refused(Message::notice(&msg, "error", Some(&why)));
         }
         Delivery::Dropped
     }
@@ -617,8 +882,16 @@ mod tests {
 
     fn texts(rx: &AppReceiver) -> Vec<Message> {
         std::iter::from_fn(|| rx.try_recv())
-            .map(|t| Message::from_json(&t).unwrap())
+            .map(|t| (*t.msg).clone())
             .collect()
+    }
+
+    /// A delivery weighing `weight` bytes in a queue's bounds.
+    fn sized(weight: usize) -> Out {
+        Out::message(Message {
+            content: vec![b'x'; weight - 128],
+            ..Message::default()
+        })
     }
 
     #[test]
@@ -635,14 +908,8 @@ mod tests {
         );
         let sub_b = local.subscribe(Filter::default(), b.clone());
 
-        assert_eq!(
-            local.deliver(&msg("g", "node/n1/x")),
-            Delivery::Delivered(2)
-        );
-        assert_eq!(
-            local.deliver(&msg("h", "node/n1/x")),
-            Delivery::Delivered(1)
-        );
+        assert_eq!(local.deliver(msg("g", "node/n1/x")), Delivery::Delivered(2));
+        assert_eq!(local.deliver(msg("h", "node/n1/x")), Delivery::Delivered(1));
         assert_eq!((texts(&a_rx).len(), texts(&b_rx).len()), (1, 2));
 
         let request = msg("g", "node/n1/q");
@@ -650,7 +917,7 @@ mod tests {
         assert_ne!(wire, request.id, "the request leaves under the hub's id");
         let mut response = msg("g", "node/n1/q");
         response.parent_id = wire;
-        assert_eq!(local.deliver(&response), Delivery::Delivered(1));
+        assert_eq!(local.deliver(response.clone()), Delivery::Delivered(1));
         let got = texts(&a_rx);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].parent_id, request.id, "the asker sees its own id");
@@ -658,9 +925,9 @@ mod tests {
 
         local.unsubscribe(sub_b);
         let mut lonely = msg("h", "other");
-        assert_eq!(local.deliver(&lonely), Delivery::Dropped);
+        assert_eq!(local.deliver(lonely.clone()), Delivery::Dropped);
         lonely.sync = true;
-        match local.deliver(&lonely) {
+        match local.deliver(lonely.clone()) {
             Delivery::Refused(err) => {
                 assert_eq!(
                     (err.parent_id.as_str(), err.operation.as_str()),
@@ -690,7 +957,7 @@ mod tests {
             let mut answer = msg("g", "node/n1/q");
             answer.parent_id = wire.clone();
             answer.content = format!("{content:?}").into_bytes();
-            assert_eq!(local.deliver(&answer), Delivery::Delivered(1));
+            assert_eq!(local.deliver(answer.clone()), Delivery::Delivered(1));
         }
         let (got_a, got_b) = (texts(&a_rx), texts(&b_rx));
         assert_eq!(got_a.len(), 1);
@@ -726,7 +993,7 @@ mod tests {
         let request = msg("g", "r");
         local.await_response(&request, a).unwrap();
         let text = smol::block_on(a_rx.recv()).unwrap();
-        let notice = Message::from_json(&text).unwrap();
+        let notice = (*text.msg).clone();
         assert_eq!(
             (notice.parent_id, notice.operation),
             (request.id, "error".to_owned())
@@ -741,10 +1008,10 @@ mod tests {
     #[test]
     fn a_sender_waiting_for_room_is_released_when_the_writer_fails() {
         let (a, a_rx) = app_channel("a", 1, 1 << 20);
-        smol::block_on(a.send("first".into())).unwrap();
+        smol::block_on(a.send(sized(200))).unwrap();
         let waiting = smol::spawn({
             let a = a.clone();
-            async move { a.send("second".into()).await }
+            async move { a.send(sized(200)).await }
         });
         // The connection fails: its writer takes nothing more, ever.
         a_rx.close();
@@ -758,11 +1025,11 @@ mod tests {
         let (a, a_rx) = app_channel("a", 2, 1 << 20);
         local.subscribe(Filter::default(), a);
         for _ in 0..2 {
-            assert_eq!(local.deliver(&msg("g", "r")), Delivery::Delivered(1));
+            assert_eq!(local.deliver(msg("g", "r")), Delivery::Delivered(1));
         }
-        assert_eq!(local.deliver(&msg("g", "r")), Delivery::Dropped);
+        assert_eq!(local.deliver(msg("g", "r")), Delivery::Dropped);
         assert!(a_rx.cut_reason().unwrap().contains("too slow"));
-        assert_eq!(a_rx.try_recv(), None, "nothing more is written to it");
+        assert!(a_rx.try_recv().is_none(), "nothing more is written to it");
         assert_eq!(local.undelivered(), 1);
         assert_eq!(local.unroutable(), 0, "it was subscribed: not unroutable");
     }
@@ -774,11 +1041,11 @@ mod tests {
         local.subscribe(Filter::default(), a);
         let mut big = msg("g", "r");
         big.content = format!("{:?}", "x".repeat(1500)).into_bytes();
-        let size = big.to_json().len();
-        assert_eq!(local.deliver(&big), Delivery::Delivered(1));
-        assert_eq!(local.deliver(&big), Delivery::Delivered(1));
+        let size = Out::message(big.clone()).weight();
+        assert_eq!(local.deliver(big.clone()), Delivery::Delivered(1));
+        assert_eq!(local.deliver(big.clone()), Delivery::Delivered(1));
         assert_eq!(
-            local.deliver(&big),
+            local.deliver(big.clone()),
             Delivery::Dropped,
             "a third would pass 4096 bytes"
         );
@@ -791,12 +1058,12 @@ mod tests {
 
         // An empty queue takes one message whatever its size, so the bound never refuses one.
         let (b, b_rx) = app_channel("b", 16, 100);
-        assert_eq!(b.try_send("x".repeat(1000)), Ok(()));
+        assert_eq!(b.try_send(sized(1000)), Ok(()));
         assert!(matches!(
-            b.try_send("y".into()),
+            b.try_send(sized(130)),
             Err(AppSendError::Full { .. })
         ));
-        assert_eq!(b_rx.try_recv().map(|t| t.len()), Some(1000));
-        assert_eq!(b.try_send("y".into()), Ok(()), "room again once written");
+        assert_eq!(b_rx.try_recv().map(|t| t.weight()), Some(1000));
+        assert_eq!(b.try_send(sized(130)), Ok(()), "room again once written");
     }
 }

@@ -33,8 +33,39 @@ pub struct Message {
     pub operation: String,
     /// `route.resource`: what it is about; `node/{node-id}/…` addresses a node from the cloud.
     pub resource: String,
-    /// `content`: JSON text.
+    /// `content`: JSON text, or the bytes of an MQTT payload when [`raw`](Self::raw).
     pub content: Vec<u8>,
+    /// The delivery promise its publisher asked for (MQTT QoS, section 4.3 of MQTT 5.0): 0 at most
+    /// once, 1 at least once (what the WebSocket API's `accepted` promises), 2 exactly once. An
+    /// MQTT subscriber gets it at the lower of this and the QoS its subscription was granted.
+    pub qos: u8,
+    /// An MQTT retained message (MQTT 5.0 section 3.3.1.3): the receiving hub keeps it for later
+    /// subscribers of its topic; an empty retained payload clears what was kept.
+    pub retain: bool,
+    /// `content` is an MQTT payload (any bytes), not JSON text.
+    pub raw: bool,
+    /// The MQTT 5.0 properties carried with the message, when it has any.
+    pub extra: Option<Box<Extra>>,
+}
+
+/// The MQTT 5.0 properties of a PUBLISH (section 3.3.2.3) that travel with a message between the
+/// hubs; the request/response ones (Response Topic, Correlation Data) stay with the requesting
+/// hub, which turns them into a sync request.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Extra {
+    /// When the message expires, in milliseconds since the Unix epoch (Message Expiry Interval
+    /// counted from its publication); 0: never.
+    pub expires_at: i64,
+    /// Content Type (section 3.3.2.3.9).
+    pub content_type: String,
+    /// Payload Format Indicator 1: the payload is UTF-8 text (section 3.3.2.3.2).
+    pub payload_utf8: bool,
+    /// User Properties, in order (section 3.3.2.3.7).
+    pub user: Vec<(String, String)>,
+    /// Response Topic (section 3.3.2.3.5), for subscribers on the hub where it was published.
+    pub response_topic: String,
+    /// Correlation Data (section 3.3.2.3.6), with the Response Topic.
+    pub correlation: Vec<u8>,
 }
 
 /// Why bytes or JSON are not a message.
@@ -74,6 +105,12 @@ pub const MAX_RESOURCE: usize = 65535;
 
 const FLAG_SYNC: u8 = 1;
 const FLAG_URGENT: u8 = 2;
+const FLAG_RAW: u8 = 4;
+const FLAG_RETAIN: u8 = 8;
+const QOS_SHIFT: u8 = 4;
+const FLAG_EXTRA: u8 = 64;
+/// The most user properties one message carries across the link.
+pub const MAX_USER_PROPERTIES: usize = 65535;
 
 fn put8(out: &mut Vec<u8>, field: &'static str, s: &str) -> Result<(), MessageError> {
     if s.len() > MAX_SHORT_FIELD {
@@ -107,11 +144,49 @@ impl<'a> Reader<'a> {
         let b = self.take(2)?;
         self.string(usize::from(u16::from_be_bytes([b[0], b[1]])))
     }
+    fn extra(&mut self) -> Result<Extra, MessageError> {
+        let ts = self.take(8)?;
+        let expires_at = i64::from_be_bytes(ts.try_into().expect("8 bytes"));
+        let content_type = self.str16()?;
+        let payload_utf8 = self.take(1)?[0] != 0;
+        let n = self.take(2)?;
+        let n = usize::from(u16::from_be_bytes([n[0], n[1]]));
+        let mut user = Vec::with_capacity(n.min(64));
+        for _ in 0..n {
+            user.push((self.str16()?, self.str16()?));
+        }
+        let response_topic = self.str16()?;
+        let n = self.take(2)?;
+        let correlation = self
+            .take(usize::from(u16::from_be_bytes([n[0], n[1]])))?
+            .to_vec();
+        Ok(Extra {
+            expires_at,
+            content_type,
+            payload_utf8,
+            user,
+            response_topic,
+            correlation,
+        })
+    }
+}
+
+fn put16(out: &mut Vec<u8>, field: &'static str, s: &str) -> Result<(), MessageError> {
+    if s.len() > MAX_RESOURCE {
+        return Err(MessageError::FieldTooLong(field, s.len()));
+    }
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+    Ok(())
 }
 
 impl Message {
     /// The binary form: `flags u8 | timestamp i64 | msg_id str8 | parent_msg_id str8 | source str8 |
-    /// group str8 | operation str8 | resource str16 | content (the rest)`, integers big-endian.
+    /// group str8 | operation str8 | resource str16 | [extra] | content (the rest)`, integers
+    /// big-endian. Flags: 1 sync, 2 urgent, 4 raw content, 8 retain, 16 and 32 the QoS, 64 an
+    /// extra block follows the resource: `expires_at i64 | content_type str16 | payload_utf8 u8 |
+    /// count u16 | count x (name str16 | value str16) | response_topic str16 | correlation
+    /// bytes16` (`docs/protocol.md` section 4).
     pub fn encode(&self) -> Result<Vec<u8>, MessageError> {
         if self.resource.len() > MAX_RESOURCE {
             return Err(MessageError::FieldTooLong(
@@ -135,6 +210,16 @@ impl Message {
         if self.urgent {
             flags |= FLAG_URGENT;
         }
+        if self.raw {
+            flags |= FLAG_RAW;
+        }
+        if self.retain {
+            flags |= FLAG_RETAIN;
+        }
+        flags |= (self.qos.min(2)) << QOS_SHIFT;
+        if self.extra.is_some() {
+            flags |= FLAG_EXTRA;
+        }
         out.push(flags);
         out.extend_from_slice(&self.timestamp.to_be_bytes());
         put8(&mut out, "header.msg_id", &self.id)?;
@@ -144,6 +229,31 @@ impl Message {
         put8(&mut out, "route.operation", &self.operation)?;
         out.extend_from_slice(&(self.resource.len() as u16).to_be_bytes());
         out.extend_from_slice(self.resource.as_bytes());
+        if let Some(extra) = &self.extra {
+            out.extend_from_slice(&extra.expires_at.to_be_bytes());
+            put16(&mut out, "content type", &extra.content_type)?;
+            out.push(u8::from(extra.payload_utf8));
+            if extra.user.len() > MAX_USER_PROPERTIES {
+                return Err(MessageError::FieldTooLong(
+                    "user properties",
+                    extra.user.len(),
+                ));
+            }
+            out.extend_from_slice(&(extra.user.len() as u16).to_be_bytes());
+            for (name, value) in &extra.user {
+                put16(&mut out, "user property", name)?;
+                put16(&mut out, "user property", value)?;
+            }
+            put16(&mut out, "response topic", &extra.response_topic)?;
+            if extra.correlation.len() > MAX_RESOURCE {
+                return Err(MessageError::FieldTooLong(
+                    "correlation data",
+                    extra.correlation.len(),
+                ));
+            }
+            out.extend_from_slice(&(extra.correlation.len() as u16).to_be_bytes());
+            out.extend_from_slice(&extra.correlation);
+        }
         out.extend_from_slice(&self.content);
         Ok(out)
     }
@@ -154,9 +264,12 @@ impl Message {
         let flags = r.take(1)?[0];
         let ts = r.take(8)?;
         let timestamp = i64::from_be_bytes(ts.try_into().expect("8 bytes"));
-        Ok(Message {
+        let mut msg = Message {
             sync: flags & FLAG_SYNC != 0,
             urgent: flags & FLAG_URGENT != 0,
+            raw: flags & FLAG_RAW != 0,
+            retain: flags & FLAG_RETAIN != 0,
+            qos: ((flags >> QOS_SHIFT) & 3).min(2),
             timestamp,
             id: r.str8()?,
             parent_id: r.str8()?,
@@ -164,8 +277,14 @@ impl Message {
             group: r.str8()?,
             operation: r.str8()?,
             resource: r.str16()?,
-            content: r.0.to_vec(),
-        })
+            content: Vec::new(),
+            extra: None,
+        };
+        if flags & FLAG_EXTRA != 0 {
+            msg.extra = Some(Box::new(r.extra()?));
+        }
+        msg.content = r.0.to_vec();
+        Ok(msg)
     }
 
     /// Reads an application's JSON message. Missing header fields are left empty or zero (see
@@ -212,6 +331,10 @@ impl Message {
             content: j
                 .content
                 .map_or_else(|| b"null".to_vec(), |c| c.get().as_bytes().to_vec()),
+            qos: 1,
+            retain: false,
+            raw: false,
+            extra: None,
         })
     }
 
@@ -223,10 +346,8 @@ impl Message {
     /// [`to_json`](Self::to_json) with `parent_msg_id` given, without copying the message (the
     /// hub restores a requester's own id in the answer it hands over).
     pub fn to_json_answering(&self, parent_id: &str) -> String {
-        let content = match std::str::from_utf8(&self.content) {
-            Ok(c) if !c.trim().is_empty() => c,
-            _ => "null",
-        };
+        let content = self.json_content();
+        let content = content.as_ref();
         let mut out = String::with_capacity(160 + self.resource.len() + content.len());
         out.push_str(r#"{"header":{"msg_id":"#);
         json_string(&mut out, &self.id);
@@ -242,6 +363,9 @@ impl Message {
         if self.urgent {
             out.push_str(r#","urgent":true"#);
         }
+        if self.retain {
+            out.push_str(r#","retain":true"#);
+        }
         out.push_str(r#"},"route":{"source":"#);
         json_string(&mut out, &self.source);
         out.push_str(r#","group":"#);
@@ -254,6 +378,50 @@ impl Message {
         out.push_str(content);
         out.push('}');
         out
+    }
+
+    /// The content as a JSON value's text, for an application of the WebSocket API: JSON content
+    /// as it is; an MQTT payload that is JSON as it is, one that is other UTF-8 text as a JSON
+    /// string, any other bytes as a JSON string of their base64 (RFC 4648 section 4); nothing
+    /// as `null`.
+    pub fn json_content(&self) -> std::borrow::Cow<'_, str> {
+        use std::borrow::Cow;
+        let text = std::str::from_utf8(&self.content);
+        if !self.raw {
+            return match text {
+                Ok(c) if !c.trim().is_empty() => Cow::Borrowed(c),
+                _ => Cow::Borrowed("null"),
+            };
+        }
+        match text {
+            Ok(c) if c.trim().is_empty() => Cow::Borrowed("null"),
+            Ok(c) if serde_json::from_str::<serde::de::IgnoredAny>(c).is_ok() => Cow::Borrowed(c),
+            Ok(c) => {
+                let mut out = String::with_capacity(c.len() + 2);
+                json_string(&mut out, c);
+                Cow::Owned(out)
+            }
+            Err(_) => {
+                use base64::Engine;
+                let mut out = String::from("\"");
+                out.push_str(&base64::engine::general_purpose::STANDARD.encode(&self.content));
+                out.push('"');
+                Cow::Owned(out)
+            }
+        }
+    }
+
+    /// The content as an MQTT payload: an MQTT payload as it is; JSON content that is a string
+    /// as the string's text; other JSON as its text.
+    pub fn payload(&self) -> std::borrow::Cow<'_, [u8]> {
+        use std::borrow::Cow;
+        if self.raw || self.content.first() != Some(&b'"') {
+            return Cow::Borrowed(&self.content);
+        }
+        match serde_json::from_slice::<String>(&self.content) {
+            Ok(s) => Cow::Owned(s.into_bytes()),
+            Err(_) => Cow::Borrowed(&self.content),
+        }
     }
 
     /// Gives the message an id (random, UUID-shaped) and a timestamp (now) when it has none.
@@ -283,6 +451,10 @@ impl Message {
                 Some(e) => serde_json::json!({ "error": e }).to_string().into_bytes(),
                 None => b"null".to_vec(),
             },
+            qos: 1,
+            retain: false,
+            raw: false,
+            extra: None,
         }
     }
 }
@@ -386,6 +558,10 @@ mod tests {
             operation: "update".into(),
             resource: "devices/valve-1".into(),
             content: br#"{"open":true,"level":0.5}"#.to_vec(),
+            qos: 1,
+            retain: false,
+            raw: false,
+            extra: None,
         }
     }
 
@@ -399,6 +575,61 @@ mod tests {
         for cut in 0..header_len {
             assert!(Message::decode(&bytes[..cut]).is_err(), "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn mqtt_attributes_round_trip_in_the_binary_form() {
+        let m = Message {
+            qos: 2,
+            retain: true,
+            raw: true,
+            content: vec![0, 159, 146, 150],
+            extra: Some(Box::new(Extra {
+                expires_at: 1_700_000_060_000,
+                content_type: "application/octet-stream".into(),
+                payload_utf8: false,
+                user: vec![("k".into(), "v".into()), ("k".into(), "w".into())],
+                response_topic: "r/1".into(),
+                correlation: vec![1, 2],
+            })),
+            ..sample()
+        };
+        let bytes = m.encode().unwrap();
+        assert_eq!(Message::decode(&bytes).unwrap(), m);
+        let header_len = bytes.len() - m.content.len();
+        for cut in 0..header_len {
+            assert!(Message::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        // Without the extra block the flags still carry QoS, retain and raw.
+        let plain = Message { extra: None, ..m };
+        assert_eq!(Message::decode(&plain.encode().unwrap()).unwrap(), plain);
+    }
+
+    #[test]
+    fn mqtt_payloads_as_json_content_and_back() {
+        let raw = |content: &[u8]| Message {
+            raw: true,
+            content: content.to_vec(),
+            ..sample()
+        };
+        assert_eq!(raw(br#"{"t":21.5}"#).json_content(), r#"{"t":21.5}"#);
+        assert_eq!(raw(b"21.5").json_content(), "21.5");
+        assert_eq!(raw(b"on \"now\"").json_content(), r#""on \"now\"""#);
+        assert_eq!(raw(b"").json_content(), "null");
+        assert_eq!(raw(&[0xff, 0, 1]).json_content(), r#""/wAB""#);
+        // Every form is valid JSON inside the whole message.
+        for m in [raw(b"on"), raw(&[0xff, 0, 1]), raw(b"{\"a\":1}")] {
+            let v: serde_json::Value = serde_json::from_str(&m.to_json()).unwrap();
+            assert!(v["content"].is_string() || v["content"].is_object());
+        }
+        // JSON content reaches MQTT as its text, a JSON string as the string itself.
+        let json = |content: &str| Message {
+            content: content.as_bytes().to_vec(),
+            ..sample()
+        };
+        assert_eq!(&*json(r#"{"a":1}"#).payload(), br#"{"a":1}"#);
+        assert_eq!(&*json(r#""on\n""#).payload(), b"on\n");
+        assert_eq!(&*raw(br#""quoted""#).payload(), br#""quoted""#);
     }
 
     #[test]

@@ -35,6 +35,7 @@ pub struct Queue {
     added_tx: Sender<()>,
     added_rx: Receiver<()>,
     appends: Sender<Append>,
+    fsync: Fsync,
 }
 
 impl Queue {
@@ -55,6 +56,7 @@ impl Queue {
             added_tx,
             added_rx,
             appends,
+            fsync: config.fsync,
         });
         smol::spawn(append_task(Arc::downgrade(&queue), requests)).detach();
         if config.fsync == Fsync::Periodic {
@@ -114,6 +116,33 @@ impl Queue {
                 .recv()
                 .await
                 .unwrap_or_else(|_| Err("the queue is closed".into()))
+        }
+    }
+
+    /// Appends `record` now, from the caller's thread, without waiting for the fsync policy (see
+    /// [`sync`](Self::sync)): once this returns, the record survives the end of the process
+    /// (not a power cut). For deliveries to a durable session, which must be written before the
+    /// link acknowledges them.
+    ///
+    /// Errors: the queue or the disk is full.
+    pub fn append_now(&self, record: &[u8]) -> Result<u64, String> {
+        let seq = {
+            let mut log = self.lock();
+            let seq = log.append_unsynced(&[record]).map_err(|e| e.to_string())?;
+            self.visible.store(log.next_seq(), Ordering::Release);
+            seq
+        };
+        let _ = self.added_tx.try_send(());
+        Ok(seq)
+    }
+
+    /// Syncs what [`append_now`](Self::append_now) wrote, as the fsync policy asks (nothing for
+    /// `never`).
+    pub fn sync(&self) -> io::Result<()> {
+        match self.fsync {
+            Fsync::Always => self.lock().sync(),
+            // `periodic`: the queue's own task syncs every second.
+            Fsync::Periodic | Fsync::Never => Ok(()),
         }
     }
 

@@ -120,7 +120,12 @@ pub async fn run(config: CloudConfig, shutdown: Shutdown) -> Result<(), String> 
     ));
     let _lock = crate::queue::lock_dir(&config.queues.dir)?;
     let queues = NodeQueues::open(&config.queues)?;
-    let local = Arc::new(Local::new(config.apps.request_timeout));
+    let (local, sessions) = crate::mqtt::open_core(
+        &config.queues.dir,
+        config.apps.request_timeout,
+        &config.mqtt,
+        &config.queues,
+    )?;
     let (active, all_done) = smol::channel::bounded::<()>(1);
     let cloud = Arc::new(Cloud {
         config: config.clone(),
@@ -138,8 +143,10 @@ pub async fn run(config: CloudConfig, shutdown: Shutdown) -> Result<(), String> 
         route: Route::Cloud(queues),
         max_message_bytes: config.apps.max_message_bytes,
         nodes: Some(Box::new(move || nodes_json(&listing.0, &listing.1))),
+        sessions: sessions.clone(),
     });
-    crate::apps::start(&config.apps, apps, shutdown.clone())?;
+    crate::apps::start(&config.apps, apps.clone(), shutdown.clone())?;
+    crate::mqtt::start(&config.mqtt, apps, sessions, shutdown.clone())?;
 
     if let Some(addr) = config.websocket {
         let listener = Async::<TcpListener>::bind(addr)

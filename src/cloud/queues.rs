@@ -37,6 +37,8 @@ impl NodeQueues {
             // still the node's queue.
             let is_dir = std::fs::metadata(entry.path()).is_ok_and(|m| m.is_dir());
             match name.to_str().map(|n| (n, valid_id(n))) {
+                // The hub's own folders and files beside the queues (no node id starts so).
+                Some((n, _)) if n.starts_with('_') => {}
                 Some((node, Ok(()))) if is_dir => {
                     queues.node(node)?;
                 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{
-    AppsConfig, Checker, ConfigError, Congestion, QueueConfig, RawApps, RawQueue, SideDefaults,
-    parse_file, parse_str,
+    AppsConfig, Checker, ConfigError, Congestion, MqttConfig, QueueConfig, RawApps, RawMqtt,
+    RawQueue, SideDefaults, parse_file, parse_str,
 };
 
 /// The cloud's defaults for the sections hub adds.
@@ -24,6 +24,7 @@ const DEFAULTS: SideDefaults = SideDefaults {
 struct RawFile {
     cloudhub: Option<RawCloudHub>,
     apps: Option<RawApps>,
+    mqtt: Option<RawMqtt>,
     queues: Option<RawQueue>,
 }
 
@@ -75,6 +76,8 @@ pub struct CloudConfig {
     pub node_limit: usize,
     /// `apps`: the local application endpoint.
     pub apps: AppsConfig,
+    /// `mqtt`: the MQTT listener.
+    pub mqtt: MqttConfig,
     /// `queues`: the per-node durable queues (limits are per node).
     pub queues: QueueConfig,
 }
@@ -95,6 +98,7 @@ impl CloudConfig {
     fn validate(file: &Path, raw: RawFile) -> Result<Self, ConfigError> {
         let c = Checker::new(file);
         let apps = c.apps(raw.apps, DEFAULTS.listen)?;
+        let mqtt = c.mqtt(raw.mqtt, "127.0.0.1:1884", &apps)?;
         let queues = c.queue("queues", raw.queues, &DEFAULTS)?;
         let Some(raw) = raw.cloudhub else {
             return Err(c.invalid("cloudhub", "is required"));
@@ -156,6 +160,7 @@ impl CloudConfig {
             node_limit: c.count("cloudhub.node-limit", raw.node_limit, 1000, 1, 1_000_000)?
                 as usize,
             apps,
+            mqtt,
             queues,
         })
     }

@@ -6,8 +6,8 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use super::{
-    AppsConfig, Checker, ConfigError, Congestion, QueueConfig, RawApps, RawQueue, SideDefaults,
-    parse_file, parse_str, valid_id,
+    AppsConfig, Checker, ConfigError, Congestion, MqttConfig, QueueConfig, RawApps, RawMqtt,
+    RawQueue, SideDefaults, parse_file, parse_str, valid_id,
 };
 
 /// The edge's defaults for the sections hub adds.
@@ -28,6 +28,7 @@ struct RawFile {
     quic: Option<RawLink>,
     controller: Option<RawController>,
     apps: Option<RawApps>,
+    mqtt: Option<RawMqtt>,
     outbox: Option<RawQueue>,
 }
 
@@ -296,6 +297,8 @@ pub struct EdgeConfig {
     pub fallback: Option<Fallback>,
     /// `apps`: the local application endpoint.
     pub apps: AppsConfig,
+    /// `mqtt`: the MQTT listener.
+    pub mqtt: MqttConfig,
     /// `outbox`: the durable outbox of messages for the cloud.
     pub outbox: QueueConfig,
 }
@@ -470,6 +473,7 @@ impl EdgeConfig {
             raw.quic.as_ref().and_then(|q| q.congestion.as_deref()),
         )?;
 
+        let apps = c.apps(raw.apps, DEFAULTS.listen)?;
         Ok(EdgeConfig {
             protocol,
             endpoint,
@@ -494,7 +498,8 @@ impl EdgeConfig {
             backoff_max,
             fast_attempts_for,
             fallback,
-            apps: c.apps(raw.apps, DEFAULTS.listen)?,
+            mqtt: c.mqtt(raw.mqtt, "127.0.0.1:1883", &apps)?,
+            apps,
             outbox: c.queue("outbox", raw.outbox, &DEFAULTS)?,
         })
     }

@@ -380,6 +380,64 @@ struct RawApps {
 }
 
 #[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, expecting = "a map of mqtt settings")]
+struct RawMqtt {
+    listen: Option<String>,
+    #[serde(rename = "tls-listen")]
+    tls_listen: Option<String>,
+    #[serde(rename = "tls-cert")]
+    tls_cert: Option<PathBuf>,
+    #[serde(rename = "tls-key")]
+    tls_key: Option<PathBuf>,
+    #[serde(rename = "tls-ca")]
+    tls_ca: Option<PathBuf>,
+    #[serde(rename = "password-file")]
+    password_file: Option<PathBuf>,
+    #[serde(rename = "max-connections")]
+    max_connections: Option<i64>,
+    #[serde(rename = "max-packet-bytes")]
+    max_packet_bytes: Option<i64>,
+    #[serde(rename = "max-session-messages")]
+    max_session_messages: Option<i64>,
+    #[serde(rename = "max-session-bytes")]
+    max_session_bytes: Option<i64>,
+    #[serde(rename = "max-session-expiry")]
+    max_session_expiry: Option<i64>,
+}
+
+/// The `mqtt` section: the MQTT 3.1.1 / 5.0 listener (docs/mqtt.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MqttConfig {
+    /// `mqtt.listen`: the plain TCP address; `None` when set to `off`.
+    pub listen: Option<std::net::SocketAddr>,
+    /// `mqtt.tls-listen`: the MQTT-over-TLS address, if any, with `tls-cert`, `tls-key` and
+    /// (requiring client certificates) `tls-ca`.
+    pub tls_listen: Option<std::net::SocketAddr>,
+    /// `mqtt.tls-cert`.
+    pub tls_cert: Option<PathBuf>,
+    /// `mqtt.tls-key`.
+    pub tls_key: Option<PathBuf>,
+    /// `mqtt.tls-ca`.
+    pub tls_ca: Option<PathBuf>,
+    /// `mqtt.password-file`: user names and password hashes in `mosquitto_passwd`'s format;
+    /// when set, a CONNECT must carry a user name and password found there.
+    pub password_file: Option<PathBuf>,
+    /// `mqtt.max-connections`: MQTT connections open at once, plain and TLS together.
+    pub max_connections: usize,
+    /// `mqtt.max-packet-bytes`: the largest MQTT packet a client may send (MQTT 5.0's Maximum
+    /// Packet Size).
+    pub max_packet_bytes: usize,
+    /// `mqtt.max-session-messages`, `mqtt.max-session-bytes`: what one durable session keeps at
+    /// most while its client is away.
+    pub max_session_messages: u64,
+    /// See `max_session_messages`.
+    pub max_session_bytes: u64,
+    /// `mqtt.max-session-expiry`: the longest a session outlives its client's connection, in
+    /// seconds; MQTT 3.1.1 persistent sessions get this (default: no limit).
+    pub max_session_expiry: u32,
+}
+
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, expecting = "a map of queue settings")]
 struct RawQueue {
     dir: Option<PathBuf>,
@@ -452,6 +510,84 @@ impl Checker<'_> {
                 10.0,
                 1.0,
             )?,
+        })
+    }
+
+    fn address(&self, key: &str, text: &str) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        if text == "off" {
+            return Ok(None);
+        }
+        text.parse()
+            .map(Some)
+            .map_err(|_| self.invalid(key, format!("{text:?} is not IP:PORT (or off)")))
+    }
+
+    fn mqtt(
+        &self,
+        raw: Option<RawMqtt>,
+        listen_default: &str,
+        apps: &AppsConfig,
+    ) -> Result<MqttConfig, ConfigError> {
+        let raw = raw.unwrap_or_default();
+        let listen = self.address(
+            "mqtt.listen",
+            raw.listen.as_deref().unwrap_or(listen_default),
+        )?;
+        let tls_listen = self.address(
+            "mqtt.tls-listen",
+            raw.tls_listen.as_deref().unwrap_or("off"),
+        )?;
+        let file = |p: Option<PathBuf>| {
+            p.filter(|p| !p.as_os_str().is_empty())
+                .map(|p| self.resolve(&p))
+        };
+        let (tls_cert, tls_key, tls_ca) = (file(raw.tls_cert), file(raw.tls_key), file(raw.tls_ca));
+        if tls_listen.is_some() && (tls_cert.is_none() || tls_key.is_none()) {
+            return Err(self.invalid("mqtt.tls-listen", "needs mqtt.tls-cert and mqtt.tls-key"));
+        }
+        let default_packet = (apps.max_message_bytes + 65536) as i64;
+        Ok(MqttConfig {
+            listen,
+            tls_listen,
+            tls_cert,
+            tls_key,
+            tls_ca,
+            password_file: file(raw.password_file),
+            max_connections: self.count(
+                "mqtt.max-connections",
+                raw.max_connections,
+                DEFAULT_MAX_APP_CONNECTIONS,
+                1,
+                MAX_APP_CONNECTIONS,
+            )? as usize,
+            max_packet_bytes: self.count(
+                "mqtt.max-packet-bytes",
+                raw.max_packet_bytes,
+                default_packet,
+                64,
+                crate::proto::MAX_FRAME as i64,
+            )? as usize,
+            max_session_messages: self.count(
+                "mqtt.max-session-messages",
+                raw.max_session_messages,
+                100_000,
+                1,
+                100_000_000,
+            )?,
+            max_session_bytes: self.count(
+                "mqtt.max-session-bytes",
+                raw.max_session_bytes,
+                100 << 20,
+                1 << 16,
+                1 << 40,
+            )?,
+            max_session_expiry: self.count(
+                "mqtt.max-session-expiry",
+                raw.max_session_expiry,
+                u32::MAX as i64,
+                0,
+                u32::MAX as i64,
+            )? as u32,
         })
     }
 

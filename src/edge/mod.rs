@@ -25,7 +25,6 @@ use smol::future::FutureExt;
 use crate::apps::{Apps, Route};
 use crate::config::{EdgeConfig, Endpoint, Fallback, Protocol};
 use crate::exchange::{Exchange, LaneStores};
-use crate::local::Local;
 use crate::proto::backoff::Backoff;
 use crate::proto::frame::{Hello, HelloLane, encode_len_prefixed};
 use crate::proto::{ALPN, CloseCode, Event, Session, VERSION};
@@ -84,14 +83,21 @@ pub async fn run(config: EdgeConfig, shutdown: Shutdown) -> Result<(), String> {
     let _lock = crate::queue::lock_dir(dir)?;
     let outbox =
         Arc::new(LaneStores::open(dir, &config.outbox).map_err(|e| format!("the outbox: {e}"))?);
-    let local = Arc::new(Local::new(config.apps.request_timeout));
+    let (local, sessions) = crate::mqtt::open_core(
+        dir,
+        config.apps.request_timeout,
+        &config.mqtt,
+        &config.outbox,
+    )?;
     let apps = Arc::new(Apps {
         local: local.clone(),
         route: Route::Edge(outbox.clone()),
         max_message_bytes: config.apps.max_message_bytes,
         nodes: None,
+        sessions: sessions.clone(),
     });
-    crate::apps::start(&config.apps, apps, shutdown.clone())?;
+    crate::apps::start(&config.apps, apps.clone(), shutdown.clone())?;
+    crate::mqtt::start(&config.mqtt, apps, sessions, shutdown.clone())?;
     if !outbox.is_empty() {
         log::info!("{} message(s) waiting in the outbox", outbox.len());
     }

@@ -6,6 +6,10 @@
 //!
 //! Sans-IO: [`Decoder::decode`] takes bytes and returns packets; [`encode`] appends a packet's
 //! bytes to a buffer.
+//!
+//! Fields carry the MQTT 5.0 specification's names; each type names the section that defines
+//! them.
+#![allow(missing_docs)]
 
 use bytes::Bytes;
 
@@ -291,6 +295,24 @@ pub struct Decoder {
     max_packet_bytes: usize,
 }
 
+/// The fixed header at the front of `buf` (MQTT 5.0 section 2.1.1, 1.5.5): the packet's total
+/// size, once its remaining length is complete.
+fn total_size(buf: &[u8]) -> Result<Option<usize>, DecodeError> {
+    let mut remaining = 0usize;
+    for i in 0..4 {
+        let Some(&b) = buf.get(1 + i) else {
+            return Ok(None);
+        };
+        remaining |= usize::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Ok(Some(1 + (i + 1) + remaining));
+        }
+    }
+    Err(DecodeError::Malformed(
+        "the remaining length takes more than 4 bytes".into(),
+    ))
+}
+
 impl Decoder {
     /// A decoder for a new connection: its first packet must be a CONNECT; no packet may be
     /// larger than `max_packet_bytes` in all (fixed header included).
@@ -311,23 +333,717 @@ impl Decoder {
     /// how many bytes of `buf` it took. A packet larger than the limit is refused as soon as its
     /// fixed header is complete.
     pub fn decode(&mut self, buf: &[u8]) -> Result<Option<(Packet, usize)>, DecodeError> {
-        let _ = buf;
-        todo!()
+        let Some(&first) = buf.first() else {
+            return Ok(None);
+        };
+        let Some(total) = total_size(buf)? else {
+            return Ok(None);
+        };
+        if total > self.max_packet_bytes {
+            return Err(DecodeError::TooLarge {
+                size: total,
+                max: self.max_packet_bytes,
+            });
+        }
+        if buf.len() < total {
+            return Ok(None);
+        }
+        let bytes = &buf[..total];
+        let is_connect = first >> 4 == 1;
+        let version = match self.version {
+            Some(_) if is_connect => {
+                return Err(DecodeError::Protocol("a second CONNECT".into()));
+            }
+            Some(v) => v,
+            None if !is_connect => {
+                return Err(DecodeError::Protocol(
+                    "the first packet is not a CONNECT".into(),
+                ));
+            }
+            None => connect_version(bytes)?,
+        };
+        let malformed = |e: String| DecodeError::Malformed(e);
+        let packet = match version {
+            Version::V311 => match mqtt_proto::v3::Packet::decode(bytes) {
+                Ok(Some(p)) => from_v3(p),
+                Ok(None) => return Err(malformed("the packet ends early".into())),
+                Err(e) => return Err(malformed(e.to_string())),
+            },
+            Version::V5 => match mqtt_proto::v5::Packet::decode(bytes) {
+                Ok(Some(p)) => from_v5(p)?,
+                Ok(None) => return Err(malformed("the packet ends early".into())),
+                Err(e) => return Err(malformed(e.to_string())),
+            },
+        };
+        if let Packet::Publish(p) = &packet {
+            if p.payload.len() + 2 > total {
+                return Err(malformed("the payload is longer than the packet".into()));
+            }
+        }
+        self.version = Some(version);
+        Ok(Some((packet, total)))
     }
 
     /// How many bytes the packet at the front of `buf` takes in all, once its fixed header is
     /// complete (at most 5 bytes); `None` before. Never more than the limit (a larger packet is
     /// an error of [`decode`](Self::decode)).
     pub fn needed(&self, buf: &[u8]) -> Option<usize> {
-        let _ = buf;
-        todo!()
+        total_size(buf)
+            .ok()
+            .flatten()
+            .map(|t| t.min(self.max_packet_bytes))
+    }
+}
+
+/// The version a CONNECT asks for: its protocol name and level (MQTT 5.0 section 3.1.2.1-2).
+fn connect_version(bytes: &[u8]) -> Result<Version, DecodeError> {
+    let mut at = 1;
+    while bytes.get(at).is_some_and(|b| b & 0x80 != 0) {
+        at += 1;
+    }
+    at += 1;
+    let len = bytes
+        .get(at..at + 2)
+        .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+        .ok_or_else(|| DecodeError::Malformed("CONNECT without a protocol name".into()))?;
+    let name = bytes
+        .get(at + 2..at + 2 + len)
+        .ok_or_else(|| DecodeError::Malformed("CONNECT without a protocol name".into()))?;
+    let level = *bytes
+        .get(at + 2 + len)
+        .ok_or_else(|| DecodeError::Malformed("CONNECT without a protocol level".into()))?;
+    match (name, level) {
+        (b"MQTT", 4) | (b"MQIsdp", 3) => Ok(Version::V311),
+        (b"MQTT", 5) => Ok(Version::V5),
+        (b"MQTT" | b"MQIsdp", level) => Err(DecodeError::UnsupportedVersion(level)),
+        _ => Err(DecodeError::Protocol(format!(
+            "protocol name {:?} is not MQTT",
+            String::from_utf8_lossy(name)
+        ))),
+    }
+}
+
+fn qos_pid(qp: mqtt_proto::QosPid) -> (u8, Option<u16>) {
+    match qp {
+        mqtt_proto::QosPid::Level0 => (0, None),
+        mqtt_proto::QosPid::Level1(p) => (1, Some(p.value())),
+        mqtt_proto::QosPid::Level2(p) => (2, Some(p.value())),
+    }
+}
+
+fn user(props: &[mqtt_proto::v5::UserProperty]) -> Vec<UserProperty> {
+    props
+        .iter()
+        .map(|u| (u.name.to_string(), u.value.to_string()))
+        .collect()
+}
+
+fn from_v3(p: mqtt_proto::v3::Packet) -> Packet {
+    use mqtt_proto::v3::Packet as P;
+    let ack = |pid: mqtt_proto::Pid| PubAck {
+        pid: pid.value(),
+        ..PubAck::default()
+    };
+    match p {
+        P::Connect(c) => Packet::Connect(Box::new(Connect {
+            version: Version::V311,
+            client_id: c.client_id.to_string(),
+            clean_start: c.clean_session,
+            keep_alive: c.keep_alive,
+            username: c.username.map(|u| u.to_string()),
+            password: c.password,
+            will: c.last_will.map(|w| Will {
+                topic: w.topic_name.to_string(),
+                payload: w.message,
+                qos: w.qos as u8,
+                retain: w.retain,
+                props: PublishProps::default(),
+                delay: None,
+            }),
+            session_expiry: None,
+            receive_maximum: None,
+            maximum_packet_size: None,
+            topic_alias_maximum: None,
+            request_response_info: None,
+            request_problem_info: None,
+            auth_method: None,
+            user: Vec::new(),
+        })),
+        P::Connack(c) => Packet::Connack(Connack {
+            session_present: c.session_present,
+            code: c.code as u8,
+            props: ConnackProps::default(),
+        }),
+        P::Publish(p) => {
+            let (qos, pid) = qos_pid(p.qos_pid);
+            Packet::Publish(Publish {
+                topic: p.topic_name.to_string(),
+                qos,
+                pid,
+                retain: p.retain,
+                dup: p.dup,
+                payload: p.payload,
+                props: PublishProps::default(),
+            })
+        }
+        P::Puback(pid) => Packet::Puback(ack(pid)),
+        P::Pubrec(pid) => Packet::Pubrec(ack(pid)),
+        P::Pubrel(pid) => Packet::Pubrel(ack(pid)),
+        P::Pubcomp(pid) => Packet::Pubcomp(ack(pid)),
+        P::Subscribe(s) => Packet::Subscribe(Subscribe {
+            pid: s.pid.value(),
+            subscription_id: None,
+            filters: s
+                .topics
+                .into_iter()
+                .map(|(f, q)| {
+                    (
+                        f.to_string(),
+                        SubOptions {
+                            qos: q as u8,
+                            ..SubOptions::default()
+                        },
+                    )
+                })
+                .collect(),
+            user: Vec::new(),
+        }),
+        P::Suback(s) => Packet::Suback(FilterAck {
+            pid: s.pid.value(),
+            codes: Vec::new(),
+            reason_string: None,
+        }),
+        P::Unsubscribe(u) => Packet::Unsubscribe(Unsubscribe {
+            pid: u.pid.value(),
+            filters: u.topics.into_iter().map(|f| f.to_string()).collect(),
+        }),
+        P::Unsuback(pid) => Packet::Unsuback(FilterAck {
+            pid: pid.value(),
+            ..FilterAck::default()
+        }),
+        P::Pingreq => Packet::Pingreq,
+        P::Pingresp => Packet::Pingresp,
+        P::Disconnect => Packet::Disconnect(Disconnect::default()),
+    }
+}
+
+fn publish_props(p: &mqtt_proto::v5::PublishProperties) -> PublishProps {
+    PublishProps {
+        payload_utf8: p.payload_is_utf8,
+        message_expiry: p.message_expiry_interval,
+        content_type: p.content_type.as_ref().map(|c| c.to_string()),
+        response_topic: p.response_topic.as_ref().map(|t| t.to_string()),
+        correlation_data: p.correlation_data.clone(),
+        user: user(&p.user_properties),
+        subscription_ids: p.subscription_id.map(|i| i.value()).into_iter().collect(),
+        topic_alias: p.topic_alias,
+    }
+}
+
+fn from_v5(p: mqtt_proto::v5::Packet) -> Result<Packet, DecodeError> {
+    use mqtt_proto::v5::Packet as P;
+    Ok(match p {
+        P::Connect(c) => {
+            let pr = &c.properties;
+            Packet::Connect(Box::new(Connect {
+                version: Version::V5,
+                client_id: c.client_id.to_string(),
+                clean_start: c.clean_start,
+                keep_alive: c.keep_alive,
+                username: c.username.as_ref().map(|u| u.to_string()),
+                password: c.password.clone(),
+                will: c.last_will.as_ref().map(|w| Will {
+                    topic: w.topic_name.to_string(),
+                    payload: w.payload.clone(),
+                    qos: w.qos as u8,
+                    retain: w.retain,
+                    props: PublishProps {
+                        payload_utf8: w.properties.payload_is_utf8,
+                        message_expiry: w.properties.message_expiry_interval,
+                        content_type: w.properties.content_type.as_ref().map(|c| c.to_string()),
+                        response_topic: w.properties.response_topic.as_ref().map(|t| t.to_string()),
+                        correlation_data: w.properties.correlation_data.clone(),
+                        user: user(&w.properties.user_properties),
+                        ..PublishProps::default()
+                    },
+                    delay: w.properties.delay_interval,
+                }),
+                session_expiry: pr.session_expiry_interval,
+                receive_maximum: pr.receive_max,
+                maximum_packet_size: pr.max_packet_size,
+                topic_alias_maximum: pr.topic_alias_max,
+                request_response_info: pr.request_response_info,
+                request_problem_info: pr.request_problem_info,
+                auth_method: pr.auth_method.as_ref().map(|m| m.to_string()),
+                user: user(&pr.user_properties),
+            }))
+        }
+        P::Connack(c) => Packet::Connack(Connack {
+            session_present: c.session_present,
+            code: c.reason_code as u8,
+            props: ConnackProps::default(),
+        }),
+        P::Publish(p) => {
+            let (qos, pid) = qos_pid(p.qos_pid);
+            Packet::Publish(Publish {
+                topic: p.topic_name.to_string(),
+                qos,
+                pid,
+                retain: p.retain,
+                dup: p.dup,
+                props: publish_props(&p.properties),
+                payload: p.payload,
+            })
+        }
+        P::Puback(a) => Packet::Puback(PubAck {
+            pid: a.pid.value(),
+            code: a.reason_code as u8,
+            reason_string: None,
+        }),
+        P::Pubrec(a) => Packet::Pubrec(PubAck {
+            pid: a.pid.value(),
+            code: a.reason_code as u8,
+            reason_string: None,
+        }),
+        P::Pubrel(a) => Packet::Pubrel(PubAck {
+            pid: a.pid.value(),
+            code: a.reason_code as u8,
+            reason_string: None,
+        }),
+        P::Pubcomp(a) => Packet::Pubcomp(PubAck {
+            pid: a.pid.value(),
+            code: a.reason_code as u8,
+            reason_string: None,
+        }),
+        P::Subscribe(s) => Packet::Subscribe(Subscribe {
+            pid: s.pid.value(),
+            subscription_id: s.properties.subscription_id.map(|i| i.value()),
+            filters: s
+                .topics
+                .iter()
+                .map(|(f, o)| {
+                    (
+                        f.to_string(),
+                        SubOptions {
+                            qos: o.max_qos as u8,
+                            no_local: o.no_local,
+                            retain_as_published: o.retain_as_published,
+                            retain_handling: o.retain_handling as u8,
+                        },
+                    )
+                })
+                .collect(),
+            user: user(&s.properties.user_properties),
+        }),
+        P::Suback(s) => Packet::Suback(FilterAck {
+            pid: s.pid.value(),
+            ..FilterAck::default()
+        }),
+        P::Unsubscribe(u) => Packet::Unsubscribe(Unsubscribe {
+            pid: u.pid.value(),
+            filters: u.topics.iter().map(|f| f.to_string()).collect(),
+        }),
+        P::Unsuback(u) => Packet::Unsuback(FilterAck {
+            pid: u.pid.value(),
+            ..FilterAck::default()
+        }),
+        P::Pingreq => Packet::Pingreq,
+        P::Pingresp => Packet::Pingresp,
+        P::Disconnect(d) => Packet::Disconnect(Disconnect {
+            code: d.reason_code as u8,
+            session_expiry: d.properties.session_expiry_interval,
+            reason_string: d.properties.reason_string.as_ref().map(|r| r.to_string()),
+        }),
+        P::Auth(a) => Packet::Auth(a.reason_code as u8),
+    })
+}
+
+fn pid(p: u16) -> Result<mqtt_proto::Pid, String> {
+    mqtt_proto::Pid::try_from(p).map_err(|e| e.to_string())
+}
+
+fn qos(q: u8) -> Result<mqtt_proto::QoS, String> {
+    mqtt_proto::QoS::from_u8(q).map_err(|e| e.to_string())
+}
+
+fn arc(s: &Option<String>) -> Option<std::sync::Arc<str>> {
+    s.as_deref().map(std::sync::Arc::from)
+}
+
+/// The MQTT 3.1.1 CONNACK return code nearest to a v5 reason code (MQTT 3.1.1 section 3.2.2.3).
+fn v3_return_code(code: u8) -> mqtt_proto::v3::ConnectReturnCode {
+    use mqtt_proto::v3::ConnectReturnCode as C;
+    match code {
+        0 => C::Accepted,
+        reason::UNSUPPORTED_PROTOCOL_VERSION => C::UnacceptableProtocolVersion,
+        reason::CLIENT_IDENTIFIER_NOT_VALID => C::IdentifierRejected,
+        reason::BAD_USER_NAME_OR_PASSWORD => C::BadUserNameOrPassword,
+        reason::NOT_AUTHORIZED | reason::BAD_AUTHENTICATION_METHOD => C::NotAuthorized,
+        _ => C::ServerUnavailable,
     }
 }
 
 /// Appends `packet`'s bytes, as `version` writes it, to `out`. Properties a version lacks are
 /// left out. Errors: a field over its wire limit (a string over 65535 bytes, a packet over
-/// 268435455 bytes).
+/// 268435455 bytes), or a value the version cannot carry.
 pub fn encode(version: Version, packet: &Packet, out: &mut Vec<u8>) -> Result<(), String> {
-    let _ = (version, packet, out);
-    todo!()
+    match version {
+        Version::V311 => {
+            let Some(p) = to_v3(packet)? else {
+                return Ok(());
+            };
+            let bytes = p.encode().map_err(|e| e.to_string())?;
+            out.extend_from_slice(bytes.as_ref());
+        }
+        Version::V5 => {
+            let bytes = to_v5(packet)?.encode().map_err(|e| e.to_string())?;
+            out.extend_from_slice(bytes.as_ref());
+        }
+    }
+    Ok(())
+}
+
+/// The MQTT 3.1.1 form of `packet`; `None` for what 3.1.1 has no packet for (a server's
+/// DISCONNECT, AUTH).
+fn to_v3(packet: &Packet) -> Result<Option<mqtt_proto::v3::Packet>, String> {
+    use mqtt_proto::v3;
+    Ok(Some(match packet {
+        Packet::Connack(c) => v3::Packet::Connack(v3::Connack {
+            session_present: c.session_present,
+            code: v3_return_code(c.code),
+        }),
+        Packet::Publish(p) => {
+            let qos_pid = match (p.qos, p.pid) {
+                (0, _) => mqtt_proto::QosPid::Level0,
+                (1, Some(id)) => mqtt_proto::QosPid::Level1(pid(id)?),
+                (2, Some(id)) => mqtt_proto::QosPid::Level2(pid(id)?),
+                _ => return Err("a QoS 1 or 2 PUBLISH needs a packet identifier".into()),
+            };
+            let mut publish = v3::Publish::new(
+                qos_pid,
+                mqtt_proto::TopicName::try_from(p.topic.as_str()).map_err(|e| e.to_string())?,
+                p.payload.clone(),
+            );
+            publish.dup = p.dup;
+            publish.retain = p.retain;
+            v3::Packet::Publish(publish)
+        }
+        Packet::Puback(a) => v3::Packet::Puback(pid(a.pid)?),
+        Packet::Pubrec(a) => v3::Packet::Pubrec(pid(a.pid)?),
+        Packet::Pubrel(a) => v3::Packet::Pubrel(pid(a.pid)?),
+        Packet::Pubcomp(a) => v3::Packet::Pubcomp(pid(a.pid)?),
+        Packet::Suback(s) => v3::Packet::Suback(v3::Suback {
+            pid: pid(s.pid)?,
+            topics: s
+                .codes
+                .iter()
+                .map(|c| match c {
+                    0 => v3::SubscribeReturnCode::MaxLevel0,
+                    1 => v3::SubscribeReturnCode::MaxLevel1,
+                    2 => v3::SubscribeReturnCode::MaxLevel2,
+                    _ => v3::SubscribeReturnCode::Failure,
+                })
+                .collect(),
+        }),
+        Packet::Unsuback(s) => v3::Packet::Unsuback(pid(s.pid)?),
+        Packet::Pingreq => v3::Packet::Pingreq,
+        Packet::Pingresp => v3::Packet::Pingresp,
+        Packet::Connect(c) => {
+            let mut connect = v3::Connect::new(
+                std::sync::Arc::<str>::from(c.client_id.as_str()),
+                c.keep_alive,
+            );
+            connect.clean_session = c.clean_start;
+            connect.username = c.username.as_deref().map(std::sync::Arc::<str>::from);
+            connect.password = c.password.clone();
+            v3::Packet::Connect(connect)
+        }
+        Packet::Subscribe(s) => v3::Packet::Subscribe(v3::Subscribe::new(
+            pid(s.pid)?,
+            s.filters
+                .iter()
+                .map(|(f, o)| {
+                    Ok((
+                        mqtt_proto::TopicFilter::try_from(f.as_str()).map_err(|e| e.to_string())?,
+                        qos(o.qos)?,
+                    ))
+                })
+                .collect::<Result<_, String>>()?,
+        )),
+        Packet::Unsubscribe(u) => v3::Packet::Unsubscribe(v3::Unsubscribe::new(
+            pid(u.pid)?,
+            u.filters
+                .iter()
+                .map(|f| mqtt_proto::TopicFilter::try_from(f.as_str()).map_err(|e| e.to_string()))
+                .collect::<Result<_, String>>()?,
+        )),
+        Packet::Disconnect(_) => v3::Packet::Disconnect,
+        Packet::Auth(_) => return Ok(None),
+    }))
+}
+
+fn to_v5(packet: &Packet) -> Result<mqtt_proto::v5::Packet, String> {
+    use mqtt_proto::v5;
+    let user_props = |u: &[UserProperty]| -> Vec<v5::UserProperty> {
+        u.iter()
+            .map(|(n, v)| v5::UserProperty {
+                name: std::sync::Arc::from(n.as_str()),
+                value: std::sync::Arc::from(v.as_str()),
+            })
+            .collect()
+    };
+    Ok(match packet {
+        Packet::Connack(c) => {
+            let code = v5::ConnectReasonCode::from_u8(c.code)
+                .ok_or_else(|| format!("{:#x} is no CONNACK reason code", c.code))?;
+            let mut ack = v5::Connack::new(c.session_present, code);
+            let p = &c.props;
+            let props = &mut ack.properties;
+            props.session_expiry_interval = p.session_expiry;
+            props.receive_max = p.receive_maximum;
+            props.max_qos = p.maximum_qos.map(qos).transpose()?;
+            props.retain_available = p.retain_available;
+            props.max_packet_size = p.maximum_packet_size;
+            props.assigned_client_id = arc(&p.assigned_client_id);
+            props.topic_alias_max = p.topic_alias_maximum;
+            props.reason_string = arc(&p.reason_string);
+            props.wildcard_subscription_available = p.wildcard_available;
+            props.subscription_id_available = p.subscription_ids_available;
+            props.shared_subscription_available = p.shared_available;
+            props.server_keep_alive = p.server_keep_alive;
+            props.response_info = arc(&p.response_info);
+            v5::Packet::Connack(ack)
+        }
+        Packet::Publish(p) => {
+            let qos_pid = match (p.qos, p.pid) {
+                (0, _) => mqtt_proto::QosPid::Level0,
+                (1, Some(id)) => mqtt_proto::QosPid::Level1(pid(id)?),
+                (2, Some(id)) => mqtt_proto::QosPid::Level2(pid(id)?),
+                _ => return Err("a QoS 1 or 2 PUBLISH needs a packet identifier".into()),
+            };
+            let mut publish = v5::Publish::new(
+                qos_pid,
+                mqtt_proto::TopicName::try_from(p.topic.as_str()).map_err(|e| e.to_string())?,
+                p.payload.clone(),
+            );
+            publish.dup = p.dup;
+            publish.retain = p.retain;
+            let pr = &p.props;
+            let props = &mut publish.properties;
+            props.payload_is_utf8 = pr.payload_utf8;
+            props.message_expiry_interval = pr.message_expiry;
+            props.topic_alias = pr.topic_alias;
+            props.response_topic = pr
+                .response_topic
+                .as_deref()
+                .map(mqtt_proto::TopicName::try_from)
+                .transpose()
+                .map_err(|e| e.to_string())?;
+            props.correlation_data = pr.correlation_data.clone();
+            props.user_properties = user_props(&pr.user);
+            props.subscription_id = pr
+                .subscription_ids
+                .first()
+                .map(|&i| v5::VarByteInt::try_from(i).map_err(|e| e.to_string()))
+                .transpose()?;
+            props.content_type = arc(&pr.content_type);
+            v5::Packet::Publish(publish)
+        }
+        Packet::Puback(a) => {
+            let code = v5::PubackReasonCode::from_u8(a.code)
+                .ok_or_else(|| format!("{:#x} is no PUBACK reason code", a.code))?;
+            let mut ack = v5::Puback::new(pid(a.pid)?, code);
+            ack.properties.reason_string = arc(&a.reason_string);
+            v5::Packet::Puback(ack)
+        }
+        Packet::Pubrec(a) => {
+            let code = v5::PubrecReasonCode::from_u8(a.code)
+                .ok_or_else(|| format!("{:#x} is no PUBREC reason code", a.code))?;
+            let mut ack = v5::Pubrec::new(pid(a.pid)?, code);
+            ack.properties.reason_string = arc(&a.reason_string);
+            v5::Packet::Pubrec(ack)
+        }
+        Packet::Pubrel(a) => {
+            let code = v5::PubrelReasonCode::from_u8(a.code)
+                .ok_or_else(|| format!("{:#x} is no PUBREL reason code", a.code))?;
+            let ack = v5::Pubrel::new(pid(a.pid)?, code);
+            v5::Packet::Pubrel(ack)
+        }
+        Packet::Pubcomp(a) => {
+            let code = v5::PubcompReasonCode::from_u8(a.code)
+                .ok_or_else(|| format!("{:#x} is no PUBCOMP reason code", a.code))?;
+            let ack = v5::Pubcomp::new(pid(a.pid)?, code);
+            v5::Packet::Pubcomp(ack)
+        }
+        Packet::Suback(s) => {
+            let codes = s
+                .codes
+                .iter()
+                .map(|&c| {
+                    v5::SubscribeReasonCode::from_u8(c)
+                        .ok_or_else(|| format!("{c:#x} is no SUBACK reason code"))
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            let mut ack = v5::Suback::new(pid(s.pid)?, codes);
+            ack.properties.reason_string = arc(&s.reason_string);
+            v5::Packet::Suback(ack)
+        }
+        Packet::Unsuback(s) => {
+            let codes = s
+                .codes
+                .iter()
+                .map(|&c| {
+                    v5::UnsubscribeReasonCode::from_u8(c)
+                        .ok_or_else(|| format!("{c:#x} is no UNSUBACK reason code"))
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            let mut ack = v5::Unsuback::new(pid(s.pid)?, codes);
+            ack.properties.reason_string = arc(&s.reason_string);
+            v5::Packet::Unsuback(ack)
+        }
+        Packet::Pingreq => v5::Packet::Pingreq,
+        Packet::Pingresp => v5::Packet::Pingresp,
+        Packet::Disconnect(d) => {
+            let code = v5::DisconnectReasonCode::from_u8(d.code)
+                .ok_or_else(|| format!("{:#x} is no DISCONNECT reason code", d.code))?;
+            let mut disconnect = v5::Disconnect::new(code);
+            disconnect.properties.session_expiry_interval = d.session_expiry;
+            disconnect.properties.reason_string = arc(&d.reason_string);
+            v5::Packet::Disconnect(disconnect)
+        }
+        Packet::Auth(code) => {
+            let code = v5::AuthReasonCode::from_u8(*code)
+                .ok_or_else(|| format!("{code:#x} is no AUTH reason code"))?;
+            v5::Packet::Auth(v5::Auth::new(code))
+        }
+        Packet::Connect(c) => {
+            let mut connect = v5::Connect::new(
+                std::sync::Arc::<str>::from(c.client_id.as_str()),
+                c.keep_alive,
+            );
+            connect.clean_start = c.clean_start;
+            connect.properties.session_expiry_interval = c.session_expiry;
+            connect.properties.receive_max = c.receive_maximum;
+            connect.properties.max_packet_size = c.maximum_packet_size;
+            connect.username = c.username.as_deref().map(std::sync::Arc::<str>::from);
+            connect.password = c.password.clone();
+            v5::Packet::Connect(connect)
+        }
+        Packet::Subscribe(s) => {
+            let topics = s
+                .filters
+                .iter()
+                .map(|(f, o)| {
+                    let mut opts = v5::SubscriptionOptions::new(qos(o.qos)?);
+                    opts.no_local = o.no_local;
+                    opts.retain_as_published = o.retain_as_published;
+                    Ok((
+                        mqtt_proto::TopicFilter::try_from(f.as_str()).map_err(|e| e.to_string())?,
+                        opts,
+                    ))
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            v5::Packet::Subscribe(v5::Subscribe::new(pid(s.pid)?, topics))
+        }
+        Packet::Unsubscribe(u) => v5::Packet::Unsubscribe(v5::Unsubscribe::new(
+            pid(u.pid)?,
+            u.filters
+                .iter()
+                .map(|f| mqtt_proto::TopicFilter::try_from(f.as_str()).map_err(|e| e.to_string()))
+                .collect::<Result<_, String>>()?,
+        )),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// mosquitto_pub's CONNECT (MQTT 3.1.1, clean session, keep-alive 60, client id "p").
+    const CONNECT_V311: &[u8] = &[
+        0x10, 0x0d, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3c, 0x00, 0x01, b'p',
+    ];
+
+    #[test]
+    fn a_311_session_decodes_packet_by_packet() {
+        let mut d = Decoder::new(1 << 20);
+        let (p, n) = d.decode(CONNECT_V311).unwrap().unwrap();
+        assert_eq!(n, CONNECT_V311.len());
+        assert!(
+            matches!(p, Packet::Connect(c) if c.client_id == "p" && c.version == Version::V311)
+        );
+        for (bytes, want) in [
+            (&[0x40u8, 0x02, 0x00, 0x07][..], "Puback"),
+            (&[0x62, 0x02, 0x00, 0x07][..], "Pubrel"),
+            (&[0xc0, 0x00][..], "Pingreq"),
+            (&[0xe0, 0x00][..], "Disconnect"),
+            (
+                &[0x32, 0x08, 0x00, 0x01, b't', 0x00, 0x05, b'a', b'b', b'c'][..],
+                "Publish",
+            ),
+            (
+                &[0x82, 0x06, 0x00, 0x01, 0x00, 0x01, b'#', 0x01][..],
+                "Subscribe",
+            ),
+        ] {
+            for cut in 0..bytes.len() {
+                assert_eq!(
+                    d.decode(&bytes[..cut]).unwrap(),
+                    None,
+                    "{want} cut at {cut}"
+                );
+            }
+            let (p, n) = d
+                .decode(bytes)
+                .unwrap_or_else(|e| panic!("{want}: {e}"))
+                .unwrap();
+            assert_eq!(n, bytes.len());
+            assert!(format!("{p:?}").starts_with(want), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn bad_starts_and_sizes_are_refused() {
+        let mut d = Decoder::new(64);
+        assert!(matches!(
+            d.decode(&[0xc0, 0x00]),
+            Err(DecodeError::Protocol(_))
+        ));
+        let mut big = vec![0x10, 0xff, 0x7f];
+        big.extend_from_slice(&[0; 8]);
+        assert!(matches!(d.decode(&big), Err(DecodeError::TooLarge { .. })));
+        assert!(matches!(
+            d.decode(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x01]),
+            Err(DecodeError::Malformed(_))
+        ));
+        let mut level6 = CONNECT_V311.to_vec();
+        level6[8] = 6;
+        assert_eq!(d.decode(&level6), Err(DecodeError::UnsupportedVersion(6)));
+        let mut d = Decoder::new(1 << 20);
+        d.decode(CONNECT_V311).unwrap().unwrap();
+        assert!(matches!(
+            d.decode(CONNECT_V311),
+            Err(DecodeError::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn what_the_server_sends_round_trips_in_both_versions() {
+        for version in [Version::V311, Version::V5] {
+            let publish = Packet::Publish(Publish {
+                topic: "a/b".into(),
+                qos: 1,
+                pid: Some(9),
+                payload: Bytes::from_static(b"x"),
+                ..Publish::default()
+            });
+            let mut out = Vec::new();
+            encode(version, &publish, &mut out).unwrap();
+            let mut d = Decoder::new(1 << 20);
+            d.version = Some(version);
+            let (back, n) = d.decode(&out).unwrap().unwrap();
+            assert_eq!(n, out.len());
+            assert_eq!(back, publish, "{version:?}");
+        }
+    }
 }

@@ -339,7 +339,7 @@ pub fn start_cloud(dir: &Path, pki: &Path, spec: &CloudSpec) -> Cloud {
     std::fs::write(
         &file,
         format!(
-            "cloudhub:\n  protocol_websocket: true\n  port: {}\n  protocol_quic: true\n  quic_port: {}\n  max_incomingstreams: {}\n  address: 127.0.0.1\n  ca: {}\n  cert: {}\n  key: {}\n  keepalive-interval: {}\n  write-timeout: {}\n  node-limit: {}\napps:\n  listen: 127.0.0.1:0\n{}queues:\n  dir: {}\n{}",
+            "cloudhub:\n  protocol_websocket: true\n  port: {}\n  protocol_quic: true\n  quic_port: {}\n  max_incomingstreams: {}\n  address: 127.0.0.1\n  ca: {}\n  cert: {}\n  key: {}\n  keepalive-interval: {}\n  write-timeout: {}\n  node-limit: {}\nmqtt:\n  listen: 127.0.0.1:0\napps:\n  listen: 127.0.0.1:0\n{}queues:\n  dir: {}\n{}",
             spec.ws_port,
             spec.quic_port,
             spec.max_streams,
@@ -448,7 +448,7 @@ impl EdgeSpec {
         std::fs::write(
             &file,
             format!(
-                "{proto}:\n  url: {url}\n  cafile: {ca}\n  certfile: {cert}\n  keyfile: {key}\n  handshake-timeout: {hs}\n  write-deadline: 5\n  read-deadline: {rd}\ncontroller:\n  protocol: {proto}\n  heartbeat: {hb}\n  project-id: proj\n  node-id: {node}\n  backoff-initial: {binit}\n  backoff-max: {bmax}\n{extra}apps:\n  listen: 127.0.0.1:0\n{apps}outbox:\n  dir: {state}\n{outbox}",
+                "{proto}:\n  url: {url}\n  cafile: {ca}\n  certfile: {cert}\n  keyfile: {key}\n  handshake-timeout: {hs}\n  write-deadline: 5\n  read-deadline: {rd}\ncontroller:\n  protocol: {proto}\n  heartbeat: {hb}\n  project-id: proj\n  node-id: {node}\n  backoff-initial: {binit}\n  backoff-max: {bmax}\n{extra}mqtt:\n  listen: 127.0.0.1:0\napps:\n  listen: 127.0.0.1:0\n{apps}outbox:\n  dir: {state}\n{outbox}",
                 proto = self.proto.name(),
                 ca = self.ca.display(),
                 cert = self.cert.display(),
