@@ -472,8 +472,7 @@ impl Hub {
 
     fn take_received(&mut self) {
         while let Some(json) = self.app.try_recv() {
-            self.received
-                .push(json.msg.id.clone());
+            self.received.push(json.msg.id.clone());
         }
     }
 }
