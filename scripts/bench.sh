@@ -6,16 +6,23 @@
 #   COUNT=200000 scripts/bench.sh
 #
 # hub: applications -> edge hub -> cloud hub -> applications (and back), at-least-once, through
-# the real processes and their application endpoints, with target/release/hub-bench as the
-# applications. Mosquitto: an edge broker bridging to a cloud broker over mutual TLS (the same
-# dev PKI), QoS 1 and QoS 0, publisher with a bounded in-flight window (hub-bench mqtt), and
-# request round trips through the bridge. Then the WAN section, scripts/bench-loss.sh: hub and the
+# the real processes and their application endpoints (the WebSocket API; and the MQTT listeners,
+# QoS 1 and QoS 0, with the same MQTT client and bounds as Mosquitto's rows), with
+# target/release/hub-bench as the applications; CPU per message of both hubs, and the edge's
+# memory per idle MQTT connection. Mosquitto: an edge broker bridging to a cloud broker over
+# mutual TLS (the same dev PKI), QoS 1 and QoS 0, publisher with a bounded in-flight window
+# (hub-bench mqtt), CPU per message of both brokers, memory per idle connection, and request round
+# trips through the bridge. Then the WAN section, scripts/bench-loss.sh: hub and the
 # same Mosquitto bridge over an emulated link between two network namespaces (latency, loss, the
 # head-of-line run, a link cut during a stream), with the ratios to this run's loopback goodput;
 # skipped where namespaces or TUN devices are unavailable.
 #
 # Environment: COUNT, BIG_COUNT (messages per throughput run), REQUESTS (round trips),
-# MQ_STOCK_REQUESTS, BACKLOG, SCALE, and those of scripts/bench-loss.sh (RTTS, LOSSES, DURATION,
+# MQ_STOCK_REQUESTS, BACKLOG, SCALE, IDLE (idle MQTT connections, default 2000), MQTT_LINKS (the
+# link protocols hub's MQTT rows run over, default "websocket quic"), PARTS (default all; or any
+# of: api (hub's WebSocket API rows and their ratios), mqtt (hub's MQTT rows, the idle
+# connections, their ratios), reconnect, backlog, scale, requests (round trips), wan; Mosquitto's
+# throughput rows run with api or mqtt), and those of scripts/bench-loss.sh (RTTS, LOSSES, DURATION,
 # LOSS_REQUESTS, INFLIGHT_SMALL, INFLIGHT_BIG, QUIC_VARIANTS, TCP_VARIANTS, SECTIONS, HOL_*, HUB_BASELINE, CUT_*, NS_C, NS_E,
 # SUBNET; see its --help). Run as root: it installs mosquitto with apt if missing, and the WAN
 # section creates network namespaces.
@@ -25,10 +32,14 @@ if [ "${1:-}" = --help ] || [ "${1:-}" = -h ]; then
   exit 0
 fi
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PARTS=${PARTS:-all}
+part() { [[ " $PARTS " == *" all "* || " $PARTS " == *" $1 "* ]]; }
 COUNT=${COUNT:-100000}
 BIG_COUNT=${BIG_COUNT:-10000}
 REQUESTS=${REQUESTS:-2000}
 MQ_STOCK_REQUESTS=${MQ_STOCK_REQUESTS:-200} # about 44 ms each
+IDLE=${IDLE:-2000}
+MQTT_LINKS=${MQTT_LINKS:-websocket quic}
 
 if ! command -v mosquitto >/dev/null; then
   echo "installing mosquitto (Debian's package) for the comparison" >&2
@@ -37,8 +48,9 @@ if ! command -v mosquitto >/dev/null; then
 fi
 echo "building release binaries" >&2
 cargo build --release --locked --quiet
-HUB=$PWD/target/release/hub
-BENCH=$PWD/target/release/hub-bench
+TARGET=${CARGO_TARGET_DIR:-$PWD/target}
+HUB=$TARGET/release/hub
+BENCH=$TARGET/release/hub-bench
 W=$(mktemp -d "${TMPDIR:-/tmp}/hub-bench.XXXXXX")
 PIDS=()
 cleanup() {
@@ -54,6 +66,39 @@ wait_log() { # file pattern [tenths of a second, default 200]
   echo "bench: no '$2' in $1" >&2; cat "$1" >&2; exit 1
 }
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+# CPU time (utime + stime, all threads) of processes, in clock ticks; then per message.
+ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
+TCK=$(getconf CLK_TCK)
+us_per() { python3 -c "print(f'{$1 * 1e6 / $TCK / $2:.2f}')"; } # ticks messages
+# measured PIDS COMMAND...: runs COMMAND, its output in OUT, and the CPU ticks each of the
+# processes PIDS (space-separated) used meanwhile in DT, in that order.
+measured() {
+  local pids=$1 p i=0 t0=()
+  shift
+  for p in $pids; do t0+=("$(ticks "$p")"); done
+  OUT=$("$@")
+  DT=()
+  for p in $pids; do DT+=("$(($(ticks "$p") - t0[i]))"); i=$((i + 1)); done
+}
+cpu_row() { # label messages name-of-DT[0] name-of-DT[1]
+  row "CPU $1, us/msg" "$(us_per $((DT[0] + DT[1])) "$2") ($3 $(us_per "${DT[0]}" "$2"), $4 $(us_per "${DT[1]}" "$2"))"
+}
+delivered_of() { # messages published, hub-bench mqtt's output: how many arrived
+  echo $(($1 - $(grep -oE '[0-9]+ lost' <<<"$2" | grep -oE '[0-9]+')))
+}
+idle_mqtt() { # name pid HOST:PORT
+  local before after connected
+  before=$(rss_kib "$2")
+  "$BENCH" mqtt-idle --connect "$3" --connections "$IDLE" --hold 10 >"$W/idle-$2.out" &
+  local tool=$!
+  PIDS+=("$tool")
+  connected=$(wait_log "$W/idle-$2.out" '^connected' 1800)
+  sleep 2 # settle after the last SUBACK
+  after=$(rss_kib "$2")
+  wait "$tool"
+  row "idle MQTT connections, $1" "$connected; $(grep -oE 'after .*' "$W/idle-$2.out")"
+  row "idle MQTT connections, $1 RSS, KiB" "$before -> $after ($(python3 -c "print(f'{($after - $before) / $IDLE:.2f}')") KiB per connection)"
+}
 ROWS=()
 row() { ROWS+=("$(printf '%-44s %s' "$1" "$2")"); echo "$1: $2" >&2; }
 rate() { grep -oE "$1 [0-9]+ msg/s" <<<"$2" | grep -oE '[0-9]+' | head -1; }
@@ -80,15 +125,21 @@ queues:
   max-messages: 100000000
   max-bytes: 100000000000
 YAML
-RUST_LOG=warn,hub::apps=info,hub::cloud=info "$HUB" cloud -c "$W/cloud.yaml" 2>"$W/cloud.log" &
+if part api || part mqtt || part reconnect; then
+RUST_LOG=warn,hub::apps=info,hub::cloud=info,hub::mqtt=info "$HUB" cloud -c "$W/cloud.yaml" 2>"$W/cloud.log" &
 CLOUD_PID=$!
 PIDS+=("$CLOUD_PID")
 WS_PORT=$(wait_log "$W/cloud.log" 'websocket listening on' | grep -oE '[0-9]+$')
 QUIC_PORT=$(wait_log "$W/cloud.log" 'quic listening on' | grep -oE '[0-9]+$')
 CLOUD=$(wait_log "$W/cloud.log" 'apps listening on' | grep -oE 'ws://[0-9.:]+')
+CLOUD_MQ=$(wait_log "$W/cloud.log" 'mqtt listening on' | grep -oE '[0-9.]+:[0-9]+$')
 row "idle RSS, hub cloud, KiB" "$(rss_kib "$CLOUD_PID")"
+fi
 
 for proto in websocket quic; do
+  mqtt_here=false
+  part mqtt && [[ " $MQTT_LINKS " == *" $proto "* ]] && mqtt_here=true
+  part api || $mqtt_here || continue
   if [ "$proto" = websocket ]; then
     link="websocket:
   url: wss://127.0.0.1:$WS_PORT/bench/edge-node/events"
@@ -114,32 +165,95 @@ outbox:
   max-messages: 100000000
   max-bytes: 100000000000
 YAML
-  RUST_LOG=warn,hub::apps=info,hub::edge=info "$HUB" edge -c "$W/edge-$proto.yaml" 2>"$W/edge-$proto.log" &
+  RUST_LOG=warn,hub::apps=info,hub::edge=info,hub::mqtt=info "$HUB" edge -c "$W/edge-$proto.yaml" 2>"$W/edge-$proto.log" &
   EDGE_PID=$!
   PIDS+=("$EDGE_PID")
   EDGE=$(wait_log "$W/edge-$proto.log" 'apps listening on' | grep -oE 'ws://[0-9.:]+')
+  EDGE_MQ=$(wait_log "$W/edge-$proto.log" 'mqtt listening on' | grep -oE '[0-9.]+:[0-9]+$')
   wait_log "$W/edge-$proto.log" 'connected to the cloud' >/dev/null
   row "idle RSS, hub edge ($proto), KiB" "$(rss_kib "$EDGE_PID")"
-  for size in 256 16384; do
-    n=$COUNT; [ "$size" = 256 ] || n=$BIG_COUNT
-    out=$("$BENCH" throughput --publish "$EDGE" --resource up --subscribe "$CLOUD" --prefix node/edge-node/up --count "$n" --size "$size")
-    row "hub $proto edge->cloud ${size} B, msg/s" "$(rate delivered "$out") ($out)"
-    eval "HUB_UP_${proto}_${size}=$(rate delivered "$out")"
-    out=$("$BENCH" throughput --publish "$CLOUD" --resource node/edge-node/down --subscribe "$EDGE" --prefix down --count "$n" --size "$size")
-    row "hub $proto cloud->edge ${size} B, msg/s" "$(rate delivered "$out") ($out)"
-    eval "HUB_DOWN_${proto}_${size}=$(rate delivered "$out")"
-  done
-  "$HUB" sub -u "$EDGE" -r echo --echo >/dev/null &
-  ECHO=$!
-  PIDS+=("$ECHO")
-  sleep 0.3
-  out=$("$BENCH" latency --url "$CLOUD" --resource node/edge-node/echo --count "$REQUESTS")
-  row "hub $proto request round trip" "$out"
-  eval "HUB_RT_${proto}='$out'"
-  kill "$ECHO" "$EDGE_PID"
+  HUBS="$EDGE_PID $CLOUD_PID"
+  if part api; then
+    for size in 256 16384; do
+      n=$COUNT; [ "$size" = 256 ] || n=$BIG_COUNT
+      measured "$HUBS" "$BENCH" throughput --publish "$EDGE" --resource up --subscribe "$CLOUD" --prefix node/edge-node/up --count "$n" --size "$size"
+      row "hub $proto edge->cloud ${size} B, msg/s" "$(rate delivered "$OUT") ($OUT)"
+      cpu_row "hub $proto edge->cloud ${size} B" "$n" edge cloud
+      eval "HUB_UP_${proto}_${size}=$(rate delivered "$OUT")"
+      measured "$HUBS" "$BENCH" throughput --publish "$CLOUD" --resource node/edge-node/down --subscribe "$EDGE" --prefix down --count "$n" --size "$size"
+      row "hub $proto cloud->edge ${size} B, msg/s" "$(rate delivered "$OUT") ($OUT)"
+      cpu_row "hub $proto cloud->edge ${size} B" "$n" edge cloud
+      eval "HUB_DOWN_${proto}_${size}=$(rate delivered "$OUT")"
+    done
+    "$HUB" sub -u "$EDGE" -r echo --echo >/dev/null &
+    ECHO=$!
+    PIDS+=("$ECHO")
+    sleep 0.3
+    out=$("$BENCH" latency --url "$CLOUD" --resource node/edge-node/echo --count "$REQUESTS")
+    row "hub $proto request round trip" "$out"
+    eval "HUB_RT_${proto}='$out'"
+    kill "$ECHO"
+  fi
+  # hub's MQTT listeners, loaded like the Mosquitto bridge below (the same client, window and
+  # counts): a publisher at the edge's listener to T and a subscriber at the cloud's to
+  # node/edge-node/T, then a publisher at the cloud's to node/edge-node/T and a subscriber at the
+  # edge's to T. A topic of its own per run, so that nothing of one run reaches the next.
+  if $mqtt_here; then
+    for qos in 1 0; do
+      for size in 256 16384; do
+        n=$COUNT; [ "$size" = 256 ] || n=$BIG_COUNT
+        t=mq/q$qos/s$size
+        measured "$HUBS" "$BENCH" mqtt --publish "$EDGE_MQ" --topic "up/$t" --subscribe "$CLOUD_MQ" \
+          --subscribe-topic "node/edge-node/up/$t" --qos "$qos" --count "$n" --size "$size"
+        row "hub MQTT ($proto) QoS $qos edge->cloud ${size} B, msg/s" "$(rate delivered "$OUT") ($(grep -oE '[0-9]+ lost' <<<"$OUT"))"
+        cpu_row "hub MQTT ($proto) QoS $qos edge->cloud ${size} B" "$(delivered_of "$n" "$OUT")" edge cloud
+        eval "HMQ_UP_${proto}_${qos}_${size}=$(rate delivered "$OUT")"
+        measured "$HUBS" "$BENCH" mqtt --publish "$CLOUD_MQ" --topic "node/edge-node/down/$t" \
+          --subscribe "$EDGE_MQ" --subscribe-topic "down/$t" --qos "$qos" --count "$n" --size "$size"
+        row "hub MQTT ($proto) QoS $qos cloud->edge ${size} B, msg/s" "$(rate delivered "$OUT") ($(grep -oE '[0-9]+ lost' <<<"$OUT"))"
+        cpu_row "hub MQTT ($proto) QoS $qos cloud->edge ${size} B" "$(delivered_of "$n" "$OUT")" edge cloud
+        eval "HMQ_DOWN_${proto}_${qos}_${size}=$(rate delivered "$OUT")"
+      done
+    done
+  fi
+  kill "$EDGE_PID"
   wait "$EDGE_PID" 2>/dev/null || true
 done
-row "RSS, hub cloud after the runs, KiB" "$(rss_kib "$CLOUD_PID")"
+
+# Idle MQTT connections: a fresh edge (WebSocket link) takes IDLE connections at its MQTT
+# listener, each CONNECT (clean session), SUBSCRIBE to a topic of its own at QoS 1, then only
+# PINGREQ; the edge's RSS before and 2 s after the last SUBACK.
+if part mqtt; then
+  cat >"$W/edge-idle.yaml" <<YAML
+websocket:
+  url: wss://127.0.0.1:$WS_PORT/bench/edge-node/events
+  cafile: $W/pki/ca.crt
+  certfile: $W/pki/node-edge-node.crt
+  keyfile: $W/pki/node-edge-node.key
+controller:
+  protocol: websocket
+  project-id: bench
+  node-id: edge-node
+apps:
+  listen: 127.0.0.1:0
+mqtt:
+  listen: 127.0.0.1:0
+  max-connections: $((IDLE + 16))
+outbox:
+  dir: $W/edge-idle
+YAML
+  RUST_LOG=warn,hub::edge=info,hub::mqtt=info "$HUB" edge -c "$W/edge-idle.yaml" 2>"$W/edge-idle.log" &
+  EDGE_PID=$!
+  PIDS+=("$EDGE_PID")
+  EDGE_MQ=$(wait_log "$W/edge-idle.log" 'mqtt listening on' | grep -oE '[0-9.]+:[0-9]+$')
+  wait_log "$W/edge-idle.log" 'connected to the cloud' >/dev/null
+  idle_mqtt "hub edge" "$EDGE_PID" "$EDGE_MQ"
+  kill "$EDGE_PID"
+  wait "$EDGE_PID" 2>/dev/null || true
+fi
+if part api || part mqtt; then
+  row "RSS, hub cloud after the runs, KiB" "$(rss_kib "$CLOUD_PID")"
+fi
 
 # Reconnects through a relay that emulates a round trip and then blackholes the link: the edge
 # notices (read-deadline 1 s), the link returns, and a message queued meanwhile is delivered.
@@ -205,14 +319,20 @@ YAML
   kill "$edge" "$relay"
   wait "$edge" 2>/dev/null || true
 }
-for rtt in 0 50; do
-  for proto in websocket quic; do
-    reconnect "$proto" "$rtt"
+if part reconnect; then
+  for rtt in 0 50; do
+    for proto in websocket quic; do
+      reconnect "$proto" "$rtt"
+    done
   done
-done
-kill "$CLOUD_PID"; wait "$CLOUD_PID" 2>/dev/null || true
+fi
+if part api || part mqtt || part reconnect; then
+  kill "$CLOUD_PID"; wait "$CLOUD_PID" 2>/dev/null || true
+fi
 
 # Memory under backlog: an edge whose cloud is unreachable takes BACKLOG messages of 256 B.
+# (The parts' bodies below are not indented: their here-documents would not allow it.)
+if part backlog; then
 BACKLOG=${BACKLOG:-1000000}
 cat >"$W/edge-backlog.yaml" <<YAML
 quic:
@@ -246,12 +366,14 @@ row "RSS, hub edge with $BACKLOG messages queued, KiB" "$(rss_kib "$EDGE_PID")"
 row "disk, edge outbox with $BACKLOG messages, bytes" "$(du -sb "$W/edge-backlog" | cut -f1)"
 kill "$EDGE_PID"; wait "$EDGE_PID" 2>/dev/null || true
 rm -f "$W/backlog.lines"
+fi # backlog
 
 # --- scale: many idle nodes on one cloud ------------------------------------------------------
 # SCALE nodes, half over WebSocket and half over QUIC, each with its own certificate, connect to a
 # fresh cloud with default settings and stay idle with heartbeats; RSS per node and CPU while
 # idle are read from /proc. The cloud holds one descriptor per node (its queue's segment) besides each WebSocket's socket: 10,000 nodes need
 # about 15,000 of the 20,000 these machines allow.
+if part scale; then
 SCALE=${SCALE:-10000}
 # shellcheck disable=SC2046 # one --node argument per node, split on purpose
 "$HUB" certs --dir "$W/scale-pki" $(seq -f 'sim-%.0f' 0 $((SCALE - 1)) | sed 's/^/--node /') >/dev/null
@@ -293,6 +415,7 @@ row "scale: hub cloud RSS, KiB (before -> with nodes)" "$before -> $after ($(( (
 row "scale: hub cloud CPU while idle, % of one core" "$(( (cpu1 - cpu0) * 100 / $(getconf CLK_TCK) / 10 ))"
 wait "$SIM" || true
 kill "$SCALE_PID"; wait "$SCALE_PID" 2>/dev/null || true
+fi # scale
 
 # --- Mosquitto bridge ------------------------------------------------------------------------
 TLS_PORT=$(free_port); CLOUD_MQTT=$(free_port); EDGE_MQTT=$(free_port)
@@ -308,25 +431,40 @@ mq_start() { # config suffix
   PIDS+=("$MQ_CLOUD_PID" "$MQ_EDGE_PID")
   sleep 1.5 # the bridge connects on its own schedule
 }
-mq_start ""
-for qos in 1 0; do
-  for size in 256 16384; do
-    n=$COUNT; [ "$size" = 256 ] || n=$BIG_COUNT
-    out=$("$BENCH" mqtt --publish "127.0.0.1:$EDGE_MQTT" --subscribe "127.0.0.1:$CLOUD_MQTT" --topic "up$qos/x" --qos "$qos" --count "$n" --size "$size")
-    row "mosquitto QoS $qos edge->cloud ${size} B, msg/s" "$(rate delivered "$out") ($(grep -oE '[0-9]+ lost' <<<"$out"))"
-    eval "MQ_UP_${qos}_${size}=$(rate delivered "$out")"
-    out=$("$BENCH" mqtt --publish "127.0.0.1:$CLOUD_MQTT" --subscribe "127.0.0.1:$EDGE_MQTT" --topic "down$qos/x" --qos "$qos" --count "$n" --size "$size")
-    row "mosquitto QoS $qos cloud->edge ${size} B, msg/s" "$(rate delivered "$out") ($(grep -oE '[0-9]+ lost' <<<"$out"))"
-    eval "MQ_DOWN_${qos}_${size}=$(rate delivered "$out")"
+# Idle connections, as for hub's edge: a fresh broker (the cloud one, alone) takes IDLE.
+if part mqtt; then
+  mosquitto -c "$W/mosq-cloud.conf" 2>"$W/mosq-idle.log" &
+  MQ_IDLE_PID=$!
+  PIDS+=("$MQ_IDLE_PID")
+  sleep 1
+  idle_mqtt mosquitto "$MQ_IDLE_PID" "127.0.0.1:$CLOUD_MQTT"
+  kill "$MQ_IDLE_PID"; wait "$MQ_IDLE_PID" 2>/dev/null || true
+fi
+if part api || part mqtt; then
+  mq_start ""
+  MQS="$MQ_EDGE_PID $MQ_CLOUD_PID"
+  for qos in 1 0; do
+    for size in 256 16384; do
+      n=$COUNT; [ "$size" = 256 ] || n=$BIG_COUNT
+      measured "$MQS" "$BENCH" mqtt --publish "127.0.0.1:$EDGE_MQTT" --subscribe "127.0.0.1:$CLOUD_MQTT" --topic "up$qos/x" --qos "$qos" --count "$n" --size "$size"
+      row "mosquitto QoS $qos edge->cloud ${size} B, msg/s" "$(rate delivered "$OUT") ($(grep -oE '[0-9]+ lost' <<<"$OUT"))"
+      cpu_row "mosquitto QoS $qos edge->cloud ${size} B" "$(delivered_of "$n" "$OUT")" edge cloud
+      eval "MQ_UP_${qos}_${size}=$(rate delivered "$OUT")"
+      measured "$MQS" "$BENCH" mqtt --publish "127.0.0.1:$CLOUD_MQTT" --subscribe "127.0.0.1:$EDGE_MQTT" --topic "down$qos/x" --qos "$qos" --count "$n" --size "$size"
+      row "mosquitto QoS $qos cloud->edge ${size} B, msg/s" "$(rate delivered "$OUT") ($(grep -oE '[0-9]+ lost' <<<"$OUT"))"
+      cpu_row "mosquitto QoS $qos cloud->edge ${size} B" "$(delivered_of "$n" "$OUT")" edge cloud
+      eval "MQ_DOWN_${qos}_${size}=$(rate delivered "$OUT")"
+    done
   done
-done
+  kill "$MQ_CLOUD_PID" "$MQ_EDGE_PID"
+  wait "$MQ_CLOUD_PID" "$MQ_EDGE_PID" 2>/dev/null || true
+fi
 # Request round trips, QoS 1: a requester at the cloud broker, an echoing responder at the edge
 # broker; both brokers restarted with set_tcp_nodelay (not above: the throughput runs stay as
 # they were). It covers the sockets the brokers accept but not the one the edge broker's bridge
 # opens, where a reply waits for the delayed ACK; so a second run with TCP_NODELAY set on that
 # socket from outside (scripts/tcp-nodelay.py).
-kill "$MQ_CLOUD_PID" "$MQ_EDGE_PID"
-wait "$MQ_CLOUD_PID" "$MQ_EDGE_PID" 2>/dev/null || true
+if part requests; then
 for side in cloud edge; do
   { echo "set_tcp_nodelay true"; cat "$W/mosq-$side.conf"; } >"$W/mosq-$side-rt.conf"
 done
@@ -344,32 +482,57 @@ else
   MQ_RT=$out
   row "mosquitto request round trip, bridge NODELAY" "not measured: could not set TCP_NODELAY on the bridge"
 fi
+kill "$MQ_CLOUD_PID" "$MQ_EDGE_PID"
+wait "$MQ_CLOUD_PID" "$MQ_EDGE_PID" 2>/dev/null || true
+fi # requests
 
 # --- WAN: latency, loss and a cut (network namespaces and a userspace link emulator) ----------
 # The loopback goodput above is what the WAN figures are compared with.
-# shellcheck disable=SC2154 # HUB_UP_* are set by eval above
-HUB=$HUB BENCH=$BENCH LOOPBACK_WS_256=$HUB_UP_websocket_256 LOOPBACK_QUIC_256=$HUB_UP_quic_256 \
-  scripts/bench-loss.sh >"$W/loss.rows" &
-LOSS_PID=$!
-PIDS+=("$LOSS_PID")
-wait "$LOSS_PID" || echo "bench: the loss section failed" >&2
-mapfile -t -O "${#ROWS[@]}" ROWS <"$W/loss.rows"
+# Without the api part, scripts/bench-loss.sh measures the loopback goodput itself.
+if part wan; then
+  HUB=$HUB BENCH=$BENCH LOOPBACK_WS_256=${HUB_UP_websocket_256:-} LOOPBACK_QUIC_256=${HUB_UP_quic_256:-} \
+    scripts/bench-loss.sh >"$W/loss.rows" &
+  LOSS_PID=$!
+  PIDS+=("$LOSS_PID")
+  wait "$LOSS_PID" || echo "bench: the loss section failed" >&2
+  mapfile -t -O "${#ROWS[@]}" ROWS <"$W/loss.rows"
+fi
 
 # --- ratios and footprint --------------------------------------------------------------------
 ms_of() { grep -oE "$1 [0-9.]+" <<<"$2" | grep -oE '[0-9.]+$'; }
-for proto in websocket quic; do
-  h=HUB_RT_$proto
-  row "ratio hub $proto/mosquitto request p50, p99" "$(python3 -c "print(f'{$(ms_of p50 "${!h}")/$(ms_of p50 "$MQ_RT"):.2f}x, {$(ms_of p99 "${!h}")/$(ms_of p99 "$MQ_RT"):.2f}x')")"
-done
-for proto in websocket quic; do
-  for dir in UP DOWN; do
-    for size in 256 16384; do
-      h=HUB_${dir}_${proto}_${size}; q1=MQ_${dir}_1_${size}; q0=MQ_${dir}_0_${size}
-      row "ratio hub $proto/mosquitto QoS 1 ($dir, $size B)" "$(python3 -c "print(f'{${!h}/${!q1}:.2f}x')")"
-      row "ratio hub $proto/mosquitto QoS 0 ($dir, $size B)" "$(python3 -c "print(f'{${!h}/${!q0}:.2f}x')")"
+ratio() { python3 -c "print(f'{$1/$2:.2f}x')"; }
+if part api && part requests; then
+  for proto in websocket quic; do
+    h=HUB_RT_$proto
+    row "ratio hub $proto/mosquitto request p50, p99" "$(python3 -c "print(f'{$(ms_of p50 "${!h}")/$(ms_of p50 "$MQ_RT"):.2f}x, {$(ms_of p99 "${!h}")/$(ms_of p99 "$MQ_RT"):.2f}x')")"
+  done
+fi
+if part api; then
+  for proto in websocket quic; do
+    for dir in UP DOWN; do
+      for size in 256 16384; do
+        h=HUB_${dir}_${proto}_${size}; q1=MQ_${dir}_1_${size}; q0=MQ_${dir}_0_${size}
+        row "ratio hub $proto/mosquitto QoS 1 ($dir, $size B)" "$(ratio "${!h}" "${!q1}")"
+        row "ratio hub $proto/mosquitto QoS 0 ($dir, $size B)" "$(ratio "${!h}" "${!q0}")"
+      done
     done
   done
-done
+fi
+# hub MQTT at each QoS against Mosquitto at the same QoS, and hub's QoS 1 (durable end to end)
+# against Mosquitto's QoS 0.
+if part mqtt; then
+  for proto in $MQTT_LINKS; do
+    for dir in UP DOWN; do
+      for size in 256 16384; do
+        h1=HMQ_${dir}_${proto}_1_${size}; h0=HMQ_${dir}_${proto}_0_${size}
+        q1=MQ_${dir}_1_${size}; q0=MQ_${dir}_0_${size}
+        row "ratio hub MQTT ($proto)/mosquitto QoS 1 ($dir, $size B)" "$(ratio "${!h1}" "${!q1}")"
+        row "ratio hub MQTT ($proto)/mosquitto QoS 0 ($dir, $size B)" "$(ratio "${!h0}" "${!q0}")"
+        row "ratio hub MQTT ($proto) QoS 1/mosquitto QoS 0 ($dir, $size B)" "$(ratio "${!h1}" "${!q0}")"
+      done
+    done
+  done
+fi
 row "binary size, native ($(uname -m)), bytes" "$(stat -c %s "$HUB")"
 for t in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
   f=target/arm-check/$t/release/hub

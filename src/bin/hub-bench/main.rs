@@ -8,7 +8,11 @@
 //!   end to end, and prints the goodput: what was delivered within that time.
 //! - `latency`: sequential sync requests answered by an application on the other side
 //!   (`hub sub --echo`); prints p50, p99 and max round trip.
-//! - `mqtt`: the same jobs through MQTT brokers (a Mosquitto bridge), for comparison.
+//! - `mqtt`: the same jobs through MQTT brokers, with one MQTT 3.1.1 client: a Mosquitto bridge
+//!   for comparison, and hub's own MQTT listeners (`--topic T` at the edge, `--subscribe-topic
+//!   node/NODE/T` in the cloud, or the reverse).
+//! - `mqtt-idle`: many idle subscribed MQTT connections to one broker, for its memory per
+//!   connection.
 //! - `outage`: a paced stream across a link that is cut and restored in the middle of it; prints
 //!   the time from the restore to the first and the last delivery, and what was lost or repeated.
 
@@ -41,6 +45,7 @@ enum Command {
     Throughput(Throughput),
     Latency(Latency),
     Mqtt(Mqtt),
+    MqttIdle(mqtt::Idle),
     Relay(Relay),
     Scale(scale::Scale),
     Outage(outage::Outage),
@@ -64,7 +69,7 @@ struct Relay {
 
 #[derive(FromArgs)]
 #[argh(subcommand, name = "mqtt")]
-/// The same jobs through MQTT brokers (e.g. a Mosquitto bridge), for comparison: throughput, or
+/// The same jobs through MQTT brokers (a Mosquitto bridge, hub's MQTT listeners): throughput, or
 /// with --requests, sequential request round trips at QoS 1.
 struct Mqtt {
     /// broker to publish at (HOST:PORT, plain TCP); with --requests, the requester's broker
@@ -76,6 +81,10 @@ struct Mqtt {
     /// topic (with --requests: the requests' topic)
     #[argh(option)]
     topic: String,
+    /// topic the subscriber subscribes to, where it differs from --topic (through hub: the
+    /// cloud's node/NODE/T for the edge's T, or the edge's T for the cloud's node/NODE/T)
+    #[argh(option)]
+    subscribe_topic: Option<String>,
     /// make this many sequential requests instead: the responder publishes each back on
     /// --reply-topic, which the requester awaits; prints p50, p99 and max round trip
     #[argh(option, default = "0")]
@@ -92,8 +101,9 @@ struct Mqtt {
     /// payload bytes per message (default 256)
     #[argh(option, default = "256")]
     size: usize,
-    /// messages awaiting PUBACK at most, at QoS 1 (default 4096); with --duration, messages
-    /// published but not yet delivered at most, at either QoS
+    /// messages awaiting PUBACK at most, at QoS 1, or published but not yet received at most,
+    /// at QoS 0 (default 4096); with --duration, published but not yet delivered at most, at
+    /// either QoS
     #[argh(option, default = "4096")]
     inflight: u64,
     /// publish for this many seconds instead of --count messages, and report what was delivered
@@ -431,6 +441,7 @@ fn main() -> ExitCode {
             },
             Command::Latency(l) => latency(l).await,
             Command::Scale(s) => scale::run(s).await,
+            Command::MqttIdle(i) => mqtt::idle(i).await,
             Command::Outage(o) => outage::run(o).await,
             Command::Relay(r) => {
                 relay::run(
@@ -467,6 +478,7 @@ fn main() -> ExitCode {
                     &m.publish,
                     &m.subscribe,
                     &m.topic,
+                    m.subscribe_topic.as_deref().unwrap_or(&m.topic),
                     secs,
                     m.size,
                     m.qos,
@@ -488,6 +500,7 @@ fn main() -> ExitCode {
                     &m.publish,
                     &m.subscribe,
                     &m.topic,
+                    m.subscribe_topic.as_deref().unwrap_or(&m.topic),
                     m.count,
                     m.size,
                     m.qos,

@@ -1,11 +1,14 @@
-//! Just enough MQTT 3.1.1 to load a Mosquitto bridge the way `throughput` and `latency` load hub:
-//! CONNECT, PUBLISH at QoS 0 or 1 with a bounded number awaiting PUBACK, SUBSCRIBE, and PUBACK for
-//! what a subscriber receives. Plain TCP (`HOST:PORT`) or a unix socket (`unix:PATH`, Mosquitto
-//! 2.0's `listener 0 PATH`) to a broker on this machine.
+//! Just enough MQTT 3.1.1 to load MQTT brokers the way `throughput` and `latency` load hub's
+//! application endpoints: a Mosquitto bridge, and hub's own MQTT listeners (publish at the edge to
+//! `T`, subscribe in the cloud to `node/{node}/T`, and the reverse), with the same client and the
+//! same bounds. CONNECT, PUBLISH at QoS 0 or 1 with a bounded number awaiting PUBACK, SUBSCRIBE,
+//! and PUBACK for what a subscriber receives; and many idle subscribed connections
+//! ([`idle`], `hub-bench mqtt-idle`). Plain TCP (`HOST:PORT`) or a unix socket (`unix:PATH`,
+//! Mosquitto 2.0's `listener 0 PATH`) to a broker on this machine.
 
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use smol::Async;
 use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
@@ -63,10 +66,21 @@ pub struct Packet {
 }
 
 impl Client {
-    /// Connects with a clean session to `addr` (`HOST:PORT` or `unix:PATH`).
+    /// Connects with a clean session to `addr` (`HOST:PORT` or `unix:PATH`), keep alive 60 s.
     pub async fn connect(addr: &str, client_id: &str) -> Result<Client, String> {
+        Client::connect_with(addr, client_id, 60, 1 << 16).await
+    }
+
+    /// Connects with a clean session to `addr`, announcing `keep_alive` seconds (0: none), and
+    /// reads through a buffer of `buffer` bytes.
+    pub async fn connect_with(
+        addr: &str,
+        client_id: &str,
+        keep_alive: u16,
+        buffer: usize,
+    ) -> Result<Client, String> {
         let (reader, writer) = open(addr)?;
-        let reader = BufReader::with_capacity(1 << 16, reader);
+        let reader = BufReader::with_capacity(buffer, reader);
         let mut c = Client {
             reader,
             writer,
@@ -76,7 +90,7 @@ impl Client {
         string("MQTT", &mut body);
         body.push(4); // protocol level 3.1.1
         body.push(0x02); // clean session
-        body.extend_from_slice(&60u16.to_be_bytes());
+        body.extend_from_slice(&keep_alive.to_be_bytes());
         string(client_id, &mut body);
         c.packet(0x10, &body);
         c.flush().await?;
@@ -301,13 +315,18 @@ pub async fn round_trips(
     Ok(samples)
 }
 
-/// Publishes `count` payloads of `size` bytes to `topic` at `pub_addr` (at most `inflight`
-/// awaiting PUBACK at QoS 1) while a subscriber at `sub_addr` counts them in order; returns how
-/// many arrived and when the last did.
+/// Publishes `count` payloads of `size` bytes to `topic` at `pub_addr` while a subscriber at
+/// `sub_addr`, subscribed to `sub_topic` (the same topic on one broker or a bridge; for hub,
+/// `node/{node}/T` in the cloud for `T` at the edge, or `T` at the edge for `node/{node}/T` in the
+/// cloud), counts them in order; returns how many arrived and when the last did. At most
+/// `inflight` are outstanding: at QoS 1 awaiting PUBACK, at QoS 0 (which has no acknowledgment)
+/// published but not yet received, end to end.
+#[allow(clippy::too_many_arguments)]
 pub async fn throughput(
     pub_addr: &str,
     sub_addr: &str,
     topic: &str,
+    sub_topic: &str,
     count: u64,
     size: usize,
     qos: u8,
@@ -315,10 +334,12 @@ pub async fn throughput(
 ) -> Result<(u64, Duration), String> {
     let mut sub =
         Client::connect(sub_addr, &format!("hub-bench-sub-{}", std::process::id())).await?;
-    sub.subscribe(topic, qos).await?;
+    sub.subscribe(sub_topic, qos).await?;
     let mut publisher =
         Client::connect(pub_addr, &format!("hub-bench-pub-{}", std::process::id())).await?;
     let started = Instant::now();
+    // The receiver reports how far it got (the next counter due), for the QoS 0 window.
+    let (seen_tx, seen_rx) = smol::channel::unbounded::<u64>();
     // At QoS 1 everything must arrive, in order, once. At QoS 0 a broker may drop messages: gaps
     // are counted, and the receiver stops at the last message or after two quiet seconds.
     let receiver = smol::spawn(async move {
@@ -350,17 +371,21 @@ pub async fn throughput(
             last_at = started.elapsed();
             if received % 64 == 0 || next == count {
                 sub.flush().await?;
+                let _ = seen_tx.try_send(next);
             }
         }
         sub.flush().await?;
         Ok::<_, String>((received, last_at))
     });
-    // The publisher: PUBACKs are read on the same connection whenever the window is full.
+    // The publisher: PUBACKs are read on the same connection whenever the window is full; at
+    // QoS 0 it waits for the receiver instead (at most two seconds: what is outstanding then was
+    // dropped, and the receiver counts it lost).
     let mut acked = 0u64;
     let mut sent = 0u64;
+    let mut seen = 0u64;
     let mut payload = vec![b'x'; size.max(20)];
     while sent < count || (qos > 0 && acked < count) {
-        while sent < count && (qos == 0 || sent - acked < inflight) {
+        while sent < count && sent - if qos == 0 { seen } else { acked } < inflight {
             let head = format!("{sent} ");
             payload[..head.len()].copy_from_slice(head.as_bytes());
             publisher.publish(topic, &payload, qos, (sent % 65535 + 1) as u16);
@@ -375,24 +400,33 @@ pub async fn throughput(
             if p.kind == 4 {
                 acked += 1;
             }
+        } else if qos == 0 && sent < count && sent - seen >= inflight {
+            match hub::transport::timeout(Duration::from_secs(2), seen_rx.recv()).await {
+                Some(Ok(n)) => seen = n,
+                Some(Err(_)) => break, // the receiver ended (and says why)
+                None => seen = sent,
+            }
+            while let Ok(n) = seen_rx.try_recv() {
+                seen = n;
+            }
         }
     }
     receiver.await
 }
 
-use std::time::Duration;
-
 /// Publishes payloads of `size` bytes to `topic` at `pub_addr` for `secs` seconds, with at most
 /// `inflight` published but not yet delivered (end to end, as `hub-bench throughput --duration`
-/// bounds hub), while a subscriber at `sub_addr` counts them. Returns how many distinct messages
-/// arrived within the time, how many were published, and how many arrivals came out of sequence
-/// (after a gap: at QoS 0 a dropped message, at QoS 1 one the broker delivers later, as a bridge
-/// does when it resends after reconnecting). A run is a measurement, not a check: such arrivals
+/// bounds hub), while a subscriber at `sub_addr`, subscribed to `sub_topic`, counts them.
+/// Returns how many distinct messages arrived within the time, how many were published, and how
+/// many arrivals came out of sequence (after a gap: at QoS 0 a dropped message, at QoS 1 one the
+/// broker delivers later, as a bridge does when it resends after reconnecting). A run is a measurement, not a check: such arrivals
 /// are counted and reported, not an error.
+#[allow(clippy::too_many_arguments)]
 pub async fn goodput(
     pub_addr: &str,
     sub_addr: &str,
     topic: &str,
+    sub_topic: &str,
     secs: f64,
     size: usize,
     qos: u8,
@@ -400,7 +434,7 @@ pub async fn goodput(
 ) -> Result<(u64, u64, u64), String> {
     let pid = std::process::id();
     let mut sub = Client::connect(sub_addr, &format!("hub-bench-sub-{pid}")).await?;
-    sub.subscribe(topic, qos).await?;
+    sub.subscribe(sub_topic, qos).await?;
     let (mut acks, mut publisher) = Client::connect(pub_addr, &format!("hub-bench-pub-{pid}"))
         .await?
         .split();
@@ -478,4 +512,111 @@ pub async fn goodput(
     let (received, gaps) = receiver.await?;
     drop(acks);
     Ok((received, sent, gaps))
+}
+
+#[derive(argh::FromArgs)]
+#[argh(subcommand, name = "mqtt-idle")]
+/// Open many idle MQTT connections to one broker (CONNECT, SUBSCRIBE one topic each, then
+/// nothing but PINGREQ), hold them, and report; the broker's memory is read from outside.
+pub struct Idle {
+    /// broker (HOST:PORT or unix:PATH)
+    #[argh(option)]
+    pub connect: String,
+    /// connections (default 2000)
+    #[argh(option, default = "2000")]
+    pub connections: usize,
+    /// connections being set up at once (default 64)
+    #[argh(option, default = "64")]
+    pub parallel: usize,
+    /// seconds to hold them after the last SUBACK (default 20)
+    #[argh(option, default = "20.0")]
+    pub hold: f64,
+    /// topic prefix: connection i subscribes to PREFIXi at QoS 1 (default idle/)
+    #[argh(option, default = "String::from(\"idle/\")")]
+    pub prefix: String,
+    /// keep alive announced in CONNECT, in seconds; a PINGREQ goes out on every connection each
+    /// half of it (default 60)
+    #[argh(option, default = "60")]
+    pub keep_alive: u16,
+}
+
+/// Opens `i.connections` connections to `i.connect`, at most `i.parallel` in their handshake at
+/// once, each with a clean session, client id `hub-bench-idle-{pid}-{n}` and one subscription to
+/// `{prefix}{n}` at QoS 1; prints `connected N of M idle MQTT connections in S s; F failed` once
+/// all have their SUBACK (or failed), holds them `i.hold` seconds sending only PINGREQ, and
+/// prints how many were still open. The first failure's reason is printed too.
+pub async fn idle(i: Idle) -> Result<(), String> {
+    if i.connections == 0 {
+        return Err("--connections is at least 1".into());
+    }
+    let pid = std::process::id();
+    let slots = std::sync::Arc::new(smol::lock::Semaphore::new(i.parallel.max(1)));
+    let started = Instant::now();
+    let mut setups = Vec::with_capacity(i.connections);
+    for n in 0..i.connections {
+        let permit = slots.acquire_arc().await;
+        let (addr, topic) = (i.connect.clone(), format!("{}{n}", i.prefix));
+        let keep_alive = i.keep_alive;
+        setups.push(smol::spawn(async move {
+            let id = format!("hub-bench-idle-{pid}-{n}");
+            let setup = async {
+                let mut c = Client::connect_with(&addr, &id, keep_alive, 256).await?;
+                c.subscribe(&topic, 1).await?;
+                Ok::<_, String>(c)
+            };
+            let c = hub::transport::timeout(Duration::from_secs(30), setup)
+                .await
+                .unwrap_or_else(|| Err(format!("connection {n}: no SUBACK within 30 s")));
+            drop(permit);
+            c
+        }));
+    }
+    let (mut open, mut failed, mut first_error) = (Vec::new(), 0usize, None);
+    for s in setups {
+        match s.await {
+            Ok(c) => open.push(c),
+            Err(e) => {
+                failed += 1;
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    let took = started.elapsed();
+    println!(
+        "connected {} of {} idle MQTT connections in {:.1} s; {failed} failed{}",
+        open.len(),
+        i.connections,
+        took.as_secs_f64(),
+        first_error
+            .map(|e| format!(" (first: {e})"))
+            .unwrap_or_default()
+    );
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let hold_until = Instant::now() + Duration::from_secs_f64(i.hold.max(0.0));
+    let ping_every = Duration::from_secs(u64::from(i.keep_alive.max(2) / 2));
+    loop {
+        let left = hold_until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        smol::Timer::after(left.min(ping_every)).await;
+        if i.keep_alive > 0 && Instant::now() < hold_until {
+            // PINGRESPs are left unread in the socket: two bytes each.
+            let mut alive = Vec::with_capacity(open.len());
+            for mut c in open {
+                c.out.extend_from_slice(&[0xc0, 0]);
+                if c.flush().await.is_ok() {
+                    alive.push(c);
+                }
+            }
+            open = alive;
+        }
+    }
+    println!(
+        "after {:.0} s idle: {} still open",
+        i.hold.max(0.0),
+        open.len()
+    );
+    Ok(())
 }
