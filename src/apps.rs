@@ -654,9 +654,9 @@ async fn session<S>(
         let filter = filter.clone().unwrap_or_default();
         match apps
             .sessions
-            .attach(Kind::Ws, &session, false, Some(&filter), u32::MAX, out.id())
+            .attach(Kind::Ws, &session, false, Some(&filter), u32::MAX, &out)
         {
-            Ok((d, _, kicked)) => Some((d, kicked)),
+            Ok((d, _)) => Some(d),
             Err(e) => {
                 log::error!("application {name}: session {session:?}: {e}");
                 out.cut_off(format!("session {session:?} cannot be kept: {e}"));
@@ -668,17 +668,10 @@ async fn session<S>(
         Some(_) => None,
         None => filter.map(|f| apps.local.subscribe(f, out.clone())),
     };
-    let pump = durable.as_ref().map(|(d, kicked)| {
-        let (d, kicked, out) = (d.clone(), kicked.clone(), out.clone());
-        smol::spawn(async move {
-            let taken = async {
-                let _ = kicked.recv().await;
-                out.cut_off("another connection took this session over".into());
-            };
-            taken.or(feed_from_session(d, out.clone())).await
-        })
-    });
-    let session_queue = durable.as_ref().map(|(d, _)| d.queue.clone());
+    let pump = durable
+        .as_ref()
+        .map(|d| smol::spawn(feed_from_session(d.clone(), out.clone())));
+    let session_queue = durable.as_ref().map(|d| d.queue.clone());
 
     // Writer: everything for this application, in order. Whatever is waiting goes out with one
     // flush (one write for many notices or messages, not one each). It stops at once when the
@@ -859,7 +852,7 @@ async fn session<S>(
     if let Some(pump) = pump {
         drop(pump);
     }
-    if let Some((d, _)) = &durable {
+    if let Some(d) = &durable {
         apps.sessions.detach(d, out.id(), u32::MAX);
     }
     apps.local.forget(&out);

@@ -22,7 +22,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use smol::channel::{Receiver, Sender};
-use smol::future::FutureExt;
 
 use crate::message::Message;
 
@@ -59,14 +58,14 @@ struct AppShared {
     /// Bytes of JSON text queued.
     bytes: AtomicUsize,
     max_bytes: usize,
-    /// Holds a token once the writer took something (room for a waiting [`AppSender::send`]).
-    room_tx: Sender<()>,
-    room_rx: Receiver<()>,
+    /// Notified when the writer took something (room for a waiting [`AppSender::send`]), and
+    /// when the queue closes.
+    room: event_listener::Event,
     /// Why the application was cut off, once it was.
     cut: Mutex<Option<String>>,
     /// Closed when the application is cut off; nothing is ever sent on it.
-    cut_tx: Sender<()>,
-    cut_rx: Receiver<()>,
+    cut_flag: std::sync::atomic::AtomicBool,
+    cut_event: event_listener::Event,
 }
 
 impl AppShared {
@@ -99,7 +98,7 @@ impl AppShared {
     fn release(&self, len: usize) {
         self.messages.fetch_sub(1, Ordering::AcqRel);
         self.bytes.fetch_sub(len, Ordering::AcqRel);
-        let _ = self.room_tx.try_send(());
+        self.room.notify(1);
     }
 
     fn cut_reason(&self) -> Option<String> {
@@ -107,7 +106,16 @@ impl AppShared {
     }
 
     async fn cut_off_wait(&self) {
-        let _ = self.cut_rx.recv().await;
+        loop {
+            if self.cut_flag.load(Ordering::Acquire) {
+                return;
+            }
+            let listener = self.cut_event.listen();
+            if self.cut_flag.load(Ordering::Acquire) {
+                return;
+            }
+            listener.await;
+        }
     }
 }
 
@@ -197,8 +205,6 @@ pub fn app_channel(
     // Unbounded, with the bounds kept by `AppShared::reserve`: a bounded channel allocates all
     // of its slots when it is made.
     let (tx, rx) = smol::channel::unbounded();
-    let (room_tx, room_rx) = smol::channel::bounded(1);
-    let (cut_tx, cut_rx) = smol::channel::bounded(1);
     let shared = Arc::new(AppShared {
         id: NEXT.fetch_add(1, Ordering::Relaxed),
         name: name.into(),
@@ -206,11 +212,10 @@ pub fn app_channel(
         max_messages: max_messages.max(1),
         bytes: AtomicUsize::new(0),
         max_bytes,
-        room_tx,
-        room_rx,
+        room: event_listener::Event::new(),
         cut: Mutex::new(None),
-        cut_tx,
-        cut_rx,
+        cut_flag: std::sync::atomic::AtomicBool::new(false),
+        cut_event: event_listener::Event::new(),
     });
     (
         AppSender {
@@ -246,18 +251,19 @@ impl AppSender {
     /// off. Only one task may wait in `send` on a queue at a time.
     pub async fn send(&self, text: Out) -> Result<(), AppSendError> {
         let len = text.weight();
+        // Cutting off and closing both close the channel and notify `room`.
         while !self.shared.reserve(len) {
             if self.tx.is_closed() {
                 return Err(AppSendError::Closed);
             }
-            let room = async { self.shared.room_rx.recv().await.is_ok() };
-            let cut = async {
-                self.shared.cut_off_wait().await;
-                false
-            };
-            if !room.or(cut).await {
+            let listener = self.shared.room.listen();
+            if self.shared.reserve(len) {
+                break;
+            }
+            if self.tx.is_closed() {
                 return Err(AppSendError::Closed);
             }
+            listener.await;
         }
         match self.tx.send(text).await {
             Ok(()) => Ok(()),
@@ -286,8 +292,9 @@ impl AppSender {
             *cut = Some(why);
         }
         self.tx.close();
-        self.shared.cut_tx.close();
-        let _ = self.shared.room_tx.try_send(());
+        self.shared.cut_flag.store(true, Ordering::Release);
+        self.shared.cut_event.notify(usize::MAX);
+        self.shared.room.notify(usize::MAX);
         true
     }
 
@@ -327,7 +334,7 @@ impl AppReceiver {
         let text = text?;
         self.shared.release(text.weight());
         // Closed by `cut_off`, after it recorded why: no lock per message.
-        if self.shared.cut_tx.is_closed() {
+        if self.shared.cut_flag.load(Ordering::Acquire) {
             return None;
         }
         Some(text)
@@ -347,7 +354,7 @@ impl AppReceiver {
     /// for a writer that will never take anything again.
     pub fn close(&self) {
         self.rx.close();
-        let _ = self.shared.room_tx.try_send(());
+        self.shared.room.notify(usize::MAX);
     }
 
     /// The next text if one is waiting; `None` as for [`recv`](Self::recv) or when none is.

@@ -19,7 +19,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::QueueConfig;
-use crate::local::{Filter, Keep, Local, Out, Selector, Sink, TopicSet, TopicSub};
+use crate::local::{AppSender, Filter, Keep, Local, Out, Selector, Sink, TopicSet, TopicSub};
+
+/// Why a connection is cut off when a newer one takes its session (or client identifier) over.
+pub const TAKEN_OVER: &str = "another connection took this session over";
 use crate::message::Message;
 use crate::queue::Queue;
 
@@ -65,9 +68,8 @@ pub struct Durable {
     saved: Mutex<Saved>,
     subscription: AtomicU64,
     dropped: AtomicU64,
-    /// The connection it is attached to, and a sender whose closing tells that connection it was
-    /// taken over.
-    attached: Mutex<Option<(u64, smol::channel::Sender<()>)>>,
+    /// The connection it is attached to (cut off with [`TAKEN_OVER`] when another takes it).
+    attached: Mutex<Option<AppSender>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -293,10 +295,10 @@ impl Sessions {
     }
 
     /// Takes the session `name` of `kind` for the connection `conn`: the existing one (its
-    /// application was away, or is connected now and is taken over: the receiver of that
-    /// connection's [`attach`](Self::attach) closes) unless `fresh`, else a new one. Returns the
-    /// session, whether it existed, and the receiver that closes if a later connection takes it
-    /// over. A WebSocket session is given `filter`; `expiry` is in seconds (`u32::MAX` never).
+    /// application was away, or is connected now and is taken over: that connection is cut off
+    /// with [`TAKEN_OVER`]) unless `fresh`, else a new one. Returns the session and whether it
+    /// existed. A WebSocket session is given `filter`; `expiry` is in seconds (`u32::MAX`
+    /// never).
     ///
     /// Errors: its folder or queue cannot be made.
     pub fn attach(
@@ -306,8 +308,8 @@ impl Sessions {
         fresh: bool,
         filter: Option<&Filter>,
         expiry: u32,
-        conn: u64,
-    ) -> Result<(Arc<Durable>, bool, smol::channel::Receiver<()>), String> {
+        conn: &AppSender,
+    ) -> Result<(Arc<Durable>, bool), String> {
         let existing = lock(&self.by_name).get(&(kind, name.to_owned())).cloned();
         let (durable, present) = match existing {
             Some(d) if !fresh => (d, true),
@@ -331,9 +333,8 @@ impl Sessions {
                 (self.load(dir, saved)?, false)
             }
         };
-        let (kick, kicked) = smol::channel::bounded(1);
-        if let Some((_, previous)) = lock(&durable.attached).replace((conn, kick)) {
-            previous.close();
+        if let Some(previous) = lock(&durable.attached).replace(conn.clone()) {
+            previous.cut_off(TAKEN_OVER.into());
         }
         {
             let mut saved = lock(&durable.saved);
@@ -355,7 +356,7 @@ impl Sessions {
             durable.subscription.store(id, Ordering::Relaxed);
         }
         durable.save();
-        Ok((durable, present, kicked))
+        Ok((durable, present))
     }
 
     /// The connection `conn` left its session; with `expiry` (seconds) from now, or at once
@@ -364,7 +365,7 @@ impl Sessions {
     pub fn detach(&self, durable: &Arc<Durable>, conn: u64, expiry: u32) {
         {
             let mut attached = lock(&durable.attached);
-            if attached.as_ref().is_none_or(|(c, _)| *c != conn) {
+            if attached.as_ref().is_none_or(|c| c.id() != conn) {
                 return;
             }
             *attached = None;
@@ -470,8 +471,9 @@ mod tests {
             let local = Arc::new(Local::new(Duration::from_secs(1)));
             let sessions =
                 Sessions::open(&sessions_dir, config(dir.path()), local.clone()).unwrap();
-            let (d, present, _kick) = sessions
-                .attach(Kind::Mqtt, "dev/1 ü", false, None, u32::MAX, 7)
+            let (app, _rx) = crate::local::app_channel("a", 16, 1 << 20);
+            let (d, present) = sessions
+                .attach(Kind::Mqtt, "dev/1 ü", false, None, u32::MAX, &app)
                 .unwrap();
             assert!(!present);
             d.topics.add(TopicSub {
@@ -482,7 +484,7 @@ mod tests {
                 id: Some(9),
             });
             d.save_topics();
-            sessions.detach(&d, 7, u32::MAX);
+            sessions.detach(&d, app.id(), u32::MAX);
             for n in 0..3 {
                 local.deliver(message("t/a", n));
             }
@@ -495,8 +497,9 @@ mod tests {
             let sessions =
                 Sessions::open(&sessions_dir, config(dir.path()), local.clone()).unwrap();
             local.deliver(message("t/b", 3));
-            let (d, present, _kick) = sessions
-                .attach(Kind::Mqtt, "dev/1 ü", false, None, u32::MAX, 8)
+            let (app, _rx) = crate::local::app_channel("b", 16, 1 << 20);
+            let (d, present) = sessions
+                .attach(Kind::Mqtt, "dev/1 ü", false, None, u32::MAX, &app)
                 .unwrap();
             assert!(present, "the session outlived the hub");
             let mut reader = d.queue.reader(d.queue.first()).unwrap();
@@ -525,23 +528,34 @@ mod tests {
             let local = Arc::new(Local::new(Duration::from_secs(1)));
             let sessions =
                 Sessions::open(&dir.path().join("s"), config(dir.path()), local.clone()).unwrap();
-            let (d, _, _) = sessions
-                .attach(Kind::Ws, "a", false, Some(&Filter::default()), 0, 1)
+            let apps: Vec<_> = (0..4)
+                .map(|n| crate::local::app_channel(format!("{n}"), 16, 1 << 20))
+                .collect();
+            let any = Some(&Filter::default());
+            let (d, _) = sessions
+                .attach(Kind::Ws, "a", false, any, 0, &apps[0].0)
                 .unwrap();
-            sessions.detach(&d, 1, 0);
+            sessions.detach(&d, apps[0].0.id(), 0);
             assert!(!sessions.contains(Kind::Ws, "a"));
-            let (d, _, kicked) = sessions
-                .attach(Kind::Ws, "b", false, Some(&Filter::default()), 60, 1)
+            let (d, _) = sessions
+                .attach(Kind::Ws, "b", false, any, 60, &apps[1].0)
                 .unwrap();
             local.deliver(message("x", 1));
             assert_eq!(d.queue.len(), 1);
-            let (d2, present, _) = sessions
-                .attach(Kind::Ws, "b", false, Some(&Filter::default()), 60, 2)
+            let (d2, present) = sessions
+                .attach(Kind::Ws, "b", false, any, 60, &apps[2].0)
                 .unwrap();
             assert!(present && Arc::ptr_eq(&d, &d2));
-            assert!(kicked.is_closed(), "the earlier connection is taken over");
-            let (d3, present, _) = sessions
-                .attach(Kind::Ws, "b", true, Some(&Filter::default()), 60, 3)
+            assert_eq!(
+                apps[1].1.cut_reason().as_deref(),
+                Some(TAKEN_OVER),
+                "the earlier connection is taken over"
+            );
+            // The taken-over connection leaving changes nothing for the session.
+            sessions.detach(&d, apps[1].0.id(), 0);
+            assert!(sessions.contains(Kind::Ws, "b"));
+            let (d3, present) = sessions
+                .attach(Kind::Ws, "b", true, any, 60, &apps[3].0)
                 .unwrap();
             assert!(!present);
             assert_eq!(d3.queue.len(), 0);

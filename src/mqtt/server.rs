@@ -32,7 +32,7 @@ use crate::apps::{Accepted, Apps, Route};
 use crate::config::MqttConfig;
 use crate::local::{AppReceiver, AppSender, Out, Selector, Sink, TopicSet, TopicSub, app_channel};
 use crate::message::{Extra, Message, new_id, now_millis};
-use crate::sessions::{Durable, Kind, Sessions};
+use crate::sessions::{Durable, Kind, Sessions, TAKEN_OVER};
 use crate::shutdown::Shutdown;
 use crate::transport::timeout;
 
@@ -54,8 +54,11 @@ const CLIENT_QUEUE_BYTES: usize = 16 << 20;
 const MAX_REQUESTS: usize = 1024;
 /// The topic a hub sync request's answer is published to (then the request's id).
 pub const RESPONSE_PREFIX: &str = "$hub/response/";
-/// Bytes read at once from a client.
+/// Bytes read at once from a client that keeps sending.
 const READ_CHUNK: usize = 16 * 1024;
+/// Bytes read at once from a client that was quiet: an idle connection holds no more buffer
+/// than this while it waits.
+const IDLE_READ: usize = 256;
 /// Deliveries written to a client with one write, at most.
 const WRITE_BATCH: usize = 256;
 
@@ -70,7 +73,7 @@ pub struct Mqtt {
     open: AtomicUsize,
     /// Clean sessions by client identifier: the connection, and a sender whose closing takes
     /// it over.
-    live: Mutex<HashMap<String, (u64, smol::channel::Sender<()>)>>,
+    live: Mutex<HashMap<String, AppSender>>,
 }
 
 impl Mqtt {
@@ -196,22 +199,28 @@ async fn accept_loop(
             continue;
         }
         let _ = stream.get_ref().set_nodelay(true);
-        let (mqtt, shutdown, tls) = (mqtt.clone(), shutdown.clone(), tls.clone());
-        smol::spawn(async move {
-            let name = peer.to_string();
-            match tls {
-                None => connection(stream, name, mqtt.clone(), shutdown).await,
-                Some(acceptor) => match timeout(CONNECT_TIMEOUT, acceptor.accept(stream)).await {
+        let (mqtt, shutdown) = (mqtt.clone(), shutdown.clone());
+        let name = peer.to_string();
+        // Two tasks of their own types: a plain connection's task does not carry the room a TLS
+        // handshake takes.
+        match tls.clone() {
+            None => smol::spawn(async move {
+                connection(stream, name, mqtt.clone(), shutdown).await;
+                mqtt.open.fetch_sub(1, Ordering::AcqRel);
+            })
+            .detach(),
+            Some(acceptor) => smol::spawn(async move {
+                match timeout(CONNECT_TIMEOUT, acceptor.accept(stream)).await {
                     Some(Ok(s)) => connection(s, name, mqtt.clone(), shutdown).await,
                     Some(Err(e)) => log::info!("MQTT client {name}: TLS handshake failed: {e}"),
                     None => log::info!(
                         "MQTT client {name}: no TLS handshake within {CONNECT_TIMEOUT:?}"
                     ),
-                },
-            }
-            mqtt.open.fetch_sub(1, Ordering::AcqRel);
-        })
-        .detach();
+                }
+                mqtt.open.fetch_sub(1, Ordering::AcqRel);
+            })
+            .detach(),
+        }
     }
 }
 
@@ -226,9 +235,10 @@ async fn read_packet<S: AsyncRead + Unpin>(
             buf.drain(..used);
             return Ok(Some(packet));
         }
-        if read_some(stream, decoder, buf)
+        if read_some(stream, decoder, buf, false)
             .await
             .map_err(|e| e.to_string())?
+            .0
             == 0
         {
             return Ok(None);
@@ -237,14 +247,20 @@ async fn read_packet<S: AsyncRead + Unpin>(
 }
 
 /// Reads what the stream has, at most up to the end of the packet under way (or [`READ_CHUNK`]
-/// more while its size is not known). Returns the count read (0 at the end of the stream).
+/// more while its size is not known). Returns the count read (0 at the end of the stream) and
+/// whether it was all that was asked for.
+///
+/// `busy`: the last read filled what it asked for, so more is likely waiting; otherwise an
+/// empty buffer asks for [`IDLE_READ`] bytes only.
 async fn read_some<S: AsyncRead + Unpin>(
     stream: &mut S,
     decoder: &Decoder,
     buf: &mut Vec<u8>,
-) -> std::io::Result<usize> {
+    busy: bool,
+) -> std::io::Result<(usize, bool)> {
     let want = match decoder.needed(buf) {
-        Some(total) if total > buf.len() => (total - buf.len()).max(READ_CHUNK.min(4096)),
+        Some(total) if total > buf.len() => (total - buf.len()).max(4096),
+        _ if buf.is_empty() && !busy => IDLE_READ,
         _ => READ_CHUNK,
     };
     /// Cuts the buffer back to what was read when the read finishes or is dropped (the read
@@ -266,7 +282,7 @@ async fn read_some<S: AsyncRead + Unpin>(
     if let Ok(n) = n {
         filling.len = start + n;
     }
-    n
+    n.map(|n| (n, n == want))
 }
 
 /// Why a connection ends.
@@ -367,7 +383,7 @@ where
     let Some(mut client) = accept(&mut stream, &name, *connect, mqtt.clone()).await else {
         return;
     };
-    let (rx, kicked) = match client.start() {
+    let rx = match client.start() {
         Ok(v) => v,
         Err(e) => {
             log::warn!("MQTT client {name}: {e}");
@@ -381,7 +397,6 @@ where
             &mut decoder,
             &mut buf,
             &rx,
-            &kicked,
             keep_alive,
             &shutdown,
         )
@@ -530,46 +545,43 @@ impl std::ops::DerefMut for ClientWithKeepAlive {
     }
 }
 
-type Kicked = smol::channel::Receiver<()>;
-
 impl ClientWithKeepAlive {
     /// Takes or makes the session, registers its subscriptions, queues the CONNACK.
-    fn start(&mut self) -> Result<(AppReceiver, Kicked), String> {
+    fn start(&mut self) -> Result<AppReceiver, String> {
         let mqtt = self.client.mqtt.clone();
         let (sender, rx) = app_channel(self.client.name.clone(), CLIENT_QUEUE, CLIENT_QUEUE_BYTES);
         self.client.conn = sender.id();
         self.client.sender = sender.clone();
         let id = self.client.client_id.clone();
-        let (present, kicked) = if self.persistent {
-            let (durable, present, kicked) = mqtt.sessions.attach(
+        let present = if self.persistent {
+            let (durable, present) = mqtt.sessions.attach(
                 Kind::Mqtt,
                 &id,
                 self.clean_start,
                 None,
                 self.client.session_expiry,
-                self.client.conn,
+                &sender,
             )?;
             // A clean session of the same client is taken over too.
-            if let Some((_, old)) = lock(&mqtt.live).remove(&id) {
-                old.close();
+            if let Some(old) = lock(&mqtt.live).remove(&id) {
+                old.cut_off(TAKEN_OVER.into());
             }
             durable.topics.set_owner(self.client.conn);
             self.client.topics = durable.topics.clone();
             self.client.next_seq = durable.queue.first();
             self.client.replay_below = durable.queue.visible();
             self.client.durable = Some(durable);
-            (present, kicked)
+            present
         } else {
             if mqtt.sessions.contains(Kind::Mqtt, &id) {
                 // A clean session replaces a persistent one (MQTT 3.1.1 section 3.1.2.4).
-                let (old, _, _) =
-                    mqtt.sessions
-                        .attach(Kind::Mqtt, &id, true, None, 0, self.client.conn)?;
+                let (old, _) = mqtt
+                    .sessions
+                    .attach(Kind::Mqtt, &id, true, None, 0, &sender)?;
                 mqtt.sessions.detach(&old, self.client.conn, 0);
             }
-            let (kick, kicked) = smol::channel::bounded(1);
-            if let Some((_, old)) = lock(&mqtt.live).insert(id.clone(), (self.client.conn, kick)) {
-                old.close();
+            if let Some(old) = lock(&mqtt.live).insert(id.clone(), sender.clone()) {
+                old.cut_off(TAKEN_OVER.into());
             }
             self.client.topics.set_owner(self.client.conn);
             let sub = mqtt.apps.local.add(
@@ -577,7 +589,7 @@ impl ClientWithKeepAlive {
                 Sink::App(sender),
             );
             self.client.clean_subscription = Some(sub);
-            (false, kicked)
+            false
         };
         let props = ConnackProps {
             session_expiry: (self.client.version == Version::V5)
@@ -608,18 +620,18 @@ impl ClientWithKeepAlive {
                 "clean"
             }
         );
-        Ok((rx, kicked))
+        Ok(rx)
     }
 }
 
 /// What woke the connection.
 enum Wake {
-    Read(std::io::Result<usize>),
+    /// Bytes read, and whether the read filled all it asked for.
+    Read(std::io::Result<(usize, bool)>),
     Deliver(Option<Out>),
     Stored,
     Accepted(Result<u64, String>),
     KeepAlive,
-    TakenOver,
     Shutdown,
 }
 
@@ -710,7 +722,6 @@ impl Client {
         decoder: &mut Decoder,
         buf: &mut Vec<u8>,
         rx: &AppReceiver,
-        kicked: &Kicked,
         keep_alive: u16,
         shutdown: &Shutdown,
     ) -> End
@@ -720,6 +731,7 @@ impl Client {
         // MQTT 5.0 section 3.1.2.10: one and a half times the keep-alive without a packet.
         let grace = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
         let mut deadline = grace.map(|g| Instant::now() + g);
+        let mut busy = false;
         if let Err(e) = self.flush(stream).await {
             return End::Lost(e.to_string());
         }
@@ -734,7 +746,7 @@ impl Client {
             let wake = {
                 let read = async {
                     if reading {
-                        Wake::Read(read_some(stream, decoder, buf).await)
+                        Wake::Read(read_some(stream, decoder, buf, busy).await)
                     } else {
                         never().await
                     }
@@ -772,9 +784,10 @@ impl Client {
                         None => never().await,
                     }
                 };
+                // Cut off (taken over, too slow) even while no delivery may go out.
                 let taken = async {
-                    let _ = kicked.recv().await;
-                    Wake::TakenOver
+                    rx.cut_off_wait().await;
+                    Wake::Deliver(None)
                 };
                 let stop = async {
                     shutdown.wait().await;
@@ -790,13 +803,22 @@ impl Client {
                     .await
             };
             let step = match wake {
-                Wake::Read(Ok(0)) => return End::Lost("the connection was closed".into()),
+                Wake::Read(Ok((0, _))) => return End::Lost("the connection was closed".into()),
                 Wake::Read(Err(e)) => return End::Lost(e.to_string()),
-                Wake::Read(Ok(_)) => {
+                Wake::Read(Ok((_, full))) => {
+                    busy = full;
                     deadline = grace.map(|g| Instant::now() + g);
-                    self.on_bytes(decoder, buf)
+                    let handled = self.on_bytes(decoder, buf);
+                    if buf.is_empty() && !busy {
+                        // Quiet again: hold no buffer while waiting.
+                        *buf = Vec::new();
+                    }
+                    handled
                 }
                 Wake::Deliver(None) => match rx.cut_reason() {
+                    Some(why) if why == TAKEN_OVER => {
+                        Err(End::Closed(reason::SESSION_TAKEN_OVER, why))
+                    }
                     Some(why) => Err(End::Closed(reason::QUOTA_EXCEEDED, why)),
                     None => Err(End::Lost("the hub dropped the connection".into())),
                 },
@@ -855,10 +877,6 @@ impl Client {
                 Wake::KeepAlive => Err(End::Closed(
                     reason::KEEP_ALIVE_TIMEOUT,
                     format!("no packet within 1.5 times the keep-alive of {keep_alive}s"),
-                )),
-                Wake::TakenOver => Err(End::Closed(
-                    reason::SESSION_TAKEN_OVER,
-                    "another connection took the session over".into(),
                 )),
                 Wake::Shutdown => Err(End::Closed(
                     reason::SERVER_SHUTTING_DOWN,
@@ -1464,7 +1482,7 @@ impl Client {
             let mut live = lock(&self.mqtt.live);
             if live
                 .get(&self.client_id)
-                .is_some_and(|(c, _)| *c == self.conn)
+                .is_some_and(|c| c.id() == self.conn)
             {
                 live.remove(&self.client_id);
             }
@@ -1496,3 +1514,23 @@ impl From<DecodeError> for End {
 
 #[allow(dead_code)]
 fn _assert_send<F: Future + Send>(_: F) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of what `f`'s future holds (an idle connection's task is mostly this).
+    fn future_size<A, B, C, D, F>(_: impl Fn(A, B, C, D) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    #[test]
+    fn a_connection_task_is_small() {
+        let size = future_size(connection::<Async<std::net::TcpStream>>);
+        eprintln!(
+            "connection future: {size} bytes; client {}",
+            std::mem::size_of::<Client>()
+        );
+        assert!(size < 3 * 1024, "a connection's future is {size} bytes");
+    }
+}
