@@ -3,13 +3,13 @@
 #
 #   scripts/fuzz.sh [--dev] [SECONDS]      SECONDS defaults to 600
 #
-# The targets share SECONDS: each runs for SECONDS / 4 (at least 1 s), after one build of them
+# The targets share SECONDS: each runs for SECONDS / 5 (at least 1 s), after one build of them
 # all. --dev builds them without optimizations: about half the build time for far fewer
 # executions a second, which suits a short pass (make fuzz-smoke).
 #
 # Before running, each target's corpus (fuzz/corpus/TARGET, git-ignored) gets seeds: valid
-# frames, a length-prefixed stream, short link scripts for the session simulation, and the YAML
-# files of configs/ and tests/fixtures/.
+# frames, a length-prefixed stream, short link scripts for the session simulation, the YAML
+# files of configs/ and tests/fixtures/, and MQTT 3.1.1 and 5.0 client streams.
 #
 # Prints one line per target ("frame_decode: ok, 1234567 runs in 150 s" or "session: CRASH,
 # input saved in fuzz/artifacts/session/crash-…") and exits 1 if any target crashed (2 if one
@@ -51,7 +51,7 @@ fi
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 FUZZ="$ROOT/fuzz"
-TARGETS=(frame_decode stream_decoder session config_parse)
+TARGETS=(frame_decode stream_decoder session config_parse mqtt_decode)
 PER=$((SECONDS_TOTAL / ${#TARGETS[@]}))
 ((PER >= 1)) || PER=1
 
@@ -103,7 +103,7 @@ artifacts() {
 
 seed() {
 	local c="$FUZZ/corpus"
-	mkdir -p "$c"/{frame_decode,stream_decoder,session,config_parse}
+	mkdir -p "$c"/{frame_decode,stream_decoder,session,config_parse,mqtt_decode}
 	# The HELLO of docs/protocol.md, a WELCOME, a HEARTBEAT, a MESSAGE holding an encoded message
 	# and an ACK.
 	local hello=010100003a98000005dc017009656467652d6e6f6465000001000102030405060708000000000000000100000000000000000000000000000000
@@ -122,6 +122,17 @@ seed() {
 	hex "$c/session/seed-faithful" "00${params}0600070700050403e70600070403e70c0403e7"
 	hex "$c/session/seed-lossy" "00${params}060007070005040010080009010a000403e70b75300403e70d0104007f"
 	hex "$c/session/seed-forged" "01${params}06000704001e0e01010000000000000000000000000000000000000f0105deadbeef000403e7"
+	# MQTT client streams behind a byte that picks the packet size limit (00: 1 MiB; 80 + n:
+	# 2 + 4n bytes). 3.1.1: mosquitto_pub's CONNECT (user, password, will), a QoS 1 PUBLISH, a
+	# SUBSCRIBE, a PUBREL, a PINGREQ, a DISCONNECT. 5.0: a CONNECT with properties, a PUBLISH
+	# with Payload Format, Response Topic and Correlation Data, a SUBSCRIBE with a Subscription
+	# Identifier and options, a PUBACK with a reason code, a DISCONNECT with will and expiry.
+	# Then a CONNECT followed by a PUBLISH over a 66-byte limit.
+	local connect3=103700044d51545404ec001e000873656e736f722d37000d646561642f73656e736f722d3700036279650005616c6963650006736563726574
+	local connect5=105d00044d5154540506002d201100000e10210014270001000022000a2600047369746500056e6f7274681901000873656e736f722d3819180000000503000a746578742f706c61696e2600016b0001760006646561642f780004676f6e65
+	hex "$c/mqtt_decode/seed-v311" "00${connect3}32090003612f6200016869820800020003612f2b0162020001c000e000"
+	hex "$c/mqtt_decode/seed-v5" "00${connect5}32180003612f6200010e01010800047265737009000201026869820b0002020b050003612f2b2d4003000110e00704051100000000"
+	hex "$c/mqtt_decode/seed-too-large" "90100c00044d5154540402003c000030e907"
 	local f
 	for f in "$ROOT"/configs/*.yaml "$ROOT"/tests/fixtures/*/*/*.yaml; do
 		[[ -e $f ]] || continue
