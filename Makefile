@@ -57,13 +57,13 @@ uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/lib/systemd/system/cloudhub.service $(DESTDIR)$(PREFIX)/lib/systemd/system/edgehub.service
 	rm -rf $(DESTDIR)$(PREFIX)/share/doc/hub
 
-# Fuzzes the frame codec, the session and the config parsers for SECONDS in all, shared by the
+# Fuzzes the frame codec, the session, the config parsers and the MQTT decoder for SECONDS in all, shared by the
 # targets (scripts/fuzz.sh; needs cargo-fuzz, installed if missing).
 SECONDS ?= 600
 fuzz:
 	scripts/fuzz.sh $(SECONDS)
 
-# A short fuzzing pass for CI: an unoptimized build, then every target for 15 s.
+# A short fuzzing pass for CI: an unoptimized build, then every target for an equal share of 60 s.
 fuzz-smoke:
 	scripts/fuzz.sh --dev 60
 
