@@ -118,6 +118,24 @@ cat "$WORK/gw-ws-sub.out"
 say "a cloud application asks gw-quic and waits for the answer (request/response)"
 run "$HUB" req -u "$CLOUD" -r node/gw-quic/commands/ping '{"ping": 1}'
 
+say "devices speak MQTT: mosquitto_pub on gw-quic, mosquitto_sub in the cloud, and back"
+scripts/test-deps.sh --mosquitto
+CLOUD_MQTT=$(wait_log "$WORK/cloud.log" 'mqtt listening on' | grep -oE '[0-9]+$')
+GW_MQTT=$(wait_log "$WORK/gw-quic.log" 'mqtt listening on' | grep -oE '[0-9]+$')
+mosquitto_sub -p "$CLOUD_MQTT" -t 'node/+/sensors/#' -q 1 -C 1 -v >"$WORK/mqtt-cloud.out" &
+MQTT_SUB=$!
+mosquitto_sub -p "$GW_MQTT" -t 'commands/#' -q 1 -C 1 -v >"$WORK/mqtt-gw.out" &
+MQTT_GW_SUB=$!
+sleep 0.3 # let the subscriptions register
+run mosquitto_pub -p "$GW_MQTT" -t sensors/door -q 1 -m closed
+wait "$MQTT_SUB"
+echo "the cloud's MQTT subscriber received:"
+cat "$WORK/mqtt-cloud.out"
+run mosquitto_pub -p "$CLOUD_MQTT" -t node/gw-quic/commands/light -q 1 -m '{"on": true}'
+wait "$MQTT_GW_SUB"
+echo "the gateway's MQTT subscriber received (the gw-quic application above too):"
+cat "$WORK/mqtt-gw.out"
+
 say "the cloud's nodes"
 run "$HUB" nodes -u "$CLOUD"
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs, when missing, the third-party MQTT clients that tests/mqtt_clients.rs drives:
+# Installs, when missing, the third-party MQTT clients that tests/mqtt_clients.rs drives
+# (with --mosquitto, only the first, for `make demo`):
 # Debian's mosquitto-clients (mosquitto_pub, mosquitto_sub) and paho-mqtt 2.x for Python.
 # paho goes into a virtual environment under target/ (target/mqtt-venv) unless python3 already
 # has it: that works the same with and without root, on Debian 12 and 13, whose system pip
@@ -48,6 +49,11 @@ has_paho() {
 if ! command -v mosquitto_pub >/dev/null || ! command -v mosquitto_sub >/dev/null; then
   echo "test-deps: installing mosquitto-clients"
   apt_install mosquitto-clients
+fi
+
+# `--mosquitto`: only the mosquitto clients (what `make demo` uses).
+if [ "${1:-}" = --mosquitto ]; then
+  exit 0
 fi
 
 if ! command -v python3 >/dev/null; then
