@@ -142,6 +142,10 @@ pub struct SubArgs {
     /// stop after this many messages
     #[argh(option, short = 'n')]
     pub count: Option<u64>,
+    /// a durable subscription of this name: what arrives while no subscriber of the name is
+    /// connected is kept on disk by the hub and comes first next time
+    #[argh(option, short = 's')]
+    pub session: Option<String>,
     /// answer every sync request with this content (JSON, or else a string)
     #[argh(option)]
     pub reply: Option<String>,

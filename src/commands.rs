@@ -79,6 +79,9 @@ pub fn subscribe(args: SubArgs) -> ExitCode {
     if let Some(g) = &args.group {
         path.push_str(&format!("&group={}", encode(g)));
     }
+    if let Some(s) = &args.session {
+        path.push_str(&format!("&session={}", encode(s)));
+    }
     smol::block_on(async {
         let mut ws = match client::connect(&args.url, &path).await {
             Ok(ws) => ws,

@@ -203,3 +203,74 @@ fn the_hubs_reason_for_closing_reaches_the_user() {
         "{stderr}"
     );
 }
+
+/// `hub sub --session NAME`: a durable subscription. What arrives while no subscriber of the
+/// name is connected is kept by the hub and printed first by the next `hub sub` of the name.
+#[test]
+fn hub_sub_with_a_session_gets_what_arrived_while_it_was_away() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = common::link_pki(tmp.path());
+    let cloud = common::start_cloud(tmp.path(), &pki, &CloudSpec::default());
+    let (_edge, edge_apps) = start_connected_edge(tmp.path(), &pki, Proto::Websocket, &cloud);
+    let sub = |n: &str| {
+        // `timeout`: a subscriber that never gets its messages fails the test rather than hangs.
+        Command::new("timeout")
+            .arg("20")
+            .arg(common::hub_bin())
+            .args([
+                "sub",
+                "-u",
+                &edge_apps,
+                "-r",
+                "away",
+                "--session",
+                "s1",
+                "-n",
+                n,
+            ])
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    };
+    // A subscriber that takes nothing and leaves: the session exists once the hub wrote it.
+    assert_eq!(sub("0").status.code(), Some(0));
+    let session_file = || find(tmp.path(), "sessions/ws-s1/session.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !session_file() {
+        assert!(std::time::Instant::now() < deadline, "no session was kept");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Away: three arrive.
+    for n in 0..3 {
+        let p = hub(
+            &[
+                "pub",
+                "-u",
+                &cloud.apps,
+                "-r",
+                "node/edge-node/away/x",
+                &n.to_string(),
+            ],
+            b"",
+        );
+        assert_eq!(p.status.code(), Some(0), "{}", text(&p.stderr));
+    }
+    let back = sub("3");
+    let contents: Vec<String> = text(&back.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["content"].to_string())
+        .collect();
+    assert_eq!(contents, ["0", "1", "2"], "{}", text(&back.stderr));
+}
+
+/// Whether a file whose path ends with `tail` is under `dir`.
+fn find(dir: &std::path::Path, tail: &str) -> bool {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            let path = e.path();
+            path.ends_with(tail) || (path.is_dir() && find(&path, tail))
+        })
+}
