@@ -61,6 +61,11 @@ const READ_CHUNK: usize = 16 * 1024;
 const IDLE_READ: usize = 256;
 /// Deliveries written to a client with one write, at most.
 const WRITE_BATCH: usize = 256;
+/// Bytes written to a client with one write, at most (more only for a single larger packet).
+const WRITE_BYTES: usize = 256 * 1024;
+/// Deliveries to one client whose acknowledgement in a durable session's queue waits for an
+/// earlier one's (QoS 0 behind an unacknowledged QoS 1), at most.
+const MAX_FLIGHTS: usize = 4096;
 
 /// The MQTT front-end's shared state.
 pub struct Mqtt {
@@ -299,6 +304,8 @@ enum End {
 struct Incoming {
     pid: u16,
     qos: u8,
+    /// Counted in the client's bytes on their way into the queue until the outcome is known.
+    bytes: usize,
     accepted: Accepted,
 }
 
@@ -329,6 +336,10 @@ struct Client {
     /// QoS 2 packet identifiers received (PUBREC sent) and not yet released.
     received: HashSet<u16>,
     flights: VecDeque<Flight>,
+    /// Deliveries in `flights` the client has not acknowledged yet.
+    unacked: usize,
+    /// Bytes of `incoming`.
+    incoming_bytes: usize,
     next_pid: u16,
     send_maximum: usize,
     max_out_packet: usize,
@@ -510,6 +521,8 @@ where
             incoming: VecDeque::new(),
             received: HashSet::new(),
             flights: VecDeque::new(),
+            unacked: 0,
+            incoming_bytes: 0,
             next_pid: 0,
             send_maximum,
             max_out_packet,
@@ -663,10 +676,11 @@ impl Client {
 
     /// Whether another QoS 1 or 2 delivery may go out now.
     fn may_send(&self) -> bool {
-        self.flights.iter().filter(|f| !f.done).count() < self.send_maximum
+        self.unacked < self.send_maximum && self.flights.len() < MAX_FLIGHTS
     }
 
-    /// The next delivery from the durable session's queue, reading a batch when none is staged.
+    /// The next staged delivery (retained messages for a new subscription, then what was read
+    /// from the durable session's queue), reading a batch from the queue when none is staged.
     fn next_stored(&mut self) -> Result<Option<Out>, String> {
         if let Some(o) = self.staged.pop_front() {
             return Ok(Some(o));
@@ -736,7 +750,8 @@ impl Client {
             return End::Lost(e.to_string());
         }
         loop {
-            let reading = self.incoming.len() < usize::from(RECEIVE_MAXIMUM);
+            let reading = self.incoming.len() < usize::from(RECEIVE_MAXIMUM)
+                && self.incoming_bytes < crate::apps::IN_FLIGHT_BYTES;
             let sending = self.may_send();
             let durable = self.durable.clone();
             let has_stored = self.staged.front().is_some()
@@ -760,7 +775,7 @@ impl Client {
                 };
                 let stored = async {
                     match &durable {
-                        Some(_) if sending && has_stored => Wake::Stored,
+                        _ if sending && has_stored => Wake::Stored,
                         Some(d) if sending => {
                             d.queue.added().await;
                             Wake::Stored
@@ -826,7 +841,7 @@ impl Client {
                     self.deliver(out);
                     // Whatever else is waiting goes out with the same write.
                     for _ in 1..WRITE_BATCH {
-                        if !self.may_send() {
+                        if !self.may_send() || self.out.len() >= WRITE_BYTES {
                             break;
                         }
                         match rx.try_recv() {
@@ -839,7 +854,7 @@ impl Client {
                 Wake::Stored => {
                     let mut result = Ok(());
                     for _ in 0..WRITE_BATCH {
-                        if !self.may_send() {
+                        if !self.may_send() || self.out.len() >= WRITE_BYTES {
                             break;
                         }
                         match self.next_stored() {
@@ -1008,6 +1023,7 @@ impl Client {
     fn on_delivered(&mut self, pid: u16, _complete: bool) -> Result<(), End> {
         if let Some(f) = self.flights.iter_mut().find(|f| !f.done && f.pid == pid) {
             f.done = true;
+            self.unacked -= 1;
         }
         self.release_flights();
         Ok(())
@@ -1108,6 +1124,12 @@ impl Client {
             self.release_flights();
             return;
         }
+        if qos > 0 {
+            self.unacked += 1;
+        } else if out.seq.is_none() {
+            // Nothing to acknowledge anywhere.
+            return;
+        }
         self.flights.push_back(Flight {
             pid: pid.unwrap_or(0),
             seq: out.seq,
@@ -1197,12 +1219,16 @@ impl Client {
         }
         let accepted = self.publish(topic, p);
         match accepted {
-            Ok(Some(incoming)) => self.incoming.push_back(incoming),
+            Ok(Some(incoming)) => {
+                self.incoming_bytes += incoming.bytes;
+                self.incoming.push_back(incoming);
+            }
             Ok(None) => {}
             Err((pid, qos, why)) => {
                 let incoming = Incoming {
                     pid,
                     qos,
+                    bytes: 0,
                     accepted: Box::pin(std::future::ready(Err(why))),
                 };
                 self.incoming.push_back(incoming);
@@ -1279,6 +1305,7 @@ impl Client {
                 return Ok((qos > 0).then(|| Incoming {
                     pid,
                     qos,
+                    bytes: 0,
                     accepted: Box::pin(std::future::ready(Ok(0))),
                 }));
             }
@@ -1326,26 +1353,33 @@ impl Client {
         pid: u16,
         qos: u8,
     ) -> Result<Option<Incoming>, (u16, u8, String)> {
-        let (accepted, _) = self
+        let (accepted, bytes) = self
             .mqtt
             .apps
             .publish(&mut msg)
             .map_err(|e| (pid, qos, e))?;
-        if qos == 0 {
-            // At most once: its outcome is not waited for.
-            smol::spawn(async move {
-                if let Err(e) = accepted.await {
-                    log::debug!("a QoS 0 publish was not queued: {e}");
-                }
-            })
-            .detach();
-            return Ok(None);
-        }
-        Ok(Some(Incoming { pid, qos, accepted }))
+        // QoS 0 too: no acknowledgement follows, but it counts against the bounds on what is on
+        // its way into the queue, so a client publishing faster than the disk cannot grow them.
+        Ok(Some(Incoming {
+            pid,
+            qos,
+            bytes,
+            accepted,
+        }))
     }
 
     /// The queue's answer for the client's publish: PUBACK or PUBREC.
     fn on_accepted(&mut self, incoming: Incoming, outcome: Result<u64, String>) -> Result<(), End> {
+        self.incoming_bytes -= incoming.bytes;
+        if incoming.qos == 0 {
+            if let Err(e) = outcome {
+                log::debug!(
+                    "MQTT client {}: a QoS 0 publish was not queued: {e}",
+                    self.name
+                );
+            }
+            return Ok(());
+        }
         let code = match &outcome {
             Ok(_) => reason::SUCCESS,
             Err(why) => {
@@ -1412,9 +1446,10 @@ impl Client {
             codes,
             reason_string: None,
         }));
-        // Retained messages follow the SUBACK (MQTT 5.0 section 3.3.1.3).
-        for out in retained {
-            self.deliver(out);
+        // Retained messages follow the SUBACK (MQTT 5.0 section 3.3.1.3), before what the
+        // session's queue holds, within the client's Receive Maximum like any delivery.
+        for out in retained.into_iter().rev() {
+            self.staged.push_front(out);
         }
         Ok(())
     }
