@@ -251,7 +251,9 @@ async fn read_packet<S: AsyncRead + Unpin>(
 /// whether it was all that was asked for.
 ///
 /// `busy`: the last read filled what it asked for, so more is likely waiting; otherwise an
-/// empty buffer asks for [`IDLE_READ`] bytes only.
+/// empty buffer asks for [`IDLE_READ`] bytes only. The room asked for a large packet grows with
+/// what arrived of it (at most [`READ_CHUNK`] or as much again as the buffer holds): a size a
+/// client announces is not memory the hub commits before the bytes come.
 async fn read_some<S: AsyncRead + Unpin>(
     stream: &mut S,
     decoder: &Decoder,
@@ -259,7 +261,9 @@ async fn read_some<S: AsyncRead + Unpin>(
     busy: bool,
 ) -> std::io::Result<(usize, bool)> {
     let want = match decoder.needed(buf) {
-        Some(total) if total > buf.len() => (total - buf.len()).max(4096),
+        Some(total) if total > buf.len() => {
+            (total - buf.len()).max(4096).min(buf.len().max(READ_CHUNK))
+        }
         _ if buf.is_empty() && !busy => IDLE_READ,
         _ => READ_CHUNK,
     };

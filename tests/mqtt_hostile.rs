@@ -1,0 +1,315 @@
+//! Hostile MQTT clients and protocol corner cases against one cloud's MQTT listener: raw TCP
+//! peers that send what no client library would, or never read what the hub writes. Each test
+//! checks what the hub promises (`docs/mqtt.md`): bounded memory per connection, a stuck client
+//! still cut off, reason codes, the bounds on what one client may make the hub keep.
+
+mod common;
+
+use std::io::{BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::mqtt::{self, WAIT, packet, varint};
+use common::{Cloud, CloudSpec};
+
+/// One cloud with its MQTT listener.
+struct One {
+    _dir: tempfile::TempDir,
+    cloud: Cloud,
+    port: u16,
+}
+
+fn cloud(mqtt_extra: &str) -> One {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = common::dev_pki(dir.path());
+    let spec = CloudSpec {
+        mqtt_extra: mqtt_extra.into(),
+        ..CloudSpec::default()
+    };
+    let cloud = common::start_cloud(dir.path(), &pki, &spec);
+    let port = mqtt::mqtt_port(&cloud.hub);
+    One {
+        _dir: dir,
+        cloud,
+        port,
+    }
+}
+
+/// The resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn string(s: &[u8]) -> Vec<u8> {
+    let mut out = (s.len() as u16).to_be_bytes().to_vec();
+    out.extend_from_slice(s);
+    out
+}
+
+/// A CONNECT, field by field.
+#[derive(Clone)]
+struct Connect {
+    version: u8,
+    client_id: String,
+    clean: bool,
+    keep_alive: u16,
+    /// v5 CONNECT properties, encoded.
+    props: Vec<u8>,
+    /// (topic, payload, qos)
+    will: Option<(String, String, u8)>,
+    user: Option<String>,
+    password: Option<String>,
+}
+
+impl Connect {
+    fn new(version: u8, client_id: &str) -> Connect {
+        Connect {
+            version,
+            client_id: client_id.into(),
+            clean: true,
+            keep_alive: 60,
+            props: Vec::new(),
+            will: None,
+            user: None,
+            password: None,
+        }
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        let mut flags = 0u8;
+        if self.clean {
+            flags |= 0x02;
+        }
+        if let Some((_, _, qos)) = &self.will {
+            flags |= 0x04 | (qos << 3);
+        }
+        if self.password.is_some() {
+            flags |= 0x40;
+        }
+        if self.user.is_some() {
+            flags |= 0x80;
+        }
+        let mut body = string(b"MQTT");
+        body.push(self.version);
+        body.push(flags);
+        body.extend(self.keep_alive.to_be_bytes());
+        if self.version == 5 {
+            body.extend(varint(self.props.len()));
+            body.extend(&self.props);
+        }
+        body.extend(string(self.client_id.as_bytes()));
+        if let Some((topic, payload, _)) = &self.will {
+            if self.version == 5 {
+                body.push(0);
+            }
+            body.extend(string(topic.as_bytes()));
+            body.extend(string(payload.as_bytes()));
+        }
+        if let Some(u) = &self.user {
+            body.extend(string(u.as_bytes()));
+        }
+        if let Some(p) = &self.password {
+            body.extend(string(p.as_bytes()));
+        }
+        packet(0x10, &body)
+    }
+}
+
+/// Reads one packet: (first byte, body), or `None` at the end of the stream (or a reset).
+fn read_packet(stream: &mut impl Read) -> Option<(u8, Vec<u8>)> {
+    let mut first = [0u8; 1];
+    stream.read_exact(&mut first).ok()?;
+    let mut len = 0usize;
+    let mut shift = 0;
+    loop {
+        let mut b = [0u8; 1];
+        stream.read_exact(&mut b).ok()?;
+        len |= ((b[0] & 0x7f) as usize) << shift;
+        shift += 7;
+        if b[0] & 0x80 == 0 {
+            break;
+        }
+    }
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).ok()?;
+    Some((first[0], body))
+}
+
+/// A raw client: a TCP connection (and a buffered reader of it) and the version it spoke in
+/// its CONNECT.
+struct Raw {
+    s: TcpStream,
+    r: BufReader<TcpStream>,
+    version: u8,
+}
+
+impl Raw {
+    /// Connects and returns the CONNACK's (flags, code).
+    fn try_connect(port: u16, c: &Connect) -> (Raw, u8, u8) {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        s.write_all(&c.bytes()).unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let (first, body) = read_packet(&mut r).expect("a CONNACK");
+        assert_eq!(first, 0x20, "CONNACK expected, got {first:#x} {body:?}");
+        let raw = Raw {
+            s,
+            r,
+            version: c.version,
+        };
+        (raw, body[0], body[1])
+    }
+
+    fn connect(port: u16, c: &Connect) -> Raw {
+        let (raw, _, code) = Raw::try_connect(port, c);
+        assert_eq!(code, 0, "connection refused: {code:#x}");
+        raw
+    }
+
+    fn clean(port: u16, version: u8, client_id: &str) -> Raw {
+        Raw::connect(port, &Connect::new(version, client_id))
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).unwrap();
+    }
+
+    /// The next packet; panics at the end of the stream.
+    fn next(&mut self) -> (u8, Vec<u8>) {
+        read_packet(&mut self.r).expect("a packet, not the end of the connection")
+    }
+
+    /// A PUBLISH of `payload` to `topic` at `qos` (`pid` for QoS > 0), with v5 `props`.
+    fn publish_bytes(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        qos: u8,
+        pid: u16,
+        props: &[u8],
+    ) -> Vec<u8> {
+        let mut body = string(topic.as_bytes());
+        if qos > 0 {
+            body.extend(pid.to_be_bytes());
+        }
+        if self.version == 5 {
+            body.extend(varint(props.len()));
+            body.extend(props);
+        }
+        body.extend_from_slice(payload);
+        packet(0x30 | (qos << 1), &body)
+    }
+
+    fn publish(&mut self, topic: &str, payload: &[u8], qos: u8, pid: u16) {
+        let p = self.publish_bytes(topic, payload, qos, pid, &[]);
+        self.send(&p);
+    }
+
+    /// SUBSCRIBE to `filters` (each with its options byte); returns the SUBACK's codes.
+    fn subscribe(&mut self, pid: u16, filters: &[(String, u8)]) -> Vec<u8> {
+        let mut body = pid.to_be_bytes().to_vec();
+        if self.version == 5 {
+            body.push(0);
+        }
+        for (f, opts) in filters {
+            body.extend(string(f.as_bytes()));
+            body.push(*opts);
+        }
+        self.send(&packet(0x82, &body));
+        loop {
+            let (first, body) = self.next();
+            if first == 0x90 {
+                assert_eq!(
+                    body[..2],
+                    pid.to_be_bytes(),
+                    "the SUBACK's packet identifier"
+                );
+                let skip = if self.version == 5 {
+                    // Properties: a one-byte length, as the hub writes none that long.
+                    3 + usize::from(body[2])
+                } else {
+                    2
+                };
+                return body[skip..].to_vec();
+            }
+        }
+    }
+
+    /// The next PUBLISH: (first byte, topic, packet identifier, payload), skipping other packets.
+    fn next_publish(&mut self) -> (u8, String, Option<u16>, Vec<u8>) {
+        loop {
+            let (first, body) = self.next();
+            if first >> 4 == 3 {
+                return parse_publish(self.version, first, &body);
+            }
+        }
+    }
+}
+
+fn parse_publish(version: u8, first: u8, body: &[u8]) -> (u8, String, Option<u16>, Vec<u8>) {
+    let len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+    let topic = String::from_utf8(body[2..2 + len].to_vec()).unwrap();
+    let mut at = 2 + len;
+    let pid = (first & 0x06 != 0).then(|| {
+        at += 2;
+        u16::from_be_bytes([body[at - 2], body[at - 1]])
+    });
+    if version == 5 {
+        // Properties: the varint length, then them.
+        let mut n = 0usize;
+        let mut shift = 0;
+        loop {
+            let b = body[at];
+            at += 1;
+            n |= usize::from(b & 0x7f) << shift;
+            shift += 7;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        at += n;
+    }
+    (first, topic, pid, body[at..].to_vec())
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_packet_size_announced_is_not_allocated_before_its_bytes_arrive() {
+    const CONNS: usize = 256;
+    let one = cloud("");
+    let pid = one.cloud.hub.pid();
+    let before = rss_kib(pid);
+    // Each announces a CONNECT of 1 MiB - 1 (under mqtt.max-packet-bytes) and sends 1 byte of it.
+    let conns: Vec<TcpStream> = (0..CONNS)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", one.port)).unwrap();
+            s.write_all(&[0x10, 0xff, 0xff, 0x3f, 0x00]).unwrap();
+            s
+        })
+        .collect();
+    // A round trip on another connection: the hub read what the others sent by then.
+    let mut probe = Raw::clean(one.port, 5, "probe");
+    probe.send(&packet(0xc0, &[]));
+    assert_eq!(probe.next().0, 0xd0, "PINGRESP");
+    let mut peak = rss_kib(pid);
+    let until = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < until {
+        peak = peak.max(rss_kib(pid));
+    }
+    let grew = peak.saturating_sub(before);
+    assert!(
+        grew < 48 * 1024,
+        "{CONNS} connections that sent 5 bytes each grew the hub by {grew} KiB"
+    );
+    drop(conns);
+    // A packet that large still arrives whole when its bytes do.
+    assert_eq!(probe.subscribe(1, &[("big".into(), 1)]), [1]);
+    let payload: Vec<u8> = (0..900_000u32).map(|i| (i % 251) as u8).collect();
+    probe.publish("big", &payload, 1, 7);
+    let (_, topic, _, got) = probe.next_publish();
+    assert_eq!((topic.as_str(), got.len()), ("big", payload.len()));
+    assert!(got == payload, "the payload changed on the way");
+}
