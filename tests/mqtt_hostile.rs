@@ -313,3 +313,23 @@ fn a_packet_size_announced_is_not_allocated_before_its_bytes_arrive() {
     assert_eq!((topic.as_str(), got.len()), ("big", payload.len()));
     assert!(got == payload, "the payload changed on the way");
 }
+
+#[test]
+fn a_will_is_published_at_its_own_qos() {
+    let one = cloud("");
+    let mut watcher = Raw::clean(one.port, 5, "watcher");
+    assert_eq!(watcher.subscribe(1, &[("wills/#".into(), 2)]), [2]);
+    for qos in [1u8, 2] {
+        let mut c = Connect::new(5, &format!("dying-{qos}"));
+        c.will = Some((format!("wills/{qos}"), "gone".into(), qos));
+        let dying = Raw::connect(one.port, &c);
+        drop(dying);
+        let (first, topic, _, _) = watcher.next_publish();
+        assert_eq!(topic, format!("wills/{qos}"));
+        assert_eq!(
+            (first >> 1) & 3,
+            qos,
+            "the will's QoS as its subscriber gets it"
+        );
+    }
+}

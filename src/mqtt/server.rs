@@ -1466,11 +1466,24 @@ impl Client {
             };
             if topic::check_name(&p.topic).is_ok() {
                 let qos = p.qos;
-                match self.publish(p.topic.clone(), Publish { qos: 0, ..p }) {
-                    Ok(_) => log::debug!(
-                        "MQTT client {}: its will (QoS {qos}) was published",
-                        self.name
-                    ),
+                // At the will's own QoS (MQTT 5.0 section 3.1.2.6), which is what its
+                // subscribers get it at; nobody waits for the queue's answer.
+                match self.publish(p.topic.clone(), p) {
+                    Ok(incoming) => {
+                        if let Some(Incoming { accepted, .. }) = incoming {
+                            let name = self.name.clone();
+                            smol::spawn(async move {
+                                if let Err(e) = accepted.await {
+                                    log::warn!("MQTT client {name}: its will was not queued: {e}");
+                                }
+                            })
+                            .detach();
+                        }
+                        log::debug!(
+                            "MQTT client {}: its will (QoS {qos}) was published",
+                            self.name
+                        )
+                    }
                     Err((_, _, why)) => log::warn!(
                         "MQTT client {}: its will was not published: {why}",
                         self.name
