@@ -274,6 +274,18 @@ fn parse_publish(version: u8, first: u8, body: &[u8]) -> (u8, String, Option<u16
     (first, topic, pid, body[at..].to_vec())
 }
 
+/// A v5 property: Session Expiry Interval.
+fn session_expiry(secs: u32) -> Vec<u8> {
+    let mut p = vec![0x11];
+    p.extend(secs.to_be_bytes());
+    p
+}
+
+/// A PUBACK of `pid`.
+fn puback(pid: u16) -> Vec<u8> {
+    packet(0x40, &pid.to_be_bytes())
+}
+
 // ---------------------------------------------------------------------------------------------
 
 #[test]
@@ -332,4 +344,86 @@ fn a_will_is_published_at_its_own_qos() {
             "the will's QoS as its subscriber gets it"
         );
     }
+}
+
+#[test]
+fn a_subscriber_holding_one_acknowledgement_back_still_gets_a_qos0_stream_quickly() {
+    const N: usize = 50_000;
+    let one = cloud("");
+    let mut sub = Raw::clean(one.port, 5, "holder");
+    assert_eq!(sub.subscribe(1, &[("hold/#".into(), 1)]), [1]);
+    let mut publisher = Raw::clean(one.port, 5, "publisher");
+    publisher.publish("hold/1", b"first", 1, 1);
+    let (first, _, pid, _) = sub.next_publish();
+    assert_eq!(((first >> 1) & 3, pid.is_some()), (1, true));
+    // Never acknowledged. Then a QoS 0 stream (about 0.4 s in a debug build; 9 s when each
+    // delivery looked at every one since the unacknowledged one).
+    let started = Instant::now();
+    let writer = std::thread::spawn(move || {
+        let p = publisher.publish_bytes("hold/0", b"m", 0, 0, &[]);
+        let all: Vec<u8> = (0..N).flat_map(|_| p.iter().copied()).collect();
+        publisher.send(&all);
+        publisher
+    });
+    for i in 0..N {
+        let (first, ..) = sub.next_publish();
+        assert_eq!((first >> 1) & 3, 0, "message {i}");
+    }
+    let took = started.elapsed();
+    let _publisher = writer.join().unwrap();
+    assert!(
+        took < Duration::from_secs(5),
+        "{N} QoS 0 messages behind one unacknowledged QoS 1 took {took:?}"
+    );
+}
+
+#[test]
+fn a_persistent_session_sends_again_from_its_first_unacknowledged_delivery() {
+    let one = cloud("");
+    let mut c = Connect::new(5, "keeper");
+    c.clean = false;
+    c.props = session_expiry(60);
+    let mut sub = Raw::connect(one.port, &c);
+    assert_eq!(sub.subscribe(1, &[("keep/#".into(), 1)]), [1]);
+    let mut publisher = Raw::clean(one.port, 5, "publisher");
+    for i in 0..3u16 {
+        publisher.publish(&format!("keep/{i}"), b"m", 1, i + 1);
+    }
+    let mut pids = Vec::new();
+    for i in 0..3 {
+        let (_, topic, pid, _) = sub.next_publish();
+        assert_eq!(topic, format!("keep/{i}"));
+        pids.push(pid.unwrap());
+    }
+    // keep/1 and keep/2 acknowledged, keep/0 not.
+    for pid in &pids[1..] {
+        sub.send(&puback(*pid));
+    }
+    sub.send(&packet(0xe0, &[0]));
+    drop(sub);
+
+    let (mut sub, flags, code) = Raw::try_connect(one.port, &c);
+    assert_eq!((flags & 1, code), (1, 0), "the session is present");
+    for i in 0..3 {
+        let (first, topic, pid, _) = sub.next_publish();
+        assert_eq!(
+            (topic, first & 0x08),
+            (format!("keep/{i}"), 0x08),
+            "sent again, DUP"
+        );
+        sub.send(&puback(pid.unwrap()));
+    }
+    publisher.publish("keep/3", b"m", 1, 4);
+    let (_, topic, pid, _) = sub.next_publish();
+    assert_eq!(topic, "keep/3");
+    sub.send(&puback(pid.unwrap()));
+    sub.send(&packet(0xe0, &[0]));
+    drop(sub);
+
+    // All acknowledged now: nothing is sent again.
+    let (mut sub, flags, _) = Raw::try_connect(one.port, &c);
+    assert_eq!(flags & 1, 1);
+    publisher.publish("keep/4", b"m", 1, 5);
+    let (_, topic, _, _) = sub.next_publish();
+    assert_eq!(topic, "keep/4", "the first message after the reconnection");
 }

@@ -10,7 +10,7 @@
 //! a client wait in its bounded queue (a clean session: then it is disconnected as too slow) or
 //! in its durable session's queue on disk. An idle connection holds no buffer.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -306,13 +306,6 @@ struct Incoming {
     accepted: Accepted,
 }
 
-/// One delivery to the client awaiting its acknowledgement (or, QoS 0, already done).
-struct Flight {
-    pid: u16,
-    seq: Option<u64>,
-    done: bool,
-}
-
 /// One connection's protocol state.
 struct Client {
     name: String,
@@ -332,7 +325,16 @@ struct Client {
     incoming: VecDeque<Incoming>,
     /// QoS 2 packet identifiers received (PUBREC sent) and not yet released.
     received: HashSet<u16>,
-    flights: VecDeque<Flight>,
+    /// QoS 1 and 2 deliveries awaiting the client's acknowledgement (at most `send_maximum`):
+    /// packet identifier -> the record's sequence number in the session's queue, if from it.
+    in_flight: HashMap<u16, Option<u64>>,
+    /// The session queue's records given to the client and not yet acknowledged by it (the
+    /// sequence numbers of `in_flight`), the last record handed out in all (sent, expired or
+    /// skipped), and the position acknowledged in the queue so far: the queue is acknowledged
+    /// up to the record before the first unacknowledged one.
+    unacked_seqs: BTreeSet<u64>,
+    handled_seq: Option<u64>,
+    acked_seq: Option<u64>,
     next_pid: u16,
     send_maximum: usize,
     max_out_packet: usize,
@@ -513,7 +515,10 @@ where
             reader: None,
             incoming: VecDeque::new(),
             received: HashSet::new(),
-            flights: VecDeque::new(),
+            in_flight: HashMap::new(),
+            unacked_seqs: BTreeSet::new(),
+            handled_seq: None,
+            acked_seq: None,
             next_pid: 0,
             send_maximum,
             max_out_packet,
@@ -573,6 +578,7 @@ impl ClientWithKeepAlive {
             durable.topics.set_owner(self.client.conn);
             self.client.topics = durable.topics.clone();
             self.client.next_seq = durable.queue.first();
+            self.client.acked_seq = durable.queue.first().checked_sub(1);
             self.client.replay_below = durable.queue.visible();
             self.client.durable = Some(durable);
             present
@@ -667,7 +673,7 @@ impl Client {
 
     /// Whether another QoS 1 or 2 delivery may go out now.
     fn may_send(&self) -> bool {
-        self.flights.iter().filter(|f| !f.done).count() < self.send_maximum
+        self.in_flight.len() < self.send_maximum
     }
 
     /// The next delivery from the durable session's queue, reading a batch when none is staged.
@@ -708,11 +714,7 @@ impl Client {
                         "MQTT client {}: a stored message is unreadable ({e}); skipped",
                         self.name
                     );
-                    self.flights.push_back(Flight {
-                        pid: 0,
-                        seq: Some(seq),
-                        done: true,
-                    });
+                    self.handled(Some(seq));
                 }
             }
         }
@@ -1010,23 +1012,34 @@ impl Client {
 
     /// The client acknowledged the delivery with `pid` (PUBACK, PUBCOMP, or a refusing PUBREC).
     fn on_delivered(&mut self, pid: u16, _complete: bool) -> Result<(), End> {
-        if let Some(f) = self.flights.iter_mut().find(|f| !f.done && f.pid == pid) {
-            f.done = true;
+        if let Some(Some(seq)) = self.in_flight.remove(&pid) {
+            self.unacked_seqs.remove(&seq);
+            self.release();
         }
-        self.release_flights();
         Ok(())
     }
 
-    /// Acknowledges, in the session's queue, the deliveries done from the front.
-    fn release_flights(&mut self) {
-        let mut upto = None;
-        while self.flights.front().is_some_and(|f| f.done) {
-            let f = self.flights.pop_front().expect("looked at above");
-            if f.seq.is_some() {
-                upto = f.seq;
-            }
+    /// A delivery of the session queue's record `seq` (if from it) is out of the way: sent at
+    /// QoS 0, expired, too large for the client, unreadable.
+    fn handled(&mut self, seq: Option<u64>) {
+        if let Some(seq) = seq {
+            self.handled_seq = Some(seq);
+            self.release();
         }
-        if let (Some(seq), Some(d)) = (upto, &self.durable) {
+    }
+
+    /// Acknowledges, in the session's queue, the records the client is done with: those before
+    /// the first it has not acknowledged.
+    fn release(&mut self) {
+        let upto = match self.unacked_seqs.first() {
+            Some(&first) => first.checked_sub(1),
+            None => self.handled_seq,
+        };
+        let Some(seq) = upto.filter(|s| self.acked_seq.is_none_or(|a| a < *s)) else {
+            return;
+        };
+        self.acked_seq = Some(seq);
+        if let Some(d) = &self.durable {
             if let Err(e) = d.queue.ack(seq) {
                 log::error!(
                     "MQTT client {}: cannot acknowledge in its session's queue: {e}",
@@ -1040,7 +1053,7 @@ impl Client {
         loop {
             self.next_pid = self.next_pid.wrapping_add(1).max(1);
             let pid = self.next_pid;
-            if !self.flights.iter().any(|f| !f.done && f.pid == pid) {
+            if !self.in_flight.contains_key(&pid) {
                 return pid;
             }
         }
@@ -1056,12 +1069,7 @@ impl Client {
         let now = now_millis();
         let msg = &out.msg;
         if crate::local::expired(msg, now) {
-            self.flights.push_back(Flight {
-                pid: 0,
-                seq: out.seq,
-                done: true,
-            });
-            self.release_flights();
+            self.handled(out.seq);
             return;
         }
         let mut props = PublishProps::default();
@@ -1104,21 +1112,18 @@ impl Client {
         if self.out.len() - before > self.max_out_packet {
             // MQTT 5.0 section 3.1.2.11.4: never sent, as if delivered.
             self.out.truncate(before);
-            self.flights.push_back(Flight {
-                pid: 0,
-                seq: out.seq,
-                done: true,
-            });
-            self.release_flights();
+            self.handled(out.seq);
             return;
         }
-        self.flights.push_back(Flight {
-            pid: pid.unwrap_or(0),
-            seq: out.seq,
-            done: qos == 0,
-        });
-        if qos == 0 {
-            self.release_flights();
+        match pid {
+            Some(pid) => {
+                self.in_flight.insert(pid, out.seq);
+                if let Some(seq) = out.seq {
+                    self.unacked_seqs.insert(seq);
+                    self.handled_seq = Some(seq);
+                }
+            }
+            None => self.handled(out.seq),
         }
     }
 
