@@ -7,6 +7,8 @@ mod common;
 
 use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::mqtt::{self, WAIT, packet, varint};
@@ -286,6 +288,28 @@ fn puback(pid: u16) -> Vec<u8> {
     packet(0x40, &pid.to_be_bytes())
 }
 
+/// Publishes `payload` bytes at QoS 1 to `topic` from a thread until `stop` is set, each after
+/// the PUBACK of the one before (so the hub's task for it never has input waiting long).
+fn publish_until(
+    port: u16,
+    topic: &str,
+    payload: usize,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    let topic = topic.to_owned();
+    std::thread::spawn(move || {
+        let mut raw = Raw::clean(port, 5, "publisher");
+        let p = raw.publish_bytes(&topic, &vec![b'x'; payload], 1, 1, &[]);
+        let mut sent = 0;
+        while !stop.load(Ordering::Relaxed) {
+            raw.send(&p);
+            assert_eq!(raw.next().0, 0x40, "PUBACK");
+            sent += 1;
+        }
+        sent
+    })
+}
+
 // ---------------------------------------------------------------------------------------------
 
 #[test]
@@ -324,6 +348,36 @@ fn a_packet_size_announced_is_not_allocated_before_its_bytes_arrive() {
     let (_, topic, _, got) = probe.next_publish();
     assert_eq!((topic.as_str(), got.len()), ("big", payload.len()));
     assert!(got == payload, "the payload changed on the way");
+}
+
+#[test]
+fn a_subscriber_that_reads_nothing_is_cut_off_and_its_will_published() {
+    let one = cloud("");
+    let mut watcher = Raw::clean(one.port, 5, "watcher");
+    assert_eq!(watcher.subscribe(1, &[("stuck/will".into(), 1)]), [1]);
+    let mut c = Connect::new(5, "stuck");
+    c.keep_alive = 2;
+    c.will = Some(("stuck/will".into(), "gone".into(), 1));
+    let mut stuck = Raw::connect(one.port, &c);
+    assert_eq!(stuck.subscribe(1, &[("flood/#".into(), 0)]), [0]);
+    // From now on it reads nothing and sends nothing: once the socket buffers are full, the
+    // hub's write to it blocks. Its keep-alive (3 s) or its full delivery queue (16 MiB) ends it.
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = publish_until(one.port, "flood/x", 256 * 1024, stop.clone());
+    let started = Instant::now();
+    let (_, topic, _, payload) = watcher.next_publish();
+    stop.store(true, Ordering::Relaxed);
+    let took = started.elapsed();
+    assert_eq!(
+        (topic.as_str(), payload.as_slice()),
+        ("stuck/will", &b"gone"[..])
+    );
+    assert!(
+        took < Duration::from_secs(15),
+        "the will came {took:?} after the flood began"
+    );
+    publisher.join().unwrap();
+    drop(stuck);
 }
 
 #[test]

@@ -346,6 +346,9 @@ struct Client {
     /// A clean session's registration with local delivery.
     clean_subscription: Option<u64>,
     out: Vec<u8>,
+    /// A write was abandoned part way (the client read nothing): the stream may end in the
+    /// middle of a packet, so nothing more is written to it.
+    torn: bool,
 }
 
 async fn connection<S>(mut stream: S, name: String, mqtt: Arc<Mqtt>, shutdown: Shutdown)
@@ -528,6 +531,7 @@ where
             session_expiry,
             clean_subscription: None,
             out: Vec::new(),
+            torn: false,
         },
     })
 }
@@ -821,13 +825,7 @@ impl Client {
                     }
                     handled
                 }
-                Wake::Deliver(None) => match rx.cut_reason() {
-                    Some(why) if why == TAKEN_OVER => {
-                        Err(End::Closed(reason::SESSION_TAKEN_OVER, why))
-                    }
-                    Some(why) => Err(End::Closed(reason::QUOTA_EXCEEDED, why)),
-                    None => Err(End::Lost("the hub dropped the connection".into())),
-                },
+                Wake::Deliver(None) => Err(cut_end(rx)),
                 Wake::Deliver(Some(out)) => {
                     self.deliver(out);
                     // Whatever else is waiting goes out with the same write.
@@ -880,21 +878,53 @@ impl Client {
                     }
                     result
                 }
-                Wake::KeepAlive => Err(End::Closed(
-                    reason::KEEP_ALIVE_TIMEOUT,
-                    format!("no packet within 1.5 times the keep-alive of {keep_alive}s"),
-                )),
-                Wake::Shutdown => Err(End::Closed(
-                    reason::SERVER_SHUTTING_DOWN,
-                    "the hub is shutting down".into(),
-                )),
+                Wake::KeepAlive => Err(keep_alive_end(keep_alive)),
+                Wake::Shutdown => Err(shutdown_end()),
             };
-            let flushed = self.flush(stream).await;
             if let Err(end) = step {
+                // What was queued before the end goes out if the client takes it soon.
+                if timeout(Duration::from_secs(1), self.flush(stream))
+                    .await
+                    .is_none()
+                {
+                    self.torn = true;
+                }
                 return end;
             }
-            if let Err(e) = flushed {
-                return End::Lost(e.to_string());
+            // A client that reads nothing blocks this write: it is still cut off (taken over,
+            // too slow), timed out by its keep-alive and closed for a shutdown meanwhile.
+            let flushed = {
+                let write = async { Ok(self.flush(stream).await) };
+                let stalled = async {
+                    let alive = async {
+                        match deadline {
+                            Some(at) => {
+                                smol::Timer::at(at).await;
+                                keep_alive_end(keep_alive)
+                            }
+                            None => never().await,
+                        }
+                    };
+                    let taken = async {
+                        rx.cut_off_wait().await;
+                        cut_end(rx)
+                    };
+                    let stop = async {
+                        shutdown.wait().await;
+                        shutdown_end()
+                    };
+                    Err(alive.or(taken).or(stop).await)
+                };
+                write.or(stalled).await
+            };
+            match flushed {
+                Err(stalled) => {
+                    // The stream may end in the middle of a packet now: nothing more is written.
+                    self.torn = true;
+                    return stalled;
+                }
+                Ok(Err(e)) => return End::Lost(e.to_string()),
+                Ok(Ok(())) => {}
             }
         }
     }
@@ -1446,7 +1476,7 @@ impl Client {
                     self.name,
                     self.client_id
                 );
-                if self.version == Version::V5 {
+                if self.version == Version::V5 && !self.torn {
                     self.out.clear();
                     self.push(Packet::Disconnect(Disconnect {
                         code: *code,
@@ -1515,6 +1545,30 @@ impl Client {
                 .detach(&d, self.conn, self.session_expiry);
         }
     }
+}
+
+/// The end of a connection whose delivery queue was closed: taken over, too slow, or gone.
+fn cut_end(rx: &AppReceiver) -> End {
+    match rx.cut_reason() {
+        Some(why) if why == TAKEN_OVER => End::Closed(reason::SESSION_TAKEN_OVER, why),
+        Some(why) => End::Closed(reason::QUOTA_EXCEEDED, why),
+        None => End::Lost("the hub dropped the connection".into()),
+    }
+}
+
+/// The end of a connection silent for 1.5 times its keep-alive of `keep_alive` seconds.
+fn keep_alive_end(keep_alive: u16) -> End {
+    End::Closed(
+        reason::KEEP_ALIVE_TIMEOUT,
+        format!("no packet within 1.5 times the keep-alive of {keep_alive}s"),
+    )
+}
+
+fn shutdown_end() -> End {
+    End::Closed(
+        reason::SERVER_SHUTTING_DOWN,
+        "the hub is shutting down".into(),
+    )
 }
 
 fn packet_name(p: &Packet) -> &'static str {
