@@ -481,3 +481,40 @@ fn a_persistent_session_sends_again_from_its_first_unacknowledged_delivery() {
     let (_, topic, _, _) = sub.next_publish();
     assert_eq!(topic, "keep/4", "the first message after the reconnection");
 }
+
+#[test]
+fn a_flooding_publisher_does_not_starve_other_connections() {
+    let one = cloud("");
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let port = one.port;
+    let flooder = std::thread::spawn(move || {
+        let mut raw = Raw::clean(port, 5, "flooder");
+        let p = raw.publish_bytes("nobody/listens", b"m", 0, 0, &[]);
+        let batch: Vec<u8> = (0..10_000).flat_map(|_| p.iter().copied()).collect();
+        while !flag.load(Ordering::Relaxed) {
+            if raw.s.write_all(&batch).is_err() {
+                break;
+            }
+        }
+    });
+    // Pings for 2 s from another client meanwhile: each answered within a second (the hub ran
+    // nothing else while the flooder's input never ran out: no PINGRESP within 30 s).
+    let mut probe = Raw::clean(one.port, 5, "probe");
+    let mut worst = Duration::ZERO;
+    let begin = Instant::now();
+    let mut n = 0;
+    while begin.elapsed() < Duration::from_secs(2) {
+        n += 1;
+        let t = Instant::now();
+        probe.send(&packet(0xc0, &[]));
+        assert_eq!(probe.next().0, 0xd0, "PINGRESP");
+        worst = worst.max(t.elapsed());
+    }
+    stop.store(true, Ordering::Relaxed);
+    flooder.join().unwrap();
+    assert!(
+        worst < Duration::from_secs(1),
+        "a PINGRESP took {worst:?} (of {n}) while another client flooded the hub"
+    );
+}

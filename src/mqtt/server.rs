@@ -61,6 +61,10 @@ const READ_CHUNK: usize = 16 * 1024;
 const IDLE_READ: usize = 256;
 /// Deliveries written to a client with one write, at most.
 const WRITE_BATCH: usize = 256;
+/// A connection yields to the executor's other tasks after this many events handled in a row
+/// (each at most [`READ_CHUNK`] bytes read or [`WRITE_BATCH`] deliveries): its input or its
+/// room to write may never run out, and a task only lets others run when it waits.
+const YIELD_EVERY: u32 = 16;
 
 /// The MQTT front-end's shared state.
 pub struct Mqtt {
@@ -745,7 +749,14 @@ impl Client {
         if let Err(e) = self.flush(stream).await {
             return End::Lost(e.to_string());
         }
+        let mut turns: u32 = 0;
         loop {
+            // Every event may be ready at once for a client that sends (or takes) without pause:
+            // let the executor's other tasks (the other connections, the link) run now and then.
+            turns = turns.wrapping_add(1);
+            if turns % YIELD_EVERY == 0 {
+                smol::future::yield_now().await;
+            }
             let reading = self.incoming.len() < usize::from(RECEIVE_MAXIMUM);
             let sending = self.may_send();
             let durable = self.durable.clone();
