@@ -10,7 +10,7 @@
 //! a client wait in its bounded queue (a clean session: then it is disconnected as too slow) or
 //! in its durable session's queue on disk. An idle connection holds no buffer.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -63,9 +63,10 @@ const IDLE_READ: usize = 256;
 const WRITE_BATCH: usize = 256;
 /// Bytes written to a client with one write, at most (more only for a single larger packet).
 const WRITE_BYTES: usize = 256 * 1024;
-/// Deliveries to one client whose acknowledgement in a durable session's queue waits for an
-/// earlier one's (QoS 0 behind an unacknowledged QoS 1), at most.
-const MAX_FLIGHTS: usize = 4096;
+/// A connection yields to the executor's other tasks after this many events handled in a row
+/// (each at most [`READ_CHUNK`] bytes read or [`WRITE_BATCH`] deliveries): its input or its
+/// room to write may never run out, and a task only lets others run when it waits.
+const YIELD_EVERY: u32 = 16;
 
 /// The MQTT front-end's shared state.
 pub struct Mqtt {
@@ -256,7 +257,9 @@ async fn read_packet<S: AsyncRead + Unpin>(
 /// whether it was all that was asked for.
 ///
 /// `busy`: the last read filled what it asked for, so more is likely waiting; otherwise an
-/// empty buffer asks for [`IDLE_READ`] bytes only.
+/// empty buffer asks for [`IDLE_READ`] bytes only. The room asked for a large packet grows with
+/// what arrived of it (at most [`READ_CHUNK`] or as much again as the buffer holds): a size a
+/// client announces is not memory the hub commits before the bytes come.
 async fn read_some<S: AsyncRead + Unpin>(
     stream: &mut S,
     decoder: &Decoder,
@@ -264,7 +267,9 @@ async fn read_some<S: AsyncRead + Unpin>(
     busy: bool,
 ) -> std::io::Result<(usize, bool)> {
     let want = match decoder.needed(buf) {
-        Some(total) if total > buf.len() => (total - buf.len()).max(4096),
+        Some(total) if total > buf.len() => {
+            (total - buf.len()).max(4096).min(buf.len().max(READ_CHUNK))
+        }
         _ if buf.is_empty() && !busy => IDLE_READ,
         _ => READ_CHUNK,
     };
@@ -309,13 +314,6 @@ struct Incoming {
     accepted: Accepted,
 }
 
-/// One delivery to the client awaiting its acknowledgement (or, QoS 0, already done).
-struct Flight {
-    pid: u16,
-    seq: Option<u64>,
-    done: bool,
-}
-
 /// One connection's protocol state.
 struct Client {
     name: String,
@@ -335,9 +333,16 @@ struct Client {
     incoming: VecDeque<Incoming>,
     /// QoS 2 packet identifiers received (PUBREC sent) and not yet released.
     received: HashSet<u16>,
-    flights: VecDeque<Flight>,
-    /// Deliveries in `flights` the client has not acknowledged yet.
-    unacked: usize,
+    /// QoS 1 and 2 deliveries awaiting the client's acknowledgement (at most `send_maximum`):
+    /// packet identifier -> the record's sequence number in the session's queue, if from it.
+    in_flight: HashMap<u16, Option<u64>>,
+    /// The session queue's records given to the client and not yet acknowledged by it (the
+    /// sequence numbers of `in_flight`), the last record handed out in all (sent, expired or
+    /// skipped), and the position acknowledged in the queue so far: the queue is acknowledged
+    /// up to the record before the first unacknowledged one.
+    unacked_seqs: BTreeSet<u64>,
+    handled_seq: Option<u64>,
+    acked_seq: Option<u64>,
     /// Bytes of `incoming`.
     incoming_bytes: usize,
     next_pid: u16,
@@ -351,6 +356,9 @@ struct Client {
     /// A clean session's registration with local delivery.
     clean_subscription: Option<u64>,
     out: Vec<u8>,
+    /// A write was abandoned part way (the client read nothing): the stream may end in the
+    /// middle of a packet, so nothing more is written to it.
+    torn: bool,
 }
 
 async fn connection<S>(mut stream: S, name: String, mqtt: Arc<Mqtt>, shutdown: Shutdown)
@@ -520,8 +528,10 @@ where
             reader: None,
             incoming: VecDeque::new(),
             received: HashSet::new(),
-            flights: VecDeque::new(),
-            unacked: 0,
+            in_flight: HashMap::new(),
+            unacked_seqs: BTreeSet::new(),
+            handled_seq: None,
+            acked_seq: None,
             incoming_bytes: 0,
             next_pid: 0,
             send_maximum,
@@ -532,6 +542,7 @@ where
             session_expiry,
             clean_subscription: None,
             out: Vec::new(),
+            torn: false,
         },
     })
 }
@@ -582,6 +593,7 @@ impl ClientWithKeepAlive {
             durable.topics.set_owner(self.client.conn);
             self.client.topics = durable.topics.clone();
             self.client.next_seq = durable.queue.first();
+            self.client.acked_seq = durable.queue.first().checked_sub(1);
             self.client.replay_below = durable.queue.visible();
             self.client.durable = Some(durable);
             present
@@ -676,7 +688,7 @@ impl Client {
 
     /// Whether another QoS 1 or 2 delivery may go out now.
     fn may_send(&self) -> bool {
-        self.unacked < self.send_maximum && self.flights.len() < MAX_FLIGHTS
+        self.in_flight.len() < self.send_maximum
     }
 
     /// The next staged delivery (retained messages for a new subscription, then what was read
@@ -718,11 +730,7 @@ impl Client {
                         "MQTT client {}: a stored message is unreadable ({e}); skipped",
                         self.name
                     );
-                    self.flights.push_back(Flight {
-                        pid: 0,
-                        seq: Some(seq),
-                        done: true,
-                    });
+                    self.handled(Some(seq));
                 }
             }
         }
@@ -749,7 +757,14 @@ impl Client {
         if let Err(e) = self.flush(stream).await {
             return End::Lost(e.to_string());
         }
+        let mut turns: u32 = 0;
         loop {
+            // Every event may be ready at once for a client that sends (or takes) without pause:
+            // let the executor's other tasks (the other connections, the link) run now and then.
+            turns = turns.wrapping_add(1);
+            if turns % YIELD_EVERY == 0 {
+                smol::future::yield_now().await;
+            }
             let reading = self.incoming.len() < usize::from(RECEIVE_MAXIMUM)
                 && self.incoming_bytes < crate::apps::IN_FLIGHT_BYTES;
             let sending = self.may_send();
@@ -830,13 +845,7 @@ impl Client {
                     }
                     handled
                 }
-                Wake::Deliver(None) => match rx.cut_reason() {
-                    Some(why) if why == TAKEN_OVER => {
-                        Err(End::Closed(reason::SESSION_TAKEN_OVER, why))
-                    }
-                    Some(why) => Err(End::Closed(reason::QUOTA_EXCEEDED, why)),
-                    None => Err(End::Lost("the hub dropped the connection".into())),
-                },
+                Wake::Deliver(None) => Err(cut_end(rx)),
                 Wake::Deliver(Some(out)) => {
                     self.deliver(out);
                     // Whatever else is waiting goes out with the same write.
@@ -889,21 +898,53 @@ impl Client {
                     }
                     result
                 }
-                Wake::KeepAlive => Err(End::Closed(
-                    reason::KEEP_ALIVE_TIMEOUT,
-                    format!("no packet within 1.5 times the keep-alive of {keep_alive}s"),
-                )),
-                Wake::Shutdown => Err(End::Closed(
-                    reason::SERVER_SHUTTING_DOWN,
-                    "the hub is shutting down".into(),
-                )),
+                Wake::KeepAlive => Err(keep_alive_end(keep_alive)),
+                Wake::Shutdown => Err(shutdown_end()),
             };
-            let flushed = self.flush(stream).await;
             if let Err(end) = step {
+                // What was queued before the end goes out if the client takes it soon.
+                if timeout(Duration::from_secs(1), self.flush(stream))
+                    .await
+                    .is_none()
+                {
+                    self.torn = true;
+                }
                 return end;
             }
-            if let Err(e) = flushed {
-                return End::Lost(e.to_string());
+            // A client that reads nothing blocks this write: it is still cut off (taken over,
+            // too slow), timed out by its keep-alive and closed for a shutdown meanwhile.
+            let flushed = {
+                let write = async { Ok(self.flush(stream).await) };
+                let stalled = async {
+                    let alive = async {
+                        match deadline {
+                            Some(at) => {
+                                smol::Timer::at(at).await;
+                                keep_alive_end(keep_alive)
+                            }
+                            None => never().await,
+                        }
+                    };
+                    let taken = async {
+                        rx.cut_off_wait().await;
+                        cut_end(rx)
+                    };
+                    let stop = async {
+                        shutdown.wait().await;
+                        shutdown_end()
+                    };
+                    Err(alive.or(taken).or(stop).await)
+                };
+                write.or(stalled).await
+            };
+            match flushed {
+                Err(stalled) => {
+                    // The stream may end in the middle of a packet now: nothing more is written.
+                    self.torn = true;
+                    return stalled;
+                }
+                Ok(Err(e)) => return End::Lost(e.to_string()),
+                Ok(Ok(())) => {}
             }
         }
     }
@@ -1021,24 +1062,34 @@ impl Client {
 
     /// The client acknowledged the delivery with `pid` (PUBACK, PUBCOMP, or a refusing PUBREC).
     fn on_delivered(&mut self, pid: u16, _complete: bool) -> Result<(), End> {
-        if let Some(f) = self.flights.iter_mut().find(|f| !f.done && f.pid == pid) {
-            f.done = true;
-            self.unacked -= 1;
+        if let Some(Some(seq)) = self.in_flight.remove(&pid) {
+            self.unacked_seqs.remove(&seq);
+            self.release();
         }
-        self.release_flights();
         Ok(())
     }
 
-    /// Acknowledges, in the session's queue, the deliveries done from the front.
-    fn release_flights(&mut self) {
-        let mut upto = None;
-        while self.flights.front().is_some_and(|f| f.done) {
-            let f = self.flights.pop_front().expect("looked at above");
-            if f.seq.is_some() {
-                upto = f.seq;
-            }
+    /// A delivery of the session queue's record `seq` (if from it) is out of the way: sent at
+    /// QoS 0, expired, too large for the client, unreadable.
+    fn handled(&mut self, seq: Option<u64>) {
+        if let Some(seq) = seq {
+            self.handled_seq = Some(seq);
+            self.release();
         }
-        if let (Some(seq), Some(d)) = (upto, &self.durable) {
+    }
+
+    /// Acknowledges, in the session's queue, the records the client is done with: those before
+    /// the first it has not acknowledged.
+    fn release(&mut self) {
+        let upto = match self.unacked_seqs.first() {
+            Some(&first) => first.checked_sub(1),
+            None => self.handled_seq,
+        };
+        let Some(seq) = upto.filter(|s| self.acked_seq.is_none_or(|a| a < *s)) else {
+            return;
+        };
+        self.acked_seq = Some(seq);
+        if let Some(d) = &self.durable {
             if let Err(e) = d.queue.ack(seq) {
                 log::error!(
                     "MQTT client {}: cannot acknowledge in its session's queue: {e}",
@@ -1052,7 +1103,7 @@ impl Client {
         loop {
             self.next_pid = self.next_pid.wrapping_add(1).max(1);
             let pid = self.next_pid;
-            if !self.flights.iter().any(|f| !f.done && f.pid == pid) {
+            if !self.in_flight.contains_key(&pid) {
                 return pid;
             }
         }
@@ -1068,12 +1119,7 @@ impl Client {
         let now = now_millis();
         let msg = &out.msg;
         if crate::local::expired(msg, now) {
-            self.flights.push_back(Flight {
-                pid: 0,
-                seq: out.seq,
-                done: true,
-            });
-            self.release_flights();
+            self.handled(out.seq);
             return;
         }
         let mut props = PublishProps::default();
@@ -1116,27 +1162,18 @@ impl Client {
         if self.out.len() - before > self.max_out_packet {
             // MQTT 5.0 section 3.1.2.11.4: never sent, as if delivered.
             self.out.truncate(before);
-            self.flights.push_back(Flight {
-                pid: 0,
-                seq: out.seq,
-                done: true,
-            });
-            self.release_flights();
+            self.handled(out.seq);
             return;
         }
-        if qos > 0 {
-            self.unacked += 1;
-        } else if out.seq.is_none() {
-            // Nothing to acknowledge anywhere.
-            return;
-        }
-        self.flights.push_back(Flight {
-            pid: pid.unwrap_or(0),
-            seq: out.seq,
-            done: qos == 0,
-        });
-        if qos == 0 {
-            self.release_flights();
+        match pid {
+            Some(pid) => {
+                self.in_flight.insert(pid, out.seq);
+                if let Some(seq) = out.seq {
+                    self.unacked_seqs.insert(seq);
+                    self.handled_seq = Some(seq);
+                }
+            }
+            None => self.handled(out.seq),
         }
     }
 
@@ -1472,7 +1509,7 @@ impl Client {
                     self.name,
                     self.client_id
                 );
-                if self.version == Version::V5 {
+                if self.version == Version::V5 && !self.torn {
                     self.out.clear();
                     self.push(Packet::Disconnect(Disconnect {
                         code: *code,
@@ -1497,11 +1534,24 @@ impl Client {
             };
             if topic::check_name(&p.topic).is_ok() {
                 let qos = p.qos;
-                match self.publish(p.topic.clone(), Publish { qos: 0, ..p }) {
-                    Ok(_) => log::debug!(
-                        "MQTT client {}: its will (QoS {qos}) was published",
-                        self.name
-                    ),
+                // At the will's own QoS (MQTT 5.0 section 3.1.2.6), which is what its
+                // subscribers get it at; nobody waits for the queue's answer.
+                match self.publish(p.topic.clone(), p) {
+                    Ok(incoming) => {
+                        if let Some(Incoming { accepted, .. }) = incoming {
+                            let name = self.name.clone();
+                            smol::spawn(async move {
+                                if let Err(e) = accepted.await {
+                                    log::warn!("MQTT client {name}: its will was not queued: {e}");
+                                }
+                            })
+                            .detach();
+                        }
+                        log::debug!(
+                            "MQTT client {}: its will (QoS {qos}) was published",
+                            self.name
+                        )
+                    }
                     Err((_, _, why)) => log::warn!(
                         "MQTT client {}: its will was not published: {why}",
                         self.name
@@ -1528,6 +1578,30 @@ impl Client {
                 .detach(&d, self.conn, self.session_expiry);
         }
     }
+}
+
+/// The end of a connection whose delivery queue was closed: taken over, too slow, or gone.
+fn cut_end(rx: &AppReceiver) -> End {
+    match rx.cut_reason() {
+        Some(why) if why == TAKEN_OVER => End::Closed(reason::SESSION_TAKEN_OVER, why),
+        Some(why) => End::Closed(reason::QUOTA_EXCEEDED, why),
+        None => End::Lost("the hub dropped the connection".into()),
+    }
+}
+
+/// The end of a connection silent for 1.5 times its keep-alive of `keep_alive` seconds.
+fn keep_alive_end(keep_alive: u16) -> End {
+    End::Closed(
+        reason::KEEP_ALIVE_TIMEOUT,
+        format!("no packet within 1.5 times the keep-alive of {keep_alive}s"),
+    )
+}
+
+fn shutdown_end() -> End {
+    End::Closed(
+        reason::SERVER_SHUTTING_DOWN,
+        "the hub is shutting down".into(),
+    )
 }
 
 fn packet_name(p: &Packet) -> &'static str {
