@@ -467,6 +467,21 @@ impl TopicSet {
         }
     }
 
+    /// [`add`](Self::add), unless `sub`'s filter is new and the set holds `max` already:
+    /// `None` then, and nothing changes.
+    pub fn add_within(&self, sub: TopicSub, max: usize) -> Option<bool> {
+        let mut subs = lock(&self.subs);
+        if let Some(s) = subs.iter_mut().find(|s| s.filter == sub.filter) {
+            *s = sub;
+            return Some(false);
+        }
+        if subs.len() >= max {
+            return None;
+        }
+        subs.push(sub);
+        Some(true)
+    }
+
     /// Removes the subscription to `filter`; returns whether there was one.
     pub fn remove(&self, filter: &str) -> bool {
         let mut subs = lock(&self.subs);
@@ -1037,6 +1052,24 @@ mod tests {
         a_rx.close();
         let outcome = smol::block_on(crate::transport::timeout(Duration::from_secs(5), waiting));
         assert_eq!(outcome, Some(Err(AppSendError::Closed)));
+    }
+
+    #[test]
+    fn a_topic_set_holds_at_most_its_bound_of_filters_and_still_updates_them() {
+        let set = TopicSet::default();
+        let sub = |f: &str, qos| TopicSub {
+            filter: f.into(),
+            qos,
+            no_local: false,
+            retain_as_published: false,
+            id: None,
+        };
+        assert_eq!(set.add_within(sub("a", 0), 2), Some(true));
+        assert_eq!(set.add_within(sub("b", 0), 2), Some(true));
+        assert_eq!(set.add_within(sub("c", 0), 2), None, "a third filter");
+        assert_eq!(set.add_within(sub("a", 2), 2), Some(false), "an update");
+        assert_eq!(set.list().len(), 2);
+        assert_eq!(set.list()[0].qos, 2);
     }
 
     #[test]

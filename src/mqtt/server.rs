@@ -42,6 +42,8 @@ pub const RECEIVE_MAXIMUM: u16 = 1024;
 /// QoS 1 and 2 deliveries to one client awaiting its acknowledgement, at most (less if the
 /// client's Receive Maximum says so).
 const SEND_MAXIMUM: usize = 1024;
+/// Topic filters one session may subscribe to; more are refused in their SUBACK.
+pub const MAX_SUBSCRIPTIONS: usize = 1024;
 /// Topic aliases a client may use (MQTT 5.0 section 3.3.2.3.4).
 const TOPIC_ALIAS_MAXIMUM: u16 = 64;
 /// How long a new connection has to send its CONNECT.
@@ -1458,13 +1460,22 @@ impl Client {
                 continue;
             }
             let qos = opts.qos.min(2);
-            let new = self.topics.add(TopicSub {
-                filter: filter.clone(),
-                qos,
-                no_local: opts.no_local,
-                retain_as_published: opts.retain_as_published,
-                id: s.subscription_id,
-            });
+            let added = self.topics.add_within(
+                TopicSub {
+                    filter: filter.clone(),
+                    qos,
+                    no_local: opts.no_local,
+                    retain_as_published: opts.retain_as_published,
+                    id: s.subscription_id,
+                },
+                MAX_SUBSCRIPTIONS,
+            );
+            let Some(new) = added else {
+                // Every publish on this hub is matched against every filter: a session's are
+                // bounded (MQTT 5.0 reason 0x97 Quota exceeded; MQTT 3.1.1 0x80 Failure).
+                codes.push(reason::QUOTA_EXCEEDED);
+                continue;
+            };
             if opts.retain_handling == 0 || (opts.retain_handling == 1 && new) {
                 for m in self.mqtt.apps.local.retained.matching(&filter) {
                     let mut out = Out::shared(m.clone(), qos.min(m.qos));
