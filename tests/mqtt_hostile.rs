@@ -5,13 +5,13 @@
 
 mod common;
 
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::mqtt::{self, WAIT, packet, varint};
+use common::mqtt::{self, WAIT, packet, read_packet, varint};
 use common::{Cloud, CloudSpec};
 
 /// One cloud with its MQTT listener.
@@ -117,26 +117,6 @@ impl Connect {
         }
         packet(0x10, &body)
     }
-}
-
-/// Reads one packet: (first byte, body), or `None` at the end of the stream (or a reset).
-fn read_packet(stream: &mut impl Read) -> Option<(u8, Vec<u8>)> {
-    let mut first = [0u8; 1];
-    stream.read_exact(&mut first).ok()?;
-    let mut len = 0usize;
-    let mut shift = 0;
-    loop {
-        let mut b = [0u8; 1];
-        stream.read_exact(&mut b).ok()?;
-        len |= ((b[0] & 0x7f) as usize) << shift;
-        shift += 7;
-        if b[0] & 0x80 == 0 {
-            break;
-        }
-    }
-    let mut body = vec![0u8; len];
-    stream.read_exact(&mut body).ok()?;
-    Some((first[0], body))
 }
 
 /// A raw client: a TCP connection (and a buffered reader of it) and the version it spoke in

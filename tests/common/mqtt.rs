@@ -541,7 +541,7 @@ pub fn connect_packet(version: u8, client_id: &str) -> Vec<u8> {
 }
 
 /// Reads one packet: (first byte, body), or `None` at the end of the stream (or a reset).
-pub fn read_packet(stream: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+pub fn read_packet(stream: &mut impl Read) -> Option<(u8, Vec<u8>)> {
     let mut first = [0u8; 1];
     stream.read_exact(&mut first).ok()?;
     let mut len = 0usize;
