@@ -401,6 +401,23 @@ fn a_password_file_admits_its_users_with_their_passwords_only() {
             }
         }
     }
+    // A refused CONNECT does not take over the session of its client identifier.
+    let (mut owner, _) = Paho::connect(
+        "owner",
+        json!({"port": h.edge_mqtt, "version": 5, "client_id": "owned", "clean": true,
+               "username": "dev-1", "password": "s3cret"}),
+    );
+    owner.subscribe("owned/x", 1);
+    for version in [5u8, 4] {
+        let connect = connect_bytes(version, "owned", true, Some("dev-1"), Some("guess"));
+        let (mut s, code) = try_connect(h.edge_mqtt, &connect);
+        assert_ne!(code, 0, "v{version}: a wrong password was let in");
+        assert_eq!(read_packet(&mut s), None);
+    }
+    owner.publish("owned/x", "still here", 1, false);
+    assert_eq!(owner.message().payload, "still here");
+    owner.assert_connected();
+
     // Nothing from the refused clients: the next message in the cloud is a marker.
     let (mut raw, code) = try_connect(
         h.edge_mqtt,
