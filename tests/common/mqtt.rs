@@ -248,15 +248,20 @@ impl Paho {
     }
 
     /// Publishes with the driver's `publish` fields in `fields` and waits as
-    /// [`publish`](Self::publish) does.
+    /// [`publish`](Self::publish) does; panics at once if the connection is lost meanwhile.
     pub fn publish_with(&mut self, mut fields: Value) {
         let tag = format!("p{}", fields["payload"].as_str().unwrap_or(""));
         fields["op"] = json!("publish");
         fields["tag"] = json!(tag);
         self.send(fields);
         let acked = self.wait("acknowledgement", |e| {
-            e["ev"] == "acked" && e["tag"] == tag.as_str()
+            (e["ev"] == "acked" && e["tag"] == tag.as_str()) || e["ev"] == "lost"
         });
+        assert_ne!(
+            acked["ev"], "lost",
+            "{}: the connection was lost before the acknowledgement of {tag}",
+            self.name
+        );
         assert!(
             acked["rc"].as_u64().unwrap() < 0x80,
             "{}: publication refused: {acked}",
