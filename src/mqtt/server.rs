@@ -122,7 +122,7 @@ pub fn start(mqtt: Arc<Mqtt>, shutdown: Shutdown) -> Result<Option<SocketAddr>, 
         let listener = Async::<TcpListener>::bind(addr)
             .map_err(|e| format!("cannot listen for MQTT on {addr}: {e}"))?;
         let local = listener.get_ref().local_addr().map_err(|e| e.to_string())?;
-        if !local.ip().is_loopback() && mqtt.passwords.is_none() {
+        if admits_anyone(local, mqtt.passwords.is_some(), false) {
             log::warn!(
                 "the MQTT listener on {local} reaches beyond this machine without mqtt.password-file: anyone who reaches it can publish"
             );
@@ -136,10 +136,26 @@ pub fn start(mqtt: Arc<Mqtt>, shutdown: Shutdown) -> Result<Option<SocketAddr>, 
         let listener = Async::<TcpListener>::bind(addr)
             .map_err(|e| format!("cannot listen for MQTT over TLS on {addr}: {e}"))?;
         let local = listener.get_ref().local_addr().map_err(|e| e.to_string())?;
+        if admits_anyone(
+            local,
+            mqtt.passwords.is_some(),
+            mqtt.config.tls_ca.is_some(),
+        ) {
+            log::warn!(
+                "the MQTT listener on {local} (TLS) reaches beyond this machine without mqtt.password-file or mqtt.tls-ca: anyone who reaches it can publish"
+            );
+        }
         log::info!("mqtt listening on {local} (TLS)");
         smol::spawn(accept_loop(listener, Some(acceptor), mqtt, shutdown)).detach();
     }
     Ok(bound)
+}
+
+/// Whether a listener bound to `local` lets anyone who reaches it publish: it is not on a
+/// loopback address, and neither a password file (`passwords`) nor, over TLS, client
+/// certificates from `mqtt.tls-ca` (`client_certificates`) stand in the way.
+fn admits_anyone(local: SocketAddr, passwords: bool, client_certificates: bool) -> bool {
+    !local.ip().is_loopback() && !passwords && !client_certificates
 }
 
 fn tls_acceptor(config: &MqttConfig) -> Result<futures_rustls::TlsAcceptor, String> {
@@ -1642,6 +1658,25 @@ mod tests {
     /// The size of what `f`'s future holds (an idle connection's task is mostly this).
     fn future_size<A, B, C, D, F>(_: impl Fn(A, B, C, D) -> F) -> usize {
         std::mem::size_of::<F>()
+    }
+
+    #[test]
+    fn listeners_beyond_loopback_without_passwords_or_client_certificates_admit_anyone() {
+        let any: SocketAddr = "0.0.0.0:8883".parse().unwrap();
+        let lan: SocketAddr = "192.168.1.10:1883".parse().unwrap();
+        let loopback: SocketAddr = "127.0.0.1:1883".parse().unwrap();
+        let v6_loopback: SocketAddr = "[::1]:1883".parse().unwrap();
+        for local in [any, lan] {
+            assert!(admits_anyone(local, false, false), "{local}");
+            assert!(!admits_anyone(local, true, false), "{local} with passwords");
+            assert!(
+                !admits_anyone(local, false, true),
+                "{local} with client certificates"
+            );
+        }
+        for local in [loopback, v6_loopback] {
+            assert!(!admits_anyone(local, false, false), "{local}");
+        }
     }
 
     #[test]

@@ -31,6 +31,20 @@ pub fn mqtt_port(hub: &Hub) -> u16 {
         .unwrap_or_else(|_| panic!("no port in {line:?}"))
 }
 
+/// The port of the MQTT over TLS listener a hub logged (`mqtt listening on 127.0.0.1:PORT (TLS)`).
+pub fn mqtt_tls_port(hub: &Hub) -> u16 {
+    let line = hub.first_line("mqtt listening on ... (TLS)", WAIT, |l| {
+        l.contains("mqtt listening on") && l.ends_with("(TLS)")
+    });
+    let addr = line.rsplit("mqtt listening on").next().unwrap();
+    let addr = addr.trim().trim_end_matches("(TLS)").trim();
+    addr.rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap_or_else(|_| panic!("no port in {line:?}"))
+}
+
 /// A python3 that imports paho-mqtt 2.x: `$HUB_TEST_PYTHON`, else the virtual environment
 /// `scripts/test-deps.sh` makes under `target/`, else the `python3` on the PATH. Panics naming
 /// the remedy when none does.
@@ -234,15 +248,20 @@ impl Paho {
     }
 
     /// Publishes with the driver's `publish` fields in `fields` and waits as
-    /// [`publish`](Self::publish) does.
+    /// [`publish`](Self::publish) does; panics at once if the connection is lost meanwhile.
     pub fn publish_with(&mut self, mut fields: Value) {
         let tag = format!("p{}", fields["payload"].as_str().unwrap_or(""));
         fields["op"] = json!("publish");
         fields["tag"] = json!(tag);
         self.send(fields);
         let acked = self.wait("acknowledgement", |e| {
-            e["ev"] == "acked" && e["tag"] == tag.as_str()
+            (e["ev"] == "acked" && e["tag"] == tag.as_str()) || e["ev"] == "lost"
         });
+        assert_ne!(
+            acked["ev"], "lost",
+            "{}: the connection was lost before the acknowledgement of {tag}",
+            self.name
+        );
         assert!(
             acked["rc"].as_u64().unwrap() < 0x80,
             "{}: publication refused: {acked}",
@@ -297,6 +316,12 @@ impl Paho {
                 Received::from_event(&e)
             })
             .collect()
+    }
+
+    /// The next message as the driver reported it, v5 properties included (`user`,
+    /// `content_type`, `payload_format`, `message_expiry`: see tests/mqtt/driver.py).
+    pub fn message_event(&mut self) -> Value {
+        self.wait("message", |e| e["ev"] == "message")
     }
 
     /// The next message.
@@ -410,7 +435,23 @@ pub fn mosquitto_pub(
     payload: Option<&str>,
     retain: bool,
 ) {
+    let (ok, out, err) = mosquitto_pub_with(&[], port, version, topic, qos, payload, retain);
+    assert!(ok, "mosquitto_pub -t {topic} -q {qos} failed: {out}{err}");
+}
+
+/// [`mosquitto_pub`] with `extra` arguments (`-u`, `--cafile`, ...) before the others; returns
+/// (exited 0, stdout, stderr) instead of panicking when it fails.
+pub fn mosquitto_pub_with(
+    extra: &[&str],
+    port: u16,
+    version: u8,
+    topic: &str,
+    qos: u8,
+    payload: Option<&str>,
+    retain: bool,
+) -> (bool, String, String) {
     let mut command = Command::new("mosquitto_pub");
+    command.args(extra);
     command.args([
         "-h",
         "127.0.0.1",
@@ -427,8 +468,7 @@ pub fn mosquitto_pub(
     if retain {
         command.arg("-r");
     }
-    let (ok, out, err) = run_bounded(command);
-    assert!(ok, "mosquitto_pub -t {topic} -q {qos} failed: {out}{err}");
+    run_bounded(command)
 }
 
 /// A `mosquitto_sub` process, subscribed.

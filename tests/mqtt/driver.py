@@ -8,16 +8,23 @@ client id again starts another driver.
 Commands ("op"):
   connect    host, port, version (3 = MQTT 3.1.1, 5 = MQTT 5.0), client_id, clean (bool),
              expiry (v5 session expiry interval, s), keepalive (s),
-             will ({topic, payload, qos, retain}) -> event connack {rc, session_present}
+             will ({topic, payload, qos, retain}), username, password,
+             tls ({ca, cert, key}: TLS with that CA, and that client certificate if given)
+             -> event connack {rc, session_present}, or connect_failed {what} when the
+             connection (its TLS handshake included) could not be made
   subscribe  topic, qos -> event suback {mid, codes}
-  publish    topic, payload (text), qos, retain, response_topic, correlation, tag
+  publish    topic, payload (text), qos, retain, response_topic, correlation, tag,
+             user ([[name, value], ...]), content_type, payload_format (0 or 1),
+             message_expiry (s), topic_alias (v5 properties)
              -> event queued {mid, tag}, then acked {mid, tag, rc} once PUBACK (QoS 1),
              PUBCOMP (QoS 2) arrived or the packet was written (QoS 0)
   publish_range  topic, qos, start, count: payloads str(start) .. str(start + count - 1),
              tags equal to the payloads; events as for publish
   disconnect -> a clean DISCONNECT, then event closed
   abort      the process ends at once: the socket closes without DISCONNECT
-Events ("ev") also: message {topic, payload, qos, retain, dup, response_topic, correlation},
+Events ("ev") also: message {topic, payload, qos, retain, dup, response_topic, correlation,
+user, content_type, payload_format, message_expiry} (the v5 properties as sent above; null or
+[] when absent),
 lost {rc} when the connection ended without a DISCONNECT from this side, error {what}.
 """
 
@@ -62,6 +69,7 @@ class Driver:
         self.early = {}
         self.tags_lock = threading.Lock()
         self.closing = False
+        self.v5 = True
 
     def on_connect(self, client, userdata, flags, reason_code, properties):
         emit(ev="connack", rc=code(reason_code), session_present=bool(flags.session_present))
@@ -88,6 +96,10 @@ class Driver:
             dup=bool(msg.dup),
             response_topic=getattr(props, "ResponseTopic", None) if props else None,
             correlation=text(getattr(props, "CorrelationData", None)) if props else None,
+            user=[list(p) for p in getattr(props, "UserProperty", [])] if props else [],
+            content_type=getattr(props, "ContentType", None) if props else None,
+            payload_format=getattr(props, "PayloadFormatIndicator", None) if props else None,
+            message_expiry=getattr(props, "MessageExpiryInterval", None) if props else None,
         )
 
     def on_disconnect(self, client, userdata, flags, reason_code, properties):
@@ -98,6 +110,7 @@ class Driver:
 
     def connect(self, cmd):
         v5 = cmd.get("version", 5) == 5
+        self.v5 = v5
         kwargs = {}
         if not v5:
             kwargs["clean_session"] = cmd.get("clean", True)
@@ -122,6 +135,11 @@ class Driver:
             client.will_set(
                 will["topic"], will.get("payload", ""), will.get("qos", 0), will.get("retain", False)
             )
+        if cmd.get("username") is not None:
+            client.username_pw_set(cmd["username"], cmd.get("password"))
+        tls = cmd.get("tls")
+        if tls:
+            client.tls_set(ca_certs=tls["ca"], certfile=tls.get("cert"), keyfile=tls.get("key"))
         self.client = client
         connect_kwargs = {}
         if v5:
@@ -130,17 +148,32 @@ class Driver:
                 props = Properties(PacketTypes.CONNECT)
                 props.SessionExpiryInterval = cmd["expiry"]
                 connect_kwargs["properties"] = props
-        client.connect(cmd.get("host", "127.0.0.1"), cmd["port"], cmd.get("keepalive", 60), **connect_kwargs)
+        try:
+            client.connect(cmd.get("host", "127.0.0.1"), cmd["port"], cmd.get("keepalive", 60), **connect_kwargs)
+        except Exception as e:  # refused, or the TLS handshake failed
+            emit(ev="connect_failed", what="%s: %s" % (type(e).__name__, e))
+            return
         client.loop_start()
 
-    def publish(self, topic, payload, qos, retain=False, response_topic=None, correlation=None, tag=None):
-        props = None
-        if response_topic is not None or correlation is not None:
-            props = Properties(PacketTypes.PUBLISH)
-            if response_topic is not None:
-                props.ResponseTopic = response_topic
-            if correlation is not None:
-                props.CorrelationData = correlation.encode("utf-8")
+    def publish(self, topic, payload, qos, retain=False, response_topic=None, correlation=None, tag=None, extra=None):
+        extra = extra or {}
+        props = Properties(PacketTypes.PUBLISH)
+        if response_topic is not None:
+            props.ResponseTopic = response_topic
+        if correlation is not None:
+            props.CorrelationData = correlation.encode("utf-8")
+        for name, value in extra.get("user") or []:
+            props.UserProperty = (name, value)
+        if extra.get("content_type") is not None:
+            props.ContentType = extra["content_type"]
+        if extra.get("payload_format") is not None:
+            props.PayloadFormatIndicator = extra["payload_format"]
+        if extra.get("message_expiry") is not None:
+            props.MessageExpiryInterval = extra["message_expiry"]
+        if extra.get("topic_alias") is not None:
+            props.TopicAlias = extra["topic_alias"]
+        if not self.v5 or props.isEmpty():
+            props = None
         # The network thread may see the acknowledgement before publish() returns (and paho holds
         # its own locks while calling on_publish, so ours is not held across publish()).
         info = self.client.publish(topic, payload.encode("utf-8"), qos, retain, properties=props)
@@ -169,6 +202,7 @@ class Driver:
                 cmd.get("response_topic"),
                 cmd.get("correlation"),
                 cmd.get("tag"),
+                cmd,
             )
         elif op == "publish_range":
             for i in range(cmd["start"], cmd["start"] + cmd["count"]):
