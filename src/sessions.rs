@@ -66,6 +66,9 @@ pub struct Durable {
     /// MQTT: its subscriptions (registered with local delivery as one subscriber).
     pub topics: Arc<TopicSet>,
     saved: Mutex<Saved>,
+    /// Records below this may have been written to a connection already (a re-delivery carries
+    /// DUP); after a restart of the hub, everything the queue held then.
+    sent_below: AtomicU64,
     subscription: AtomicU64,
     dropped: AtomicU64,
     /// The connection it is attached to (cut off with [`TAKEN_OVER`] when another takes it).
@@ -164,6 +167,16 @@ impl Durable {
         if let Err(e) = written {
             log::error!("cannot save {}: {e}", file.display());
         }
+    }
+
+    /// Records below this may have reached a connection before (MQTT's DUP on re-delivery).
+    pub fn sent_below(&self) -> u64 {
+        self.sent_below.load(Ordering::Acquire)
+    }
+
+    /// Record `seq` was written to a connection.
+    pub fn sent(&self, seq: u64) {
+        self.sent_below.fetch_max(seq + 1, Ordering::AcqRel);
     }
 
     /// Messages dropped because the session's queue was full.
@@ -279,6 +292,7 @@ impl Sessions {
         let key = (saved.kind, saved.name.clone());
         let durable = Arc::new(Durable {
             dir,
+            sent_below: AtomicU64::new(queue.visible()),
             queue,
             topics,
             saved: Mutex::new(saved),

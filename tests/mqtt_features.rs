@@ -860,3 +860,61 @@ fn refusals_a_persistent_session_without_id_shared_subscriptions_and_the_1025th_
         );
     }
 }
+
+/// DUP (MQTT 3.1.1 section 3.3.1.1): a persistent session's message that never reached a
+/// connection goes out without it, even when it waited for the client; one written to a
+/// connection that ended before its PUBACK goes out again with it.
+#[test]
+fn dup_marks_only_what_may_have_been_written_before() {
+    let h = Hubs::start(Proto::Websocket, CloudSpec::default(), "");
+    let topic = up("dup/x");
+    // A persistent 3.1.1 session (Clean Session 0), subscribed at QoS 1, then away.
+    let persistent = |port| {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(mqtt::WAIT)).unwrap();
+        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x00, 0, 60];
+        body.extend(3u16.to_be_bytes());
+        body.extend_from_slice(b"dup");
+        s.write_all(&mqtt::packet(0x10, &body)).unwrap();
+        let (first, _) = mqtt::read_packet(&mut s).expect("a CONNACK");
+        assert_eq!(first, 0x20);
+        s
+    };
+    let mut s = persistent(h.cloud_mqtt);
+    let mut sub = vec![0, 1];
+    sub.extend((topic.len() as u16).to_be_bytes());
+    sub.extend_from_slice(topic.as_bytes());
+    sub.push(1);
+    s.write_all(&mqtt::packet(0x82, &sub)).unwrap();
+    assert_eq!(mqtt::read_packet(&mut s).expect("a SUBACK").0, 0x90);
+    s.write_all(&[0xe0, 0]).unwrap();
+    drop(s);
+
+    let mut witness = Paho::clean("witness", h.cloud_mqtt, 5);
+    witness.subscribe(&topic, 1);
+    let mut edge_pub = Paho::clean("edge-pub", h.edge_mqtt, 5);
+    edge_pub.publish("dup/x", "waited", 1, false);
+    assert_eq!(
+        witness.message().payload,
+        "waited",
+        "the session has it too"
+    );
+
+    // Back: the message comes without DUP; the connection ends before its PUBACK.
+    let mut s = persistent(h.cloud_mqtt);
+    let (first, _) = mqtt::read_packet(&mut s).expect("the waiting PUBLISH");
+    assert_eq!(first & 0xf0, 0x30, "a PUBLISH: {first:#x}");
+    assert_eq!(first & 0x08, 0, "never written before: no DUP ({first:#x})");
+    drop(s);
+
+    // Back again: the same message, now with DUP, and nothing once acknowledged.
+    let mut s = persistent(h.cloud_mqtt);
+    let (first, body) = mqtt::read_packet(&mut s).expect("the PUBLISH again");
+    assert_eq!(first & 0xf0, 0x30, "a PUBLISH: {first:#x}");
+    assert_eq!(first & 0x08, 0x08, "written before: DUP ({first:#x})");
+    assert!(body.ends_with(b"waited"));
+    let pid_at = 2 + topic.len();
+    s.write_all(&mqtt::packet(0x40, &body[pid_at..pid_at + 2]))
+        .unwrap();
+    s.write_all(&[0xe0, 0]).unwrap();
+}

@@ -612,7 +612,7 @@ impl ClientWithKeepAlive {
             self.client.topics = durable.topics.clone();
             self.client.next_seq = durable.queue.first();
             self.client.acked_seq = durable.queue.first().checked_sub(1);
-            self.client.replay_below = durable.queue.visible();
+            self.client.replay_below = durable.sent_below();
             self.client.durable = Some(durable);
             present
         } else {
@@ -1166,6 +1166,9 @@ impl Client {
         let qos = out.qos.min(2);
         let pid = (qos > 0).then(|| self.new_pid());
         let dup = out.seq.is_some_and(|s| s < self.replay_below);
+        if let (Some(seq), Some(d)) = (out.seq, &self.durable) {
+            d.sent(seq);
+        }
         let publish = Publish {
             topic: msg.resource.clone(),
             qos,
