@@ -35,8 +35,8 @@ pub fn soft_limit() -> u64 {
 
 /// At most how many of `wanted` descriptors one use may take: all of them when the limit leaves
 /// room, else `1/share` of the open-file limit. The shares the hub hands out (half for node
-/// links, a quarter for application connections) leave a quarter for the listeners, the queues'
-/// files and the link of an edge. `what` names the setting for the warning given when it is cut.
+/// links, a quarter for application connections, an eighth for MQTT connections) leave an eighth
+/// for the listeners, the queues' files and the link of an edge. `what` names the setting for the warning given when it is cut.
 pub fn budget(wanted: usize, what: &str, share: u64) -> usize {
     let limit = soft_limit();
     let part = usize::try_from(limit / share.max(1))

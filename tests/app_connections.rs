@@ -244,10 +244,14 @@ fn application_connections_fit_in_the_open_file_limit() {
     // Said at start, before the endpoint listens.
     let warned = edge.lines_with("but this process may open only 64 files");
     assert!(
-        warned.len() == 1
-            && warned[0].contains("apps.max-connections is 1024")
-            && warned[0].contains("at most 16"),
-        "{warned:?}"
+        warned.len() == 2
+            && warned
+                .iter()
+                .any(|w| w.contains("apps.max-connections is 1024") && w.contains("at most 16"))
+            && warned
+                .iter()
+                .any(|w| w.contains("mqtt.max-connections is 1024") && w.contains("at most 8")),
+        "a quarter for applications, an eighth for MQTT: {warned:?}"
     );
     let mut open = Vec::new();
     for i in 0..16 {

@@ -79,6 +79,9 @@ pub struct Mqtt {
     config: MqttConfig,
     passwords: Option<Passwords>,
     open: AtomicUsize,
+    /// `mqtt.max-connections`, within an eighth of the open-file limit (the node links take
+    /// half of it on the cloud, the application endpoint a quarter).
+    max_open: usize,
     /// Clean sessions by client identifier: the connection, and a sender whose closing takes
     /// it over.
     live: Mutex<HashMap<String, AppSender>>,
@@ -103,6 +106,11 @@ impl Mqtt {
             config: config.clone(),
             passwords,
             open: AtomicUsize::new(0),
+            max_open: crate::open_files::budget(
+                config.max_connections.max(1),
+                "mqtt.max-connections",
+                8,
+            ),
             live: Mutex::new(HashMap::new()),
         }))
     }
@@ -191,11 +199,7 @@ async fn accept_loop(
     shutdown: Shutdown,
 ) {
     let mut failures = crate::open_files::AcceptFailures::default();
-    let max = crate::open_files::budget(
-        mqtt.config.max_connections.max(1),
-        "mqtt.max-connections",
-        4,
-    );
+    let max = mqtt.max_open;
     loop {
         let accepted = async { Some(listener.accept().await) }
             .or(async {
