@@ -849,9 +849,8 @@ async fn session<S>(
     if let Some(id) = subscription {
         apps.local.unsubscribe(id);
     }
-    if let Some(pump) = pump {
-        drop(pump);
-    }
+    // The session's feeder ends with the connection.
+    drop(pump);
     if let Some(d) = &durable {
         apps.sessions.detach(d, out.id(), u32::MAX);
     }

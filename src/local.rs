@@ -580,6 +580,10 @@ pub struct Local {
     ///
     /// [`wrote_durable`]: Self::wrote_durable
     durable_written: std::sync::atomic::AtomicBool,
+    /// Set when a durable session was given a message since [`sync_durable`] last synced.
+    ///
+    /// [`sync_durable`]: Self::sync_durable
+    durable_unsynced: std::sync::atomic::AtomicBool,
     /// How long a sync request waits for its answer.
     pub request_timeout: Duration,
     /// The retained messages (MQTT), by topic.
@@ -629,6 +633,7 @@ impl Local {
             unroutable: AtomicU64::new(0),
             undelivered: AtomicU64::new(0),
             durable_written: std::sync::atomic::AtomicBool::new(false),
+            durable_unsynced: std::sync::atomic::AtomicBool::new(false),
             request_timeout,
             retained,
         }
@@ -770,6 +775,7 @@ impl Local {
                 Sink::Durable(keep) => {
                     if keep.keep(&out) {
                         self.durable_written.store(true, Ordering::Release);
+                        self.durable_unsynced.store(true, Ordering::Release);
                         delivered += 1;
                     } else {
                         self.undelivered.fetch_add(1, Ordering::Relaxed);
@@ -819,6 +825,10 @@ impl Local {
 
     /// Makes what durable subscriptions were given durable (before the link acknowledges it).
     pub fn sync_durable(&self) {
+        // Most links carry nothing for durable sessions: nothing to look through then.
+        if !self.durable_unsynced.swap(false, Ordering::AcqRel) {
+            return;
+        }
         let keepers: Vec<Arc<dyn Keep>> = lock(&self.subscriptions)
             .iter()
             .filter_map(|s| match &s.sink {

@@ -178,11 +178,6 @@ impl Durable {
     pub fn sent(&self, seq: u64) {
         self.sent_below.fetch_max(seq + 1, Ordering::AcqRel);
     }
-
-    /// Messages dropped because the session's queue was full.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
-    }
 }
 
 /// The durable sessions of one hub.

@@ -11,7 +11,6 @@
 //! in its durable session's queue on disk. An idle connection holds no buffer.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
-use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -257,19 +256,36 @@ async fn read_packet<S: AsyncRead + Unpin>(
     stream: &mut S,
     decoder: &mut Decoder,
     buf: &mut Vec<u8>,
-) -> Result<Option<Packet>, String> {
+) -> Result<Option<Packet>, ReadError> {
     loop {
-        if let Some((packet, used)) = decoder.decode(buf).map_err(|e| e.to_string())? {
+        if let Some((packet, used)) = decoder.decode(buf).map_err(ReadError::Decode)? {
             buf.drain(..used);
             return Ok(Some(packet));
         }
         if read_some(stream, decoder, buf, false)
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(ReadError::Io)?
             .0
             == 0
         {
             return Ok(None);
+        }
+    }
+}
+
+/// Why [`read_packet`] got no packet.
+enum ReadError {
+    /// The stream failed.
+    Io(std::io::Error),
+    /// The bytes are not a packet this hub takes.
+    Decode(DecodeError),
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Io(e) => e.fmt(f),
+            ReadError::Decode(e) => e.fmt(f),
         }
     }
 }
@@ -405,7 +421,7 @@ where
             log::info!("MQTT client {name}: {e}; closing");
             // A CONNECT naming an unknown protocol level is answered before the close
             // (MQTT 5.0 section 3.1.2.2, MQTT 3.1.1 section 3.1.2.2).
-            if e.contains("unsupported protocol level") {
+            if let ReadError::Decode(DecodeError::UnsupportedVersion(_)) = e {
                 let mut out = Vec::new();
                 let ack = Connack {
                     code: reason::UNSUPPORTED_PROTOCOL_VERSION,
@@ -1648,16 +1664,6 @@ fn packet_name(p: &Packet) -> &'static str {
     }
 }
 
-/// `DecodeError` is the codec's; a client's malformed input closes it with its reason code.
-impl From<DecodeError> for End {
-    fn from(e: DecodeError) -> End {
-        End::Closed(e.reason_code(), e.to_string())
-    }
-}
-
-#[allow(dead_code)]
-fn _assert_send<F: Future + Send>(_: F) {}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1689,10 +1695,6 @@ mod tests {
     #[test]
     fn a_connection_task_is_small() {
         let size = future_size(connection::<Async<std::net::TcpStream>>);
-        eprintln!(
-            "connection future: {size} bytes; client {}",
-            std::mem::size_of::<Client>()
-        );
         assert!(size < 3 * 1024, "a connection's future is {size} bytes");
     }
 }
