@@ -498,3 +498,20 @@ fn a_flooding_publisher_does_not_starve_other_connections() {
         "a PINGRESP took {worst:?} (of {n}) while another client flooded the hub"
     );
 }
+
+/// A CONNECT naming a protocol level the hub does not speak is answered with CONNACK return code
+/// 1, "unacceptable protocol version" (MQTT 3.1.1 section 3.1.2.2), then closed; a client of a
+/// level it speaks still connects.
+#[test]
+fn an_unknown_protocol_level_is_answered_before_the_close() {
+    let one = cloud("");
+    let mut s = TcpStream::connect(("127.0.0.1", one.port)).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut connect = mqtt::connect_packet(4, "level-6");
+    connect[8] = 6; // the protocol level byte
+    s.write_all(&connect).unwrap();
+    let (first, body) = read_packet(&mut s).expect("a CONNACK before the close");
+    assert_eq!((first, body), (0x20, vec![0, 1]));
+    assert!(read_packet(&mut s).is_none(), "then the connection closes");
+    drop(mqtt::raw_client(one.port, 4, "level-4"));
+}
