@@ -145,8 +145,6 @@ pub async fn run(config: CloudConfig, shutdown: Shutdown) -> Result<(), String> 
         nodes: Some(Box::new(move || nodes_json(&listing.0, &listing.1))),
         sessions: sessions.clone(),
     });
-    crate::apps::start(&config.apps, apps.clone(), shutdown.clone())?;
-    crate::mqtt::start(&config.mqtt, apps, sessions, shutdown.clone())?;
 
     if let Some(addr) = config.websocket {
         let listener = Async::<TcpListener>::bind(addr)
@@ -181,6 +179,11 @@ pub async fn run(config: CloudConfig, shutdown: Shutdown) -> Result<(), String> 
         smol::spawn(quic_accept_loop(ep.clone(), cloud.clone())).detach();
         endpoint = Some(ep);
     }
+
+    // The local endpoints last: a node link listener given its port binds before any listener
+    // asking the system for a free one (port 0) could be handed that very port.
+    crate::apps::start(&config.apps, apps.clone(), shutdown.clone())?;
+    crate::mqtt::start(&config.mqtt, apps, sessions, shutdown.clone())?;
 
     shutdown.wait().await;
     let connected = cloud.registry.len();
