@@ -161,6 +161,12 @@ impl Queue {
         self.lock().len()
     }
 
+    /// Bytes of the queue's segment files on disk (what `max-bytes` bounds; acknowledged
+    /// records count until their segment is deleted).
+    pub fn bytes(&self) -> u64 {
+        self.lock().bytes()
+    }
+
     /// Whether every message was acknowledged.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -293,6 +299,15 @@ pub fn lock_dir(dir: &Path) -> Result<std::fs::File, String> {
     rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
         .map_err(|_| format!("{} is in use by another hub process", dir.display()))?;
     Ok(file)
+}
+
+/// Whether `dir` takes writes: a small file is created, written and removed. Errors: one
+/// sentence naming the folder and what failed (read-only file system, disk full, permissions).
+pub fn writable(dir: &Path) -> Result<(), String> {
+    let probe = dir.join(".ready-probe");
+    let result = std::fs::write(&probe, b"ready\n");
+    let _ = std::fs::remove_file(&probe);
+    result.map_err(|e| format!("{} does not take writes: {e}", dir.display()))
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The cloud hub: a WebSocket listener and a QUIC endpoint side by side, each handshake in its own
 //! task, every admitted node in the [`Registry`].
 
+mod ops;
 mod queues;
 mod registry;
 
@@ -92,6 +93,7 @@ impl Pending {
     fn new(cloud: &Arc<Cloud>, protocol: Protocol) -> Pending {
         let i = protocol as usize;
         cloud.pending[i].fetch_add(1, Ordering::Relaxed);
+        crate::metrics::METRICS.handshakes[i].inc();
         Pending(cloud.clone(), i)
     }
 }
@@ -99,6 +101,7 @@ impl Pending {
 impl Drop for Pending {
     fn drop(&mut self) {
         self.0.pending[self.1].fetch_sub(1, Ordering::Relaxed);
+        crate::metrics::METRICS.handshakes[self.1].dec();
     }
 }
 
@@ -184,8 +187,18 @@ pub async fn run(config: CloudConfig, shutdown: Shutdown) -> Result<(), String> 
     // asking the system for a free one (port 0) could be handed that very port.
     crate::apps::start(&config.apps, apps.clone(), shutdown.clone())?;
     crate::mqtt::start(&config.mqtt, apps, sessions, shutdown.clone())?;
+    let ops = ops::ops(
+        cloud.registry.clone(),
+        cloud.queues.clone(),
+        config.metrics.per_node,
+        config.queues.dir.clone(),
+        shutdown.clone(),
+    );
+    crate::http::start(config.metrics.listen, Arc::new(ops), shutdown.clone())?;
+    crate::http::notify_ready();
 
     shutdown.wait().await;
+    crate::http::notify_stopping();
     let connected = cloud.registry.len();
     log::info!("closing {connected} node link(s)");
     drop(cloud);

@@ -89,6 +89,15 @@ impl NodeQueues {
         }
     }
 
+    /// Calls `f` with each node that has open queues (every node connected, and every node with
+    /// messages queued for it), in no particular order.
+    pub fn each(&self, mut f: impl FnMut(&str, &LaneStores)) {
+        let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        for (id, stores) in nodes.iter() {
+            f(id, stores);
+        }
+    }
+
     /// Messages queued per node, for every node with a queue.
     pub fn queued(&self) -> Vec<(String, u64)> {
         let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());

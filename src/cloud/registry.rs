@@ -90,6 +90,11 @@ impl Drop for Admission {
 }
 
 impl Registry {
+    /// The most nodes admitted at once.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
     /// An empty registry admitting at most `limit` nodes.
     pub fn new(limit: usize) -> Arc<Registry> {
         Arc::new(Registry {

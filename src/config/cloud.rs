@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{
-    AppsConfig, Checker, ConfigError, Congestion, MqttConfig, QueueConfig, RawApps, RawMqtt,
-    RawQueue, SideDefaults, parse_file, parse_str,
+    AppsConfig, Checker, ConfigError, Congestion, MetricsConfig, MqttConfig, QueueConfig, RawApps,
+    RawMetrics, RawMqtt, RawQueue, SideDefaults, parse_file, parse_str,
 };
 
 /// The cloud's defaults for the sections hub adds.
@@ -25,6 +25,7 @@ struct RawFile {
     cloudhub: Option<RawCloudHub>,
     apps: Option<RawApps>,
     mqtt: Option<RawMqtt>,
+    metrics: Option<RawMetrics>,
     queues: Option<RawQueue>,
 }
 
@@ -78,6 +79,8 @@ pub struct CloudConfig {
     pub apps: AppsConfig,
     /// `mqtt`: the MQTT listener.
     pub mqtt: MqttConfig,
+    /// `metrics`: the metrics and health endpoint.
+    pub metrics: MetricsConfig,
     /// `queues`: the per-node durable queues (limits are per node).
     pub queues: QueueConfig,
 }
@@ -99,6 +102,7 @@ impl CloudConfig {
         let c = Checker::new(file);
         let apps = c.apps(raw.apps, DEFAULTS.listen)?;
         let mqtt = c.mqtt(raw.mqtt, "127.0.0.1:1884", &apps)?;
+        let metrics = c.metrics(raw.metrics, true)?;
         let queues = c.queue("queues", raw.queues, &DEFAULTS)?;
         let Some(raw) = raw.cloudhub else {
             return Err(c.invalid("cloudhub", "is required"));
@@ -161,6 +165,7 @@ impl CloudConfig {
                 as usize,
             apps,
             mqtt,
+            metrics,
             queues,
         })
     }

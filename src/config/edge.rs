@@ -6,8 +6,8 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use super::{
-    AppsConfig, Checker, ConfigError, Congestion, MqttConfig, QueueConfig, RawApps, RawMqtt,
-    RawQueue, SideDefaults, parse_file, parse_str, valid_id,
+    AppsConfig, Checker, ConfigError, Congestion, MetricsConfig, MqttConfig, QueueConfig, RawApps,
+    RawMetrics, RawMqtt, RawQueue, SideDefaults, parse_file, parse_str, valid_id,
 };
 
 /// The edge's defaults for the sections hub adds.
@@ -29,6 +29,7 @@ struct RawFile {
     controller: Option<RawController>,
     apps: Option<RawApps>,
     mqtt: Option<RawMqtt>,
+    metrics: Option<RawMetrics>,
     outbox: Option<RawQueue>,
 }
 
@@ -299,6 +300,8 @@ pub struct EdgeConfig {
     pub apps: AppsConfig,
     /// `mqtt`: the MQTT listener.
     pub mqtt: MqttConfig,
+    /// `metrics`: the metrics and health endpoint.
+    pub metrics: MetricsConfig,
     /// `outbox`: the durable outbox of messages for the cloud.
     pub outbox: QueueConfig,
 }
@@ -499,6 +502,7 @@ impl EdgeConfig {
             fast_attempts_for,
             fallback,
             mqtt: c.mqtt(raw.mqtt, "127.0.0.1:1883", &apps)?,
+            metrics: c.metrics(raw.metrics, false)?,
             apps,
             outbox: c.queue("outbox", raw.outbox, &DEFAULTS)?,
         })

@@ -438,6 +438,25 @@ pub struct MqttConfig {
 }
 
 #[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, expecting = "a map of metrics settings")]
+struct RawMetrics {
+    listen: Option<String>,
+    #[serde(rename = "per-node")]
+    per_node: Option<bool>,
+}
+
+/// The `metrics` section: the operations endpoint (`/metrics`, `/healthz`, `/readyz`; see
+/// [`crate::http`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MetricsConfig {
+    /// `metrics.listen`: the HTTP address; `None` (the default) when `off`.
+    pub listen: Option<std::net::SocketAddr>,
+    /// `metrics.per-node` (cloud only): also expose each node's queue and link series, which
+    /// makes a scrape grow with the number of nodes (default off).
+    pub per_node: bool,
+}
+
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, expecting = "a map of queue settings")]
 struct RawQueue {
     dir: Option<PathBuf>,
@@ -520,6 +539,20 @@ impl Checker<'_> {
         text.parse()
             .map(Some)
             .map_err(|_| self.invalid(key, format!("{text:?} is not IP:PORT (or off)")))
+    }
+
+    fn metrics(&self, raw: Option<RawMetrics>, cloud: bool) -> Result<MetricsConfig, ConfigError> {
+        let raw = raw.unwrap_or_default();
+        if raw.per_node.is_some() && !cloud {
+            return Err(self.invalid(
+                "metrics.per-node",
+                "is a cloud setting; an edge has one link",
+            ));
+        }
+        Ok(MetricsConfig {
+            listen: self.address("metrics.listen", raw.listen.as_deref().unwrap_or("off"))?,
+            per_node: raw.per_node.unwrap_or(false),
+        })
     }
 
     fn mqtt(

@@ -9,6 +9,7 @@
 //! probes QUIC in the background to go back to it. Every reconnect is logged with its cause.
 
 mod credentials;
+mod ops;
 mod placement;
 
 pub use credentials::{CredentialStore, ROTATED_CERT, ROTATED_KEY};
@@ -98,6 +99,10 @@ pub async fn run(config: EdgeConfig, shutdown: Shutdown) -> Result<(), String> {
     });
     crate::apps::start(&config.apps, apps.clone(), shutdown.clone())?;
     crate::mqtt::start(&config.mqtt, apps, sessions, shutdown.clone())?;
+    let ops = ops::ops(outbox.clone(), config.outbox.clone(), shutdown.clone());
+    crate::http::start(config.metrics.listen, Arc::new(ops), shutdown.clone())?;
+    // Ready for systemd once applications can hand messages over, link or no link.
+    crate::http::notify_ready();
     if !outbox.is_empty() {
         log::info!("{} message(s) waiting in the outbox", outbox.len());
     }
@@ -275,6 +280,7 @@ pub async fn run(config: EdgeConfig, shutdown: Shutdown) -> Result<(), String> {
         log::info!("reconnecting in {:.1}s", delay.as_secs_f64());
         let _ = timeout(delay, shutdown.wait()).await;
     }
+    crate::http::notify_stopping();
     quic_endpoints.close(CLOSE_LINGER).await;
     log::info!("stopped");
     Ok(())
