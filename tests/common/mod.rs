@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod apps;
+pub mod http;
 pub mod mqtt;
 pub mod placement;
 
@@ -290,6 +291,9 @@ pub struct CloudSpec {
     pub queues_extra: String,
     /// Extra lines for the `mqtt:` section (indented by two spaces), after `listen: 127.0.0.1:0`.
     pub mqtt_extra: String,
+    /// Extra lines for the `metrics:` section (indented by two spaces), after
+    /// `listen: 127.0.0.1:0`.
+    pub metrics_extra: String,
 }
 
 impl Default for CloudSpec {
@@ -305,6 +309,7 @@ impl Default for CloudSpec {
             apps_extra: String::new(),
             queues_extra: String::new(),
             mqtt_extra: String::new(),
+            metrics_extra: String::new(),
         }
     }
 }
@@ -343,7 +348,7 @@ pub fn start_cloud(dir: &Path, pki: &Path, spec: &CloudSpec) -> Cloud {
     std::fs::write(
         &file,
         format!(
-            "cloudhub:\n  protocol_websocket: true\n  port: {}\n  protocol_quic: true\n  quic_port: {}\n  max_incomingstreams: {}\n  address: 127.0.0.1\n  ca: {}\n  cert: {}\n  key: {}\n  keepalive-interval: {}\n  write-timeout: {}\n  node-limit: {}\napps:\n  listen: 127.0.0.1:0\n{}queues:\n  dir: {}\n{}mqtt:\n  listen: 127.0.0.1:0\n{}",
+            "cloudhub:\n  protocol_websocket: true\n  port: {}\n  protocol_quic: true\n  quic_port: {}\n  max_incomingstreams: {}\n  address: 127.0.0.1\n  ca: {}\n  cert: {}\n  key: {}\n  keepalive-interval: {}\n  write-timeout: {}\n  node-limit: {}\napps:\n  listen: 127.0.0.1:0\n{}queues:\n  dir: {}\n{}mqtt:\n  listen: 127.0.0.1:0\n{}metrics:\n  listen: 127.0.0.1:0\n{}",
             spec.ws_port,
             spec.quic_port,
             spec.max_streams,
@@ -357,6 +362,7 @@ pub fn start_cloud(dir: &Path, pki: &Path, spec: &CloudSpec) -> Cloud {
             dir.join(&spec.state).display(),
             spec.queues_extra,
             spec.mqtt_extra,
+            spec.metrics_extra,
         ),
     )
     .unwrap();
@@ -414,6 +420,9 @@ pub struct EdgeSpec {
     pub apps_extra: String,
     /// Extra lines for the `mqtt:` section (indented by two spaces), after `listen: 127.0.0.1:0`.
     pub mqtt_extra: String,
+    /// Extra lines for the `metrics:` section (indented by two spaces), after
+    /// `listen: 127.0.0.1:0`.
+    pub metrics_extra: String,
 }
 
 impl EdgeSpec {
@@ -437,6 +446,7 @@ impl EdgeSpec {
             outbox_extra: String::new(),
             apps_extra: String::new(),
             mqtt_extra: String::new(),
+            metrics_extra: String::new(),
         }
     }
 
@@ -456,7 +466,7 @@ impl EdgeSpec {
         std::fs::write(
             &file,
             format!(
-                "{proto}:\n  url: {url}\n  cafile: {ca}\n  certfile: {cert}\n  keyfile: {key}\n  handshake-timeout: {hs}\n  write-deadline: 5\n  read-deadline: {rd}\ncontroller:\n  protocol: {proto}\n  heartbeat: {hb}\n  project-id: proj\n  node-id: {node}\n  backoff-initial: {binit}\n  backoff-max: {bmax}\n{extra}apps:\n  listen: 127.0.0.1:0\n{apps}outbox:\n  dir: {state}\n{outbox}mqtt:\n  listen: 127.0.0.1:0\n{mqtt}",
+                "{proto}:\n  url: {url}\n  cafile: {ca}\n  certfile: {cert}\n  keyfile: {key}\n  handshake-timeout: {hs}\n  write-deadline: 5\n  read-deadline: {rd}\ncontroller:\n  protocol: {proto}\n  heartbeat: {hb}\n  project-id: proj\n  node-id: {node}\n  backoff-initial: {binit}\n  backoff-max: {bmax}\n{extra}apps:\n  listen: 127.0.0.1:0\n{apps}outbox:\n  dir: {state}\n{outbox}mqtt:\n  listen: 127.0.0.1:0\n{mqtt}metrics:\n  listen: 127.0.0.1:0\n{metrics}",
                 proto = self.proto.name(),
                 ca = self.ca.display(),
                 cert = self.cert.display(),
@@ -472,6 +482,7 @@ impl EdgeSpec {
                 state = state.display(),
                 outbox = self.outbox_extra,
                 mqtt = self.mqtt_extra,
+                metrics = self.metrics_extra,
             ),
         )
         .unwrap();
