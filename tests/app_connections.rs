@@ -240,8 +240,10 @@ fn application_connections_fit_in_the_open_file_limit() {
     );
     drop(hub);
 
-    let (edge, apps) = edge_with_open_files(&tmp.path().join("low"), 64, 64);
-    // Said at start, before the endpoint listens.
+    let (mut edge, apps) = edge_with_open_files(&tmp.path().join("low"), 64, 64);
+    // Said at start, each before its endpoint listens: the MQTT listener starts after the
+    // applications' one.
+    edge.wait_for("mqtt listening on");
     let warned = edge.lines_with("but this process may open only 64 files");
     assert!(
         warned.len() == 2
