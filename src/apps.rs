@@ -21,6 +21,7 @@
 //! answered with HTTP 503 and the reason), each given `apps.upgrade-timeout` to complete its
 //! WebSocket upgrade.
 
+use crate::metrics::{API_WEBSOCKET, METRICS};
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::net::UnixListener;
@@ -178,6 +179,9 @@ impl Drop for Ticket {
             &self.gate.open
         };
         count.fetch_sub(1, Ordering::AcqRel);
+        if !self.refusal {
+            METRICS.app_connections[API_WEBSOCKET].dec();
+        }
     }
 }
 
@@ -217,6 +221,7 @@ impl Gate {
                 .is_ok()
         };
         if take(&self.open, self.max) {
+            METRICS.app_connections[API_WEBSOCKET].inc();
             return Admission::Serve(Ticket {
                 gate: self.clone(),
                 refusal: false,

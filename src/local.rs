@@ -882,6 +882,7 @@ impl Local {
             return Delivery::Dropped;
         }
         let n = self.unroutable.fetch_add(1, Ordering::Relaxed) + 1;
+        crate::metrics::METRICS.no_subscriber.inc();
         if n == 1 || n.is_power_of_two() {
             log::info!(
                 "no application subscribed to group {:?} resource {:?} ({n} such message(s) so far)",

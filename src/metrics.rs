@@ -185,22 +185,43 @@ pub enum Refusal {
     ProtocolError,
     /// A frame or message over the size limit.
     Oversized,
+    /// No handshake (or no HELLO) within the keepalive interval.
+    Timeout,
     /// Too many handshakes in progress (shed for load).
     Load,
     /// The TLS handshake failed (no or an untrusted client certificate, no common version).
     Tls,
+    /// The cloud could not serve the node (its queue could not be opened).
+    Unavailable,
 }
 
 impl Refusal {
     /// Every reason, in exposition order.
-    pub const ALL: [Refusal; 6] = [
+    pub const ALL: [Refusal; 8] = [
         Refusal::NodeLimit,
         Refusal::Identity,
         Refusal::ProtocolError,
         Refusal::Oversized,
+        Refusal::Timeout,
         Refusal::Load,
         Refusal::Tls,
+        Refusal::Unavailable,
     ];
+
+    /// The refusal a link closed with `code` before its node was admitted stands for (`None`
+    /// for the codes that are no refusal: shutting down, replaced, write timeout).
+    pub fn of_close(code: crate::proto::CloseCode) -> Option<Refusal> {
+        use crate::proto::CloseCode as C;
+        Some(match code {
+            C::NodeLimit => Refusal::NodeLimit,
+            C::IdentityMismatch => Refusal::Identity,
+            C::ProtocolError | C::UnsupportedVersion => Refusal::ProtocolError,
+            C::Oversized => Refusal::Oversized,
+            C::Timeout => Refusal::Timeout,
+            C::Unavailable => Refusal::Unavailable,
+            C::ShuttingDown | C::Replaced | C::WriteTimeout => return None,
+        })
+    }
 
     /// The label value.
     pub fn label(self) -> &'static str {
@@ -209,8 +230,10 @@ impl Refusal {
             Refusal::Identity => "identity",
             Refusal::ProtocolError => "protocol_error",
             Refusal::Oversized => "oversized",
+            Refusal::Timeout => "timeout",
             Refusal::Load => "load",
             Refusal::Tls => "tls",
+            Refusal::Unavailable => "unavailable",
         }
     }
 }
@@ -298,7 +321,7 @@ pub struct Metrics {
     pub link_rtt: Histogram<14>,
     /// `hub_queue_fsync_duration_seconds`: each `fdatasync` of a queue segment.
     pub fsync: Histogram<13>,
-    /// `hub_queue_commit_batch_messages`: messages made durable by one group commit.
+    /// `hub_queue_commit_batch_messages`: messages written by one group commit of a queue.
     pub commit_batch: Histogram<12>,
     /// `hub_messages_no_subscriber_total`: messages that reached no subscriber and no queue.
     pub no_subscriber: Counter,
@@ -310,7 +333,7 @@ pub struct Metrics {
     /// under way.
     pub handshakes: [Gauge; 2],
     /// Cloud: `hub_node_refusals_total{reason}`, indexed like [`Refusal::ALL`].
-    pub node_refusals: [Counter; 6],
+    pub node_refusals: [Counter; 8],
     /// Edge: `hub_link_up{protocol}`: 1 while the link is open over that transport.
     pub link_up: [Gauge; 2],
     /// Edge: `hub_link_reconnects_total{cause}`, indexed like [`Cause::ALL`].
@@ -331,7 +354,7 @@ pub static METRICS: Metrics = Metrics {
     app_connections: [const { Gauge::new() }; 2],
     nodes_connected: [const { Gauge::new() }; 2],
     handshakes: [const { Gauge::new() }; 2],
-    node_refusals: [const { Counter::new() }; 6],
+    node_refusals: [const { Counter::new() }; 8],
     link_up: [const { Gauge::new() }; 2],
     reconnects: [const { Counter::new() }; 8],
 };
@@ -591,7 +614,7 @@ pub fn expose(side: Side, gather: &dyn Fn(&mut Exposition)) -> String {
     );
     e.histogram(
         "hub_queue_commit_batch_messages",
-        "Messages made durable by one group commit.",
+        "Messages written to a durable queue by one group commit (one write, and with fsync: always one fdatasync).",
         &m.commit_batch,
     );
     e.counter(

@@ -230,6 +230,7 @@ async fn append_task(queue: std::sync::Weak<Queue>, requests: Receiver<Append>) 
             }
         }
         let Some(q) = queue.upgrade() else { return };
+        crate::metrics::METRICS.commit_batch.observe(count as u64);
         let (q, batch, results) = smol::unblock(move || {
             let results = write_batch(&mut q.lock(), &batch);
             (q, batch, results)

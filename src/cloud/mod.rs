@@ -8,6 +8,7 @@ mod registry;
 pub use queues::NodeQueues;
 pub use registry::{Admission, NodeInfo, Registry};
 
+use crate::metrics::{METRICS, Refusal};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -249,6 +250,7 @@ async fn ws_accept_loop(listener: Async<TcpListener>, acceptor: TlsAcceptor, clo
             None => return,
             Some(Ok((stream, peer))) => {
                 if cloud.pending(Protocol::Websocket) >= MAX_PENDING_HANDSHAKES {
+                    METRICS.refused(Refusal::Load);
                     cloud.shed(Protocol::Websocket, || {
                         format!("closed websocket connection from {peer} at once")
                     });
@@ -336,7 +338,7 @@ fn check_upgrade(
 }
 
 /// The upgrade callback's decision: the project and node ids, or the refusal (status and reason).
-type Verdict = Result<(String, String), String>;
+type Verdict = Result<(String, String), (Refusal, String)>;
 
 async fn ws_handshake(
     tcp: Async<std::net::TcpStream>,
@@ -351,8 +353,9 @@ async fn ws_handshake(
         let stream = acceptor
             .accept(tcp)
             .await
-            .map_err(|e| format!("TLS: {e}"))?;
-        let identity = leaf_identity(stream.get_ref().1.peer_certificates())?;
+            .map_err(|e| (Refusal::Tls, format!("TLS: {e}")))?;
+        let identity = leaf_identity(stream.get_ref().1.peer_certificates())
+            .map_err(|e| (Refusal::Identity, e))?;
         // None until the callback saw an upgrade request.
         let verdict: Arc<Mutex<Option<Verdict>>> = Arc::new(Mutex::new(None));
         let record = verdict.clone();
@@ -372,7 +375,12 @@ async fn ws_handshake(
                     Ok(resp)
                 }
                 Err((status, reason)) => {
-                    *slot = Some(Err(format!("{} {reason}", status.as_u16())));
+                    let kind = match status {
+                        StatusCode::FORBIDDEN => Refusal::Identity,
+                        StatusCode::SERVICE_UNAVAILABLE => Refusal::NodeLimit,
+                        _ => Refusal::ProtocolError,
+                    };
+                    *slot = Some(Err((kind, format!("{} {reason}", status.as_u16()))));
                     Err(refusal(status, &reason))
                 }
             }
@@ -384,18 +392,24 @@ async fn ws_handshake(
         match (upgraded, ids) {
             (Ok(ws), Some(Ok(ids))) => Ok((ws, identity, Some(ids))),
             (_, Some(Err(refused))) => Err(refused),
-            (Err(e), _) => Err(format!("WebSocket upgrade: {e}")),
-            (Ok(_), None) => Err("no upgrade request".into()),
+            (Err(e), _) => Err((Refusal::ProtocolError, format!("WebSocket upgrade: {e}"))),
+            (Ok(_), None) => Err((Refusal::ProtocolError, "no upgrade request".into())),
         }
     };
     let handshake = timeout(limit, handshake).await;
     drop(pending);
     match handshake {
-        None => log::info!(
-            "refused websocket connection from {peer}: no handshake within {:.1}s",
-            limit.as_secs_f64()
-        ),
-        Some(Err(e)) => log::info!("refused websocket connection from {peer}: {e}"),
+        None => {
+            METRICS.refused(Refusal::Timeout);
+            log::info!(
+                "refused websocket connection from {peer}: no handshake within {:.1}s",
+                limit.as_secs_f64()
+            )
+        }
+        Some(Err((kind, e))) => {
+            METRICS.refused(kind);
+            log::info!("refused websocket connection from {peer}: {e}")
+        }
         Some(Ok((ws, identity, ids))) => {
             let link = ws::spawn_link(ws, peer, cloud.config.write_timeout);
             serve(link, identity, ids, cloud).await;
@@ -423,6 +437,7 @@ async fn quic_accept_loop(endpoint: quinn::Endpoint, cloud: Arc<Cloud>) {
         }
         if busy >= MAX_PENDING_HANDSHAKES {
             incoming.refuse();
+            METRICS.refused(Refusal::Load);
             cloud.shed(Protocol::Quic, || {
                 format!("refused quic connection from {peer} at once")
             });
@@ -448,7 +463,9 @@ async fn quic_handshake(incoming: quinn::Incoming, cloud: Arc<Cloud>, pending: P
     // why it is closed (code 7), as a silent link would be.
     let opened: Mutex<Option<quinn::Connection>> = Mutex::new(None);
     let handshake = async {
-        let connecting = incoming.accept().map_err(|e| format!("QUIC: {e}"))?;
+        let connecting = incoming
+            .accept()
+            .map_err(|e| (Refusal::Tls, format!("QUIC: {e}")))?;
         // A resumed edge sends HELLO as 0-RTT data; its identity comes with the resumed session,
         // so the link can start before the handshake completes. Otherwise wait for the handshake
         // (and the client certificate) first.
@@ -457,11 +474,15 @@ async fn quic_handshake(incoming: quinn::Incoming, cloud: Arc<Cloud>, pending: P
             Err(connecting) => {
                 let conn = connecting
                     .await
-                    .map_err(|e| format!("QUIC handshake: {e}"))?;
+                    .map_err(|e| (Refusal::Tls, format!("QUIC handshake: {e}")))?;
                 let certs = quic_peer_certs(&conn);
-                let identity = leaf_identity(certs.as_deref())?;
+                let identity =
+                    leaf_identity(certs.as_deref()).map_err(|e| (Refusal::Identity, e))?;
                 *opened.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
-                let (send, recv) = conn.accept_bi().await.map_err(|e| format!("QUIC: {e}"))?;
+                let (send, recv) = conn
+                    .accept_bi()
+                    .await
+                    .map_err(|e| (Refusal::ProtocolError, format!("QUIC: {e}")))?;
                 return Ok((conn, send, recv, identity));
             }
         };
@@ -476,21 +497,25 @@ async fn quic_handshake(incoming: quinn::Incoming, cloud: Arc<Cloud>, pending: P
             Ok(id) => id,
             Err(e) => {
                 return Err(match conn.close_reason() {
-                    Some(reason) => format!("QUIC handshake: {reason}"),
-                    None => e,
+                    Some(reason) => (Refusal::Tls, format!("QUIC handshake: {reason}")),
+                    None => (Refusal::Identity, e),
                 });
             }
         };
         // The node is known (a completed handshake, or a resumed session): from here on only its
         // control stream is awaited.
         *opened.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
-        let (send, recv) = conn.accept_bi().await.map_err(|e| format!("QUIC: {e}"))?;
-        Ok::<_, String>((conn, send, recv, identity))
+        let (send, recv) = conn
+            .accept_bi()
+            .await
+            .map_err(|e| (Refusal::ProtocolError, format!("QUIC: {e}")))?;
+        Ok::<_, (Refusal, String)>((conn, send, recv, identity))
     };
     let handshake = timeout(limit, handshake).await;
     drop(pending);
     match handshake {
         None => {
+            METRICS.refused(Refusal::Timeout);
             let opened = opened.lock().unwrap_or_else(|e| e.into_inner()).take();
             let what = match opened {
                 Some(conn) => {
@@ -505,7 +530,10 @@ async fn quic_handshake(incoming: quinn::Incoming, cloud: Arc<Cloud>, pending: P
                 limit.as_secs_f64()
             );
         }
-        Some(Err(e)) => log::info!("refused quic connection from {peer}: {e}"),
+        Some(Err((kind, e))) => {
+            METRICS.refused(kind);
+            log::info!("refused quic connection from {peer}: {e}")
+        }
         Some(Ok((conn, send, recv, identity))) => {
             let link = quic::spawn_link(
                 conn,
@@ -596,6 +624,11 @@ async fn serve(
                     }
                 }
                 Event::Close(code, detail) => {
+                    if admission.is_none() {
+                        if let Some(kind) = Refusal::of_close(code) {
+                            METRICS.refused(kind);
+                        }
+                    }
                     let detail = if detail.is_empty() {
                         String::new()
                     } else {

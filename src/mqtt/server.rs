@@ -10,6 +10,7 @@
 //! a client wait in its bounded queue (a clean session: then it is disconnected as too slow) or
 //! in its durable session's queue on disk. An idle connection holds no buffer.
 
+use crate::metrics::{API_MQTT, METRICS};
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -225,6 +226,7 @@ async fn accept_loop(
             );
             continue;
         }
+        METRICS.app_connections[API_MQTT].inc();
         let _ = stream.get_ref().set_nodelay(true);
         let (mqtt, shutdown) = (mqtt.clone(), shutdown.clone());
         let name = peer.to_string();
@@ -234,6 +236,7 @@ async fn accept_loop(
             None => smol::spawn(async move {
                 connection(stream, name, mqtt.clone(), shutdown).await;
                 mqtt.open.fetch_sub(1, Ordering::AcqRel);
+                METRICS.app_connections[API_MQTT].dec();
             })
             .detach(),
             Some(acceptor) => smol::spawn(async move {
@@ -245,6 +248,7 @@ async fn accept_loop(
                     ),
                 }
                 mqtt.open.fetch_sub(1, Ordering::AcqRel);
+                METRICS.app_connections[API_MQTT].dec();
             })
             .detach(),
         }

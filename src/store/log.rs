@@ -404,7 +404,7 @@ impl Log {
             Fsync::Always if !durable && !created => {}
             Fsync::Always => {
                 if let Some(f) = &self.active {
-                    f.sync_data()?;
+                    super::sync_data(f)?;
                 }
                 if created {
                     File::open(&self.dir)?.sync_all()?;
@@ -440,7 +440,7 @@ impl Log {
     fn rotate(&mut self, first: u64) -> io::Result<()> {
         if self.fsync != Fsync::Never {
             if let Some(f) = &self.active {
-                f.sync_data()?;
+                super::sync_data(f)?;
             }
         }
         create_segment(&self.dir, first)?;
@@ -482,7 +482,7 @@ impl Log {
     pub fn sync(&mut self) -> io::Result<()> {
         if self.dirty.active {
             if let Some(f) = &self.active {
-                f.sync_data()?;
+                super::sync_data(f)?;
             }
             self.dirty.active = false;
         }

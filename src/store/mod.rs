@@ -118,6 +118,17 @@ impl Limits {
     };
 }
 
+/// `fdatasync(2)` of `file`, timed into `hub_queue_fsync_duration_seconds`
+/// ([`crate::metrics::Metrics::fsync`]).
+pub(crate) fn sync_data(file: &std::fs::File) -> io::Result<()> {
+    let start = std::time::Instant::now();
+    let result = file.sync_data();
+    crate::metrics::METRICS
+        .fsync
+        .observe_duration(start.elapsed());
+    result
+}
+
 /// Why [`Log::append`] refused a batch. Nothing of the batch was written in every case.
 #[derive(Debug)]
 pub enum AppendError {

@@ -149,11 +149,8 @@ impl SlotFile {
     pub(crate) fn sync(&mut self) -> io::Result<()> {
         if self.dirty {
             match &self.file {
-                Some(f) => f.sync_data()?,
-                None => OpenOptions::new()
-                    .write(true)
-                    .open(&self.path)?
-                    .sync_data()?,
+                Some(f) => super::sync_data(f)?,
+                None => super::sync_data(&OpenOptions::new().write(true).open(&self.path)?)?,
             }
             self.dirty = false;
         }
