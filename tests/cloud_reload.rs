@@ -69,17 +69,7 @@ fn served_serial(cloud: &Cloud, proto: Proto, pki: &Path) -> String {
     let creds = probe_creds(pki);
     let port = cloud.port(proto);
     let leaf = match proto {
-        Proto::Websocket => {
-            let config = hub::tls::client_config(&ca, &creds, b"http/1.1", false).unwrap();
-            let name = ServerName::try_from("127.0.0.1").unwrap();
-            let mut tls = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
-            let mut tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
-            tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            while tls.is_handshaking() {
-                tls.complete_io(&mut tcp).unwrap();
-            }
-            tls.peer_certificates().unwrap()[0].clone()
-        }
+        Proto::Websocket => return tcp_served_serial(port, pki),
         Proto::Quic => block("QUIC probe", async {
             let tls = hub::tls::client_config(&ca, &creds, hub::proto::ALPN, false).unwrap();
             let config = hub::transport::quic::client_config(tls, Duration::from_secs(10)).unwrap();
@@ -99,6 +89,22 @@ fn served_serial(cloud: &Cloud, proto: Proto, pki: &Path) -> String {
             certs[0].clone()
         }),
     };
+    CertIdentity::from_der(&leaf).unwrap().serial
+}
+
+/// The serial of the certificate served over TLS on TCP `port`.
+fn tcp_served_serial(port: u16, pki: &Path) -> String {
+    let config =
+        hub::tls::client_config(&pki.join("ca.crt"), &probe_creds(pki), b"http/1.1", false)
+            .unwrap();
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    while tls.is_handshaking() {
+        tls.complete_io(&mut tcp).unwrap();
+    }
+    let leaf = tls.peer_certificates().unwrap()[0].clone();
     CertIdentity::from_der(&leaf).unwrap().serial
 }
 
@@ -561,5 +567,60 @@ fn tls_sessions_outlive_a_certificate_reload_but_not_the_removal_of_their_ca() {
     assert!(
         matches!(how, Ok(Handshake::ZeroRttRefused | Handshake::OneRtt)),
         "{how:?}"
+    );
+}
+
+#[test]
+fn the_mqtt_tls_listener_serves_a_renewed_certificate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let ca = Authority::new(1).unwrap();
+    let pki = pki(dir, &ca, &[]);
+    let (crt, key) = ca.issue_server(&["127.0.0.1".into()]).unwrap();
+    let (mqtt_crt, mqtt_key) = (pki.join("mqtt.crt"), pki.join("mqtt.key"));
+    std::fs::write(&mqtt_crt, &crt).unwrap();
+    std::fs::write(&mqtt_key, &key).unwrap();
+    let spec = CloudSpec {
+        mqtt_extra: format!(
+            "  tls-listen: 127.0.0.1:0\n  tls-cert: {}\n  tls-key: {}\n",
+            mqtt_crt.display(),
+            mqtt_key.display()
+        ),
+        ..CloudSpec::default()
+    };
+    let mut cloud = start_cloud(dir, &pki, &spec);
+    let line = cloud
+        .hub
+        .first_line("the MQTT TLS listener", common::PATIENCE, |l| {
+            l.contains("mqtt listening on") && l.ends_with("(TLS)")
+        });
+    let port: u16 = line
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches(" (TLS)")
+        .parse()
+        .unwrap();
+    assert_eq!(tcp_served_serial(port, &pki), serial_of_pem(&crt));
+
+    let (crt, key) = ca.issue_server(&["127.0.0.1".into()]).unwrap();
+    write_atomically(&mqtt_key, &key);
+    write_atomically(&mqtt_crt, &crt);
+    cloud.hub.wait_for("mqtt TLS listener: reloaded");
+    assert_eq!(
+        tcp_served_serial(port, &pki),
+        serial_of_pem(&crt),
+        "the renewed one"
+    );
+
+    write_atomically(&mqtt_key, "not a key\n");
+    let line = cloud
+        .hub
+        .wait_for("mqtt TLS listener: credentials not reloaded");
+    assert!(line.contains("mqtt.key"), "{line}");
+    assert_eq!(
+        tcp_served_serial(port, &pki),
+        serial_of_pem(&crt),
+        "still the last good one"
     );
 }

@@ -22,12 +22,10 @@
 //! the set in use stays; the next SIGHUP or change of a file tries again. A half-written set (a
 //! new certificate beside the old key) fails the key check and is retried when the key changes;
 //! a changed file is read only once it stayed the same for one more poll, which spares most such
-//! refusals.
+//! refusals. Why the files are polled: [`crate::tls::watch`].
 
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use futures_rustls::TlsAcceptor;
 use rustls::ServerConfig;
@@ -36,52 +34,17 @@ use smol::future::FutureExt;
 use crate::config::CloudConfig;
 use crate::proto::ALPN;
 use crate::shutdown::Shutdown;
+use crate::tls::watch::{FileWatch, POLL};
 use crate::tls::{self, ServerCredentials, SessionStore, Utc, Window};
 use crate::transport::quic;
 
-/// How often the files' metadata is looked at: every 2 s.
-///
-/// Polling rather than inotify: a Kubernetes secret or certbot renews by pointing a symlink
-/// (`..data`, `live/`) at a new directory, which a watch on the files themselves never sees, and
-/// a watch on every directory along the way is fragile; inotify also misses changes made on
-/// another machine of a network file system. Three `stat` calls every 2 s cost nothing, need no
-/// new dependency, and see every kind of replacement (see [`Stamp`]).
-pub const POLL: Duration = Duration::from_secs(2);
-
-/// What a poll sees of one file, following symlinks: device, inode, size, modification and
-/// status change times. Rewriting the file changes its size or times, replacing it (a rename, a
-/// symlink pointed elsewhere) its device or inode.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Stamp {
-    Seen([i64; 7]),
-    /// The file cannot be looked at (missing, no permission).
-    Unseen(std::io::ErrorKind),
-}
-
-impl Stamp {
-    fn of(path: &Path) -> Stamp {
-        match std::fs::metadata(path) {
-            Ok(m) => Stamp::Seen([
-                m.dev() as i64,
-                m.ino() as i64,
-                m.size() as i64,
-                m.mtime(),
-                m.mtime_nsec(),
-                m.ctime(),
-                m.ctime_nsec(),
-            ]),
-            Err(e) => Stamp::Unseen(e.kind()),
-        }
-    }
-}
-
 /// Why credentials are read again.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Cause {
     /// A SIGHUP.
     Hangup,
     /// Files changed: which of ca, cert, key.
-    Changed([bool; 3]),
+    Changed(Vec<bool>),
 }
 
 impl std::fmt::Display for Cause {
@@ -110,8 +73,6 @@ struct QuicServing {
 
 struct State {
     served: ServerCredentials,
-    /// The files as they were when `served` (or a refused set since) was read.
-    seen: [Stamp; 3],
     websocket: Option<Arc<ServerConfig>>,
     quic: Option<QuicServing>,
 }
@@ -120,6 +81,8 @@ struct State {
 pub struct CloudTls {
     /// ca, cert, key.
     paths: [PathBuf; 3],
+    /// The same files, as last read.
+    files: Mutex<FileWatch>,
     state: Mutex<State>,
 }
 
@@ -128,7 +91,7 @@ impl CloudTls {
     /// enables. Errors: as [`ServerCredentials::load`], as one sentence.
     pub fn load(config: &CloudConfig) -> Result<Arc<CloudTls>, String> {
         let paths = [config.ca.clone(), config.cert.clone(), config.key.clone()];
-        let seen = paths.each_ref().map(|p| Stamp::of(p));
+        let files = Mutex::new(FileWatch::new(paths.to_vec()));
         let served =
             ServerCredentials::load(&paths[0], &paths[1], &paths[2]).map_err(|e| e.to_string())?;
         let websocket = match config.websocket {
@@ -141,9 +104,9 @@ impl CloudTls {
         });
         Ok(Arc::new(CloudTls {
             paths,
+            files,
             state: Mutex::new(State {
                 served,
-                seen,
                 websocket,
                 quic,
             }),
@@ -184,7 +147,6 @@ impl CloudTls {
     /// Reads the files again and, when they make a good set, serves it from the next handshake
     /// on; otherwise logs why (one error line) and keeps the set in use.
     fn reload(&self, cause: Cause) {
-        let seen = self.paths.each_ref().map(|p| Stamp::of(p));
         let [ca, cert, key] = &self.paths;
         let loaded = ServerCredentials::load(ca, cert, key)
             .map_err(|e| e.to_string())
@@ -200,7 +162,6 @@ impl CloudTls {
                 }
             });
         let mut state = self.lock();
-        state.seen = seen;
         let new = match loaded {
             Ok(new) => new,
             Err(e) => {
@@ -281,9 +242,8 @@ impl CloudTls {
         state.served = new;
     }
 
-    /// The files as last read.
-    fn seen(&self) -> [Stamp; 3] {
-        self.lock().seen.clone()
+    fn files(&self) -> MutexGuard<'_, FileWatch> {
+        self.files.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -322,10 +282,9 @@ fn describe(served: &ServerCredentials) -> String {
 }
 
 /// Re-reads the credentials of `tls` on each SIGHUP from `hangups` and, every [`POLL`], when a
-/// file changed and then stayed the same for one more poll; until `shutdown`.
+/// file changed and then stayed the same for one more poll ([`FileWatch`]); until `shutdown`.
 pub fn watch(tls: Arc<CloudTls>, hangups: smol::channel::Receiver<()>, shutdown: Shutdown) {
     smol::spawn(async move {
-        let mut settling: Option<[Stamp; 3]> = None;
         loop {
             let hangup = async {
                 match hangups.recv().await {
@@ -344,20 +303,13 @@ pub fn watch(tls: Arc<CloudTls>, hangups: smol::channel::Receiver<()>, shutdown:
             match hangup.or(tick).or(stop).await {
                 None => return,
                 Some(true) => {
-                    settling = None;
+                    tls.files().reading();
                     tls.reload(Cause::Hangup);
                 }
                 Some(false) => {
-                    let seen = tls.seen();
-                    let now = tls.paths.each_ref().map(|p| Stamp::of(p));
-                    if now == seen {
-                        settling = None;
-                    } else if settling.as_ref() == Some(&now) {
-                        settling = None;
-                        let changed = [0, 1, 2].map(|i| now[i] != seen[i]);
+                    let changed = tls.files().poll();
+                    if let Some(changed) = changed {
                         tls.reload(Cause::Changed(changed));
-                    } else {
-                        settling = Some(now);
                     }
                 }
             }

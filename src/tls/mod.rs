@@ -5,6 +5,7 @@
 
 mod identity;
 mod validity;
+pub mod watch;
 
 pub use identity::CertIdentity;
 pub use validity::{Utc, Validity, Window, now as unix_now};
