@@ -181,6 +181,19 @@ impl Authority {
 
     /// A server certificate and key (PEM) for `hosts` (DNS names or IP addresses).
     pub fn issue_server(&self, hosts: &[String]) -> Result<(String, String), PkiError> {
+        let mut window = CertificateParams::default();
+        validity(&mut window, self.days);
+        self.issue_server_valid(hosts, window.not_before, window.not_after)
+    }
+
+    /// A server certificate and key (PEM) like [`issue_server`](Self::issue_server), valid from
+    /// `not_before` to `not_after` (for tests of expired certificates).
+    pub fn issue_server_valid(
+        &self,
+        hosts: &[String],
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<(String, String), PkiError> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(hosts.to_vec()).map_err(|e| {
             PkiError::BadName(format!("a --host is not a DNS name or IP address: {e}"))
@@ -188,7 +201,8 @@ impl Authority {
         params.distinguished_name = name("hub cloud");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        validity(&mut params, self.days);
+        params.not_before = not_before;
+        params.not_after = not_after;
         let cert = params.signed_by(&key, &self.cert, &self.key)?;
         Ok((cert.pem(), key.serialize_pem()))
     }

@@ -1,4 +1,5 @@
-//! Shutdown on SIGTERM or SIGINT, threaded through every loop as a [`Shutdown`] handle.
+//! Shutdown on SIGTERM or SIGINT, threaded through every loop as a [`Shutdown`] handle; and
+//! SIGHUP for the cloud, which asks it to re-read its credentials ([`hangups`]).
 
 use smol::channel::{Receiver, Sender};
 use smol::stream::StreamExt;
@@ -48,4 +49,28 @@ pub fn on_signals(trigger: Trigger) -> std::io::Result<()> {
     })
     .detach();
     Ok(())
+}
+
+/// SIGHUPs from now on, as a channel that holds at most one (several before the reader looks
+/// count as one). Registering takes SIGHUP's default action (terminating the process) away for
+/// the rest of the process's life.
+///
+/// Only the cloud asks for this (`systemctl reload`: re-read `ca`, `cert` and `key`); the edge
+/// keeps SIGHUP's default action, since it re-reads its own credentials on its
+/// `refresh-ak-sk-interval`.
+///
+/// Errors: the signal handler cannot be installed.
+pub fn hangups() -> std::io::Result<Receiver<()>> {
+    use async_signal::{Signal, Signals};
+    let mut signals = Signals::new([Signal::Hup])?;
+    let (tx, rx) = smol::channel::bounded(1);
+    smol::spawn(async move {
+        while let Some(Ok(_)) = signals.next().await {
+            // Full: one is already waiting. Closed: nobody listens any more, and SIGHUP stays
+            // ignored.
+            let _ = tx.try_send(());
+        }
+    })
+    .detach();
+    Ok(rx)
 }

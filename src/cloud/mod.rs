@@ -1,6 +1,7 @@
 //! The cloud hub: a WebSocket listener and a QUIC endpoint side by side, each handshake in its own
 //! task, every admitted node in the [`Registry`].
 
+mod credentials;
 mod ops;
 mod queues;
 mod registry;
@@ -27,7 +28,7 @@ use crate::exchange::{Exchange, LaneStores};
 use crate::local::Local;
 use crate::message::node_prefix;
 use crate::proto::frame::Hello;
-use crate::proto::{ALPN, CloseCode, Event, Session, WS_SUBPROTOCOL};
+use crate::proto::{CloseCode, Event, Session, WS_SUBPROTOCOL};
 use crate::shutdown::Shutdown;
 use crate::tls::{self, CertIdentity};
 use crate::transport::{Inbound, Link, LinkError, Wake, quic, timeout, ws};
@@ -117,6 +118,8 @@ pub struct Bound {
 
 /// Runs the cloud hub until `shutdown`, then closes every link with "shutting down".
 pub async fn run(config: CloudConfig, shutdown: Shutdown) -> Result<(), String> {
+    let hangups =
+        crate::shutdown::hangups().map_err(|e| format!("cannot watch for SIGHUP: {e}"))?;
     let registry = Registry::new(crate::open_files::budget(
         config.node_limit,
         "node-limit",
@@ -150,24 +153,17 @@ pub async fn run(config: CloudConfig, shutdown: Shutdown) -> Result<(), String> 
         sessions: sessions.clone(),
     });
 
+    let served = credentials::CloudTls::load(&config)?;
     if let Some(addr) = config.websocket {
         let listener = Async::<TcpListener>::bind(addr)
             .map_err(|e| format!("cannot listen for websocket on {addr}: {e}"))?;
         let local = listener.get_ref().local_addr().map_err(|e| e.to_string())?;
-        let tls = tls::server_config(&config.ca, &config.cert, &config.key, b"http/1.1", false)
-            .map_err(|e| e.to_string())?;
         log::info!("websocket listening on {local}");
-        smol::spawn(ws_accept_loop(
-            listener,
-            TlsAcceptor::from(Arc::new(tls)),
-            cloud.clone(),
-        ))
-        .detach();
+        smol::spawn(ws_accept_loop(listener, served.clone(), cloud.clone())).detach();
     }
     let mut endpoint = None;
     if let Some(addr) = config.quic {
-        let tls = tls::server_config(&config.ca, &config.cert, &config.key, ALPN, true)
-            .map_err(|e| e.to_string())?;
+        let tls = served.quic_tls()?;
         let transport = quic::transport_config(
             config.max_incoming_streams,
             config.keepalive_interval * 2,
@@ -175,7 +171,8 @@ pub async fn run(config: CloudConfig, shutdown: Shutdown) -> Result<(), String> 
         );
         let secret = tls::load_key(&config.key).map_err(|e| e.to_string())?;
         let keys = quic::RestartKeys::derive(secret.secret_der());
-        let ep = quic::server_endpoint(addr, tls, transport, keys)?;
+        let (ep, template) = quic::server_endpoint_with_config(addr, tls, transport, keys)?;
+        served.serve_quic(ep.clone(), template);
         log::info!(
             "quic listening on {}",
             ep.local_addr().map_err(|e| e.to_string())?
@@ -183,6 +180,8 @@ pub async fn run(config: CloudConfig, shutdown: Shutdown) -> Result<(), String> 
         smol::spawn(quic_accept_loop(ep.clone(), cloud.clone())).detach();
         endpoint = Some(ep);
     }
+
+    credentials::watch(served, hangups, shutdown.clone());
 
     // The local endpoints last: a node link listener given its port binds before any listener
     // asking the system for a free one (port 0) could be handed that very port.
@@ -237,7 +236,11 @@ fn nodes_json(registry: &Registry, queues: &NodeQueues) -> String {
     serde_json::Value::Array(rows).to_string()
 }
 
-async fn ws_accept_loop(listener: Async<TcpListener>, acceptor: TlsAcceptor, cloud: Arc<Cloud>) {
+async fn ws_accept_loop(
+    listener: Async<TcpListener>,
+    served: Arc<credentials::CloudTls>,
+    cloud: Arc<Cloud>,
+) {
     let mut failures = crate::open_files::AcceptFailures::default();
     loop {
         let accepted = async { Some(listener.accept().await) }
@@ -258,7 +261,7 @@ async fn ws_accept_loop(listener: Async<TcpListener>, acceptor: TlsAcceptor, clo
                 }
                 let pending = Pending::new(&cloud, Protocol::Websocket);
                 let _ = stream.get_ref().set_nodelay(true);
-                let task = ws_handshake(stream, peer, acceptor.clone(), cloud.clone(), pending);
+                let task = ws_handshake(stream, peer, served.acceptor(), cloud.clone(), pending);
                 smol::spawn(task).detach();
             }
             Some(Err(e)) => failures.pause("websocket", &e).await,

@@ -34,6 +34,7 @@ use crate::local::{AppReceiver, AppSender, Out, Selector, Sink, TopicSet, TopicS
 use crate::message::{Extra, Message, new_id, now_millis};
 use crate::sessions::{Durable, Kind, Sessions, TAKEN_OVER};
 use crate::shutdown::Shutdown;
+use crate::tls::watch::{FileWatch, POLL};
 use crate::transport::timeout;
 
 /// QoS 1 and 2 publishes of one client awaiting their PUBACK or PUBREC (MQTT 5.0's Receive
@@ -140,6 +141,7 @@ pub fn start(mqtt: Arc<Mqtt>, shutdown: Shutdown) -> Result<Option<SocketAddr>, 
         smol::spawn(accept_loop(listener, None, mqtt.clone(), shutdown.clone())).detach();
     }
     if let Some(addr) = mqtt.config.tls_listen {
+        let files = FileWatch::new(tls_files(&mqtt.config));
         let acceptor = tls_acceptor(&mqtt.config)?;
         let listener = Async::<TcpListener>::bind(addr)
             .map_err(|e| format!("cannot listen for MQTT over TLS on {addr}: {e}"))?;
@@ -154,7 +156,10 @@ pub fn start(mqtt: Arc<Mqtt>, shutdown: Shutdown) -> Result<Option<SocketAddr>, 
             );
         }
         log::info!("mqtt listening on {local} (TLS)");
-        smol::spawn(accept_loop(listener, Some(acceptor), mqtt, shutdown)).detach();
+        let tls = Arc::new(Mutex::new(acceptor));
+        let config = mqtt.config.clone();
+        smol::spawn(reload_tls(config, files, tls.clone(), shutdown.clone())).detach();
+        smol::spawn(accept_loop(listener, Some(tls), mqtt, shutdown)).detach();
     }
     Ok(bound)
 }
@@ -164,6 +169,52 @@ pub fn start(mqtt: Arc<Mqtt>, shutdown: Shutdown) -> Result<Option<SocketAddr>, 
 /// certificates from `mqtt.tls-ca` (`client_certificates`) stand in the way.
 fn admits_anyone(local: SocketAddr, passwords: bool, client_certificates: bool) -> bool {
     !local.ip().is_loopback() && !passwords && !client_certificates
+}
+
+/// The files of the TLS listener: `tls-cert`, `tls-key` and `tls-ca` when given.
+fn tls_files(config: &MqttConfig) -> Vec<std::path::PathBuf> {
+    [&config.tls_cert, &config.tls_key, &config.tls_ca]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect()
+}
+
+/// Builds the TLS listener's acceptor again whenever its files changed ([`FileWatch`]), until
+/// `shutdown`, so that a renewed certificate is served from the next connection on without a
+/// restart; connections already open keep theirs. A set that does not load is refused with one
+/// error line and the acceptor in use kept.
+async fn reload_tls(
+    config: MqttConfig,
+    mut files: FileWatch,
+    tls: Arc<Mutex<futures_rustls::TlsAcceptor>>,
+    shutdown: Shutdown,
+) {
+    loop {
+        let tick = async {
+            smol::Timer::after(POLL).await;
+            true
+        };
+        let stop = async {
+            shutdown.wait().await;
+            false
+        };
+        if !tick.or(stop).await {
+            return;
+        }
+        if files.poll().is_none() {
+            continue;
+        }
+        match tls_acceptor(&config) {
+            Ok(acceptor) => {
+                *lock(&tls) = acceptor;
+                log::info!("mqtt TLS listener: reloaded mqtt.tls-cert, tls-key and tls-ca");
+            }
+            Err(e) => log::error!(
+                "mqtt TLS listener: credentials not reloaded: {e}; still serving those in use"
+            ),
+        }
+    }
 }
 
 fn tls_acceptor(config: &MqttConfig) -> Result<futures_rustls::TlsAcceptor, String> {
@@ -194,7 +245,7 @@ fn tls_acceptor(config: &MqttConfig) -> Result<futures_rustls::TlsAcceptor, Stri
 
 async fn accept_loop(
     listener: Async<TcpListener>,
-    tls: Option<futures_rustls::TlsAcceptor>,
+    tls: Option<Arc<Mutex<futures_rustls::TlsAcceptor>>>,
     mqtt: Arc<Mqtt>,
     shutdown: Shutdown,
 ) {
@@ -232,7 +283,7 @@ async fn accept_loop(
         let name = peer.to_string();
         // Two tasks of their own types: a plain connection's task does not carry the room a TLS
         // handshake takes.
-        match tls.clone() {
+        match tls.as_ref().map(|t| lock(t).clone()) {
             None => smol::spawn(async move {
                 connection(stream, name, mqtt.clone(), shutdown).await;
                 mqtt.open.fetch_sub(1, Ordering::AcqRel);

@@ -5,6 +5,7 @@
 
 mod identity;
 mod validity;
+pub mod watch;
 
 pub use identity::CertIdentity;
 pub use validity::{Utc, Validity, Window, now as unix_now};
@@ -221,12 +222,87 @@ fn config_error(e: rustls::Error) -> TlsError {
     TlsError::Config(e.to_string())
 }
 
-/// How many TLS sessions the cloud remembers for resumption (and QUIC 0-RTT).
-const SESSION_CACHE: usize = 16 * 1024;
+/// How many TLS sessions the cloud remembers for resumption (and QUIC 0-RTT), per transport.
+pub const SESSION_CACHE: usize = 16 * 1024;
 
-/// The cloud's TLS configuration: TLS 1.3, a client certificate chaining to `ca` required,
-/// `alpn` offered. With `early_data`, resumed QUIC clients may send 0-RTT data; sessions are kept
-/// in memory and each can be resumed once, so 0-RTT data cannot be replayed to this process.
+/// Where the cloud keeps the TLS sessions its nodes may resume: held by a [`ServerConfig`] and
+/// handed on to the configuration that replaces it, so a reload does not cost every node a full
+/// handshake.
+pub type SessionStore = Arc<dyn rustls::server::StoresServerSessions>;
+
+/// A new, empty [`SessionStore`] in memory for [`SESSION_CACHE`] sessions.
+pub fn session_store() -> SessionStore {
+    ServerSessionMemoryCache::new(SESSION_CACHE)
+}
+
+/// The cloud's credentials as read from its `ca`, `cert` and `key` files, checked to belong
+/// together; [`config`](Self::config) turns them into a [`ServerConfig`].
+#[derive(Clone)]
+pub struct ServerCredentials {
+    /// The CA bundle's certificates (DER), in file order.
+    pub ca: Vec<CertificateDer<'static>>,
+    /// The same, as trust anchors for client certificates.
+    roots: Arc<RootCertStore>,
+    /// The server's chain (leaf first) and key.
+    pub creds: Credentials,
+}
+
+impl ServerCredentials {
+    /// Reads the CA bundle at `ca`, the chain at `cert` and the key at `key`.
+    ///
+    /// Errors: a file cannot be read or holds no PEM of its kind ([`TlsError::Read`],
+    /// [`TlsError::Missing`], [`TlsError::Pem`]), a CA certificate is not a usable trust anchor
+    /// ([`TlsError::BadCa`]), the key is unusable or does not belong to the leaf certificate
+    /// ([`TlsError::BadKey`]); each names the file.
+    pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<ServerCredentials, TlsError> {
+        let ca_certs = load_certs(ca)?;
+        let mut roots = RootCertStore::empty();
+        for c in &ca_certs {
+            roots
+                .add(c.clone())
+                .map_err(|e| TlsError::BadCa(ca.to_owned(), e.to_string()))?;
+        }
+        Ok(ServerCredentials {
+            ca: ca_certs,
+            roots: Arc::new(roots),
+            creds: Credentials::load(cert, key)?,
+        })
+    }
+
+    /// The cloud's TLS configuration: TLS 1.3, a client certificate chaining to the CA bundle
+    /// required, `alpn` offered. With `early_data`, resumed QUIC clients may send 0-RTT data;
+    /// sessions are kept in memory (in `sessions`, see [`session_store`]) and each can be
+    /// resumed once, so 0-RTT data cannot be replayed to this process.
+    ///
+    /// A resumed session is not checked against the CA bundle again (RFC 8446 section 2.2: the
+    /// client's certificate was verified when the session began), so a store must not outlive a
+    /// CA its sessions were verified against.
+    pub fn config(
+        &self,
+        alpn: &[u8],
+        early_data: bool,
+        sessions: SessionStore,
+    ) -> Result<ServerConfig, TlsError> {
+        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
+            .build()
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(config_error)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.creds.chain.clone(), self.creds.key.clone_key())
+            .map_err(config_error)?;
+        config.alpn_protocols = vec![alpn.to_vec()];
+        config.session_storage = sessions;
+        if early_data {
+            config.max_early_data_size = u32::MAX;
+        }
+        Ok(config)
+    }
+}
+
+/// The cloud's TLS configuration from the files `ca`, `cert` and `key`
+/// ([`ServerCredentials::load`], then [`ServerCredentials::config`] with a new session store).
 pub fn server_config(
     ca: &Path,
     cert: &Path,
@@ -234,23 +310,7 @@ pub fn server_config(
     alpn: &[u8],
     early_data: bool,
 ) -> Result<ServerConfig, TlsError> {
-    let roots = Arc::new(load_roots(ca)?);
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
-        .build()
-        .map_err(|e| TlsError::Config(e.to_string()))?;
-    let creds = Credentials::load(cert, key)?;
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(config_error)?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(creds.chain, creds.key)
-        .map_err(config_error)?;
-    config.alpn_protocols = vec![alpn.to_vec()];
-    config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
-    if early_data {
-        config.max_early_data_size = u32::MAX;
-    }
-    Ok(config)
+    ServerCredentials::load(ca, cert, key)?.config(alpn, early_data, session_store())
 }
 
 /// The edge's TLS configuration: TLS 1.3, the cloud verified against `ca`, `creds` presented,

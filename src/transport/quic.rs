@@ -197,6 +197,17 @@ pub fn server_endpoint(
     transport: TransportConfig,
     keys: RestartKeys,
 ) -> Result<Endpoint, String> {
+    server_endpoint_with_config(addr, tls, transport, keys).map(|(endpoint, _)| endpoint)
+}
+
+/// [`server_endpoint`], also returning the server configuration it was given: the template that
+/// [`with_tls`] turns into the configuration for new credentials.
+pub fn server_endpoint_with_config(
+    addr: SocketAddr,
+    tls: rustls::ServerConfig,
+    transport: TransportConfig,
+    keys: RestartKeys,
+) -> Result<(Endpoint, quinn::ServerConfig), String> {
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| format!("QUIC TLS setup: {e}"))?;
     let mut config = quinn::ServerConfig::new(Arc::new(crypto), Arc::new(keys.token));
     config.transport_config(Arc::new(transport));
@@ -204,8 +215,33 @@ pub fn server_endpoint(
     size_socket_buffers(&socket);
     let mut endpoint = EndpointConfig::new(Arc::new(keys.reset));
     endpoint.cid_generator(|| Box::new(ServerCids(ring::rand::SystemRandom::new())));
-    Endpoint::new(endpoint, Some(config), socket, Arc::new(quinn::SmolRuntime))
-        .map_err(|e| format!("QUIC endpoint on {addr}: {e}"))
+    let ep = Endpoint::new(
+        endpoint,
+        Some(config.clone()),
+        socket,
+        Arc::new(quinn::SmolRuntime),
+    )
+    .map_err(|e| format!("QUIC endpoint on {addr}: {e}"))?;
+    Ok((ep, config))
+}
+
+/// `template` (a server configuration from [`server_endpoint_with_config`]) with `tls` as its
+/// TLS configuration, for [`Endpoint::set_server_config`] when the cloud's credentials change.
+///
+/// Everything else is the template's and must stay: the transport settings; the address
+/// validation token key and the log of NEW_TOKEN tokens already used ([`RestartKeys`]), so Retry
+/// and NEW_TOKEN tokens handed out before still validate and cannot be replayed. (The stateless
+/// reset key and the connection id generator belong to the endpoint, which is not replaced.)
+///
+/// Errors: `tls` is not usable for QUIC (not TLS 1.3 only, or a partial early data size).
+pub fn with_tls(
+    template: &quinn::ServerConfig,
+    tls: rustls::ServerConfig,
+) -> Result<quinn::ServerConfig, String> {
+    let crypto = QuicServerConfig::try_from(tls).map_err(|e| format!("QUIC TLS setup: {e}"))?;
+    let mut config = template.clone();
+    config.crypto = Arc::new(crypto);
+    Ok(config)
 }
 
 /// A client QUIC endpoint on an unspecified address of the IPv6 or IPv4 family.

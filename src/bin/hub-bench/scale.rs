@@ -42,10 +42,15 @@ pub struct Scale {
     /// only this protocol (websocket or quic) instead of half each
     #[argh(option)]
     pub only: Option<String>,
+    /// hold the nodes until standard input ends, instead of for --hold seconds (to count the
+    /// links lost while something happens to the cloud, such as a credentials reload)
+    #[argh(switch)]
+    pub until_stdin_ends: bool,
 }
 
 /// Connects the nodes named `{prefix}{i}` (certificates `node-{prefix}{i}.crt/.key` in the PKI
-/// folder), at most `parallel` handshakes at a time, holds them for `hold` seconds, and reports.
+/// folder), at most `parallel` handshakes at a time, holds them for `hold` seconds (or until
+/// standard input ends), and reports how many are still connected and how many links were lost.
 pub async fn run(s: Scale) -> Result<(), String> {
     let (ws_addr, quic_addr, pki, prefix, count) =
         (&s.websocket, &s.quic, &s.pki, &s.prefix, s.nodes);
@@ -197,11 +202,18 @@ pub async fn run(s: Scale) -> Result<(), String> {
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    smol::Timer::after(hold).await;
+    let held = Instant::now();
+    if s.until_stdin_ends {
+        let mut stdin = smol::Unblock::new(std::io::stdin());
+        let _ = smol::io::copy(&mut stdin, &mut smol::io::sink()).await;
+    } else {
+        smol::Timer::after(hold).await;
+    }
+    let still = alive.load(Ordering::Relaxed);
     println!(
-        "after {:.0}s idle: {} still connected",
-        hold.as_secs_f64(),
-        alive.load(Ordering::Relaxed)
+        "after {:.0}s idle: {still} still connected, {} lost",
+        held.elapsed().as_secs_f64(),
+        connected.load(Ordering::Relaxed) - still
     );
     Ok(())
 }
