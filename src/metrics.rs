@@ -334,6 +334,9 @@ pub struct Metrics {
     pub handshakes: [Gauge; 2],
     /// Cloud: `hub_node_refusals_total{reason}`, indexed like [`Refusal::ALL`].
     pub node_refusals: [Counter; 8],
+    /// Cloud: `hub_credential_reloads_total{result}`: re-reads of `ca`, `cert` and `key` that
+    /// changed what is served (`reloaded`) or were refused, the old set kept (`refused`).
+    pub credential_reloads: [Counter; 2],
     /// Edge: `hub_link_up{protocol}`: 1 while the link is open over that transport.
     pub link_up: [Gauge; 2],
     /// Edge: `hub_link_reconnects_total{cause}`, indexed like [`Cause::ALL`].
@@ -354,6 +357,7 @@ pub static METRICS: Metrics = Metrics {
     app_connections: [const { Gauge::new() }; 2],
     nodes_connected: [const { Gauge::new() }; 2],
     handshakes: [const { Gauge::new() }; 2],
+    credential_reloads: [const { Counter::new() }; 2],
     node_refusals: [const { Counter::new() }; 8],
     link_up: [const { Gauge::new() }; 2],
     reconnects: [const { Counter::new() }; 8],
@@ -378,6 +382,18 @@ pub enum Side {
     Cloud,
     /// `hub edge`.
     Edge,
+}
+
+/// `hub_tls_certificate_not_after_timestamp_seconds`: when the certificate this hub presents
+/// (the cloud's serving one, the edge's node one) expires, from its X.509 notAfter.
+pub fn certificate_expiry(e: &mut Exposition, not_after: Option<i64>) {
+    if let Some(t) = not_after {
+        e.gauge(
+            "hub_tls_certificate_not_after_timestamp_seconds",
+            "When the certificate this hub presents expires (X.509 notAfter), in seconds since the epoch.",
+            t,
+        );
+    }
 }
 
 /// What a hub adds at scrape time from its live state (queues, handshakes, per-node series).
@@ -555,6 +571,13 @@ pub fn expose(side: Side, gather: &dyn Fn(&mut Exposition)) -> String {
                 "Nodes turned away, by reason.",
                 "reason",
                 &refusals,
+            );
+            let reloads = &m.credential_reloads;
+            e.counters(
+                "hub_credential_reloads_total",
+                "Re-reads of the cloud's ca, cert and key that changed what is served, or were refused (the old set kept).",
+                "result",
+                &[("reloaded", reloads[0].get()), ("refused", reloads[1].get())],
             );
         }
         Side::Edge => {

@@ -360,6 +360,21 @@ fn a_broken_set_is_refused_with_one_line_and_the_old_one_stays() {
     let ca = Authority::new(1).unwrap();
     let pki = pki(dir, &ca, &["node-1", "node-2", "node-3"]);
     let mut cloud = start_cloud(dir, &pki, &CloudSpec::default());
+    let ops = common::http::ops_addr(&mut cloud.hub);
+    let reloads = |result: &str| {
+        common::http::scrape(
+            ops,
+            "hub_credential_reloads_total",
+            &format!("result=\"{result}\""),
+        )
+    };
+    let expiry =
+        || common::http::scrape(ops, "hub_tls_certificate_not_after_timestamp_seconds", "");
+    let started = time::OffsetDateTime::now_utc().unix_timestamp() as f64;
+    assert!(
+        expiry() > started,
+        "the served certificate expires in the future"
+    );
     let old = serial_of_pem(&std::fs::read_to_string(pki.join("server.crt")).unwrap());
     let _node1 = connected_edge(dir, &pki, &mut cloud, Proto::Websocket, "node-1");
 
@@ -410,6 +425,8 @@ fn a_broken_set_is_refused_with_one_line_and_the_old_one_stays() {
         "{line}"
     );
     assert_served(&cloud, &pki, &old, "after an expired certificate");
+    assert_eq!((reloads("refused"), reloads("reloaded")), (3.0, 0.0));
+    assert!(expiry() > started, "still the old certificate's expiry");
 
     // A good set again: taken, and each broken set was reported once (polls in between).
     let new = replace_server_pair(&ca, &pki);
@@ -419,6 +436,7 @@ fn a_broken_set_is_refused_with_one_line_and_the_old_one_stays() {
     assert!(line.contains(&new), "{line}");
     assert_served(&cloud, &pki, &new, "after a good set");
     assert_eq!(cloud.hub.lines_with("credentials not reloaded").len(), 3);
+    assert_eq!((reloads("refused"), reloads("reloaded")), (3.0, 1.0));
     assert!(cloud.hub.lines_with("disconnected").is_empty());
 }
 

@@ -32,6 +32,7 @@ use rustls::ServerConfig;
 use smol::future::FutureExt;
 
 use crate::config::CloudConfig;
+use crate::metrics::METRICS;
 use crate::proto::ALPN;
 use crate::shutdown::Shutdown;
 use crate::tls::watch::{FileWatch, POLL};
@@ -165,6 +166,7 @@ impl CloudTls {
         let new = match loaded {
             Ok(new) => new,
             Err(e) => {
+                METRICS.credential_reloads[1].inc();
                 log::error!(
                     "credentials not reloaded ({cause}): {e}; still serving {}",
                     describe(&state.served)
@@ -213,6 +215,7 @@ impl CloudTls {
         let (websocket, quic) = match built {
             Ok(b) => b,
             Err(e) => {
+                METRICS.credential_reloads[1].inc();
                 log::error!(
                     "credentials not reloaded ({cause}): {e}; still serving {}",
                     describe(&state.served)
@@ -220,6 +223,7 @@ impl CloudTls {
                 return;
             }
         };
+        METRICS.credential_reloads[0].inc();
         if websocket.is_some() {
             state.websocket = websocket;
         }
@@ -240,6 +244,11 @@ impl CloudTls {
             }
         );
         state.served = new;
+    }
+
+    /// When the certificate served now expires (its notAfter, seconds since the epoch).
+    pub fn not_after(&self) -> Option<i64> {
+        self.lock().served.creds.validity().map(|v| v.not_after)
     }
 
     fn files(&self) -> MutexGuard<'_, FileWatch> {

@@ -181,17 +181,17 @@ pub async fn run(config: CloudConfig, shutdown: Shutdown) -> Result<(), String> 
         endpoint = Some(ep);
     }
 
-    credentials::watch(served, hangups, shutdown.clone());
+    credentials::watch(served.clone(), hangups, shutdown.clone());
 
     // The local endpoints last: a node link listener given its port binds before any listener
     // asking the system for a free one (port 0) could be handed that very port.
     crate::apps::start(&config.apps, apps.clone(), shutdown.clone())?;
     crate::mqtt::start(&config.mqtt, apps, sessions, shutdown.clone())?;
     let ops = ops::ops(
+        &config,
         cloud.registry.clone(),
         cloud.queues.clone(),
-        config.metrics.per_node,
-        config.queues.dir.clone(),
+        served,
         shutdown.clone(),
     );
     crate::http::start(config.metrics.listen, Arc::new(ops), shutdown.clone())?;

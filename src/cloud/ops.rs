@@ -1,7 +1,6 @@
 //! What the cloud adds to the operations endpoint ([`crate::http`]): its queues at scrape time,
 //! and when it is ready.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::http::Ops;
@@ -9,18 +8,23 @@ use crate::metrics::{Exposition, Side};
 use crate::proto::frame::{LANES, Lane};
 use crate::shutdown::Shutdown;
 
+use super::credentials::CloudTls;
 use super::{NodeQueues, Registry};
+use crate::config::CloudConfig;
 
-/// The cloud's [`Ops`]: queue totals (and, with `per_node`, each node's queue), the node limit;
+/// The cloud's [`Ops`]: the serving certificate's expiry, queue totals (and, with `per_node`, each node's queue), the node limit;
 /// ready while not shutting down and `queues.dir` takes writes.
 pub fn ops(
+    config: &CloudConfig,
     registry: Arc<Registry>,
     queues: Arc<NodeQueues>,
-    per_node: bool,
-    dir: PathBuf,
+    served: Arc<CloudTls>,
     shutdown: Shutdown,
 ) -> Ops {
+    let per_node = config.metrics.per_node;
+    let dir = config.queues.dir.clone();
     let gather = move |e: &mut Exposition| {
+        crate::metrics::certificate_expiry(e, served.not_after());
         e.gauge(
             "hub_node_limit",
             "The most nodes the cloud admits at once (node-limit).",

@@ -99,7 +99,12 @@ pub async fn run(config: EdgeConfig, shutdown: Shutdown) -> Result<(), String> {
     });
     crate::apps::start(&config.apps, apps.clone(), shutdown.clone())?;
     crate::mqtt::start(&config.mqtt, apps, sessions, shutdown.clone())?;
-    let ops = ops::ops(outbox.clone(), config.outbox.clone(), shutdown.clone());
+    let ops = ops::ops(
+        outbox.clone(),
+        config.outbox.clone(),
+        creds.clone(),
+        shutdown.clone(),
+    );
     crate::http::start(config.metrics.listen, Arc::new(ops), shutdown.clone())?;
     // Ready for systemd once applications can hand messages over, link or no link.
     crate::http::notify_ready();

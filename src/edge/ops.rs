@@ -9,12 +9,21 @@ use crate::http::Ops;
 use crate::metrics::{Exposition, METRICS, PROTOCOLS, Side};
 use crate::shutdown::Shutdown;
 
-/// The edge's [`Ops`]: the outbox's messages and bytes. Ready while the link to the cloud is
+use super::CredentialStore;
+
+/// The edge's [`Ops`]: the node certificate's expiry, the outbox's messages and bytes. Ready while the link to the cloud is
 /// open, or, offline, while the outbox takes messages (below `max-messages` and `max-bytes` on
 /// both lanes, and its folder takes writes): applications can hand messages over either way.
-pub fn ops(outbox: Arc<LaneStores>, config: QueueConfig, shutdown: Shutdown) -> Ops {
+pub fn ops(
+    outbox: Arc<LaneStores>,
+    config: QueueConfig,
+    creds: Arc<CredentialStore>,
+    shutdown: Shutdown,
+) -> Ops {
     let gathered = outbox.clone();
     let gather = move |e: &mut Exposition| {
+        let not_after = creds.current().1.validity().map(|v| v.not_after);
+        crate::metrics::certificate_expiry(e, not_after);
         e.queues(
             gathered.out.each_ref().map(|q| q.len()),
             gathered.out.each_ref().map(|q| q.bytes()),
