@@ -8,6 +8,8 @@
 //!   Matching messages from the other side arrive as they come; so do responses to the
 //!   application's sync requests (or an `error` notice after the request timeout).
 //! - `/nodes` (cloud): one text message with the nodes as JSON, then the connection closes.
+//! - `/status` (edge): one text message with the link's status as JSON, then the connection
+//!   closes.
 //!
 //! Every buffer an application can grow is bounded in bytes before the bytes are taken: a
 //! WebSocket message (or fragment) over [`ws_message_limit`] is refused when its header or the
@@ -112,6 +114,8 @@ pub struct Apps {
     pub max_message_bytes: usize,
     /// Cloud: the `/nodes` answer.
     pub nodes: Option<Box<dyn Fn() -> String + Send + Sync>>,
+    /// Edge: the `/status` answer.
+    pub status: Option<Box<dyn Fn() -> String + Send + Sync>>,
     /// Durable sessions (named subscriptions: `?session=NAME`).
     pub sessions: Arc<crate::sessions::Sessions>,
 }
@@ -484,11 +488,20 @@ where
     let target = Arc::new(Mutex::new(Target::default()));
     let seen = target.clone();
     let has_nodes = apps.nodes.is_some();
+    let has_status = apps.status.is_some();
+    // The other path there is, naming the hub: a command asking the wrong one learns why.
+    let other = if has_nodes {
+        "a cloud hub: use / or /nodes"
+    } else {
+        "an edge hub: use / or /status"
+    };
     #[allow(clippy::result_large_err)] // the callback's type is tungstenite's
     let callback = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         let path = req.uri().path().to_owned();
-        if path != "/" && !(path == "/nodes" && has_nodes) {
-            let mut err = ErrorResponse::new(Some(format!("no such path {path}; use / or /nodes")));
+        let known =
+            path == "/" || (path == "/nodes" && has_nodes) || (path == "/status" && has_status);
+        if !known {
+            let mut err = ErrorResponse::new(Some(format!("no such path {path} on {other}")));
             *err.status_mut() = StatusCode::NOT_FOUND;
             return Err(err);
         }
@@ -523,10 +536,14 @@ where
         filter,
         session: durable,
     } = std::mem::take(&mut *target.lock().unwrap_or_else(|e| e.into_inner()));
-    if path == "/nodes" {
+    let answer = match path.as_str() {
+        "/nodes" => apps.nodes.as_ref(),
+        "/status" => apps.status.as_ref(),
+        _ => None,
+    };
+    if let Some(answer) = answer {
         let mut ws = ws;
-        let list = apps.nodes.as_ref().map(|f| f()).unwrap_or_default();
-        let _ = ws.send(WsMessage::text(list)).await;
+        let _ = ws.send(WsMessage::text(answer())).await;
         let _ = ws.close(None).await;
         return;
     }

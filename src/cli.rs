@@ -40,6 +40,8 @@ pub enum Command {
     Req(ReqArgs),
     /// `hub nodes`.
     Nodes(NodesArgs),
+    /// `hub status`.
+    Status(StatusArgs),
 }
 
 #[derive(FromArgs, ArgsInfo, Debug)]
@@ -183,11 +185,32 @@ pub struct ReqArgs {
 
 #[derive(FromArgs, ArgsInfo, Debug)]
 #[argh(subcommand, name = "nodes")]
-/// List the nodes a cloud hub knows: connected ones with protocol, address and since when, and
-/// every node with messages queued for it.
+/// List the nodes a cloud hub knows: connected ones with protocol, address, since when, round
+/// trip and messages in flight, and every node with messages queued for it; with each, why its
+/// last link ended.
 pub struct NodesArgs {
     /// endpoint: ws://HOST:PORT or unix:PATH (default $HUB_URL or ws://127.0.0.1:10050)
     #[argh(option, short = 'u', default = "default_url()")]
+    pub url: String,
+    /// print the JSON the hub answered instead of a table
+    #[argh(switch)]
+    pub json: bool,
+}
+
+/// The application endpoint `hub status` asks unless told otherwise: `$HUB_URL`, else the
+/// edge's default.
+pub fn default_edge_url() -> String {
+    std::env::var("HUB_URL").unwrap_or_else(|_| "ws://127.0.0.1:10060".into())
+}
+
+#[derive(FromArgs, ArgsInfo, Debug)]
+#[argh(subcommand, name = "status")]
+/// Show an edge hub's link to the cloud: its state, protocol, cloud address, up since, round
+/// trip, messages queued and in flight, the last error and the reconnects so far.
+pub struct StatusArgs {
+    /// the edge's endpoint: ws://HOST:PORT or unix:PATH (default $HUB_URL or
+    /// ws://127.0.0.1:10060)
+    #[argh(option, short = 'u', default = "default_edge_url()")]
     pub url: String,
     /// print the JSON the hub answered instead of a table
     #[argh(switch)]

@@ -1,4 +1,5 @@
-//! `hub pub`, `hub sub`, `hub req` and `hub nodes`: the client commands a person types.
+//! `hub pub`, `hub sub`, `hub req`, `hub nodes` and `hub status`: the client commands a person
+//! types.
 //!
 //! Output goes through [`console`]: when the reader of standard output goes away
 //! (`hub sub | head -n 1`), a command ends quietly with status 0 instead of writing on.
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use async_tungstenite::tungstenite::Message as WsMessage;
 
-use crate::cli::{NodesArgs, PubArgs, ReqArgs, SubArgs};
+use crate::cli::{NodesArgs, PubArgs, ReqArgs, StatusArgs, SubArgs};
 use crate::client::{self, content_arg};
 use crate::console::{self, OutputError};
 use crate::message::Message;
@@ -172,20 +173,27 @@ pub fn request(args: ReqArgs) -> ExitCode {
     })
 }
 
+/// The one text message a hub answers on `path` (`/nodes`, `/status`); `missing` says what the
+/// endpoint probably is when it sends none.
+async fn answer(url: &str, path: &str, missing: &str) -> Result<String, String> {
+    let mut ws = client::connect(url, path).await?;
+    loop {
+        match smol::stream::StreamExt::next(&mut ws).await {
+            Some(Ok(WsMessage::Text(t))) => return Ok(t.to_string()),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err(missing.to_owned()),
+        }
+    }
+}
+
 /// `hub nodes`.
 pub fn nodes(args: NodesArgs) -> ExitCode {
     smol::block_on(async {
-        let mut ws = match client::connect(&args.url, "/nodes").await {
-            Ok(ws) => ws,
+        let missing = "the hub sent no node list (is this a cloud hub?)";
+        let text = match answer(&args.url, "/nodes", missing).await {
+            Ok(t) => t,
             Err(e) => return fail(e),
-        };
-        let text = loop {
-            match smol::stream::StreamExt::next(&mut ws).await {
-                Some(Ok(WsMessage::Text(t))) => break t.to_string(),
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => return fail(e),
-                None => return fail("the hub sent no node list (is this a cloud hub?)"),
-            }
         };
         if args.json {
             return after(console::line(&text), ExitCode::SUCCESS);
@@ -195,8 +203,15 @@ pub fn nodes(args: NodesArgs) -> ExitCode {
             Err(e) => return fail(format!("bad node list: {e}")),
         };
         let header = format!(
-            "{:<24} {:<10} {:<22} {:<20} {:>8}",
-            "NODE", "PROTOCOL", "ADDRESS", "SINCE (UTC)", "QUEUED"
+            "{:<24} {:<10} {:<22} {:<20} {:>9} {:>9} {:>8} {}",
+            "NODE",
+            "PROTOCOL",
+            "ADDRESS",
+            "SINCE (UTC)",
+            "RTT (ms)",
+            "IN-FLIGHT",
+            "QUEUED",
+            "LAST-CAUSE"
         );
         if let Err(e) = console::line(header) {
             return e.exit_code();
@@ -204,20 +219,97 @@ pub fn nodes(args: NodesArgs) -> ExitCode {
         for r in rows {
             let s = |k: &str| r[k].as_str().unwrap_or("-").to_owned();
             let since = r["since"].as_u64().map_or_else(|| "-".to_owned(), utc);
+            let in_flight = r["in_flight"]
+                .as_u64()
+                .map_or_else(|| "-".to_owned(), |n| n.to_string());
             let row = format!(
-                "{:<24} {:<10} {:<22} {:<20} {:>8}",
+                "{:<24} {:<10} {:<22} {:<20} {:>9} {:>9} {:>8} {}",
                 s("node_id"),
                 s("protocol"),
                 s("address"),
                 since,
-                r["queued"].as_u64().unwrap_or(0)
+                rtt_ms(&r["rtt_ms"]),
+                in_flight,
+                r["queued"].as_u64().unwrap_or(0),
+                s("last_cause"),
             );
-            if let Err(e) = console::line(row) {
+            if let Err(e) = console::line(row.trim_end()) {
                 return e.exit_code();
             }
         }
         ExitCode::SUCCESS
     })
+}
+
+/// A round trip in milliseconds as `hub nodes` and `hub status` print it: 3 decimals below
+/// 10 ms, 1 above; `-` when there is none.
+fn rtt_ms(v: &serde_json::Value) -> String {
+    match v.as_f64() {
+        Some(ms) if ms < 10.0 => format!("{ms:.3}"),
+        Some(ms) => format!("{ms:.1}"),
+        None => "-".to_owned(),
+    }
+}
+
+/// `hub status`.
+pub fn status(args: StatusArgs) -> ExitCode {
+    smol::block_on(async {
+        let missing = "the hub sent no status (is this an edge hub?)";
+        let text = match answer(&args.url, "/status", missing).await {
+            Ok(t) => t,
+            Err(e) => return fail(e),
+        };
+        if args.json {
+            return after(console::line(&text), ExitCode::SUCCESS);
+        }
+        let s: serde_json::Value = match serde_json::from_str(&text) {
+            Ok(s) => s,
+            Err(e) => return fail(format!("bad status: {e}")),
+        };
+        let printed = console::line(status_table(&s));
+        after(printed, ExitCode::SUCCESS)
+    })
+}
+
+/// The lines `hub status` prints for a `/status` answer.
+fn status_table(s: &serde_json::Value) -> String {
+    let text = |k: &str| s[k].as_str().unwrap_or("-").to_owned();
+    let count = |k: &str| s[k].as_u64().unwrap_or(0);
+    let at = |k: &str| s[k].as_u64().map(|ms| format!("{} UTC", utc(ms)));
+    let cloud = match s["address"].as_str() {
+        Some(peer) => format!("{}, reached at {peer}", text("cloud")),
+        None => text("cloud"),
+    };
+    let last_error = match (s["last_error"].as_str(), at("last_error_at")) {
+        (Some(e), Some(when)) => format!("{when}: {e} ({})", text("last_cause")),
+        _ => "-".to_owned(),
+    };
+    let rows = [
+        (
+            "node",
+            format!("{} (project {})", text("node_id"), text("project_id")),
+        ),
+        ("link", text("link")),
+        ("protocol", text("protocol")),
+        ("cloud", cloud),
+        ("up since", at("up_since").unwrap_or_else(|| "-".to_owned())),
+        ("rtt (ms)", rtt_ms(&s["rtt_ms"])),
+        ("queued up", count("queued_up").to_string()),
+        (
+            "in flight",
+            format!(
+                "{} up, {} down",
+                count("in_flight_up"),
+                count("in_flight_down")
+            ),
+        ),
+        ("last error", last_error),
+        ("reconnects", count("reconnects").to_string()),
+    ];
+    rows.iter()
+        .map(|(k, v)| format!("{k:<11} {v}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// `YYYY-MM-DD HH:MM:SS` for milliseconds since the epoch.

@@ -4,15 +4,23 @@
 //! [`Session::accept`] (cloud); each session event goes through [`Exchange::handle`]; after each
 //! round [`Exchange::fill`] tops each lane up from its outgoing queue, as far as the peer's window,
 //! [`MAX_IN_FLIGHT_BYTES`] and the room the transport has for it allow.
+//!
+//! It feeds the link's traffic metrics ([`crate::metrics::METRICS`]): messages and their encoded
+//! bytes per lane, received (each once: the session never passes a repeat on) and sent (resends
+//! on a later link included), added up per round rather than per message; and the
+//! acknowledgement round trip, sampled per lane with one message timed at a time
+//! ([`AckSample`]).
 
 use std::collections::VecDeque;
 use std::io;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use crate::config::QueueConfig;
 use crate::local::{Delivery, Local};
 use crate::message::Message;
+use crate::metrics::METRICS;
 use crate::proto::frame::{LANES, Lane};
 use crate::proto::session::Streams;
 use crate::proto::{CloseCode, Event, Session};
@@ -134,6 +142,35 @@ struct Sending {
     /// Sent and unacknowledged: each message's sequence number and size, and their total.
     in_flight: VecDeque<(u64, usize)>,
     in_flight_bytes: usize,
+    /// The message being timed to its acknowledgement.
+    sample: AckSample,
+    /// Received since the counters were last added to: messages and bytes.
+    received: (u64, u64),
+}
+
+/// The acknowledgement round trip of one lane, sampled: one message timed at a time, the first
+/// sent while none is; the acknowledgement that covers it ends the sample.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct AckSample(Option<(u64, Instant)>);
+
+impl AckSample {
+    /// Message `seq` is sent at `now`: timed if no other is.
+    pub fn sent(&mut self, seq: u64, now: Instant) {
+        if self.0.is_none() {
+            self.0 = Some((seq, now));
+        }
+    }
+
+    /// The peer acknowledged every message up to `seq` at `now`: the round trip of the timed
+    /// message if this covers it (and no message is timed any more).
+    pub fn acked(&mut self, seq: u64, now: Instant) -> Option<Duration> {
+        let (timed, at) = self.0?;
+        if seq < timed {
+            return None;
+        }
+        self.0 = None;
+        Some(now.saturating_duration_since(at))
+    }
 }
 
 /// One link's message traffic.
@@ -188,6 +225,9 @@ impl Exchange {
     pub fn handle(&mut self, session: &mut Session, event: Event) -> Option<Event> {
         match event {
             Event::Message { lane, seq, payload } => {
+                let received = &mut self.sending[lane.index()].received;
+                received.0 += 1;
+                received.1 += payload.len() as u64;
                 let mut msg = match Message::decode(&payload) {
                     Ok(m) => m,
                     Err(e) => {
@@ -221,6 +261,9 @@ impl Exchange {
             }
             Event::Acked(lane, seq) => {
                 let sending = &mut self.sending[lane.index()];
+                if let Some(rtt) = sending.sample.acked(seq, Instant::now()) {
+                    METRICS.ack_round_trip.observe_duration(rtt);
+                }
                 while let Some(&(s, len)) = sending.in_flight.front() {
                     if s > seq {
                         break;
@@ -281,16 +324,30 @@ impl Exchange {
     /// Sends queued messages on every lane while the peer's window, [`MAX_IN_FLIGHT_BYTES`] and
     /// `room` allow: `room(lane)` is how many more bytes the transport takes on that lane now
     /// (what it already holds stays in the durable queue's place, not in memory twice).
+    ///
+    /// Also adds what was received and sent since the last call to the traffic counters.
     pub fn fill(&mut self, session: &mut Session, room: impl Fn(Lane) -> usize) {
         for lane in Lane::ALL {
             let room = room(lane).saturating_sub(session.queued_bytes(lane));
-            self.fill_lane(session, lane, room);
+            let (messages, bytes) = self.fill_lane(session, lane, room);
+            let i = lane.index();
+            if messages > 0 {
+                METRICS.transmit_messages[i].add(messages);
+                METRICS.transmit_bytes[i].add(bytes);
+            }
+            let received = std::mem::take(&mut self.sending[i].received);
+            if received.0 > 0 {
+                METRICS.receive_messages[i].add(received.0);
+                METRICS.receive_bytes[i].add(received.1);
+            }
         }
     }
 
-    fn fill_lane(&mut self, session: &mut Session, lane: Lane, mut room: usize) {
+    /// Sends what `lane` may; returns the messages sent and their bytes.
+    fn fill_lane(&mut self, session: &mut Session, lane: Lane, mut room: usize) -> (u64, u64) {
         let out = &self.out[lane.index()];
         let sending = &mut self.sending[lane.index()];
+        let mut sent = (0u64, 0u64);
         loop {
             let count = session.send_capacity(lane) as usize;
             let visible = out.visible();
@@ -299,7 +356,7 @@ impl Exchange {
                 .min(room);
             let next = session.next_send_seq(lane);
             if count == 0 || budget == 0 || next >= visible {
-                return;
+                return sent;
             }
             if sending.reader.as_ref().is_none_or(|r| r.position() != next) {
                 match out.reader(next) {
@@ -309,19 +366,19 @@ impl Exchange {
                             CloseCode::ProtocolError,
                             format!("cannot read the {lane} queue: {e}"),
                         );
-                        return;
+                        return sent;
                     }
                 }
             }
             let reader = sending.reader.as_mut().expect("set above");
             self.batch.clear();
             match reader.read_limited(visible, count.min(FILL_BATCH), budget, &mut self.batch) {
-                Ok(0) => return,
+                Ok(0) => return sent,
                 Ok(_) => {}
                 Err(e) => {
                     log::error!("cannot read the {lane} queue: {e}");
                     sending.reader = None;
-                    return;
+                    return sent;
                 }
             }
             for (seq, payload) in self.batch.drain(..) {
@@ -331,8 +388,13 @@ impl Exchange {
                         session.next_send_seq(lane)
                     );
                     sending.reader = None;
-                    return;
+                    return sent;
                 }
+                if sent.0 == 0 {
+                    sending.sample.sent(seq, Instant::now());
+                }
+                sent.0 += 1;
+                sent.1 += payload.len() as u64;
                 sending.in_flight.push_back((seq, payload.len()));
                 sending.in_flight_bytes += payload.len();
                 room = room.saturating_sub(payload.len());
@@ -348,10 +410,16 @@ impl Exchange {
         urgent.added().or(bulk.added()).await
     }
 
-    /// The link ended: record what was delivered, so the next link resumes after it.
-    pub fn finish(&self) {
+    /// The link ended: record what was delivered, so the next link resumes after it, and count
+    /// what was received since the last [`Exchange::fill`].
+    pub fn finish(&mut self) {
         for inbound in &self.inbound {
             lock(inbound).save();
+        }
+        for lane in Lane::ALL {
+            let (messages, bytes) = std::mem::take(&mut self.sending[lane.index()].received);
+            METRICS.receive_messages[lane.index()].add(messages);
+            METRICS.receive_bytes[lane.index()].add(bytes);
         }
     }
 }
@@ -437,6 +505,24 @@ mod tests {
         let stores = stores(dir);
         let local = Arc::new(Local::new(Duration::from_secs(1)));
         (smol::block_on(Exchange::open(&stores, local, None)), stores)
+    }
+
+    #[test]
+    fn one_message_per_lane_is_timed_to_its_acknowledgement() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut s = AckSample::default();
+        assert_eq!(s.acked(5, ms(1)), None, "nothing timed");
+        s.sent(3, ms(10));
+        s.sent(4, ms(11)); // 3 is being timed: 4 is not
+        assert_eq!(s.acked(2, ms(20)), None, "an ack short of it");
+        assert_eq!(s.acked(4, ms(30)), Some(Duration::from_millis(20)));
+        assert_eq!(s.acked(4, ms(31)), None, "observed once");
+        s.sent(5, ms(40));
+        assert_eq!(s.acked(9, ms(45)), Some(Duration::from_millis(5)));
+        // A clock that went backwards gives zero, not a panic.
+        s.sent(10, ms(50));
+        assert_eq!(s.acked(10, ms(49)), Some(Duration::ZERO));
     }
 
     #[test]

@@ -106,6 +106,7 @@ fn run(command: Command) -> ExitCode {
         Command::Sub(args) => hub::commands::subscribe(args),
         Command::Req(args) => hub::commands::request(args),
         Command::Nodes(args) => hub::commands::nodes(args),
+        Command::Status(args) => hub::commands::status(args),
     }
 }
 

@@ -238,19 +238,26 @@ impl Refusal {
     }
 }
 
-/// Why an edge's link ended, so that it reconnects (label `cause` of
-/// `hub_link_reconnects_total`), and the last one in `hub status`.
+/// Why a node link ended (label `cause` of the edge's `hub_link_reconnects_total`), as the side
+/// that saw it end tells: the edge's last one in `hub status`, the cloud's last one per node in
+/// `hub nodes`. The cloud sees only `closed` (by the edge, with a close code), `replaced`,
+/// `connection_lost`, `read_deadline`, `write_deadline` and `protocol_error`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cause {
-    /// The cloud closed the link with a close code (shutting down, replaced, refused).
+    /// The peer closed the link with a close code (shutting down, refused, its own error), or
+    /// without one; not [`Cause::Replaced`].
     Closed,
+    /// Replaced by a newer connection of the same node (close code 2): the cloud closed it, or,
+    /// on the cloud, the newer connection arrived.
+    Replaced,
     /// The connection ended or was reset without a close.
     ConnectionLost,
     /// Nothing arrived within the read deadline.
     ReadDeadline,
     /// A write stayed blocked past the write deadline.
     WriteDeadline,
-    /// A frame from the cloud could not be decoded.
+    /// The peer broke the link protocol (a frame that could not be decoded, a message out of
+    /// order or over the window), or this side's session closed on it for that.
     ProtocolError,
     /// The cloud refused this node's certificate.
     CertificateRefused,
@@ -262,8 +269,9 @@ pub enum Cause {
 
 impl Cause {
     /// Every cause, in exposition order.
-    pub const ALL: [Cause; 8] = [
+    pub const ALL: [Cause; 9] = [
         Cause::Closed,
+        Cause::Replaced,
         Cause::ConnectionLost,
         Cause::ReadDeadline,
         Cause::WriteDeadline,
@@ -277,6 +285,7 @@ impl Cause {
     pub fn label(self) -> &'static str {
         match self {
             Cause::Closed => "closed",
+            Cause::Replaced => "replaced",
             Cause::ConnectionLost => "connection_lost",
             Cause::ReadDeadline => "read_deadline",
             Cause::WriteDeadline => "write_deadline",
@@ -316,8 +325,9 @@ pub struct Metrics {
     /// acknowledgement of it (the peer's durable write included); sampled, one message per lane
     /// in flight at a time.
     pub ack_round_trip: Histogram<14>,
-    /// `hub_link_rtt_seconds`: the transport's own smoothed round-trip estimate, sampled on
-    /// every link at each heartbeat.
+    /// `hub_link_rtt_seconds`: the transport's round trip, sampled on every link when it opens
+    /// and then every heartbeat interval: QUIC's own smoothed estimate, or over WebSocket the
+    /// time from a Ping to its Pong ([`crate::transport::Link::tick`]).
     pub link_rtt: Histogram<14>,
     /// `hub_queue_fsync_duration_seconds`: each `fdatasync` of a queue segment.
     pub fsync: Histogram<13>,
@@ -340,7 +350,7 @@ pub struct Metrics {
     /// Edge: `hub_link_up{protocol}`: 1 while the link is open over that transport.
     pub link_up: [Gauge; 2],
     /// Edge: `hub_link_reconnects_total{cause}`, indexed like [`Cause::ALL`].
-    pub reconnects: [Counter; 8],
+    pub reconnects: [Counter; 9],
 }
 
 /// The metrics of this process.
@@ -360,7 +370,7 @@ pub static METRICS: Metrics = Metrics {
     credential_reloads: [const { Counter::new() }; 2],
     node_refusals: [const { Counter::new() }; 8],
     link_up: [const { Gauge::new() }; 2],
-    reconnects: [const { Counter::new() }; 8],
+    reconnects: [const { Counter::new() }; 9],
 };
 
 impl Metrics {
@@ -627,7 +637,7 @@ pub fn expose(side: Side, gather: &dyn Fn(&mut Exposition)) -> String {
     );
     e.histogram(
         "hub_link_rtt_seconds",
-        "The transport's smoothed round-trip time of node links, sampled at each heartbeat.",
+        "Round-trip time of node links (QUIC's smoothed estimate, WebSocket Ping to Pong), sampled every heartbeat interval.",
         &m.link_rtt,
     );
     e.histogram(

@@ -548,7 +548,7 @@ impl ExchangeLink {
     }
 
     /// The link ends: both hubs record what they delivered.
-    fn finish(self) {
+    fn finish(mut self) {
         self.edge.1.finish();
         self.cloud.1.finish();
     }

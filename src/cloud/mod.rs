@@ -7,7 +7,7 @@ mod queues;
 mod registry;
 
 pub use queues::NodeQueues;
-pub use registry::{Admission, NodeInfo, Registry};
+pub use registry::{Admission, LastEnd, NodeInfo, Registry};
 
 use crate::metrics::{METRICS, Refusal};
 use std::net::{SocketAddr, TcpListener};
@@ -31,7 +31,7 @@ use crate::proto::frame::Hello;
 use crate::proto::{CloseCode, Event, Session, WS_SUBPROTOCOL};
 use crate::shutdown::Shutdown;
 use crate::tls::{self, CertIdentity};
-use crate::transport::{Inbound, Link, LinkError, Wake, quic, timeout, ws};
+use crate::transport::{Inbound, Link, LinkError, Wake, close_cause, quic, timeout, ws};
 
 /// How long a closing link may take to tell its peer why.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
@@ -150,6 +150,7 @@ pub async fn run(config: CloudConfig, shutdown: Shutdown) -> Result<(), String> 
         route: Route::Cloud(queues),
         max_message_bytes: config.apps.max_message_bytes,
         nodes: Some(Box::new(move || nodes_json(&listing.0, &listing.1))),
+        status: None,
         sessions: sessions.clone(),
     });
 
@@ -210,26 +211,72 @@ pub async fn run(config: CloudConfig, shutdown: Shutdown) -> Result<(), String> 
     Ok(())
 }
 
-/// The `/nodes` answer: connected nodes and nodes with queued messages.
+/// The `/nodes` answer: connected nodes and nodes with queued messages, sorted by id, each with
+/// its link's figures (protocol, address, since, round trip, in flight), what is queued for it,
+/// its identity conflicts and why its last link ended. Both lists come sorted, so they are merged
+/// in one pass: O(n log n) in all for n nodes (the sorts), one registry lock for the offline.
 fn nodes_json(registry: &Registry, queues: &NodeQueues) -> String {
     let connected = registry.nodes();
     let queued = queues.queued();
-    let mut ids: Vec<&str> = connected.iter().map(|n| n.node_id.as_str()).collect();
-    ids.extend(queued.iter().map(|(n, _)| n.as_str()));
-    ids.sort();
-    ids.dedup();
-    let rows: Vec<serde_json::Value> = ids
+    // Merged by id: (id, its link if connected, what is queued for it).
+    let mut rows: Vec<(&str, Option<&NodeInfo>, u64)> =
+        Vec::with_capacity(connected.len().max(queued.len()));
+    let (mut i, mut j) = (0, 0);
+    while i < connected.len() || j < queued.len() {
+        let (link, queue) = (connected.get(i), queued.get(j));
+        let row = match (link, queue) {
+            (Some(n), Some((id, count))) if n.node_id == *id => {
+                (i, j) = (i + 1, j + 1);
+                (n.node_id.as_str(), Some(n), *count)
+            }
+            (Some(n), Some((id, _))) if n.node_id < *id => {
+                i += 1;
+                (n.node_id.as_str(), Some(n), 0)
+            }
+            (Some(n), None) => {
+                i += 1;
+                (n.node_id.as_str(), Some(n), 0)
+            }
+            (_, Some((id, count))) => {
+                j += 1;
+                (id.as_str(), None, *count)
+            }
+            (None, None) => break,
+        };
+        rows.push(row);
+    }
+    let offline = registry.history(
+        rows.iter()
+            .filter(|(_, link, _)| link.is_none())
+            .map(|(id, _, _)| *id),
+    );
+    let mut offline = offline.into_iter();
+    let ms = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_millis() as u64)
+    };
+    let rows: Vec<serde_json::Value> = rows
         .into_iter()
-        .map(|id| {
-            let link = connected.iter().find(|n| n.node_id == id);
-            let since = link.and_then(|n| n.since.duration_since(std::time::UNIX_EPOCH).ok());
+        .map(|(id, link, queued)| {
+            let (conflicts, last_end) = match link {
+                Some(n) => (n.conflicts, n.last_end.clone()),
+                None => offline.next().unwrap_or_default(),
+            };
             serde_json::json!({
                 "node_id": id,
                 "protocol": link.map(|n| n.protocol.name()),
                 "address": link.map(|n| n.peer.to_string()),
-                "since": since.map(|d| d.as_millis() as u64),
-                "queued": queued.iter().find(|(n, _)| n == id).map_or(0, |(_, q)| *q),
-                "conflicts": registry.conflicts(id),
+                "since": link.and_then(|n| ms(n.since)),
+                "rtt_ms": link
+                    .and_then(|n| n.live.rtt())
+                    .map(|d| (d.as_secs_f64() * 1e6).round() / 1e3),
+                "in_flight": link.map(|n| n.live.in_flight()),
+                "queued": queued,
+                "conflicts": conflicts,
+                "last_cause": last_end.as_ref().map(|e| e.cause.label()),
+                "last_cause_detail": last_end.as_ref().map(|e| e.detail.as_str()),
+                "last_cause_at": last_end.as_ref().and_then(|e| ms(e.at)),
             })
         })
         .collect();
@@ -553,7 +600,7 @@ async fn quic_handshake(incoming: quinn::Incoming, cloud: Arc<Cloud>, pending: P
 /// Runs one node's session until it ends. `url_ids` are the project and node ids from the
 /// WebSocket URL, which the HELLO must repeat.
 async fn serve(
-    link: Link,
+    mut link: Link,
     identity: CertIdentity,
     url_ids: Option<(String, String)>,
     cloud: Arc<Cloud>,
@@ -591,7 +638,8 @@ async fn serve(
                     if valid_id(&hello.node_id).is_ok() {
                         node = hello.node_id.clone(); // else it stays out of the log lines
                     }
-                    match admit(&cloud, &hello, &url_ids, &identity, protocol, peer) {
+                    let live = link.live().clone();
+                    match admit(&cloud, &hello, &url_ids, &identity, protocol, peer, live) {
                         Ok((a, stores)) => {
                             // The link this one replaces lets go of the node's queues first.
                             let prefix = Some(node_prefix(&hello.node_id));
@@ -637,8 +685,12 @@ async fn serve(
                     } else {
                         format!(": {detail}")
                     };
-                    log_end(admission.is_some(), &node, &format!("{code}{detail}"));
-                    if let Some(ex) = exchange.take() {
+                    let why = format!("{code}{detail}");
+                    log_end(admission.is_some(), &node, &why);
+                    if let (Some(a), Some(cause)) = (&admission, close_cause(code)) {
+                        a.ended(cause, &why);
+                    }
+                    if let Some(mut ex) = exchange.take() {
                         ex.finish();
                         drop(ex);
                         cloud.queues.release(&node);
@@ -658,6 +710,8 @@ async fn serve(
         if let Some(ex) = exchange.as_mut() {
             ex.fill(&mut session, |lane| link.room(lane));
         }
+        link.live().set_unacknowledged(session.unacknowledged());
+        link.tick(&session, now);
         link.flush(&mut session, now);
         let other = async {
             match &admission {
@@ -685,8 +739,12 @@ async fn serve(
                 format!("writes blocked for {:.1}s", d.as_secs_f64()),
             ),
             Wake::Inbound(Inbound::Closed(e)) => {
-                log_end(admission.is_some(), &node, &e.to_string());
-                if let Some(ex) = exchange.take() {
+                let why = e.to_string();
+                log_end(admission.is_some(), &node, &why);
+                if let Some(a) = &admission {
+                    a.ended(e.cause(), &why);
+                }
+                if let Some(mut ex) = exchange.take() {
                     ex.finish();
                     drop(ex);
                     cloud.queues.release(&node);
@@ -709,6 +767,7 @@ fn admit(
     identity: &CertIdentity,
     protocol: Protocol,
     peer: SocketAddr,
+    live: Arc<crate::transport::Live>,
 ) -> Result<(Admission, Arc<LaneStores>), (CloseCode, String)> {
     // Checked before anything else reads them: the ids become a registry key, a queue folder and
     // log lines, so only the canonical form gets that far.
@@ -743,7 +802,7 @@ fn admit(
         .map_err(|e| (CloseCode::Unavailable, e))?;
     let admission = cloud
         .registry
-        .admit(&hello.node_id, protocol, peer)
+        .admit(&hello.node_id, protocol, peer, live)
         .ok_or_else(|| {
             (
                 CloseCode::NodeLimit,
@@ -751,4 +810,58 @@ fn admit(
             )
         })?;
     Ok((admission, streams))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Cause;
+
+    #[test]
+    fn the_node_list_merges_connected_and_queued_nodes_in_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = crate::config::QueueConfig {
+            dir: tmp.path().to_owned(),
+            max_messages: 100,
+            max_bytes: 1 << 30,
+            fsync: crate::store::Fsync::Never,
+            window: 64,
+        };
+        let queues = NodeQueues::open(&config).unwrap();
+        let registry = Registry::new(10);
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        // b and d have queues only (d's link ended), c both, a and e a link only.
+        for id in ["d", "c", "b"] {
+            queues.node(id).unwrap();
+        }
+        let d = registry.admit("d", Protocol::Quic, addr, Arc::default());
+        d.unwrap()
+            .ended(Cause::ReadDeadline, "timeout: nothing received");
+        let live = Arc::new(crate::transport::Live::default());
+        live.record_rtt(Duration::from_micros(1500));
+        live.set_unacknowledged((7, 0));
+        let _e = registry.admit("e", Protocol::Websocket, addr, Arc::default());
+        let _c = registry.admit("c", Protocol::Quic, addr, live);
+        let _a = registry.admit("a", Protocol::Quic, addr, Arc::default());
+
+        let rows: Vec<serde_json::Value> =
+            serde_json::from_str(&nodes_json(&registry, &queues)).unwrap();
+        let ids: Vec<&str> = rows
+            .iter()
+            .map(|r| r["node_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["a", "b", "c", "d", "e"]);
+        let c = &rows[2];
+        assert_eq!(c["protocol"], "quic");
+        assert_eq!(c["rtt_ms"], 1.5);
+        assert_eq!(c["in_flight"], 7);
+        assert_eq!(c["queued"], 0);
+        let d = &rows[3];
+        assert!(d["protocol"].is_null() && d["rtt_ms"].is_null() && d["in_flight"].is_null());
+        assert_eq!(d["last_cause"], "read_deadline");
+        assert_eq!(d["last_cause_detail"], "timeout: nothing received");
+        assert!(d["last_cause_at"].as_u64().unwrap() > 0);
+        assert!(rows[0]["last_cause"].is_null());
+        assert_eq!(rows[4]["protocol"], "websocket");
+    }
 }

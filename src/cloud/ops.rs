@@ -12,7 +12,8 @@ use super::credentials::CloudTls;
 use super::{NodeQueues, Registry};
 use crate::config::CloudConfig;
 
-/// The cloud's [`Ops`]: the serving certificate's expiry, queue totals (and, with `per_node`, each node's queue), the node limit;
+/// The cloud's [`Ops`]: the serving certificate's expiry, queue totals (and, with `per_node`,
+/// each node's queue and link round trip), the node limit;
 /// ready while not shutting down and `queues.dir` takes writes.
 pub fn ops(
     config: &CloudConfig,
@@ -71,6 +72,17 @@ pub fn ops(
                 for l in Lane::ALL {
                     let labels = [("node", id.as_str()), ("lane", l.name())];
                     e.sample("hub_node_queue_bytes", &labels, b[l.index()]);
+                }
+            }
+            e.family(
+                "hub_node_link_rtt_seconds",
+                "gauge",
+                "The last round-trip sample of one connected node's link.",
+            );
+            for n in registry.nodes() {
+                if let Some(rtt) = n.live.rtt() {
+                    let labels = [("node", n.node_id.as_str())];
+                    e.sample("hub_node_link_rtt_seconds", &labels, rtt.as_secs_f64());
                 }
             }
         }

@@ -11,8 +11,10 @@
 mod credentials;
 mod ops;
 mod placement;
+mod status;
 
 pub use credentials::{CredentialStore, ROTATED_CERT, ROTATED_KEY};
+pub use status::{LinkState, Status};
 
 use std::cell::Cell;
 use std::future::Future;
@@ -26,12 +28,13 @@ use smol::future::FutureExt;
 use crate::apps::{Apps, Route};
 use crate::config::{EdgeConfig, Endpoint, Fallback, Protocol};
 use crate::exchange::{Exchange, LaneStores};
+use crate::metrics::{Cause, METRICS};
 use crate::proto::backoff::Backoff;
 use crate::proto::frame::{Hello, HelloLane, encode_len_prefixed};
 use crate::proto::{ALPN, CloseCode, Event, Session, VERSION};
 use crate::shutdown::Shutdown;
 use crate::tls;
-use crate::transport::{Inbound, Link, LinkError, Wake, dial, quic, timeout, ws};
+use crate::transport::{Inbound, Link, LinkError, Wake, close_cause, dial, quic, timeout, ws};
 
 /// How long a closing link may take to tell the cloud why.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
@@ -90,11 +93,14 @@ pub async fn run(config: EdgeConfig, shutdown: Shutdown) -> Result<(), String> {
         &config.mqtt,
         &config.outbox,
     )?;
+    let status = Status::new(&config.node_id, &config.project_id, config.protocol);
+    let (shown, shown_outbox) = (status.clone(), outbox.clone());
     let apps = Arc::new(Apps {
         local: local.clone(),
         route: Route::Edge(outbox.clone()),
         max_message_bytes: config.apps.max_message_bytes,
         nodes: None,
+        status: Some(Box::new(move || shown.json(&shown_outbox))),
         sessions: sessions.clone(),
     });
     crate::apps::start(&config.apps, apps.clone(), shutdown.clone())?;
@@ -195,6 +201,13 @@ pub async fn run(config: EdgeConfig, shutdown: Shutdown) -> Result<(), String> {
             last_good: &mut last_good,
             pacer: &mut pacer,
         };
+        status.connecting(
+            protocol,
+            match protocol {
+                Protocol::Websocket => format!("wss://{target}{}", config.websocket_path()),
+                Protocol::Quic => target.to_string(),
+            },
+        );
         let attempt = connect(&config, protocol, &target, tls, &mut session, dialer, limit)
             .or(async {
                 shutdown.wait().await;
@@ -222,6 +235,7 @@ pub async fn run(config: EdgeConfig, shutdown: Shutdown) -> Result<(), String> {
                 };
                 let driven = Driven {
                     config: &config,
+                    status: &status,
                     creds: &creds,
                     generation,
                     how,
@@ -246,9 +260,18 @@ pub async fn run(config: EdgeConfig, shutdown: Shutdown) -> Result<(), String> {
                 backoff.link_was_up(up.elapsed());
                 ended
             }
-            Err(_) if shutdown.is_triggered() => Ended::Shutdown,
+            Err(_) if shutdown.is_triggered() => {
+                status.ended(None);
+                Ended::Shutdown
+            }
             Err(e) => {
                 log::warn!("cannot connect to the cloud at {target} over {protocol}: {e}");
+                let cause = match e {
+                    LinkError::CertificateRefused(_) => Cause::CertificateRefused,
+                    _ => Cause::ConnectFailed,
+                };
+                METRICS.reconnect(cause);
+                status.ended(Some((cause, &e.to_string())));
                 match e {
                     LinkError::CertificateRefused(why) => Ended::CertificateRefused(why),
                     LinkError::NoAnswer(_) => {
@@ -460,11 +483,13 @@ struct LinkStats {
     rtt: Option<Duration>,
 }
 
-/// What [`drive`] needs besides the link: the configuration, the credentials the link was made
-/// with (`generation` of `creds`), how the handshake went, when the attempt started, the QUIC
-/// probe to run beside a fallback link, and where to put what the link measured.
+/// What [`drive`] needs besides the link: the configuration, the status to keep, the
+/// credentials the link was made with (`generation` of `creds`), how the handshake went, when the
+/// attempt started, the QUIC probe to run beside a fallback link, and where to put what the link
+/// measured.
 struct Driven<'a, 'p> {
     config: &'a EdgeConfig,
+    status: &'a Status,
     creds: &'a CredentialStore,
     generation: u64,
     how: &'a str,
@@ -473,9 +498,11 @@ struct Driven<'a, 'p> {
     stats: &'a mut LinkStats,
 }
 
-/// Runs one link's session until it ends.
+/// Runs one link's session until it ends; keeps `hub_link_up` (1 while open),
+/// `hub_link_reconnects_total` (once at the end, by cause, unless the edge is stopping) and the
+/// status.
 async fn drive(
-    link: Link,
+    mut link: Link,
     mut session: Session,
     mut exchange: Exchange,
     driven: Driven<'_, '_>,
@@ -483,6 +510,7 @@ async fn drive(
 ) -> Ended {
     let Driven {
         config,
+        status,
         creds,
         generation,
         how,
@@ -491,6 +519,14 @@ async fn drive(
         stats,
     } = driven;
     let (protocol, peer) = (link.protocol, link.peer);
+    // The link ended for this cause (`None`: the edge is stopping), said so.
+    let report = |cause: Option<Cause>, why: &str| {
+        METRICS.link_up[protocol as usize].set(0);
+        if let Some(cause) = cause {
+            METRICS.reconnect(cause);
+        }
+        status.ended(cause.map(|c| (c, why)));
+    };
     let mut opened = false;
     // Set when the probe found QUIC again and the link is being closed to move to it.
     let switching = Cell::new(false);
@@ -503,6 +539,8 @@ async fn drive(
             match event {
                 Event::Open => {
                     opened = true;
+                    METRICS.link_up[protocol as usize].set(1);
+                    status.opened(peer, link.live().clone());
                     stats.opened = true;
                     stats.rtt = Some(stats.hello_at.elapsed());
                     creds.worked(generation);
@@ -522,13 +560,19 @@ async fn drive(
                         format!(": {detail}")
                     };
                     let why = format!("{code}{detail}");
+                    let cause = close_cause(code);
                     let ended = if code == CloseCode::ShuttingDown && switching.get() {
                         log::info!(
                             "closing the WebSocket link to the cloud ({peer}) to move to QUIC"
                         );
+                        report(
+                            Some(Cause::BackToQuic),
+                            "moving back from WebSocket to QUIC",
+                        );
                         Ended::BackToQuic
                     } else if code == CloseCode::ShuttingDown {
                         log::info!("closing the link to the cloud ({protocol}, {peer}): {code}");
+                        report(None, "");
                         Ended::Shutdown
                     } else if code == CloseCode::Timeout && opened {
                         // The path went silent under an open link. Before WELCOME the cloud
@@ -538,11 +582,14 @@ async fn drive(
                     } else if code == CloseCode::IdentityMismatch && !opened {
                         // The cloud says the certificate is not this node.
                         lost(opened, protocol, peer, &why);
-                        Ended::CertificateRefused(why)
+                        Ended::CertificateRefused(why.clone())
                     } else {
                         lost(opened, protocol, peer, &why);
                         Ended::Lost
                     };
+                    if !matches!(ended, Ended::Shutdown | Ended::BackToQuic) {
+                        report(cause, &why);
+                    }
                     exchange.finish();
                     link.close(code, CLOSE_LINGER).await;
                     return ended;
@@ -551,6 +598,8 @@ async fn drive(
             }
         }
         exchange.fill(&mut session, |lane| link.room(lane));
+        link.live().set_unacknowledged(session.unacknowledged());
+        link.tick(&session, now);
         link.flush(&mut session, now);
         let other = async {
             shutdown.wait().await;
@@ -582,6 +631,7 @@ async fn drive(
             ),
             Wake::Inbound(Inbound::Closed(e)) => {
                 lost(opened, protocol, peer, &e.to_string());
+                report(Some(e.cause()), &e.to_string());
                 if matches!(e, LinkError::Closed(CloseCode::Replaced)) {
                     log::warn!(
                         "another connection as node {} replaced this one: if this repeats, two gateways are using this node's identity (a copied configuration or certificate)",

@@ -488,6 +488,17 @@ impl Session {
         self.lanes[lane.index()].out_acked
     }
 
+    /// Messages unacknowledged on this link, both lanes together: sent and not yet acknowledged
+    /// by the peer, and received and not yet acknowledged to it (not yet committed).
+    pub fn unacknowledged(&self) -> (u64, u64) {
+        self.lanes.iter().fold((0, 0), |(sent, received), l| {
+            (
+                sent + (l.out_next - 1).saturating_sub(l.out_acked),
+                received + (l.in_expected - 1).saturating_sub(l.in_committed),
+            )
+        })
+    }
+
     /// Queues message `seq` of `lane` (which must be [`next_send_seq`](Self::next_send_seq)) for
     /// sending, cut into [`Frame::Part`]s of [`CHUNK`] bytes if it is longer than one.
     pub fn send_message(&mut self, lane: Lane, seq: u64, payload: Vec<u8>) {

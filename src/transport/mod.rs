@@ -4,6 +4,10 @@
 //! The task that owns the [`Session`](crate::proto::Session) only sends frames into the link and
 //! receives [`Inbound`] items from it, so it never blocks on a socket: a stalled write is noticed
 //! by the writer task (the write deadline) and reported as an inbound close.
+//!
+//! Each link keeps its [`Live`] figures (round trip, messages unacknowledged) where listings
+//! read them, and samples the transport's round trip once per heartbeat interval
+//! ([`Link::tick`]): QUIC's own estimate, or over WebSocket the time from a Ping to its Pong.
 
 pub mod dial;
 pub mod quic;
@@ -13,13 +17,14 @@ use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use smol::channel::{Receiver, Sender};
 use smol::future::FutureExt;
 
 use crate::config::Protocol;
+use crate::metrics::{Cause, METRICS};
 use crate::proto::frame::{LANES, Lane};
 use crate::proto::session::frame_lane;
 use crate::proto::{CloseCode, Frame, FrameError, Session};
@@ -96,6 +101,90 @@ impl LinkError {
     }
 }
 
+impl LinkError {
+    /// Why a link that ended with this error ended, as a [`Cause`]: a close by the peer is
+    /// [`Cause::Closed`] ([`Cause::Replaced`] for code 2, [`Cause::CertificateRefused`] for code
+    /// 4 or a refused certificate), a lost connection [`Cause::ConnectionLost`], a bad frame
+    /// [`Cause::ProtocolError`], a blocked write [`Cause::WriteDeadline`], a refusal or silence
+    /// while connecting [`Cause::ConnectFailed`].
+    pub fn cause(&self) -> Cause {
+        match self {
+            LinkError::Closed(CloseCode::Replaced) => Cause::Replaced,
+            LinkError::Closed(CloseCode::IdentityMismatch) | LinkError::CertificateRefused(_) => {
+                Cause::CertificateRefused
+            }
+            LinkError::Closed(_) | LinkError::ClosedOther(_) => Cause::Closed,
+            LinkError::Eof | LinkError::Io(_) => Cause::ConnectionLost,
+            LinkError::Frame(_) => Cause::ProtocolError,
+            LinkError::WriteTimeout(_) => Cause::WriteDeadline,
+            LinkError::Refused(_) | LinkError::NoAnswer(_) => Cause::ConnectFailed,
+        }
+    }
+}
+
+/// Why a link ended that this side's own session closed with `code`
+/// ([`Event::Close`](crate::proto::Event::Close)): [`Cause::ReadDeadline`] for a deadline that passed,
+/// [`Cause::WriteDeadline`] for blocked writes, [`Cause::Replaced`] for a newer connection,
+/// [`Cause::ProtocolError`] for what the peer sent; `None` for code 1, this side stopping.
+pub fn close_cause(code: CloseCode) -> Option<Cause> {
+    Some(match code {
+        CloseCode::ShuttingDown => return None,
+        CloseCode::Replaced => Cause::Replaced,
+        CloseCode::Timeout => Cause::ReadDeadline,
+        CloseCode::WriteTimeout => Cause::WriteDeadline,
+        CloseCode::IdentityMismatch => Cause::CertificateRefused,
+        CloseCode::ProtocolError | CloseCode::Oversized | CloseCode::UnsupportedVersion => {
+            Cause::ProtocolError
+        }
+        CloseCode::NodeLimit | CloseCode::Unavailable => Cause::Closed,
+    })
+}
+
+/// Live figures of one link, shared with whoever lists it (`hub nodes`, `hub status`): the link's
+/// task and transport store them (relaxed atomics), readers take them at any time.
+#[derive(Debug, Default)]
+pub struct Live {
+    /// The last round-trip sample, in nanoseconds; 0 before the first.
+    rtt_ns: AtomicU64,
+    /// Messages sent on the link and not yet acknowledged by the peer, both lanes.
+    sent_unacked: AtomicU64,
+    /// Messages received from the peer and not yet acknowledged to it, both lanes.
+    received_unacked: AtomicU64,
+}
+
+impl Live {
+    /// Records a round-trip sample: kept as the last, and observed in `hub_link_rtt_seconds`.
+    pub fn record_rtt(&self, rtt: Duration) {
+        let ns = u64::try_from(rtt.as_nanos()).unwrap_or(u64::MAX).max(1);
+        self.rtt_ns.store(ns, Ordering::Relaxed);
+        METRICS.link_rtt.observe_duration(rtt);
+    }
+
+    /// The last round-trip sample, if one was taken.
+    pub fn rtt(&self) -> Option<Duration> {
+        match self.rtt_ns.load(Ordering::Relaxed) {
+            0 => None,
+            ns => Some(Duration::from_nanos(ns)),
+        }
+    }
+
+    /// Sets the messages unacknowledged each way (see [`Session::unacknowledged`]).
+    pub fn set_unacknowledged(&self, (sent, received): (u64, u64)) {
+        self.sent_unacked.store(sent, Ordering::Relaxed);
+        self.received_unacked.store(received, Ordering::Relaxed);
+    }
+
+    /// Messages sent and not yet acknowledged by the peer, both lanes.
+    pub fn in_flight(&self) -> u64 {
+        self.sent_unacked.load(Ordering::Relaxed)
+    }
+
+    /// Messages received and not yet acknowledged to the peer, both lanes.
+    pub fn received_unacknowledged(&self) -> u64 {
+        self.received_unacked.load(Ordering::Relaxed)
+    }
+}
+
 impl fmt::Display for LinkError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -149,6 +238,8 @@ pub enum Inbound {
 enum Outbound {
     Frame(Frame),
     Close(CloseCode),
+    /// WebSocket: send a Ping stamped with the time, whose Pong gives a round-trip sample.
+    Ping,
 }
 
 /// An open link: frames in, frames out, on two lanes ([`Lane`]).
@@ -172,6 +263,11 @@ pub struct Link {
     writer_done: Receiver<()>,
     /// Dropped with the link, which stops the reader task.
     _alive: Sender<()>,
+    live: Arc<Live>,
+    /// QUIC: the connection, whose round-trip estimate is sampled.
+    quic: Option<quinn::Connection>,
+    /// When the round trip is sampled next; `None` until the session is open.
+    next_rtt: Option<Instant>,
 }
 
 /// Inbound items buffered between a reader task and the session task, per lane.
@@ -264,6 +360,7 @@ impl Link {
         });
         let (done_tx, done_rx) = smol::channel::bounded(1);
         let (alive_tx, alive_rx) = smol::channel::bounded(1);
+        let live = Arc::new(Live::default());
         (
             Link {
                 protocol,
@@ -274,6 +371,9 @@ impl Link {
                 queued: queued.clone(),
                 writer_done: done_rx,
                 _alive: alive_tx,
+                live: live.clone(),
+                quic: None,
+                next_rtt: None,
             },
             LinkTasks {
                 inbound: [in_urgent, in_bulk],
@@ -282,8 +382,35 @@ impl Link {
                 queued,
                 writer_done: done_tx,
                 alive: alive_rx,
+                live,
             },
         )
+    }
+
+    /// This link's live figures.
+    pub fn live(&self) -> &Arc<Live> {
+        &self.live
+    }
+
+    /// Samples the transport's round trip when it is due: once `session` is open, at once and
+    /// then every heartbeat interval of it. QUIC: quinn's smoothed estimate, recorded at once.
+    /// WebSocket: a Ping carrying the time it was written; the peer's WebSocket answers it with
+    /// a Pong by itself (RFC 6455 section 5.5.2), which records the sample when it arrives.
+    /// Call it each turn of the session's loop; [`Link::wait`] wakes up for it.
+    pub fn tick(&mut self, session: &Session, now: Instant) {
+        let Some(every) = session.heartbeat_interval().filter(|_| session.is_open()) else {
+            return;
+        };
+        if self.next_rtt.is_some_and(|at| now < at) {
+            return;
+        }
+        self.next_rtt = Some(now + every);
+        match &self.quic {
+            Some(conn) => self.live.record_rtt(conn.rtt()),
+            None => {
+                let _ = self.outbound[Lane::Urgent.index()].try_send(Outbound::Ping);
+            }
+        }
     }
 
     /// Queues a frame for the writer of its lane.
@@ -345,8 +472,13 @@ impl Link {
     /// on a lane the session filled, or `other` (the caller's stop signal, new messages to send,
     /// …).
     pub async fn wait<S: Future<Output = Wake>>(&self, session: &Session, other: S) -> Wake {
+        let due = match (session.poll_timeout(), self.next_rtt) {
+            (Some(at), Some(rtt)) => Some(at.min(rtt)),
+            (at, None) => at,
+            (None, _) => None,
+        };
         let timer = async {
-            match session.poll_timeout() {
+            match due {
                 Some(at) => smol::Timer::at(at).await,
                 None => smol::Timer::never().await,
             };
@@ -366,7 +498,8 @@ impl Link {
 pub enum Wake {
     /// Something arrived from the peer (or the link broke).
     Inbound(Inbound),
-    /// The session's timer is due.
+    /// The session's timer is due, or the next round-trip sample ([`Link::tick`]); calling
+    /// [`Session::handle_timeout`] early does no harm.
     Timer,
     /// The caller wants the link closed with this code.
     Stop(CloseCode),
@@ -383,6 +516,7 @@ struct LinkTasks {
     writer_done: Sender<()>,
     /// Closes when the [`Link`] is dropped.
     alive: Receiver<()>,
+    live: Arc<Live>,
 }
 
 impl LinkTasks {
@@ -528,6 +662,73 @@ pub async fn timeout<T>(limit: Duration, fut: impl Future<Output = T>) -> Option
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_end_of_a_link_has_its_cause() {
+        let io = || LinkError::Io("reset".into());
+        let cases = [
+            (LinkError::Closed(CloseCode::ShuttingDown), Cause::Closed),
+            (LinkError::Closed(CloseCode::NodeLimit), Cause::Closed),
+            (LinkError::ClosedOther("1000".into()), Cause::Closed),
+            (LinkError::Closed(CloseCode::Replaced), Cause::Replaced),
+            (
+                LinkError::Closed(CloseCode::IdentityMismatch),
+                Cause::CertificateRefused,
+            ),
+            (
+                LinkError::CertificateRefused("alert".into()),
+                Cause::CertificateRefused,
+            ),
+            (LinkError::Eof, Cause::ConnectionLost),
+            (io(), Cause::ConnectionLost),
+            (
+                LinkError::Frame(FrameError::Oversized(1)),
+                Cause::ProtocolError,
+            ),
+            (
+                LinkError::WriteTimeout(Duration::from_secs(1)),
+                Cause::WriteDeadline,
+            ),
+            (LinkError::Refused("503".into()), Cause::ConnectFailed),
+            (LinkError::NoAnswer("silence".into()), Cause::ConnectFailed),
+        ];
+        for (e, cause) in cases {
+            assert_eq!(e.cause(), cause, "{e:?}");
+        }
+        assert_eq!(
+            close_cause(CloseCode::ShuttingDown),
+            None,
+            "this side stops"
+        );
+        assert_eq!(close_cause(CloseCode::Timeout), Some(Cause::ReadDeadline));
+        assert_eq!(
+            close_cause(CloseCode::WriteTimeout),
+            Some(Cause::WriteDeadline)
+        );
+        assert_eq!(close_cause(CloseCode::Replaced), Some(Cause::Replaced));
+        for code in [
+            CloseCode::ProtocolError,
+            CloseCode::Oversized,
+            CloseCode::UnsupportedVersion,
+        ] {
+            assert_eq!(close_cause(code), Some(Cause::ProtocolError), "{code:?}");
+        }
+        // Every label is snake_case, and each names one cause.
+        let labels: Vec<&str> = Cause::ALL.iter().map(|c| c.label()).collect();
+        for l in &labels {
+            assert!(
+                l.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{l}"
+            );
+        }
+        let mut unique = labels.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), labels.len());
+        for (i, c) in Cause::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i, "ALL is in declaration order: {c:?}");
+        }
+    }
 
     #[test]
     fn a_reader_stops_at_the_inbound_byte_budget() {

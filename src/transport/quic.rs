@@ -561,11 +561,14 @@ async fn write_frames(
                 None => return,
             },
         };
-        let Outbound::Frame(f) = out else {
-            if let Outbound::Close(code) = out {
+        let f = match out {
+            Outbound::Frame(f) => f,
+            Outbound::Close(code) => {
                 conn.close(VarInt::from(code.code()), code.reason().as_bytes());
+                return;
             }
-            return;
+            // QUIC's round trip is quinn's estimate; a ping is never queued here.
+            Outbound::Ping => continue,
         };
         // Everything already waiting goes out with it, in one write.
         buf.clear();
@@ -574,6 +577,7 @@ async fn write_frames(
         while buf.len() < 1 << 20 {
             match outgoing.try_next_of(lane) {
                 Some(Outbound::Frame(f)) => encode_len_prefixed(&f, &mut buf),
+                Some(Outbound::Ping) => {}
                 Some(Outbound::Close(code)) => {
                     close = Some(code);
                     break;
@@ -612,7 +616,8 @@ pub fn spawn_link(
     write_deadline: Duration,
     bulk: BulkStream,
 ) -> Link {
-    let (link, tasks) = Link::new(Protocol::Quic, conn.remote_address());
+    let (mut link, tasks) = Link::new(Protocol::Quic, conn.remote_address());
+    link.quic = Some(conn.clone());
     if log::log_enabled!(log::Level::Debug) {
         smol::spawn(log_stats(conn.clone(), tasks.alive.clone())).detach();
     }

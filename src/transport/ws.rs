@@ -4,7 +4,8 @@
 
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::client::IntoClientRequest;
@@ -18,7 +19,7 @@ use smol::Async;
 use smol::io::{AsyncRead, AsyncWrite};
 use smol::stream::StreamExt;
 
-use super::{Inbound, Link, LinkError, Outbound, dial, io_link_error, timeout};
+use super::{Inbound, Link, LinkError, Live, Outbound, dial, io_link_error, timeout};
 use crate::config::{Endpoint, Protocol};
 use crate::proto::{CloseCode, FrameError, MAX_FRAME, WS_SUBPROTOCOL};
 
@@ -77,6 +78,43 @@ fn close_frame(code: CloseCode) -> CloseFrame {
     }
 }
 
+/// Round-trip samples of one WebSocket: the Ping last written carries the nanoseconds since the
+/// link started (8 bytes, big-endian; never 0), and the Pong that echoes exactly that payload
+/// records the time since as a sample. A Pong that echoes anything else (an older Ping, or one
+/// the peer made up) is ignored.
+struct Pings {
+    start: Instant,
+    /// The stamp of the Ping awaiting its Pong; 0 when none.
+    pending: AtomicU64,
+    live: Arc<Live>,
+}
+
+impl Pings {
+    /// The payload of a Ping written now, remembered as the one awaiting its Pong.
+    fn stamp(&self) -> [u8; 8] {
+        let ns = u64::try_from(self.start.elapsed().as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        self.pending.store(ns, Ordering::Relaxed);
+        ns.to_be_bytes()
+    }
+
+    /// A Pong with `payload` arrived: the sample, if it answers the pending Ping.
+    fn pong(&self, payload: &[u8]) -> Option<Duration> {
+        let ns = u64::from_be_bytes(payload.try_into().ok()?);
+        self.pending
+            .compare_exchange(ns, 0, Ordering::Relaxed, Ordering::Relaxed)
+            .ok()
+            .filter(|&ns| ns != 0)?;
+        let rtt = self
+            .start
+            .elapsed()
+            .saturating_sub(Duration::from_nanos(ns));
+        self.live.record_rtt(rtt);
+        Some(rtt)
+    }
+}
+
 /// Turns an upgraded WebSocket into a [`Link`], spawning its reader and writer tasks.
 pub fn spawn_link<S>(ws: WebSocketStream<S>, peer: SocketAddr, write_deadline: Duration) -> Link
 where
@@ -87,13 +125,23 @@ where
     // One connection carries both lanes: its end comes after the bulk frames read before it.
     let reader = tasks.reader().closing_after_bulk();
     let report = tasks.reader();
+    let pings = Arc::new(Pings {
+        start: Instant::now(),
+        pending: AtomicU64::new(0),
+        live: tasks.live.clone(),
+    });
+    let pinger = pings.clone();
     tasks.spawn_reader(async move {
         loop {
             let item = match rx.next().await {
                 Some(Ok(Message::Binary(b))) => Inbound::Frame(b.to_vec()),
                 Some(Ok(Message::Close(frame))) => Inbound::Closed(closed(frame)),
                 Some(Ok(Message::Text(_))) => Inbound::Closed(LinkError::Frame(FrameError::Text)),
-                Some(Ok(_)) => continue, // ping, pong: answered by tungstenite
+                Some(Ok(Message::Pong(payload))) => {
+                    pings.pong(&payload);
+                    continue;
+                }
+                Some(Ok(_)) => continue, // a ping: answered by tungstenite
                 Some(Err(e)) => Inbound::Closed(link_error(e)),
                 None => Inbound::Closed(LinkError::Eof),
             };
@@ -124,6 +172,10 @@ where
                         Outbound::Close(code) => {
                             close = Some(code);
                             break;
+                        }
+                        Outbound::Ping => {
+                            let stamp = pinger.stamp();
+                            tx.feed(Message::Ping(stamp.to_vec().into())).await?;
                         }
                     }
                     if bytes < WRITE_BATCH {
@@ -279,5 +331,30 @@ async fn upgrade(
         }
         Err(tungstenite::Error::Io(e)) => Err(io_link_error("WebSocket upgrade", &e)),
         Err(e) => Err(LinkError::Io(format!("WebSocket upgrade: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_pong_of_the_pending_ping_is_a_sample() {
+        let live = Arc::new(Live::default());
+        let pings = Pings {
+            start: Instant::now() - Duration::from_secs(1),
+            pending: AtomicU64::new(0),
+            live: live.clone(),
+        };
+        assert_eq!(pings.pong(&0u64.to_be_bytes()), None, "no ping pending");
+        let first = pings.stamp();
+        let second = pings.stamp();
+        assert_eq!(pings.pong(&first), None, "an older ping's pong");
+        assert_eq!(pings.pong(b"garbage"), None, "a payload no ping had");
+        assert!(live.rtt().is_none());
+        let rtt = pings.pong(&second).expect("the pending ping's pong");
+        assert!(rtt < Duration::from_secs(1), "{rtt:?}");
+        assert_eq!(live.rtt(), Some(rtt));
+        assert_eq!(pings.pong(&second), None, "answered once");
     }
 }
