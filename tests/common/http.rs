@@ -19,7 +19,10 @@ pub fn ops_addr(hub: &mut Hub) -> SocketAddr {
 
 /// `GET path` on `addr`: the status code and the body.
 pub fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    request(addr, &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n"))
+    request(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n"),
+    )
 }
 
 /// Sends `raw` as the whole request and reads the response until the server closes: the status
