@@ -13,7 +13,7 @@ all: build
 build:
 	$(CARGO) build --release --locked
 
-# The third-party MQTT clients the tests drive (mosquitto-clients, paho-mqtt 2.x), when missing.
+# The third-party tools the tests drive (mosquitto-clients, paho-mqtt 2.x, prometheus with promtool), when missing.
 test-deps:
 	scripts/test-deps.sh
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job, end to end on this machine: a development PKI, a cloud hub serving WebSocket and
 # QUIC, two gateways (one per protocol), messages both ways, a request answered by a gateway
-# application, the cloud's node list; then everything stops cleanly.
+# application, the cloud's node list, each hub's readiness and metrics (checked with promtool when
+# it is installed); then everything stops cleanly.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -10,7 +11,7 @@ run() { printf '$ %s\n' "$*"; "$@"; }
 
 say "building"
 cargo build --release --locked --quiet
-HUB=$PWD/target/release/hub
+HUB=${CARGO_TARGET_DIR:-$PWD/target}/release/hub
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/hub-demo.XXXXXX")
 PIDS=()
 cleanup() {
@@ -53,6 +54,8 @@ mqtt:
   listen: 127.0.0.1:0
 queues:
   dir: $WORK/cloud
+metrics:
+  listen: 127.0.0.1:0
 YAML
 RUST_LOG=info "$HUB" cloud -c "$WORK/cloudhub.yaml" 2>"$WORK/cloud.log" &
 PIDS+=($!)
@@ -78,6 +81,8 @@ mqtt:
   listen: 127.0.0.1:0
 outbox:
   dir: $WORK/$node
+metrics:
+  listen: 127.0.0.1:0
 YAML
   RUST_LOG=info "$HUB" edge -c "$WORK/$node.yaml" 2>"$WORK/$node.log" &
   PIDS+=($!)
@@ -138,6 +143,31 @@ cat "$WORK/mqtt-gw.out"
 
 say "the cloud's nodes"
 run "$HUB" nodes -u "$CLOUD"
+
+say "operations: each hub's /readyz and some of its metrics"
+# GET http://ADDR/PATH over bash's /dev/tcp (no curl needed); prints the body.
+http_get() {
+  local addr=$1 path=$2
+  exec 3<>"/dev/tcp/${addr%:*}/${addr##*:}"
+  printf 'GET %s HTTP/1.0\r\nHost: %s\r\n\r\n' "$path" "$addr" >&3
+  sed '1,/^\r$/d' <&3
+  exec 3<&-
+}
+for hub in cloud gw-ws gw-quic; do
+  ops=$(wait_log "$WORK/$hub.log" 'metrics and health listening on' | grep -oE '[0-9.]+:[0-9]+$')
+  echo "$hub (http://$ops): $(http_get "$ops" /readyz)"
+  http_get "$ops" /metrics >"$WORK/$hub.metrics"
+  grep -E '^hub_(nodes_connected|link_up|queue_messages|app_connections|link_(receive|transmit)_messages_total)[{ ]' \
+    "$WORK/$hub.metrics" | sed 's/^/  /'
+done
+if command -v promtool >/dev/null; then
+  for hub in cloud gw-ws gw-quic; do
+    promtool check metrics <"$WORK/$hub.metrics"
+    echo "promtool check metrics: $hub passes"
+  done
+else
+  echo "promtool not installed, skipping the check (Debian: apt-get install prometheus)"
+fi
 
 say "stopping: SIGTERM everywhere"
 for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs, when missing, the third-party MQTT clients that tests/mqtt_clients.rs drives
-# (with --mosquitto, only the first, for `make demo`):
-# Debian's mosquitto-clients (mosquitto_pub, mosquitto_sub) and paho-mqtt 2.x for Python.
+# Installs, when missing, the third-party tools the tests drive (with --mosquitto, only the
+# first, for `make demo`): Debian's mosquitto-clients (mosquitto_pub, mosquitto_sub) and
+# paho-mqtt 2.x for Python (tests/mqtt_*.rs), and Debian's prometheus (the server and promtool,
+# tests/metrics.rs).
 # paho goes into a virtual environment under target/ (target/mqtt-venv) unless python3 already
 # has it: that works the same with and without root, on Debian 12 and 13, whose system pip
 # refuses to install (externally managed environment). Quiet when everything is there.
@@ -55,6 +56,21 @@ fi
 if [ "${1:-}" = --mosquitto ]; then
   exit 0
 fi
+
+# Prometheus 2.42 (bookworm): tests/metrics.rs checks both hubs' output with `promtool check
+# metrics`, the dashboard's queries with `promtool check rules`, and scrapes the hubs with a real
+# server. Without recommends: the node exporter is not needed. On a machine running systemd the
+# package also starts its own prometheus service (on :9090); the tests use ports of their own.
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+  echo "test-deps: installing prometheus (server and promtool)"
+  apt_install --no-install-recommends prometheus
+fi
+for tool in promtool prometheus; do
+  command -v "$tool" >/dev/null || {
+    echo "test-deps: $tool is still missing after installing Debian's prometheus package" >&2
+    exit 1
+  }
+done
 
 if ! command -v python3 >/dev/null; then
   echo "test-deps: installing python3"

@@ -7,10 +7,11 @@
 //!   saying what it waits for; what "ready" means is the hub's own [`Ops::ready`] (README,
 //!   "Operations").
 //!
-//! `HEAD` is answered like `GET` without the body; other methods get `405`, other paths `404`.
-//! Every response closes the connection (RFC 9112 section 9.6, `Connection: close`). Requests are
-//! parsed by `httparse`; a request head over [`MAX_HEAD`] bytes, or not complete within
-//! [`READ_TIMEOUT`], is answered `400`/closed. At most [`MAX_CONNECTIONS`] are served at once;
+//! `HEAD` is answered like `GET` without the body; other methods get `405` with `Allow: GET,
+//! HEAD` (RFC 9110 section 15.5.6), other paths `404`. Every response closes the connection
+//! (RFC 9112 section 9.6, `Connection: close`). Requests are parsed by `httparse`; a request head
+//! over [`MAX_HEAD`] bytes is answered `400`, one not complete within [`READ_TIMEOUT`] is closed.
+//! Answers given before the request was read whole close gracefully, so the client gets them. At most [`MAX_CONNECTIONS`] are served at once;
 //! the others wait in the listen backlog.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -114,23 +115,20 @@ async fn serve(mut stream: Async<TcpStream>, ops: &Ops) -> std::io::Result<()> {
             }
             Ok(httparse::Status::Partial) if len < MAX_HEAD => continue,
             Ok(httparse::Status::Partial) => {
-                return respond(
-                    &mut stream,
-                    "400 Bad Request",
-                    "request head too large\n",
-                    true,
-                )
-                .await;
+                let body = "request head too large\n";
+                return answer_early(&mut stream, "400 Bad Request", "", body).await;
             }
             Err(e) => {
                 let body = format!("bad request: {e}\n");
-                return respond(&mut stream, "400 Bad Request", &body, true).await;
+                return answer_early(&mut stream, "400 Bad Request", "", &body).await;
             }
         }
     };
     let with_body = method != "HEAD";
     if method != "GET" && method != "HEAD" {
-        return respond(&mut stream, "405 Method Not Allowed", "use GET\n", true).await;
+        // RFC 9110 section 15.5.6: a 405 lists the methods the resource supports.
+        let allow = "Allow: GET, HEAD\r\n";
+        return answer_early(&mut stream, "405 Method Not Allowed", allow, "use GET\n").await;
     }
     match path.as_str() {
         "/metrics" => {
@@ -161,6 +159,38 @@ async fn serve(mut stream: Async<TcpStream>, ops: &Ops) -> std::io::Result<()> {
     }
 }
 
+/// How long an early answer ([`answer_early`]) goes on reading what the client still sends.
+const LINGER: Duration = Duration::from_secs(2);
+/// How many bytes it reads at most.
+const LINGER_BYTES: usize = 1 << 20;
+
+/// Answers a request that was not read whole (a bad or oversized head, a method whose body is
+/// not taken) and closes without losing the answer. Closing a socket with unread input makes the
+/// kernel send a reset, which can destroy the answer before the client reads it; so, as RFC 9112
+/// section 9.6 asks, the write side is shut first and the client's remaining bytes are read and
+/// dropped until it closes, [`LINGER_BYTES`] were read or [`LINGER`] passed.
+async fn answer_early(
+    stream: &mut Async<TcpStream>,
+    status: &str,
+    headers: &str,
+    body: &str,
+) -> std::io::Result<()> {
+    respond_with(stream, status, headers, body, true).await?;
+    stream.get_ref().shutdown(std::net::Shutdown::Write)?;
+    let mut sink = [0u8; 4096];
+    let mut left = LINGER_BYTES;
+    let _ = timeout(LINGER, async {
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
+    Ok(())
+}
+
 /// Writes a plain-text response and flushes it.
 async fn respond(
     stream: &mut Async<TcpStream>,
@@ -168,9 +198,20 @@ async fn respond(
     body: &str,
     with_body: bool,
 ) -> std::io::Result<()> {
+    respond_with(stream, status, "", body, with_body).await
+}
+
+/// [`respond`] with `headers` (whole lines, each ending in CRLF) added to the head.
+async fn respond_with(
+    stream: &mut Async<TcpStream>,
+    status: &str,
+    headers: &str,
+    body: &str,
+    with_body: bool,
+) -> std::io::Result<()> {
     let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\n{headers}Content-Type: text/plain; charset=utf-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await?;

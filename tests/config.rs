@@ -612,3 +612,53 @@ fn quic_congestion_takes_each_controller_on_both_sides() {
         );
     }
 }
+
+#[test]
+fn metrics_section_is_off_by_default_and_takes_its_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    common::kubeedge_layout(tmp.path());
+    let minimal = fixture("cloud", "minimal.yaml", tmp.path());
+    let c = CloudConfig::from_yaml(Path::new("c.yaml"), &minimal).unwrap();
+    assert_eq!(c.metrics.listen, None, "no metrics section: no endpoint");
+    assert!(!c.metrics.per_node);
+    let on = format!("{minimal}metrics:\n  listen: 127.0.0.1:9100\n  per-node: true\n");
+    let c = CloudConfig::from_yaml(Path::new("c.yaml"), &on).unwrap();
+    assert_eq!(c.metrics.listen, Some("127.0.0.1:9100".parse().unwrap()));
+    assert!(c.metrics.per_node);
+    let off = format!("{minimal}metrics:\n  listen: \"off\"\n");
+    let c = CloudConfig::from_yaml(Path::new("c.yaml"), &off).unwrap();
+    assert_eq!(c.metrics.listen, None, "listen: off");
+    let empty = format!("{minimal}metrics:\n  listen:\n");
+    let c = CloudConfig::from_yaml(Path::new("c.yaml"), &empty).unwrap();
+    assert_eq!(c.metrics.listen, None, "an empty value is the default, off");
+
+    let seed = fixture("edge", "seed-quic.yaml", tmp.path());
+    let e = EdgeConfig::from_yaml(Path::new("e.yaml"), &seed, Path::new("/x")).unwrap();
+    assert_eq!(e.metrics.listen, None);
+    let on = format!("{seed}metrics:\n  listen: \"[::1]:0\"\n");
+    let e = EdgeConfig::from_yaml(Path::new("e.yaml"), &on, Path::new("/x")).unwrap();
+    assert_eq!(e.metrics.listen, Some("[::1]:0".parse().unwrap()));
+}
+
+#[test]
+fn shipped_configs_serve_metrics_on_loopback() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = common::dev_pki(tmp.path());
+    let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let read = |name: &str| {
+        std::fs::read_to_string(configs.join(name))
+            .unwrap()
+            .replace("/etc/hub/pki/", &format!("{}/", pki.display()))
+    };
+    let c = CloudConfig::from_yaml(Path::new("cloudhub.yaml"), &read("cloudhub.yaml")).unwrap();
+    assert_eq!(c.metrics.listen, Some("127.0.0.1:10051".parse().unwrap()));
+    assert!(!c.metrics.per_node, "per-node series are an opt-in");
+    for name in ["edgehub.yaml", "edgehub-quic.yaml"] {
+        let e = EdgeConfig::from_yaml(Path::new(name), &read(name), Path::new("/x")).unwrap();
+        assert_eq!(
+            e.metrics.listen,
+            Some("127.0.0.1:10061".parse().unwrap()),
+            "{name}"
+        );
+    }
+}

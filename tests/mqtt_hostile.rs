@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::io::{BufReader, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -514,4 +514,33 @@ fn an_unknown_protocol_level_is_answered_before_the_close() {
     assert_eq!((first, body), (0x20, vec![0, 1]));
     assert!(read_packet(&mut s).is_none(), "then the connection closes");
     drop(mqtt::raw_client(one.port, 4, "level-4"));
+}
+
+/// A client may send packets right after its CONNECT without waiting for the CONNACK (MQTT
+/// 3.1.1 and 5.0 section 3.1.4): refused, it reads its CONNACK and then the end of the stream,
+/// not a reset for the packets the hub left unread.
+#[test]
+fn a_refusal_reaches_a_client_that_sent_packets_behind_its_connect() {
+    let one = cloud("");
+    for round in 0..5 {
+        let mut s = TcpStream::connect(("127.0.0.1", one.port)).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let mut bytes = mqtt::connect_packet(4, "level-6");
+        bytes[8] = 6; // the protocol level byte
+        let publish = packet(0x30, &[string(b"readings"), vec![b'x'; 40]].concat());
+        // About 220 KB: more than the hub reads before it answers.
+        for _ in 0..4000 {
+            bytes.extend_from_slice(&publish);
+        }
+        s.write_all(&bytes).unwrap();
+        let answer = read_packet(&mut s);
+        assert_eq!(answer, Some((0x20, vec![0, 1])), "round {round}");
+        // Then the end of the stream. A reset instead, on a real network, can arrive before the
+        // CONNACK and destroy it (and loses what the hub had not sent yet).
+        let end = s.read(&mut [0u8; 1]);
+        assert!(
+            matches!(end, Ok(0)),
+            "round {round}: the connection ends with {end:?}, not a clean end of stream"
+        );
+    }
 }

@@ -11,9 +11,11 @@ use crate::shutdown::Shutdown;
 
 use super::CredentialStore;
 
-/// The edge's [`Ops`]: the node certificate's expiry, the outbox's messages and bytes. Ready while the link to the cloud is
-/// open, or, offline, while the outbox takes messages (below `max-messages` and `max-bytes` on
-/// both lanes, and its folder takes writes): applications can hand messages over either way.
+/// The edge's [`Ops`]: the node certificate's expiry, the outbox's messages and bytes. Ready
+/// while the outbox takes messages (below `max-messages` and `max-bytes` on both lanes, and its
+/// folder takes writes), link or no link: every message of the applications goes through the
+/// outbox, so an edge whose outbox cannot take one is not ready even with the link open, and an
+/// offline edge whose outbox can is ready. The answer names the link's state.
 pub fn ops(
     outbox: Arc<LaneStores>,
     config: QueueConfig,
@@ -34,24 +36,22 @@ pub fn ops(
         if shutdown.is_triggered() {
             return Err("shutting down".to_owned());
         }
-        if let Some(i) = METRICS.link_up.iter().position(|g| g.get() > 0) {
-            return Ok(format!(
-                "the link to the cloud is open over {}",
-                PROTOCOLS[i]
-            ));
-        }
+        let link = match METRICS.link_up.iter().position(|g| g.get() > 0) {
+            Some(i) => format!("the link to the cloud is open over {}", PROTOCOLS[i]),
+            None => "offline".to_owned(),
+        };
         for q in &outbox.out {
             if q.len() >= config.max_messages || q.bytes() >= config.max_bytes {
                 return Err(format!(
-                    "offline, and the outbox is full ({} messages, {} bytes)",
+                    "{link}, and the outbox is full ({} messages, {} bytes)",
                     q.len(),
                     q.bytes()
                 ));
             }
         }
-        crate::queue::writable(&config.dir)?;
+        crate::queue::writable(&config.dir).map_err(|e| format!("{link}, and {e}"))?;
         Ok(format!(
-            "offline; the outbox takes messages ({} queued)",
+            "{link}; the outbox takes messages ({} queued)",
             outbox.len()
         ))
     };

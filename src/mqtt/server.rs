@@ -285,14 +285,26 @@ async fn accept_loop(
         // handshake takes.
         match tls.as_ref().map(|t| lock(t).clone()) {
             None => smol::spawn(async move {
-                connection(stream, name, mqtt.clone(), shutdown).await;
+                let mut stream = stream;
+                connection(&mut stream, name, mqtt.clone(), shutdown).await;
+                linger(&mut stream, |s| {
+                    s.get_ref().shutdown(std::net::Shutdown::Write)
+                })
+                .await;
                 mqtt.open.fetch_sub(1, Ordering::AcqRel);
                 METRICS.app_connections[API_MQTT].dec();
             })
             .detach(),
             Some(acceptor) => smol::spawn(async move {
                 match timeout(CONNECT_TIMEOUT, acceptor.accept(stream)).await {
-                    Some(Ok(s)) => connection(s, name, mqtt.clone(), shutdown).await,
+                    Some(Ok(mut s)) => {
+                        connection(&mut s, name, mqtt.clone(), shutdown).await;
+                        let tcp =
+                            |s: &futures_rustls::server::TlsStream<Async<std::net::TcpStream>>| {
+                                s.get_ref().0.get_ref().shutdown(std::net::Shutdown::Write)
+                            };
+                        linger(&mut s, tcp).await;
+                    }
                     Some(Err(e)) => log::info!("MQTT client {name}: TLS handshake failed: {e}"),
                     None => log::info!(
                         "MQTT client {name}: no TLS handshake within {CONNECT_TIMEOUT:?}"
@@ -454,17 +466,46 @@ struct Client {
     torn: bool,
 }
 
-async fn connection<S>(mut stream: S, name: String, mqtt: Arc<Mqtt>, shutdown: Shutdown)
+/// How long a connection the hub ends goes on reading what the client still sends.
+const LINGER: Duration = Duration::from_secs(1);
+/// How many bytes it reads at most.
+const LINGER_BYTES: usize = 1 << 20;
+
+/// Closes a client's connection gracefully: a client may send packets right after its CONNECT
+/// without waiting for the CONNACK (MQTT 3.1.1 and 5.0 section 3.1.4), and closing a socket with
+/// such unread input makes the kernel send a reset that can destroy a refusing CONNACK or a
+/// DISCONNECT with its reason before the client reads it. So what was written is flushed (for
+/// TLS, with its close_notify), the socket's write side is shut with `shut_write` (the streams'
+/// own close does not send a FIN), and what the client still sends is read and dropped until it
+/// closes, [`LINGER_BYTES`] were read or [`LINGER`] passed.
+async fn linger<S>(stream: &mut S, shut_write: impl FnOnce(&S) -> std::io::Result<()>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let _ = timeout(LINGER, async {
+        if stream.close().await.is_err() || shut_write(stream).is_err() {
+            return;
+        }
+        // On the heap, and only now: an array here would make every connection's task larger.
+        let mut sink = vec![0u8; 4096];
+        let mut left = LINGER_BYTES;
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
+}
+
+async fn connection<S>(stream: &mut S, name: String, mqtt: Arc<Mqtt>, shutdown: Shutdown)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut decoder = Decoder::new(mqtt.config.max_packet_bytes);
     let mut buf = Vec::new();
-    let first = timeout(
-        CONNECT_TIMEOUT,
-        read_packet(&mut stream, &mut decoder, &mut buf),
-    )
-    .await;
+    let first = timeout(CONNECT_TIMEOUT, read_packet(stream, &mut decoder, &mut buf)).await;
     let connect = match first {
         Some(Ok(Some(Packet::Connect(c)))) => c,
         Some(Ok(Some(_))) => {
@@ -492,7 +533,7 @@ where
             return;
         }
     };
-    let Some(mut client) = accept(&mut stream, &name, *connect, mqtt.clone()).await else {
+    let Some(mut client) = accept(stream, &name, *connect, mqtt.clone()).await else {
         return;
     };
     let rx = match client.start() {
@@ -504,16 +545,9 @@ where
     };
     let keep_alive = client.keep_alive;
     let end = client
-        .serve(
-            &mut stream,
-            &mut decoder,
-            &mut buf,
-            &rx,
-            keep_alive,
-            &shutdown,
-        )
+        .serve(stream, &mut decoder, &mut buf, &rx, keep_alive, &shutdown)
         .await;
-    client.finish(&mut stream, end, &rx).await;
+    client.finish(stream, end, &rx).await;
 }
 
 /// Checks a CONNECT and answers it; `None` when the client was refused.
