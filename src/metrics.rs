@@ -326,7 +326,8 @@ pub struct Metrics {
     /// in flight at a time.
     pub ack_round_trip: Histogram<14>,
     /// `hub_link_rtt_seconds`: the transport's round trip, sampled on every link when it opens
-    /// and then every heartbeat interval: QUIC's own smoothed estimate, or over WebSocket the
+    /// and then every 30 s ([`crate::transport::RTT_SAMPLE_INTERVAL`]) or heartbeat interval,
+    /// whichever is longer: QUIC's own smoothed estimate, or over WebSocket the
     /// time from a Ping to its Pong ([`crate::transport::Link::tick`]).
     pub link_rtt: Histogram<14>,
     /// `hub_queue_fsync_duration_seconds`: each `fdatasync` of a queue segment.
@@ -637,7 +638,7 @@ pub fn expose(side: Side, gather: &dyn Fn(&mut Exposition)) -> String {
     );
     e.histogram(
         "hub_link_rtt_seconds",
-        "Round-trip time of node links (QUIC's smoothed estimate, WebSocket Ping to Pong), sampled every heartbeat interval.",
+        "Round-trip time of node links (QUIC's smoothed estimate, WebSocket Ping to Pong), sampled when a link opens and then every 30 s or heartbeat interval, whichever is longer.",
         &m.link_rtt,
     );
     e.histogram(
