@@ -18,10 +18,12 @@
 # skipped where namespaces or TUN devices are unavailable.
 #
 # Environment: COUNT, BIG_COUNT (messages per throughput run), REQUESTS (round trips),
-# MQ_STOCK_REQUESTS, BACKLOG, SCALE, IDLE (idle MQTT connections, default 2000), MQTT_LINKS (the
+# MQ_STOCK_REQUESTS, BACKLOG, SCALE, SCRAPES (per metrics run, default 50), NODES_REQUESTS (default
+# 10), IDLE (idle MQTT connections, default 2000), MQTT_LINKS (the
 # link protocols hub's MQTT rows run over, default "websocket quic"), PARTS (default all; or any
 # of: api (hub's WebSocket API rows and their ratios), mqtt (hub's MQTT rows, the idle
-# connections, their ratios), reconnect, backlog, scale, requests (round trips), wan; Mosquitto's
+# connections, their ratios), reconnect, backlog, scale, metrics (what a /metrics scrape and a
+# /nodes request cost a cloud with SCALE nodes), requests (round trips), wan; Mosquitto's
 # throughput rows run with api or mqtt), and those of scripts/bench-loss.sh (RTTS, LOSSES, DURATION,
 # LOSS_REQUESTS, INFLIGHT_SMALL, INFLIGHT_BIG, QUIC_VARIANTS, TCP_VARIANTS, SECTIONS, HOL_*, HUB_BASELINE, CUT_*, NS_C, NS_E,
 # SUBNET; see its --help). Run as root: it installs mosquitto with apt if missing, and the WAN
@@ -416,6 +418,91 @@ row "scale: hub cloud CPU while idle, % of one core" "$(( (cpu1 - cpu0) * 100 / 
 wait "$SIM" || true
 kill "$SCALE_PID"; wait "$SCALE_PID" 2>/dev/null || true
 fi # scale
+
+# --- metrics: what a scrape costs a cloud with many nodes -------------------------------------
+# A fresh cloud (defaults but node-limit, metrics.listen on) with SCALE nodes of hub-bench scale
+# connected and idle; hub-bench scrape then GETs /metrics SCRAPES times, 0.2 s apart (so that the
+# cloud's caches cool down between scrapes, as between a Prometheus server's), each on a new
+# connection, and reads the cloud's CPU time (the run times of all its threads, from
+# /proc/PID/task/*/schedstat, in nanoseconds) just before and after each. That includes what the
+# cloud did meanwhile for its nodes (heartbeats): the rows say how much of it that is, from its
+# rate over 2 s without scrapes. The bar of the design: under 50 ms of CPU and 1 MiB per scrape
+# at 10,000 nodes. Then NODES_REQUESTS /nodes requests of the application endpoint (what `hub
+# nodes` fetches), measured alike; then the scrapes again on a second cloud with
+# metrics.per-node (and as many nodes).
+if part metrics; then
+SCALE=${SCALE:-10000}
+SCRAPES=${SCRAPES:-50}
+NODES_REQUESTS=${NODES_REQUESTS:-10}
+if [ ! -d "$W/scale-pki" ]; then
+  # shellcheck disable=SC2046 # one --node argument per node, split on purpose
+  "$HUB" certs --dir "$W/scale-pki" $(seq -f 'sim-%.0f' 0 $((SCALE - 1)) | sed 's/^/--node /') >/dev/null
+fi
+met() { python3 -c "print('met' if $1 < $2 else 'NOT met')"; } # figure bar
+metrics_run() { # per-node: false or true
+  local name=metrics-$1
+  cat >"$W/$name.yaml" <<YAML
+cloudhub:
+  protocol_websocket: true
+  port: 0
+  protocol_quic: true
+  quic_port: 0
+  address: 127.0.0.1
+  ca: $W/scale-pki/ca.crt
+  cert: $W/scale-pki/server.crt
+  key: $W/scale-pki/server.key
+  node-limit: $((SCALE + 10))
+apps:
+  listen: 127.0.0.1:0
+metrics:
+  listen: 127.0.0.1:0
+  per-node: $1
+queues:
+  dir: $W/$name
+YAML
+  RUST_LOG=warn,hub::cloud=info,hub::apps=info,hub::http=info "$HUB" cloud -c "$W/$name.yaml" 2>"$W/$name.log" &
+  local cloud=$!
+  PIDS+=("$cloud")
+  local ws quic apps ops
+  ws=$(wait_log "$W/$name.log" 'websocket listening on' | grep -oE '[0-9.]+:[0-9]+$')
+  quic=$(wait_log "$W/$name.log" 'quic listening on' | grep -oE '[0-9.]+:[0-9]+$')
+  apps=$(wait_log "$W/$name.log" 'apps listening on' | grep -oE 'ws://[0-9.:]+')
+  ops=$(wait_log "$W/$name.log" 'metrics and health listening on' | grep -oE 'http://[0-9.:]+' | cut -c8-)
+  "$BENCH" scale --websocket "$ws" --quic "$quic" --pki "$W/scale-pki" --nodes "$SCALE" --hold 3600 >"$W/$name.out" &
+  local sim=$!
+  PIDS+=("$sim")
+  local connected label out cpu bytes bg bar_cpu="no bar" bar_bytes="no bar"
+  connected=$(wait_log "$W/$name.out" '^connected' 1800)
+  sleep 2 # settle after the last handshake
+  label="metrics, $SCALE nodes"
+  [ "$1" = true ] && label="metrics per-node, $SCALE nodes"
+  row "$label" "$connected"
+  out=$("$BENCH" scrape --metrics "$ops" --pid "$cloud" --count "$SCRAPES")
+  cpu=$(grep -oE 'CPU [0-9.]+' <<<"$out" | grep -oE '[0-9.]+$')
+  bg=$(grep -oE '[0-9.]+ ms of it' <<<"$out" | grep -oE '^[0-9.]+')
+  bytes=$(grep -oE '[0-9]+ bytes' <<<"$out" | head -1 | grep -oE '[0-9]+')
+  if [ "$1" = false ]; then
+    bar_cpu="bar < 50: $(met "$cpu" 50)"
+    bar_bytes="bar < 1 MiB: $(met "$bytes" 1048576)"
+  fi
+  row "$label: CPU per scrape, ms" "$cpu ($bar_cpu; idle background $bg of it)"
+  row "$label: response, bytes" "$bytes ($bar_bytes)"
+  row "$label: wall per scrape" "$(grep -oE 'p50 [0-9.]+ ms, max [0-9.]+ ms' <<<"$out") ($SCRAPES scrapes)"
+  if [ "$1" = false ]; then
+    out=$("$BENCH" scrape --nodes "$apps" --pid "$cloud" --count "$NODES_REQUESTS")
+    cpu=$(grep -oE 'CPU [0-9.]+' <<<"$out" | grep -oE '[0-9.]+$')
+    bg=$(grep -oE '[0-9.]+ ms of it' <<<"$out" | grep -oE '^[0-9.]+')
+    row "hub nodes, $SCALE nodes: answer, bytes" "$(grep -oE '[0-9]+ bytes' <<<"$out" | head -1 | grep -oE '[0-9]+')"
+    row "hub nodes, $SCALE nodes: CPU per request, ms" "$cpu (idle background $bg of it)"
+    row "hub nodes, $SCALE nodes: wall per request" "$(grep -oE 'p50 [0-9.]+ ms, max [0-9.]+ ms' <<<"$out") ($NODES_REQUESTS requests)"
+  fi
+  kill "$sim" "$cloud"
+  wait "$sim" "$cloud" 2>/dev/null || true
+  rm -rf "${W:?}/$name"
+}
+metrics_run false
+metrics_run true
+fi # metrics
 
 # --- Mosquitto bridge ------------------------------------------------------------------------
 TLS_PORT=$(free_port); CLOUD_MQTT=$(free_port); EDGE_MQTT=$(free_port)

@@ -15,11 +15,14 @@
 //!   connection.
 //! - `outage`: a paced stream across a link that is cut and restored in the middle of it; prints
 //!   the time from the restore to the first and the last delivery, and what was lost or repeated.
+//! - `scrape`: repeated `GET /metrics` of a hub's operations endpoint, or `/nodes` of a cloud's
+//!   application endpoint; prints the response size, wall time and the hub's CPU per request.
 
 mod mqtt;
 mod outage;
 mod relay;
 mod scale;
+mod scrape;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -48,6 +51,7 @@ enum Command {
     MqttIdle(mqtt::Idle),
     Relay(Relay),
     Scale(scale::Scale),
+    Scrape(scrape::Scrape),
     Outage(outage::Outage),
 }
 
@@ -441,6 +445,7 @@ fn main() -> ExitCode {
             },
             Command::Latency(l) => latency(l).await,
             Command::Scale(s) => scale::run(s).await,
+            Command::Scrape(s) => scrape::run(s).await,
             Command::MqttIdle(i) => mqtt::idle(i).await,
             Command::Outage(o) => outage::run(o).await,
             Command::Relay(r) => {
