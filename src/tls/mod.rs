@@ -108,6 +108,33 @@ pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
+/// The most bytes of CA names a server lists in its request for the client's certificate.
+///
+/// A TLS 1.3 CertificateRequest names the CAs it accepts in its `certificate_authorities`
+/// extension (RFC 8446 section 4.2.4), a list with a 16-bit length inside a block of extensions
+/// with a 16-bit length; a bundle of some thousand CAs or more does not fit (rustls panics
+/// encoding it), and a list near that size makes every handshake 64 KiB longer. Clients pick
+/// their certificate without it (a hub edge has one), so a longer list is left out.
+pub const MAX_CA_NAMES_BYTES: usize = 16 * 1024;
+
+/// The verifier of client certificates chaining to `roots`, as both the node link and the MQTT
+/// TLS listener use: it names the CAs of `roots` in its CertificateRequest while their names
+/// (with their 2-byte lengths) take at most [`MAX_CA_NAMES_BYTES`], and names none otherwise.
+///
+/// Errors: rustls refuses the verifier (`roots` is empty), as its error's text.
+pub fn client_verifier(
+    roots: Arc<RootCertStore>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
+    let names: usize = roots.subjects().iter().map(|n| n.as_ref().len() + 2).sum();
+    let builder = WebPkiClientVerifier::builder_with_provider(roots, provider());
+    let builder = if names > MAX_CA_NAMES_BYTES {
+        builder.clear_root_hint_subjects()
+    } else {
+        builder
+    };
+    builder.build().map_err(|e| e.to_string())
+}
+
 /// A certificate chain and its private key, checked to belong together.
 pub struct Credentials {
     /// The chain, leaf first.
@@ -283,9 +310,7 @@ impl ServerCredentials {
         early_data: bool,
         sessions: SessionStore,
     ) -> Result<ServerConfig, TlsError> {
-        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
-            .build()
-            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let verifier = client_verifier(self.roots.clone()).map_err(TlsError::Config)?;
         let mut config = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(config_error)?

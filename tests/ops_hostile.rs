@@ -1,0 +1,59 @@
+//! Hostile input against what operates a running hub: its credential files (re-read on SIGHUP
+//! and when they change). Each case checks that the hub keeps serving: nodes still connect, the
+//! operations endpoint still answers.
+
+mod common;
+
+use std::path::Path;
+
+use common::http::{get, ops_addr};
+use common::{CloudSpec, EdgeSpec, Proto, link_pki, start_cloud};
+
+/// `ca` with `n` more self-signed CAs appended, each with a distinct name of some 90 bytes.
+fn with_many_cas(ca: &Path, n: usize) -> String {
+    let mut bundle = std::fs::read_to_string(ca).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    for i in 0..n {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            format!("an unrelated certificate authority of a large organisation, number {i:05}"),
+        );
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        bundle.push_str(&params.self_signed(&key).unwrap().pem());
+    }
+    bundle
+}
+
+/// A CA bundle of thousands of CAs, whose names no longer fit in a CertificateRequest, taken
+/// on SIGHUP: nodes of the real CA still connect, over both transports, and the cloud lives on.
+#[test]
+fn a_ca_bundle_of_thousands_of_cas_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = link_pki(dir.path());
+    let mut cloud = start_cloud(dir.path(), &pki, &CloudSpec::default());
+    let ops = ops_addr(&mut cloud.hub);
+    let bundle = with_many_cas(&pki.join("ca.crt"), 2000);
+    let tmp = pki.join("ca.crt.new");
+    std::fs::write(&tmp, bundle).unwrap();
+    std::fs::rename(&tmp, pki.join("ca.crt")).unwrap();
+    cloud.hub.signal("HUP");
+    cloud.hub.wait_for("2001 CA certificate(s)");
+    for (node, proto) in [("node-1", Proto::Websocket), ("node-2", Proto::Quic)] {
+        let _edge = EdgeSpec::new(proto, &pki, node, cloud.port(proto)).start(dir.path());
+        cloud.hub.wait_for(&format!("node {node} connected over"));
+    }
+    assert_eq!(get(ops, "/healthz").0, 200);
+}
+
+/// The same bundle at start.
+#[test]
+fn a_cloud_started_with_thousands_of_cas_admits_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = link_pki(dir.path());
+    let bundle = with_many_cas(&pki.join("ca.crt"), 2000);
+    std::fs::write(pki.join("ca.crt"), bundle).unwrap();
+    let mut cloud = start_cloud(dir.path(), &pki, &CloudSpec::default());
+    let _edge = EdgeSpec::new(Proto::Websocket, &pki, "node-1", cloud.ws_port).start(dir.path());
+    cloud.hub.wait_for("node node-1 connected over");
+}
