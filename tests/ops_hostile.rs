@@ -57,3 +57,60 @@ fn a_cloud_started_with_thousands_of_cas_admits_nodes() {
     let _edge = EdgeSpec::new(Proto::Websocket, &pki, "node-1", cloud.ws_port).start(dir.path());
     cloud.hub.wait_for("node node-1 connected over");
 }
+
+/// A credential file replaced by a FIFO, by a device that never ends, or by one over the size
+/// limit: each is refused with one line naming the file, and the cloud goes on serving (a read
+/// of the FIFO would wait for a writer forever).
+#[test]
+fn credential_files_that_are_no_regular_files_or_too_large_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = link_pki(dir.path());
+    let mut cloud = start_cloud(dir.path(), &pki, &CloudSpec::default());
+    let ops = ops_addr(&mut cloud.hub);
+    let ca = pki.join("ca.crt");
+    let kept = std::fs::read(&ca).unwrap();
+    // The edge's own copy: the cloud's is the one replaced.
+    std::fs::write(pki.join("edge-ca.crt"), &kept).unwrap();
+
+    std::fs::remove_file(&ca).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&ca)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    cloud.hub.signal("HUP");
+    let line = cloud.hub.wait_for("credentials not reloaded (SIGHUP)");
+    assert!(line.contains("ca.crt: not a regular file"), "{line}");
+    assert_eq!(get(ops, "/healthz").0, 200);
+
+    std::fs::remove_file(&ca).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &ca).unwrap();
+    cloud.hub.signal("HUP");
+    let line = cloud.hub.wait_for("credentials not reloaded (SIGHUP)");
+    assert!(line.contains("ca.crt: not a regular file"), "{line}");
+
+    // 100 MB, sparse: nothing to write, and read as zeros.
+    std::fs::remove_file(&ca).unwrap();
+    let big = std::fs::File::create(&ca).unwrap();
+    big.set_len(100_000_000).unwrap();
+    drop(big);
+    cloud.hub.signal("HUP");
+    let line = cloud.hub.wait_for("credentials not reloaded (SIGHUP)");
+    assert!(
+        line.contains("ca.crt: 100000000 bytes, more than the 16777216"),
+        "{line}"
+    );
+    assert_eq!(get(ops, "/healthz").0, 200);
+
+    // The cloud still admits nodes, and takes the good file back.
+    let mut edge = EdgeSpec::new(Proto::Websocket, &pki, "node-1", cloud.ws_port);
+    edge.ca = pki.join("edge-ca.crt");
+    let _edge = edge.start(dir.path());
+    cloud.hub.wait_for("node node-1 connected over");
+    std::fs::remove_file(&ca).unwrap();
+    std::fs::write(&ca, kept).unwrap();
+    cloud.hub.signal("HUP");
+    cloud
+        .hub
+        .wait_for("credentials re-read (SIGHUP): unchanged");
+}

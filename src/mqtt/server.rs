@@ -205,7 +205,9 @@ async fn reload_tls(
         if files.poll().is_none() {
             continue;
         }
-        match tls_acceptor(&config) {
+        // Off the executor: reading and parsing the files must not hold up the connections.
+        let reading = config.clone();
+        match smol::unblock(move || tls_acceptor(&reading)).await {
             Ok(acceptor) => {
                 *lock(&tls) = acceptor;
                 log::info!("mqtt TLS listener: reloaded mqtt.tls-cert, tls-key and tls-ca");
