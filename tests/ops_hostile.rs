@@ -1,10 +1,13 @@
 //! Hostile input against what operates a running hub: its credential files (re-read on SIGHUP
-//! and when they change). Each case checks that the hub keeps serving: nodes still connect, the
-//! operations endpoint still answers.
+//! and when they change) and its operations endpoint (`metrics.listen`). Each case checks that
+//! the hub keeps serving: nodes still connect, the endpoint still answers.
 
 mod common;
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use common::http::{get, ops_addr};
 use common::{CloudSpec, EdgeSpec, Proto, link_pki, start_cloud};
@@ -113,4 +116,65 @@ fn credential_files_that_are_no_regular_files_or_too_large_are_refused() {
     cloud
         .hub
         .wait_for("credentials re-read (SIGHUP): unchanged");
+}
+
+/// Reads one whole response from `s` (the server closes after it): status and body.
+fn response(s: &mut TcpStream) -> (u16, String) {
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read the response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a whole response");
+    (
+        head.split_whitespace().nth(1).unwrap().parse().unwrap(),
+        body.to_owned(),
+    )
+}
+
+/// Opens `n` connections to `addr` that are accepted and then send `first` and nothing more.
+fn hold(addr: SocketAddr, n: usize, first: &[u8]) -> Vec<TcpStream> {
+    (0..n)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(first).unwrap();
+            s
+        })
+        .collect()
+}
+
+/// Connections that send nothing, or a request head that never ends, hold none of the
+/// endpoint's places from a probe: with as many of them open as the endpoint serves at once,
+/// `/readyz` is answered at once, not after they timed out (10 s).
+#[test]
+fn stalled_connections_do_not_keep_a_probe_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = link_pki(dir.path());
+    let mut cloud = start_cloud(dir.path(), &pki, &CloudSpec::default());
+    let ops = ops_addr(&mut cloud.hub);
+    for first in [&b""[..], b"GET /readyz HTTP/1.1\r\nHost: x\r\n"] {
+        let held = hold(ops, hub::http::MAX_CONNECTIONS, first);
+        let asked = Instant::now();
+        let mut probe = TcpStream::connect(ops).unwrap();
+        probe
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        probe
+            .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let (status, body) = response(&mut probe);
+        let waited = asked.elapsed();
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            waited < hub::http::READ_TIMEOUT / 2,
+            "the probe waited {waited:?} behind {} stalled connections",
+            held.len()
+        );
+        // The one it made room for is the oldest, closed without an answer.
+        let mut oldest = &held[0];
+        oldest
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let read = oldest.read(&mut buf);
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        assert!(asked.elapsed() < hub::http::READ_TIMEOUT / 2);
+    }
 }
