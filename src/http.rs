@@ -15,7 +15,8 @@
 //! At most [`MAX_CONNECTIONS`] are served at once; when all are taken, a new connection takes
 //! the place of the oldest one that has not sent its whole request head (so stalled clients
 //! cannot keep a probe waiting), and waits in the listen backlog only while all of them are
-//! being answered.
+//! being answered. A request target in absolute form (`http://host/readyz`, RFC 9112 section
+//! 3.2.2) is answered for its path.
 
 use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -154,6 +155,27 @@ async fn accept_loop(listener: Async<TcpListener>, ops: Arc<Ops>, shutdown: Shut
     }
 }
 
+/// The path of a request target: origin-form (`/readyz?x`) as it is, absolute-form
+/// (`http://host:port/readyz?x`, which RFC 9112 section 3.2.2 says a server must accept) less
+/// its scheme and authority; the query is left out of both.
+fn target_path(target: &str) -> &str {
+    let path = match target.split_once("://") {
+        Some((scheme, rest))
+            if !scheme.is_empty()
+                && scheme
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)) =>
+        {
+            rest.find(['/', '?']).map_or("/", |i| match &rest[i..] {
+                p if p.starts_with('/') => p,
+                _ => "/",
+            })
+        }
+        _ => target,
+    };
+    path.split_once('?').map_or(path, |(p, _)| p)
+}
+
 /// Answers one request on `stream`; `idle` is cleared once its head was read.
 async fn serve(mut stream: Async<TcpStream>, ops: &Ops, idle: &AtomicBool) -> std::io::Result<()> {
     let mut head = vec![0u8; MAX_HEAD];
@@ -170,8 +192,7 @@ async fn serve(mut stream: Async<TcpStream>, ops: &Ops, idle: &AtomicBool) -> st
             Ok(httparse::Status::Complete(_)) => {
                 idle.store(false, Ordering::Relaxed);
                 let method = req.method.unwrap_or("").to_owned();
-                let path = req.path.unwrap_or("");
-                let path = path.split_once('?').map_or(path, |(p, _)| p).to_owned();
+                let path = target_path(req.path.unwrap_or("")).to_owned();
                 break (method, path);
             }
             Ok(httparse::Status::Partial) if len < MAX_HEAD => continue,

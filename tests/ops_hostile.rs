@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::http::{get, ops_addr};
+use common::http::{get, ops_addr, request};
 use common::{CloudSpec, EdgeSpec, Proto, link_pki, start_cloud};
 
 /// `ca` with `n` more self-signed CAs appended, each with a distinct name of some 90 bytes.
@@ -177,4 +177,30 @@ fn stalled_connections_do_not_keep_a_probe_waiting() {
         assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
         assert!(asked.elapsed() < hub::http::READ_TIMEOUT / 2);
     }
+}
+
+/// A request in absolute form (RFC 9112 section 3.2.2: a server must accept it), as a proxy
+/// sends it, is answered for its path.
+#[test]
+fn a_request_in_absolute_form_is_answered_for_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = link_pki(dir.path());
+    let mut cloud = start_cloud(dir.path(), &pki, &CloudSpec::default());
+    let ops = ops_addr(&mut cloud.hub);
+    for target in [
+        format!("http://{ops}/readyz"),
+        format!("HTTP://{ops}/readyz?verbose=1"),
+        "http://hub.example/healthz".to_owned(),
+    ] {
+        let (status, body) = request(
+            ops,
+            &format!("GET {target} HTTP/1.1\r\nHost: {ops}\r\n\r\n"),
+        );
+        assert_eq!(status, 200, "{target}: {body}");
+    }
+    let (status, _) = request(
+        ops,
+        &format!("GET http://{ops}/nothing HTTP/1.1\r\nHost: {ops}\r\n\r\n"),
+    );
+    assert_eq!(status, 404);
 }
