@@ -11,14 +11,21 @@
 //! HEAD` (RFC 9110 section 15.5.6), other paths `404`. Every response closes the connection
 //! (RFC 9112 section 9.6, `Connection: close`). Requests are parsed by `httparse`; a request head
 //! over [`MAX_HEAD`] bytes is answered `400`, one not complete within [`READ_TIMEOUT`] is closed.
-//! Answers given before the request was read whole close gracefully, so the client gets them. At most [`MAX_CONNECTIONS`] are served at once;
-//! the others wait in the listen backlog.
+//! Answers given before the request was read whole close gracefully, so the client gets them.
+//! At most [`MAX_CONNECTIONS`] are served at once; when all are taken, a new connection takes
+//! the place of the oldest one that has not sent its whole request head (so stalled clients
+//! cannot keep a probe waiting), and waits in the listen backlog only while all of them are
+//! being answered. A request target in absolute form (`http://host/readyz`, RFC 9112 section
+//! 3.2.2) is answered for its path.
 
+use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use smol::Async;
+use smol::future::FutureExt;
 use smol::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::metrics::{Gather, Side};
@@ -61,41 +68,116 @@ pub fn start(
     } else {
         log::info!("metrics and health listening on http://{local}");
     }
-    smol::spawn(async move {
-        // One item per connection being served; a full channel holds the accept loop back.
-        let (serving, served) = smol::channel::bounded::<()>(MAX_CONNECTIONS);
+    smol::spawn(accept_loop(listener, ops, shutdown)).detach();
+    Ok(Some(local))
+}
+
+/// One connection being served, as the accept loop sees it.
+struct Conn {
+    /// Whether it is idle: its request head is still being read (or it is lingering after an
+    /// early answer). Such a connection makes room for a new one when all places are taken.
+    idle: AtomicBool,
+    /// Whether it is over.
+    done: AtomicBool,
+}
+
+/// Accepts connections until `shutdown` and serves each in a task of its own, at most
+/// [`MAX_CONNECTIONS`] at once. When all places are taken, a new connection takes the place of
+/// the oldest idle one ([`Conn::idle`]), which is closed without an answer: connections that
+/// send nothing, or a head a byte at a time, cannot keep a probe or a scrape waiting for
+/// [`READ_TIMEOUT`]. Only when every place is answering a request does a new connection wait
+/// (in the listen backlog) for one to finish.
+async fn accept_loop(listener: Async<TcpListener>, ops: Arc<Ops>, shutdown: Shutdown) {
+    // Each connection's task holds the receiver of its channel: dropping the sender here ends it.
+    let mut serving: VecDeque<(Arc<Conn>, smol::channel::Sender<()>)> = VecDeque::new();
+    // A token when some connection ended.
+    let (ended, ends) = smol::channel::bounded::<()>(1);
+    loop {
+        let accepted = smol::future::or(async { Some(listener.accept().await) }, async {
+            shutdown.wait().await;
+            None
+        })
+        .await;
+        let Some(accepted) = accepted else { return };
+        let (stream, _) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                log::debug!("metrics endpoint: accept failed: {e}");
+                smol::Timer::after(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         loop {
-            let accepted = smol::future::or(async { Some(listener.accept().await) }, async {
+            serving.retain(|(c, _)| !c.done.load(Ordering::Relaxed));
+            if serving.len() < MAX_CONNECTIONS {
+                break;
+            }
+            if let Some(i) = serving
+                .iter()
+                .position(|(c, _)| c.idle.load(Ordering::Relaxed))
+            {
+                serving.remove(i);
+                log::debug!(
+                    "metrics endpoint: closed a connection without a whole request to serve a new one"
+                );
+                break;
+            }
+            let token = smol::future::or(async { ends.recv().await.ok() }, async {
                 shutdown.wait().await;
                 None
             })
             .await;
-            let Some(accepted) = accepted else { break };
-            let (stream, _) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    log::debug!("metrics endpoint: accept failed: {e}");
-                    smol::Timer::after(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            if serving.send(()).await.is_err() {
-                break;
+            if token.is_none() {
+                return;
             }
-            let (ops, served) = (ops.clone(), served.clone());
-            smol::spawn(async move {
-                let _ = timeout(READ_TIMEOUT, serve(stream, &ops)).await;
-                let _ = served.try_recv();
-            })
-            .detach();
         }
-    })
-    .detach();
-    Ok(Some(local))
+        let conn = Arc::new(Conn {
+            idle: AtomicBool::new(true),
+            done: AtomicBool::new(false),
+        });
+        let (evict, evicted) = smol::channel::bounded::<()>(1);
+        serving.push_back((conn.clone(), evict));
+        let (ops, ended) = (ops.clone(), ended.clone());
+        smol::spawn(async move {
+            let served = async {
+                let _ = timeout(READ_TIMEOUT, serve(stream, &ops, &conn.idle)).await;
+            };
+            let evicted = async {
+                let _ = evicted.recv().await;
+            };
+            served.or(evicted).await;
+            conn.done.store(true, Ordering::Relaxed);
+            let _ = ended.try_send(());
+        })
+        .detach();
+        // Let the new connection read its request before the next one is accepted.
+        smol::future::yield_now().await;
+    }
 }
 
-/// Answers one request on `stream`.
-async fn serve(mut stream: Async<TcpStream>, ops: &Ops) -> std::io::Result<()> {
+/// The path of a request target: origin-form (`/readyz?x`) as it is, absolute-form
+/// (`http://host:port/readyz?x`, which RFC 9112 section 3.2.2 says a server must accept) less
+/// its scheme and authority; the query is left out of both.
+fn target_path(target: &str) -> &str {
+    let path = match target.split_once("://") {
+        Some((scheme, rest))
+            if !scheme.is_empty()
+                && scheme
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)) =>
+        {
+            rest.find(['/', '?']).map_or("/", |i| match &rest[i..] {
+                p if p.starts_with('/') => p,
+                _ => "/",
+            })
+        }
+        _ => target,
+    };
+    path.split_once('?').map_or(path, |(p, _)| p)
+}
+
+/// Answers one request on `stream`; `idle` is cleared once its head was read.
+async fn serve(mut stream: Async<TcpStream>, ops: &Ops, idle: &AtomicBool) -> std::io::Result<()> {
     let mut head = vec![0u8; MAX_HEAD];
     let mut len = 0;
     let (method, path) = loop {
@@ -108,19 +190,19 @@ async fn serve(mut stream: Async<TcpStream>, ops: &Ops) -> std::io::Result<()> {
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&head[..len]) {
             Ok(httparse::Status::Complete(_)) => {
+                idle.store(false, Ordering::Relaxed);
                 let method = req.method.unwrap_or("").to_owned();
-                let path = req.path.unwrap_or("");
-                let path = path.split_once('?').map_or(path, |(p, _)| p).to_owned();
+                let path = target_path(req.path.unwrap_or("")).to_owned();
                 break (method, path);
             }
             Ok(httparse::Status::Partial) if len < MAX_HEAD => continue,
             Ok(httparse::Status::Partial) => {
                 let body = "request head too large\n";
-                return answer_early(&mut stream, "400 Bad Request", "", body).await;
+                return answer_early(&mut stream, "400 Bad Request", "", body, idle).await;
             }
             Err(e) => {
                 let body = format!("bad request: {e}\n");
-                return answer_early(&mut stream, "400 Bad Request", "", &body).await;
+                return answer_early(&mut stream, "400 Bad Request", "", &body, idle).await;
             }
         }
     };
@@ -128,7 +210,8 @@ async fn serve(mut stream: Async<TcpStream>, ops: &Ops) -> std::io::Result<()> {
     if method != "GET" && method != "HEAD" {
         // RFC 9110 section 15.5.6: a 405 lists the methods the resource supports.
         let allow = "Allow: GET, HEAD\r\n";
-        return answer_early(&mut stream, "405 Method Not Allowed", allow, "use GET\n").await;
+        let body = "use GET\n";
+        return answer_early(&mut stream, "405 Method Not Allowed", allow, body, idle).await;
     }
     match path.as_str() {
         "/metrics" => {
@@ -168,15 +251,18 @@ const LINGER_BYTES: usize = 1 << 20;
 /// not taken) and closes without losing the answer. Closing a socket with unread input makes the
 /// kernel send a reset, which can destroy the answer before the client reads it; so, as RFC 9112
 /// section 9.6 asks, the write side is shut first and the client's remaining bytes are read and
-/// dropped until it closes, [`LINGER_BYTES`] were read or [`LINGER`] passed.
+/// dropped until it closes, [`LINGER_BYTES`] were read or [`LINGER`] passed. While it lingers,
+/// the connection is `idle` again: a new one may take its place.
 async fn answer_early(
     stream: &mut Async<TcpStream>,
     status: &str,
     headers: &str,
     body: &str,
+    idle: &AtomicBool,
 ) -> std::io::Result<()> {
     respond_with(stream, status, headers, body, true).await?;
     stream.get_ref().shutdown(std::net::Shutdown::Write)?;
+    idle.store(true, Ordering::Relaxed);
     let mut sink = [0u8; 4096];
     let mut left = LINGER_BYTES;
     let _ = timeout(LINGER, async {

@@ -292,6 +292,7 @@ fn describe(served: &ServerCredentials) -> String {
 
 /// Re-reads the credentials of `tls` on each SIGHUP from `hangups` and, every [`POLL`], when a
 /// file changed and then stayed the same for one more poll ([`FileWatch`]); until `shutdown`.
+/// The files are read on smol's blocking-task threads, not on the executor.
 pub fn watch(tls: Arc<CloudTls>, hangups: smol::channel::Receiver<()>, shutdown: Shutdown) {
     smol::spawn(async move {
         loop {
@@ -311,15 +312,25 @@ pub fn watch(tls: Arc<CloudTls>, hangups: smol::channel::Receiver<()>, shutdown:
             };
             match hangup.or(tick).or(stop).await {
                 None => return,
+                // Off the executor: reading and parsing the files, up to 16 MiB each
+                // (`tls::MAX_PEM_BYTES`), must not hold up the links and endpoints it runs.
                 Some(true) => {
-                    tls.files().reading();
-                    tls.reload(Cause::Hangup);
+                    let tls = tls.clone();
+                    smol::unblock(move || {
+                        tls.files().reading();
+                        tls.reload(Cause::Hangup);
+                    })
+                    .await;
                 }
                 Some(false) => {
-                    let changed = tls.files().poll();
-                    if let Some(changed) = changed {
-                        tls.reload(Cause::Changed(changed));
-                    }
+                    let tls = tls.clone();
+                    smol::unblock(move || {
+                        let changed = tls.files().poll();
+                        if let Some(changed) = changed {
+                            tls.reload(Cause::Changed(changed));
+                        }
+                    })
+                    .await;
                 }
             }
         }

@@ -266,7 +266,8 @@ impl CredentialStore {
         true
     }
 
-    /// Re-reads the credentials every `interval` until shutdown.
+    /// Re-reads the credentials every `interval` until shutdown, on smol's blocking-task
+    /// threads.
     pub fn spawn_refresh(self: &Arc<Self>, interval: std::time::Duration, shutdown: Shutdown) {
         let store = self.clone();
         smol::spawn(async move {
@@ -284,7 +285,9 @@ impl CredentialStore {
                 if stop {
                     return;
                 }
-                store.refresh();
+                // Off the executor: reading and parsing the files must not hold up the link.
+                let store = store.clone();
+                smol::unblock(move || store.refresh()).await;
             }
         })
         .detach();

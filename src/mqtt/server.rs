@@ -205,7 +205,9 @@ async fn reload_tls(
         if files.poll().is_none() {
             continue;
         }
-        match tls_acceptor(&config) {
+        // Off the executor: reading and parsing the files must not hold up the connections.
+        let reading = config.clone();
+        match smol::unblock(move || tls_acceptor(&reading)).await {
             Ok(acceptor) => {
                 *lock(&tls) = acceptor;
                 log::info!("mqtt TLS listener: reloaded mqtt.tls-cert, tls-key and tls-ca");
@@ -218,7 +220,7 @@ async fn reload_tls(
 }
 
 fn tls_acceptor(config: &MqttConfig) -> Result<futures_rustls::TlsAcceptor, String> {
-    use crate::tls::{Credentials, load_roots, provider};
+    use crate::tls::{Credentials, client_verifier, load_roots, provider};
     let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
         return Err("mqtt.tls-listen needs mqtt.tls-cert and mqtt.tls-key".into());
     };
@@ -229,11 +231,7 @@ fn tls_acceptor(config: &MqttConfig) -> Result<futures_rustls::TlsAcceptor, Stri
     let builder = match &config.tls_ca {
         Some(ca) => {
             let roots = Arc::new(load_roots(ca).map_err(|e| e.to_string())?);
-            let verifier =
-                rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider())
-                    .build()
-                    .map_err(|e| e.to_string())?;
-            builder.with_client_cert_verifier(verifier)
+            builder.with_client_cert_verifier(client_verifier(roots)?)
         }
         None => builder.with_no_client_auth(),
     };

@@ -69,11 +69,52 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The largest certificate, key or CA bundle file read, in bytes: 16 MiB, some 10,000
+/// certificates (a whole public CA bundle is about 220 KiB).
+pub const MAX_PEM_BYTES: u64 = 16 << 20;
+
 /// The bytes of the PEM file at `path`, less a leading UTF-8 byte-order mark: editors on
 /// Windows save one, and in front of the first `-----BEGIN` line it would hide that item from
 /// the PEM parser (a chain would silently lose its leaf).
+///
+/// Only a regular file (symlinks followed) of at most [`MAX_PEM_BYTES`] is read: a FIFO would
+/// block the reading thread until something writes to it, and a device such as `/dev/zero`
+/// never ends; both are opened without blocking and refused, as is a larger file.
+///
+/// Errors: [`TlsError::Read`] naming the file, for those and for any error of the system.
 fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
-    let mut bytes = std::fs::read(path).map_err(|e| TlsError::Read(path.to_owned(), e))?;
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let error = |e| TlsError::Read(path.to_owned(), e);
+    let refuse = |why: String| error(std::io::Error::new(std::io::ErrorKind::InvalidData, why));
+    // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer. It changes
+    // nothing for a regular file.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .map_err(error)?;
+    let meta = file.metadata().map_err(error)?;
+    if !meta.is_file() {
+        return Err(refuse("not a regular file".into()));
+    }
+    if meta.len() > MAX_PEM_BYTES {
+        return Err(refuse(format!(
+            "{} bytes, more than the {} a certificate, key or CA bundle may have",
+            meta.len(),
+            MAX_PEM_BYTES
+        )));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // A file still growing is read up to the limit and one byte more, then refused.
+    file.take(MAX_PEM_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(error)?;
+    if bytes.len() as u64 > MAX_PEM_BYTES {
+        return Err(refuse(format!(
+            "more than the {MAX_PEM_BYTES} bytes a certificate, key or CA bundle may have"
+        )));
+    }
     if bytes.starts_with(b"\xef\xbb\xbf") {
         bytes.drain(..3);
     }
@@ -106,6 +147,33 @@ pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
             .map_err(|e| TlsError::BadCa(path.to_owned(), e.to_string()))?;
     }
     Ok(roots)
+}
+
+/// The most bytes of CA names a server lists in its request for the client's certificate.
+///
+/// A TLS 1.3 CertificateRequest names the CAs it accepts in its `certificate_authorities`
+/// extension (RFC 8446 section 4.2.4), a list with a 16-bit length inside a block of extensions
+/// with a 16-bit length; a bundle of some thousand CAs or more does not fit (rustls panics
+/// encoding it), and a list near that size makes every handshake 64 KiB longer. Clients pick
+/// their certificate without it (a hub edge has one), so a longer list is left out.
+pub const MAX_CA_NAMES_BYTES: usize = 16 * 1024;
+
+/// The verifier of client certificates chaining to `roots`, as both the node link and the MQTT
+/// TLS listener use: it names the CAs of `roots` in its CertificateRequest while their names
+/// (with their 2-byte lengths) take at most [`MAX_CA_NAMES_BYTES`], and names none otherwise.
+///
+/// Errors: rustls refuses the verifier (`roots` is empty), as its error's text.
+pub fn client_verifier(
+    roots: Arc<RootCertStore>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
+    let names: usize = roots.subjects().iter().map(|n| n.as_ref().len() + 2).sum();
+    let builder = WebPkiClientVerifier::builder_with_provider(roots, provider());
+    let builder = if names > MAX_CA_NAMES_BYTES {
+        builder.clear_root_hint_subjects()
+    } else {
+        builder
+    };
+    builder.build().map_err(|e| e.to_string())
 }
 
 /// A certificate chain and its private key, checked to belong together.
@@ -283,9 +351,7 @@ impl ServerCredentials {
         early_data: bool,
         sessions: SessionStore,
     ) -> Result<ServerConfig, TlsError> {
-        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
-            .build()
-            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let verifier = client_verifier(self.roots.clone()).map_err(TlsError::Config)?;
         let mut config = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(config_error)?
