@@ -10,11 +10,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 
 use common::apps::*;
+use common::small_fs::SmallFs;
 use common::{EdgeSpec, Hub, Proto, Relay};
 use hub::client;
 use hub::message::Message;
@@ -24,82 +23,6 @@ const FS_SIZE: &str = "4m";
 
 /// Bytes of padding in each test message, so a few thousand fill the filesystem.
 const PAD: usize = 1000;
-
-/// A small tmpfs at `dir`, mounted in a private mount namespace held by `holder`.
-struct SmallFs {
-    holder: Child,
-    dir: PathBuf,
-}
-
-impl SmallFs {
-    /// Mounts a tmpfs of [`FS_SIZE`] at `dir` (which must exist) in a new mount namespace, or
-    /// returns `None` when this machine cannot make mount namespaces.
-    fn mount(dir: &Path) -> Option<SmallFs> {
-        let probe = Command::new("unshare")
-            .args(["-m", "--propagation", "private", "true"])
-            .stderr(Stdio::piped())
-            .output();
-        match probe {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => {
-                eprintln!(
-                    "SKIPPED: mount namespaces are unavailable here (`unshare -m` failed: {})",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-                return None;
-            }
-            Err(e) => {
-                eprintln!("SKIPPED: mount namespaces are unavailable here (no unshare: {e})");
-                return None;
-            }
-        }
-        // The holder mounts, says so, then waits on its stdin: it ends when the test drops it
-        // (or dies), and the namespace with its mount ends with the last process inside.
-        let mut holder = Command::new("unshare")
-            .args(["-m", "--propagation", "private", "sh", "-c"])
-            .arg(format!(
-                "mount -t tmpfs -o size={FS_SIZE},mode=0700 hub-full-disk \"$1\" && echo mounted && exec cat"
-            ))
-            .arg("sh")
-            .arg(dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start unshare");
-        let mut line = String::new();
-        BufReader::new(holder.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(
-            line.trim(),
-            "mounted",
-            "mounting a tmpfs in the namespace failed"
-        );
-        Some(SmallFs {
-            holder,
-            dir: dir.to_owned(),
-        })
-    }
-
-    /// A command running the built `hub` with `args` inside the namespace.
-    fn hub(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg("-t")
-            .arg(self.holder.id().to_string())
-            .args(["-m", "--"])
-            .arg(common::hub_bin())
-            .args(args);
-        c
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = self.holder.kill();
-        let _ = self.holder.wait();
-    }
-}
 
 /// A test message numbered `n`, about [`PAD`] bytes long.
 fn numbered(n: u64) -> Message {
@@ -184,7 +107,7 @@ fn a_full_outbox_recovers_once_the_cloud_has_drained_it() {
     let tmp = tempfile::tempdir().unwrap();
     let outbox = tmp.path().join("outbox");
     std::fs::create_dir(&outbox).unwrap();
-    let Some(fs) = SmallFs::mount(&outbox) else {
+    let Some(fs) = SmallFs::mount(&outbox, FS_SIZE) else {
         return;
     };
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();

@@ -11,7 +11,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixDatagram;
@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use common::apps::*;
 use common::http::{get, ops_addr, request, scrape};
+use common::small_fs::SmallFs;
 use common::{CloudSpec, EdgeSpec, Hub, PATIENCE, Proto};
 
 /// `/readyz` until its status is `status`, at most [`WAIT`]: the body then.
@@ -215,105 +216,6 @@ fn the_endpoint_answers_odd_requests_and_keeps_serving() {
 /// The size of the filesystem under the queue folder.
 const FS_SIZE: &str = "4m";
 
-/// A small tmpfs at `dir`, mounted in a private mount namespace held by `holder`.
-struct SmallFs {
-    holder: Child,
-    dir: PathBuf,
-}
-
-impl SmallFs {
-    /// Mounts a tmpfs of [`FS_SIZE`] at `dir` (which must exist) in a new mount namespace, or
-    /// says why it cannot and returns `None`.
-    fn mount(dir: &Path) -> Option<SmallFs> {
-        let probe = Command::new("unshare")
-            .args(["-m", "--propagation", "private", "true"])
-            .stderr(Stdio::piped())
-            .output();
-        match probe {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => {
-                eprintln!(
-                    "SKIPPED: mount namespaces are unavailable here (`unshare -m` failed: {})",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-                return None;
-            }
-            Err(e) => {
-                eprintln!("SKIPPED: mount namespaces are unavailable here (no unshare: {e})");
-                return None;
-            }
-        }
-        let mut holder = Command::new("unshare")
-            .args(["-m", "--propagation", "private", "sh", "-c"])
-            .arg(format!(
-                "mount -t tmpfs -o size={FS_SIZE},mode=0700 hub-health \"$1\" && echo mounted && exec cat"
-            ))
-            .arg("sh")
-            .arg(dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start unshare");
-        let mut line = String::new();
-        BufReader::new(holder.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "mounted", "mounting a tmpfs in the namespace");
-        Some(SmallFs {
-            holder,
-            dir: dir.to_owned(),
-        })
-    }
-
-    /// `program args` inside the namespace.
-    fn command(&self, program: &Path, args: &[&str]) -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg("-t")
-            .arg(self.holder.id().to_string())
-            .args(["-m", "--"])
-            .arg(program)
-            .args(args);
-        c
-    }
-
-    /// Fills the filesystem to the last block with one file.
-    fn fill(&self) {
-        let filler = self.dir.join("filler");
-        let out = self
-            .command(
-                Path::new("dd"),
-                &[
-                    "if=/dev/zero",
-                    &format!("of={}", filler.display()),
-                    "bs=64k",
-                ],
-            )
-            .output()
-            .unwrap();
-        let said = String::from_utf8_lossy(&out.stderr);
-        assert!(said.contains("No space left on device"), "dd: {said}");
-    }
-
-    /// Frees what [`fill`](Self::fill) took.
-    fn free(&self) {
-        let filler = self.dir.join("filler");
-        let ok = self
-            .command(Path::new("rm"), &[filler.to_str().unwrap()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "rm {}", filler.display());
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = self.holder.kill();
-        let _ = self.holder.wait();
-    }
-}
-
 /// A cloud configuration in `dir` with both transports on free ports, its queues in `queues`,
 /// every endpoint on 127.0.0.1:0.
 fn cloud_config(dir: &Path, pki: &Path, queues: &Path) -> PathBuf {
@@ -340,7 +242,7 @@ fn a_cloud_whose_queue_folder_stops_taking_writes_is_not_ready() {
     let tmp = tempfile::tempdir().unwrap();
     let queues = tmp.path().join("queues");
     std::fs::create_dir(&queues).unwrap();
-    let Some(fs) = SmallFs::mount(&queues) else {
+    let Some(fs) = SmallFs::mount(&queues, FS_SIZE) else {
         return;
     };
     let pki = common::link_pki(tmp.path());
@@ -373,7 +275,7 @@ fn an_edge_whose_outbox_folder_stops_taking_writes_is_not_ready_even_with_the_li
     let tmp = tempfile::tempdir().unwrap();
     let outbox = tmp.path().join("outbox");
     std::fs::create_dir(&outbox).unwrap();
-    let Some(fs) = SmallFs::mount(&outbox) else {
+    let Some(fs) = SmallFs::mount(&outbox, FS_SIZE) else {
         return;
     };
     let pki = common::link_pki(tmp.path());

@@ -5,6 +5,7 @@ pub mod apps;
 pub mod http;
 pub mod mqtt;
 pub mod placement;
+pub mod small_fs;
 
 /// SplitMix64: a small deterministic generator for the tests' random choices, replayable from
 /// its seed.
