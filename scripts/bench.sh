@@ -375,11 +375,10 @@ fi # backlog
 # fresh cloud with default settings and stay idle with heartbeats; RSS per node and CPU while
 # idle are read from /proc. The cloud holds one descriptor per node (its queue's segment) besides each WebSocket's socket: 10,000 nodes need
 # about 15,000 of the 20,000 these machines allow.
-if part scale; then
-SCALE=${SCALE:-10000}
-# shellcheck disable=SC2046 # one --node argument per node, split on purpose
-"$HUB" certs --dir "$W/scale-pki" $(seq -f 'sim-%.0f' 0 $((SCALE - 1)) | sed 's/^/--node /') >/dev/null
-cat >"$W/scale-cloud.yaml" <<YAML
+# The configuration of a cloud for SCALE nodes of the scale PKI, queues in $W/NAME: cloud_for_scale
+# NAME [EXTRA YAML]
+cloud_for_scale() {
+  cat >"$W/$1.yaml" <<YAML
 cloudhub:
   protocol_websocket: true
   port: 0
@@ -395,8 +394,15 @@ mqtt:
 apps:
   listen: 127.0.0.1:0
 queues:
-  dir: $W/scale-cloud
+  dir: $W/$1
+${2:-}
 YAML
+}
+if part scale; then
+SCALE=${SCALE:-10000}
+# shellcheck disable=SC2046 # one --node argument per node, split on purpose
+"$HUB" certs --dir "$W/scale-pki" $(seq -f 'sim-%.0f' 0 $((SCALE - 1)) | sed 's/^/--node /') >/dev/null
+cloud_for_scale scale-cloud
 RUST_LOG=warn,hub::cloud=info "$HUB" cloud -c "$W/scale-cloud.yaml" 2>"$W/scale-cloud.log" &
 SCALE_PID=$!
 PIDS+=("$SCALE_PID")
@@ -441,25 +447,9 @@ fi
 met() { python3 -c "print('met' if $1 < $2 else 'NOT met')"; } # figure bar
 metrics_run() { # per-node: false or true
   local name=metrics-$1
-  cat >"$W/$name.yaml" <<YAML
-cloudhub:
-  protocol_websocket: true
-  port: 0
-  protocol_quic: true
-  quic_port: 0
-  address: 127.0.0.1
-  ca: $W/scale-pki/ca.crt
-  cert: $W/scale-pki/server.crt
-  key: $W/scale-pki/server.key
-  node-limit: $((SCALE + 10))
-apps:
+  cloud_for_scale "$name" "metrics:
   listen: 127.0.0.1:0
-metrics:
-  listen: 127.0.0.1:0
-  per-node: $1
-queues:
-  dir: $W/$name
-YAML
+  per-node: $1"
   RUST_LOG=warn,hub::cloud=info,hub::apps=info,hub::http=info "$HUB" cloud -c "$W/$name.yaml" 2>"$W/$name.log" &
   local cloud=$!
   PIDS+=("$cloud")
