@@ -34,7 +34,8 @@ demo:
 bench:
 	scripts/bench.sh
 
-# Static musl binaries for aarch64 and armv7 with `cross` (needs Docker), packaged in dist/.
+# Static musl binaries for aarch64 and armv7, packaged in dist/: with `cross` when Docker or Podman
+# runs, else with Debian's Rust 1.85 and musl (scripts/musl-build.sh; apt as root or sudo).
 release:
 	scripts/release.sh
 
@@ -67,7 +68,8 @@ fuzz:
 fuzz-smoke:
 	scripts/fuzz.sh --dev 60
 
-# Builds aarch64 and armv7 static binaries with Debian's Rust 1.85 and runs them under qemu.
+# Builds and packages the musl release without Docker (Debian's Rust 1.85), checks both binaries
+# are static and runs them under qemu: ARM edges over WebSocket and QUIC to a native cloud.
 arm-check:
 	scripts/arm-check.sh
 

@@ -611,7 +611,7 @@ if part mqtt; then
   done
 fi
 row "binary size, native ($(uname -m)), bytes" "$(stat -c %s "$HUB")"
-for t in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
+for t in aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf; do
   f=target/arm-check/$t/release/hub
   [ -f "$f" ] && row "binary size, $t (make arm-check), bytes" "$(stat -c %s "$f")"
 done

@@ -1,27 +1,51 @@
 #!/usr/bin/env bash
-# release: static musl binaries for aarch64 and armv7, built with `cross`
-# (which runs the toolchains in Docker or Podman), packaged as
-#   dist/hub-<version>-<target>.tar.gz   (hub, cloudhub/edgehub symlinks, configs/, README.md)
-#   dist/SHA256SUMS
+# release: static musl binaries for aarch64 and armv7, packaged as
+#   $DIST/hub-<version>-<target>.tar.gz   (hub, cloudhub/edgehub symlinks, configs/, README.md)
+#   $DIST/SHA256SUMS                      ($DIST defaults to dist/)
+#
+# Two routes to the same binaries:
+#   cross   `cross build` (the toolchains in Docker or Podman), when `cross` is
+#           installed and a container engine answers;
+#   debian  otherwise: scripts/musl-build.sh, with Debian's Rust 1.85, the
+#           standard library built from source and musl from Debian's musl-dev
+#           (needs a Debian x86_64 host and apt; what `make arm-check` runs).
+# RELEASE_ROUTE=cross or RELEASE_ROUTE=debian picks one instead.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
 TARGETS=(aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf)
-DIST="$ROOT/dist"
+DIST="${DIST:-$ROOT/dist}"
 export CROSS_CONFIG="$ROOT/cross/Cross.toml"
 
 die() { echo "release: $*" >&2; exit 1; }
 
-# --- prerequisites
-command -v cross >/dev/null \
-  || die "cross is not installed (install it with 'cargo install cross'; it also needs Docker or Podman)."
+# --- the route
 engine="${CROSS_CONTAINER_ENGINE:-$(command -v docker || command -v podman || true)}"
-[ -n "$engine" ] \
-  || die "cross needs a container engine, but neither docker nor podman is installed."
-"$engine" info >/dev/null 2>&1 \
-  || die "cross needs a running container engine, but '$engine info' failed (is the Docker daemon running?)."
+cross_ready() {
+  command -v cross >/dev/null && [ -n "$engine" ] && "$engine" info >/dev/null 2>&1
+}
+route="${RELEASE_ROUTE:-auto}"
+case "$route" in
+  auto)
+    if cross_ready; then route=cross; else
+      route=debian
+      if ! command -v cross >/dev/null; then why="cross is not installed"
+      elif [ -z "$engine" ]; then why="neither docker nor podman is installed"
+      else why="'$engine info' failed (no running container engine)"; fi
+      echo "==> $why: building with Debian's Rust 1.85 instead (scripts/musl-build.sh)"
+    fi ;;
+  cross)
+    command -v cross >/dev/null \
+      || die "cross is not installed (install it with 'cargo install cross'; it also needs Docker or Podman)."
+    [ -n "$engine" ] || die "cross needs a container engine, but neither docker nor podman is installed."
+    "$engine" info >/dev/null 2>&1 \
+      || die "cross needs a running container engine, but '$engine info' failed (is the Docker daemon running?)."
+    ;;
+  debian) ;;
+  *) die "RELEASE_ROUTE must be cross or debian, not '$route'." ;;
+esac
 
 VERSION=$(awk -F'"' '/^\[/ { pkg = ($0 == "[package]") } pkg && /^version[[:space:]]*=/ { print $2; exit }' Cargo.toml)
 [ -n "$VERSION" ] || die "could not read the package version from Cargo.toml."
@@ -54,13 +78,20 @@ mkdir -p "$DIST"
 STAGE=$(mktemp -d "$DIST/.stage.XXXXXX")
 trap 'rm -rf "$STAGE"' EXIT
 
+if [ "$route" = debian ]; then
+  "$ROOT/scripts/musl-build.sh" "${TARGETS[@]}" || die "the Debian musl build failed (see above)."
+fi
+
 tarballs=()
 for target in "${TARGETS[@]}"; do
-  echo "==> cross build --release --locked --target $target"
-  cross build --release --locked --target "$target" --bin hub
-
-  bin="$TARGET_DIR/$target/release/hub"
-  [ -x "$bin" ] || die "cross did not produce $bin."
+  if [ "$route" = cross ]; then
+    echo "==> cross build --release --locked --target $target"
+    cross build --release --locked --target "$target" --bin hub
+    bin="$TARGET_DIR/$target/release/hub"
+  else
+    bin="$ROOT/target/arm-check/$target/release/hub"   # scripts/musl-build.sh's target dir
+  fi
+  [ -x "$bin" ] || die "the $route build did not produce $bin."
   strip_binary "$target" "$bin"
   if command -v readelf >/dev/null && readelf -d "$bin" 2>/dev/null | grep -q '(NEEDED)'; then
     die "$bin is dynamically linked; expected a static musl binary."
@@ -78,9 +109,9 @@ for target in "${TARGETS[@]}"; do
   tar -C "$STAGE" --sort=name --owner=0 --group=0 --numeric-owner --mtime="@$EPOCH" -cf - "$name" \
     | gzip -9n >"$DIST/$name.tar.gz"
   tarballs+=("$name.tar.gz")
-  echo "    dist/$name.tar.gz ($(stat -c %s "$bin") byte binary)"
+  echo "    ${DIST#"$ROOT"/}/$name.tar.gz ($(stat -c %s "$bin") byte binary)"
 done
 
 (cd "$DIST" && sha256sum "${tarballs[@]}" >SHA256SUMS)
-echo "==> dist/SHA256SUMS"
+echo "==> ${DIST#"$ROOT"/}/SHA256SUMS"
 sed 's/^/    /' "$DIST/SHA256SUMS"
