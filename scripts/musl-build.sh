@@ -222,7 +222,10 @@ for t in "${TARGETS[@]}"; do
   # for the unwind tables: add that function, built on musl's dl_iterate_phdr.
   unwind="$sc/libunwind.a.new"
   cp "$sc/libgcc_eh.a" "$unwind"
-  if "$prefix-nm" "$unwind" 2>/dev/null | grep -q ' U _dl_find_object$'; then
+  # (nm's whole output is read first: `grep -q` would stop at the first match, and under
+  # pipefail nm's SIGPIPE would then fail the test.)
+  symbols=$("$prefix-nm" "$unwind" 2>/dev/null || true)
+  if grep -q ' U _dl_find_object$' <<<"$symbols"; then
     logged "$prefix-gcc" -O2 -fPIC -Wall -Wextra -Werror -nostdinc \
       -isystem "$SYSROOT/usr/include/$musl" -isystem "$("$prefix-gcc" -print-file-name=include)" \
       -c "$ROOT/cross/dl_find_object.c" -o "$sc/dl_find_object.o"

@@ -93,7 +93,9 @@ for target in "${TARGETS[@]}"; do
   fi
   [ -x "$bin" ] || die "the $route build did not produce $bin."
   strip_binary "$target" "$bin"
-  if command -v readelf >/dev/null && readelf -d "$bin" 2>/dev/null | grep -q '(NEEDED)'; then
+  # (readelf's whole output is read first: under pipefail, `grep -q` stopping at a match
+  # would fail readelf with SIGPIPE and hide the very match.)
+  if command -v readelf >/dev/null && grep -q '(NEEDED)' <<<"$(readelf -d "$bin" 2>/dev/null || true)"; then
     die "$bin is dynamically linked; expected a static musl binary."
   fi
 
