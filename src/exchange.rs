@@ -244,12 +244,16 @@ impl Exchange {
                     inbound.stream = session.inbound_stream(lane);
                     inbound.delivered = seq;
                 }
-                let resource = msg.resource.clone();
                 if let Some(prefix) = &self.prefix {
-                    msg.resource = format!("{prefix}{resource}");
+                    msg.resource.insert_str(0, prefix);
                 }
                 if let Delivery::Refused(mut reply) = self.local.deliver(msg) {
-                    reply.resource = resource;
+                    // The answer goes back under the resource the peer gave.
+                    if let Some(prefix) = &self.prefix {
+                        if reply.resource.starts_with(prefix.as_str()) {
+                            reply.resource.drain(..prefix.len());
+                        }
+                    }
                     self.send_back(reply);
                 }
                 if self.local.wrote_durable() {
