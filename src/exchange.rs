@@ -228,7 +228,8 @@ impl Exchange {
                 let received = &mut self.sending[lane.index()].received;
                 received.0 += 1;
                 received.1 += payload.len() as u64;
-                let mut msg = match Message::decode(&payload) {
+                let prefix = self.prefix.as_deref().unwrap_or("");
+                let msg = match Message::decode_with_prefix(&payload, prefix) {
                     Ok(m) => m,
                     Err(e) => {
                         session.close(
@@ -243,9 +244,6 @@ impl Exchange {
                     let mut inbound = lock(&self.inbound[lane.index()]);
                     inbound.stream = session.inbound_stream(lane);
                     inbound.delivered = seq;
-                }
-                if let Some(prefix) = &self.prefix {
-                    msg.resource.insert_str(0, prefix);
                 }
                 if let Delivery::Refused(mut reply) = self.local.deliver(msg) {
                     // The answer goes back under the resource the peer gave.

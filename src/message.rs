@@ -264,6 +264,12 @@ impl Message {
 
     /// Reads the binary form.
     pub fn decode(bytes: &[u8]) -> Result<Message, MessageError> {
+        Message::decode_with_prefix(bytes, "")
+    }
+
+    /// [`decode`](Self::decode), with `prefix` put before the resource (the cloud's
+    /// `node/{node-id}/` before what a node sends) in the same allocation.
+    pub fn decode_with_prefix(bytes: &[u8], prefix: &str) -> Result<Message, MessageError> {
         let mut r = Reader(bytes);
         let flags = r.take(1)?[0];
         let ts = r.take(8)?;
@@ -280,7 +286,16 @@ impl Message {
             source: r.str8()?,
             group: r.str8()?,
             operation: r.str8()?,
-            resource: r.str16()?,
+            resource: {
+                let b = r.take(2)?;
+                let text = r.take(usize::from(u16::from_be_bytes([b[0], b[1]])))?;
+                let text = std::str::from_utf8(text)
+                    .map_err(|_| MessageError::Malformed("string is not UTF-8"))?;
+                let mut resource = String::with_capacity(prefix.len() + text.len());
+                resource.push_str(prefix);
+                resource.push_str(text);
+                resource
+            },
             content: Vec::new(),
             extra: None,
         };
@@ -352,7 +367,16 @@ impl Message {
     pub fn to_json_answering(&self, parent_id: &str) -> String {
         let content = self.json_content();
         let content = content.as_ref();
-        let mut out = String::with_capacity(160 + self.resource.len() + content.len());
+        // The names, quotes and punctuation take at most about 150 bytes; escapes grow it.
+        let mut out = String::with_capacity(
+            160 + self.id.len()
+                + parent_id.len()
+                + self.source.len()
+                + self.group.len()
+                + self.operation.len()
+                + self.resource.len()
+                + content.len(),
+        );
         out.push_str(r#"{"header":{"msg_id":"#);
         json_string(&mut out, &self.id);
         out.push_str(r#","parent_msg_id":"#);
@@ -780,6 +804,26 @@ mod tests {
         let mut out = String::new();
         json_string(&mut out, "x\u{1}\"\\\n\r\ty");
         assert_eq!(out, r#""x\u0001\"\\\n\r\ty""#);
+    }
+
+    #[test]
+    fn decoding_with_a_prefix_puts_it_before_the_resource() {
+        let m = sample();
+        let bytes = m.encode().unwrap();
+        let got = Message::decode_with_prefix(&bytes, "node/gw-1/").unwrap();
+        assert_eq!(
+            got,
+            Message {
+                resource: format!("node/gw-1/{}", m.resource),
+                ..m.clone()
+            }
+        );
+        assert_eq!(Message::decode_with_prefix(&bytes, "").unwrap(), m);
+        let cut = &bytes[..bytes.len() - m.content.len() - 3];
+        assert_eq!(
+            Message::decode_with_prefix(cut, "node/gw-1/"),
+            Err(MessageError::Malformed("truncated"))
+        );
     }
 
     #[test]
