@@ -127,17 +127,16 @@ pub type Accepted = Pin<Box<dyn Future<Output = Result<u64, String>> + Send>>;
 impl Apps {
     /// Puts an application's message on its way; the future finishes once it is durable (for a
     /// request or a response: once it is written). Also returns the encoded message's size.
-    pub fn publish(&self, msg: &mut Message) -> Result<(Accepted, usize), String> {
-        let queue = match &self.route {
-            Route::Edge(outbox) => outbox.queue_for(msg).clone(),
+    /// `msg` keeps the application's resource (the cloud queues `node/{node-id}/rest` as `rest`).
+    pub fn publish(&self, msg: &Message) -> Result<(Accepted, usize), String> {
+        let (queue, resource) = match &self.route {
+            Route::Edge(outbox) => (outbox.queue_for(msg).clone(), msg.resource.as_str()),
             Route::Cloud(queues) => {
                 let (node, rest) = split_node_resource(&msg.resource)?;
-                let queue = queues.node(node)?.queue_for(msg).clone();
-                msg.resource = rest.to_owned();
-                queue
+                (queues.node(node)?.queue_for(msg).clone(), rest)
             }
         };
-        let bytes = msg.encode().map_err(|e| e.to_string())?;
+        let bytes = msg.encode_as(resource).map_err(|e| e.to_string())?;
         if bytes.len() > self.max_message_bytes {
             return Err(format!(
                 "message of {} bytes is over the {}-byte limit (apps.max-message-bytes)",
@@ -703,11 +702,11 @@ async fn session<S>(
         while let Some(text) = queue.recv().await {
             let mut stored = text.seq;
             let batch = async {
-                tx.feed(WsMessage::text(text.msg.to_json())).await?;
+                tx.feed(WsMessage::text(text.into_json())).await?;
                 for _ in 1..WRITE_BATCH {
                     let Some(text) = queue.try_recv() else { break };
                     stored = text.seq.or(stored);
-                    tx.feed(WsMessage::text(text.msg.to_json())).await?;
+                    tx.feed(WsMessage::text(text.into_json())).await?;
                 }
                 tx.flush().await
             };
@@ -750,16 +749,17 @@ async fn session<S>(
             let outcome = p.accepted.await;
             notices_in_flight.remove(p.bytes);
             let _ = room_tx.try_send(());
-            let notice = match outcome {
-                Ok(_) => Message::notice(&p.about, "accepted", None),
+            let (operation, error) = match &outcome {
+                Ok(_) => ("accepted", None),
                 Err(e) => {
                     if let Some(wire) = &p.wire {
                         notices_local.cancel(wire);
                     }
-                    Message::notice(&p.about, "error", Some(&e))
+                    ("error", Some(e.as_str()))
                 }
             };
-            if notices_out.send(Out::message(notice)).await.is_err() {
+            let notice = Message::notice_json(&p.about.id, &p.about.resource, operation, error);
+            if notices_out.send(Out::notice(notice)).await.is_err() {
                 break;
             }
         }
@@ -821,19 +821,18 @@ async fn session<S>(
         };
         drop(frame);
         msg.fill_header();
-        // What a notice needs of the message: its id and resource (not a copy of its content).
-        let about = Message {
-            id: msg.id.clone(),
-            resource: msg.resource.clone(),
-            ..Message::default()
-        };
         // A request leaves under an id the hub makes, so that its answer comes back to this
-        // connection whatever ids other applications chose.
-        let wire = if msg.sync {
+        // connection whatever ids other applications chose; `own_id` is the application's.
+        let (wire, own_id) = if msg.sync {
+            let about = Message {
+                id: msg.id.clone(),
+                resource: msg.resource.clone(),
+                ..Message::default()
+            };
             match apps.local.await_response(&about, out.clone()) {
                 Ok(wire) => {
-                    msg.id = wire.clone();
-                    Some(wire)
+                    let own_id = std::mem::replace(&mut msg.id, wire.clone());
+                    (Some(wire), Some(own_id))
                 }
                 Err(e) => {
                     in_flight.add(0);
@@ -844,9 +843,18 @@ async fn session<S>(
                 }
             }
         } else {
-            None
+            (None, None)
         };
-        let item = match apps.publish(&mut msg) {
+        let published = apps.publish(&msg);
+        // What a notice needs of the message: its id and resource (not its content), taken
+        // from the message, which is no longer needed.
+        let about = Message {
+            id: own_id.unwrap_or_else(|| std::mem::take(&mut msg.id)),
+            resource: std::mem::take(&mut msg.resource),
+            ..Message::default()
+        };
+        drop(msg);
+        let item = match published {
             Ok((accepted, bytes)) => {
                 let bytes = bytes + about.resource.len();
                 Pending {

@@ -228,7 +228,8 @@ impl Exchange {
                 let received = &mut self.sending[lane.index()].received;
                 received.0 += 1;
                 received.1 += payload.len() as u64;
-                let mut msg = match Message::decode(&payload) {
+                let prefix = self.prefix.as_deref().unwrap_or("");
+                let msg = match Message::decode_with_prefix(&payload, prefix) {
                     Ok(m) => m,
                     Err(e) => {
                         session.close(
@@ -244,12 +245,13 @@ impl Exchange {
                     inbound.stream = session.inbound_stream(lane);
                     inbound.delivered = seq;
                 }
-                let resource = msg.resource.clone();
-                if let Some(prefix) = &self.prefix {
-                    msg.resource = format!("{prefix}{resource}");
-                }
                 if let Delivery::Refused(mut reply) = self.local.deliver(msg) {
-                    reply.resource = resource;
+                    // The answer goes back under the resource the peer gave.
+                    if let Some(prefix) = &self.prefix {
+                        if reply.resource.starts_with(prefix.as_str()) {
+                            reply.resource.drain(..prefix.len());
+                        }
+                    }
                     self.send_back(reply);
                 }
                 if self.local.wrote_durable() {

@@ -152,6 +152,9 @@ pub struct Out {
     /// From a durable session's queue: the record's sequence number there, acknowledged once the
     /// application has the message.
     pub seq: Option<u64>,
+    /// The JSON text to write instead of `msg`'s, already made (a notice of the hub: see
+    /// [`Out::notice`]).
+    pub json: Option<String>,
 }
 
 impl Out {
@@ -169,13 +172,45 @@ impl Out {
             sub_ids: Vec::new(),
             answer: false,
             seq: None,
+            json: None,
+        }
+    }
+
+    /// A notice of the hub to the application, as its JSON text
+    /// ([`Message::notice_json`](crate::message::Message::notice_json)); `msg` is an empty
+    /// message shared by every notice.
+    pub fn notice(json: String) -> Out {
+        static EMPTY: std::sync::OnceLock<Arc<Message>> = std::sync::OnceLock::new();
+        Out {
+            json: Some(json),
+            ..Out::shared(EMPTY.get_or_init(Arc::default).clone(), 1)
+        }
+    }
+
+    /// The JSON text an application of the WebSocket API receives.
+    pub fn to_json(&self) -> String {
+        match &self.json {
+            Some(json) => json.clone(),
+            None => self.msg.to_json(),
+        }
+    }
+
+    /// [`to_json`](Self::to_json), taking the text out of a notice rather than copying it.
+    pub fn into_json(self) -> String {
+        match self.json {
+            Some(json) => json,
+            None => self.msg.to_json(),
         }
     }
 
     /// What it counts for in the bounds of a delivery queue: its content and resource, plus 128
-    /// bytes for the rest (about its JSON's names and header).
+    /// bytes for the rest (about its JSON's names and header); a notice made as JSON text, that
+    /// text's length.
     pub fn weight(&self) -> usize {
-        self.msg.content.len() + self.msg.resource.len() + 128
+        match &self.json {
+            Some(json) => json.len(),
+            None => self.msg.content.len() + self.msg.resource.len() + 128,
+        }
     }
 }
 

@@ -188,11 +188,15 @@ impl Message {
     /// count u16 | count x (name str16 | value str16) | response_topic str16 | correlation
     /// bytes16` (`docs/protocol.md` section 4).
     pub fn encode(&self) -> Result<Vec<u8>, MessageError> {
-        if self.resource.len() > MAX_RESOURCE {
-            return Err(MessageError::FieldTooLong(
-                "route.resource",
-                self.resource.len(),
-            ));
+        self.encode_as(&self.resource)
+    }
+
+    /// [`encode`](Self::encode) with `resource` in place of the message's own (the cloud sends a
+    /// message for `node/{node-id}/rest` as `rest`, and keeps the application's resource for its
+    /// notice).
+    pub fn encode_as(&self, resource: &str) -> Result<Vec<u8>, MessageError> {
+        if resource.len() > MAX_RESOURCE {
+            return Err(MessageError::FieldTooLong("route.resource", resource.len()));
         }
         let mut out = Vec::with_capacity(
             16 + self.id.len()
@@ -200,7 +204,7 @@ impl Message {
                 + self.source.len()
                 + self.group.len()
                 + self.operation.len()
-                + self.resource.len()
+                + resource.len()
                 + self.content.len(),
         );
         let mut flags = 0;
@@ -227,8 +231,8 @@ impl Message {
         put8(&mut out, "route.source", &self.source)?;
         put8(&mut out, "route.group", &self.group)?;
         put8(&mut out, "route.operation", &self.operation)?;
-        out.extend_from_slice(&(self.resource.len() as u16).to_be_bytes());
-        out.extend_from_slice(self.resource.as_bytes());
+        out.extend_from_slice(&(resource.len() as u16).to_be_bytes());
+        out.extend_from_slice(resource.as_bytes());
         if let Some(extra) = &self.extra {
             out.extend_from_slice(&extra.expires_at.to_be_bytes());
             put16(&mut out, "content type", &extra.content_type)?;
@@ -260,6 +264,12 @@ impl Message {
 
     /// Reads the binary form.
     pub fn decode(bytes: &[u8]) -> Result<Message, MessageError> {
+        Message::decode_with_prefix(bytes, "")
+    }
+
+    /// [`decode`](Self::decode), with `prefix` put before the resource (the cloud's
+    /// `node/{node-id}/` before what a node sends) in the same allocation.
+    pub fn decode_with_prefix(bytes: &[u8], prefix: &str) -> Result<Message, MessageError> {
         let mut r = Reader(bytes);
         let flags = r.take(1)?[0];
         let ts = r.take(8)?;
@@ -276,7 +286,16 @@ impl Message {
             source: r.str8()?,
             group: r.str8()?,
             operation: r.str8()?,
-            resource: r.str16()?,
+            resource: {
+                let b = r.take(2)?;
+                let text = r.take(usize::from(u16::from_be_bytes([b[0], b[1]])))?;
+                let text = std::str::from_utf8(text)
+                    .map_err(|_| MessageError::Malformed("string is not UTF-8"))?;
+                let mut resource = String::with_capacity(prefix.len() + text.len());
+                resource.push_str(prefix);
+                resource.push_str(text);
+                resource
+            },
             content: Vec::new(),
             extra: None,
         };
@@ -348,13 +367,22 @@ impl Message {
     pub fn to_json_answering(&self, parent_id: &str) -> String {
         let content = self.json_content();
         let content = content.as_ref();
-        let mut out = String::with_capacity(160 + self.resource.len() + content.len());
+        // The names, quotes and punctuation take at most about 150 bytes; escapes grow it.
+        let mut out = String::with_capacity(
+            160 + self.id.len()
+                + parent_id.len()
+                + self.source.len()
+                + self.group.len()
+                + self.operation.len()
+                + self.resource.len()
+                + content.len(),
+        );
         out.push_str(r#"{"header":{"msg_id":"#);
         json_string(&mut out, &self.id);
         out.push_str(r#","parent_msg_id":"#);
         json_string(&mut out, parent_id);
         out.push_str(r#","timestamp":"#);
-        out.push_str(&self.timestamp.to_string());
+        push_int(&mut out, self.timestamp);
         out.push_str(if self.sync {
             r#","sync":true"#
         } else {
@@ -434,6 +462,39 @@ impl Message {
         }
     }
 
+    /// The JSON text of [`notice`](Self::notice) about a message whose id is `about_id` and
+    /// resource `about_resource`, written at once rather than through a [`Message`] and
+    /// [`to_json`](Self::to_json) (the same text, with a fresh id and the current time): the
+    /// notice that answers each publish of the WebSocket API (`docs/api.md`, Publishing).
+    pub fn notice_json(
+        about_id: &str,
+        about_resource: &str,
+        operation: &str,
+        error: Option<&str>,
+    ) -> String {
+        let content = match error {
+            Some(e) => std::borrow::Cow::Owned(serde_json::json!({ "error": e }).to_string()),
+            None => std::borrow::Cow::Borrowed("null"),
+        };
+        let mut out = String::with_capacity(
+            200 + about_id.len() + about_resource.len() + operation.len() + content.len(),
+        );
+        out.push_str(r#"{"header":{"msg_id":""#);
+        push_new_id(&mut out);
+        out.push_str(r#"","parent_msg_id":"#);
+        json_string(&mut out, about_id);
+        out.push_str(r#","timestamp":"#);
+        push_int(&mut out, now_millis());
+        out.push_str(r#","sync":false},"route":{"source":"hub","group":"hub","operation":"#);
+        json_string(&mut out, operation);
+        out.push_str(r#","resource":"#);
+        json_string(&mut out, about_resource);
+        out.push_str(r#"},"content":"#);
+        out.push_str(&content);
+        out.push('}');
+        out
+    }
+
     /// A message from the hub itself about `about` (its `parent_msg_id` is `about`'s id):
     /// `operation` is `accepted`, `error`, …; `error` becomes `{"error": "…"}` content.
     pub fn notice(about: &Message, operation: &str, error: Option<&str>) -> Message {
@@ -467,30 +528,86 @@ pub fn now_millis() -> i64 {
 }
 
 /// Appends `s` as a JSON string: quoted, with `"`, `\` and control characters escaped.
+///
+/// Every byte that needs escaping is ASCII, so the text is scanned eight bytes at a time and
+/// copied in runs between such bytes (most strings have none: one copy).
 fn json_string(out: &mut String, s: &str) {
+    /// Whether any of the eight bytes of `w` is below 0x20, `"` or `\`.
+    fn special(w: u64) -> bool {
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        const HIGH: u64 = 0x8080_8080_8080_8080;
+        let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+        w.wrapping_sub(ONES * 0x20) & !w & HIGH != 0
+            || zero(w ^ (ONES * u64::from(b'"'))) != 0
+            || zero(w ^ (ONES * u64::from(b'\\'))) != 0
+    }
+    out.reserve(s.len() + 2);
     out.push('"');
+    let bytes = s.as_bytes();
     let mut start = 0;
-    for (i, c) in s.char_indices() {
-        let escaped = match c {
-            '"' => "\\\"".to_owned(),
-            '\\' => "\\\\".to_owned(),
-            '\n' => "\\n".to_owned(),
-            '\r' => "\\r".to_owned(),
-            '\t' => "\\t".to_owned(),
-            c if (c as u32) < 0x20 => format!("\\u{:04x}", c as u32),
-            _ => continue,
-        };
-        out.push_str(&s[start..i]);
-        out.push_str(&escaped);
-        start = i + c.len_utf8();
+    let mut i = 0;
+    while i < bytes.len() {
+        if let Some(word) = bytes.get(i..i + 8) {
+            if !special(u64::from_le_bytes(word.try_into().expect("8 bytes"))) {
+                i += 8;
+                continue;
+            }
+        }
+        let b = bytes[i];
+        i += 1;
+        if b >= 0x20 && b != b'"' && b != b'\\' {
+            continue;
+        }
+        // `b` is ASCII: the run before it ends at a character boundary.
+        out.push_str(&s[start..i - 1]);
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            _ => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.push_str("\\u00");
+                out.push(char::from(HEX[usize::from(b >> 4)]));
+                out.push(char::from(HEX[usize::from(b & 15)]));
+            }
+        }
+        start = i;
     }
     out.push_str(&s[start..]);
     out.push('"');
 }
 
+/// Appends `n` in decimal.
+fn push_int(out: &mut String, n: i64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut v = n.unsigned_abs();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    if n < 0 {
+        out.push('-');
+    }
+    out.push_str(std::str::from_utf8(&digits[at..]).expect("ASCII digits"));
+}
+
 /// A new id shaped like a UUID v4: unique within the process (a counter) and across processes
 /// (a 64-bit random seed from the system, taken once), without a system call per id.
 pub fn new_id() -> String {
+    let mut out = String::with_capacity(36);
+    push_new_id(&mut out);
+    out
+}
+
+/// Appends a [`new_id`] to `out` (36 characters: 8-4-4-4-12 lowercase hex digits).
+fn push_new_id(out: &mut String) {
     use std::sync::OnceLock;
     use std::sync::atomic::{AtomicU64, Ordering};
     static SEED: OnceLock<u64> = OnceLock::new();
@@ -509,14 +626,19 @@ pub fn new_id() -> String {
     let mask = seed.rotate_left(29).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     let hi = (seed & 0xffff_ffff_ffff_0fff) | 0x4000; // version 4
     let lo = ((n ^ mask) & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000; // variant 10
-    format!(
-        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-        hi >> 32,
-        (hi >> 16) & 0xffff,
-        hi & 0xffff,
-        lo >> 48,
-        lo & 0xffff_ffff_ffff
-    )
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut text = [b'-'; 36];
+    let mut put = |from: usize, digits: usize, v: u64| {
+        for k in 0..digits {
+            text[from + k] = HEX[((v >> (4 * (digits - 1 - k))) & 15) as usize];
+        }
+    };
+    put(0, 8, hi >> 32);
+    put(9, 4, (hi >> 16) & 0xffff);
+    put(14, 4, hi & 0xffff);
+    put(19, 4, lo >> 48);
+    put(24, 12, lo & 0xffff_ffff_ffff);
+    out.push_str(std::str::from_utf8(&text).expect("ASCII"));
 }
 
 /// The prefix a cloud application puts before a resource to address node `node_id`.
@@ -660,6 +782,86 @@ mod tests {
     }
 
     #[test]
+    fn json_strings_escape_every_special_byte_at_every_position() {
+        // Runs of plain text of every length around each byte that needs escaping, so that
+        // the escape falls at each place of an eight-byte word, and multi-byte characters.
+        let specials = [
+            "\"", "\\", "\n", "\r", "\t", "\u{0}", "\u{1f}", "\u{8}", "é", "☃", "\u{7f}",
+        ];
+        for special in specials {
+            for before in 0..18 {
+                for after in [0, 1, 7, 8, 9] {
+                    let s = format!("{}{special}{}", "a".repeat(before), "b".repeat(after));
+                    let mut out = String::new();
+                    json_string(&mut out, &s);
+                    let back: String = serde_json::from_str(&out).unwrap();
+                    assert_eq!(back, s, "{out}");
+                    let plain = special.chars().all(|c| c >= ' ' && c != '"' && c != '\\');
+                    assert_eq!(out.len() == s.len() + 2, plain, "{out}");
+                }
+            }
+        }
+        let mut out = String::new();
+        json_string(&mut out, "x\u{1}\"\\\n\r\ty");
+        assert_eq!(out, r#""x\u0001\"\\\n\r\ty""#);
+    }
+
+    #[test]
+    fn decoding_with_a_prefix_puts_it_before_the_resource() {
+        let m = sample();
+        let bytes = m.encode().unwrap();
+        let got = Message::decode_with_prefix(&bytes, "node/gw-1/").unwrap();
+        assert_eq!(
+            got,
+            Message {
+                resource: format!("node/gw-1/{}", m.resource),
+                ..m.clone()
+            }
+        );
+        assert_eq!(Message::decode_with_prefix(&bytes, "").unwrap(), m);
+        let cut = &bytes[..bytes.len() - m.content.len() - 3];
+        assert_eq!(
+            Message::decode_with_prefix(cut, "node/gw-1/"),
+            Err(MessageError::Malformed("truncated"))
+        );
+    }
+
+    #[test]
+    fn integers_in_decimal() {
+        for n in [0, 7, -7, 10, 1_764_081_600_000, i64::MAX, i64::MIN] {
+            let mut out = String::new();
+            push_int(&mut out, n);
+            assert_eq!(out, n.to_string());
+        }
+    }
+
+    #[test]
+    fn notice_json_is_the_notice_as_json() {
+        let about = Message {
+            id: "app-1\"".into(),
+            resource: "node/gw-1/rooms/3".into(),
+            ..Message::default()
+        };
+        for (operation, error) in [("accepted", None), ("error", Some("queue \"full\"\n"))] {
+            let made: serde_json::Value = serde_json::from_str(&Message::notice_json(
+                &about.id,
+                &about.resource,
+                operation,
+                error,
+            ))
+            .unwrap();
+            let mut notice = Message::notice(&about, operation, error);
+            let id = made["header"]["msg_id"].as_str().unwrap();
+            assert_eq!(id.len(), 36, "{id}");
+            notice.id = id.to_owned();
+            notice.timestamp = made["header"]["timestamp"].as_i64().unwrap();
+            assert!(notice.timestamp > 1_600_000_000_000);
+            let expected: serde_json::Value = serde_json::from_str(&notice.to_json()).unwrap();
+            assert_eq!(made, expected);
+        }
+    }
+
+    #[test]
     fn json_defaults_and_errors() {
         let mut m = Message::from_json(r#"{"route":{"resource":"a/b"}}"#).unwrap();
         assert_eq!(m.content, b"null");
@@ -711,5 +913,13 @@ mod tests {
         assert!(matches!(a.as_bytes()[19], b'8' | b'9' | b'a' | b'b'), "{a}");
         let many: std::collections::HashSet<String> = (0..10_000).map(|_| new_id()).collect();
         assert_eq!(many.len(), 10_000);
+        for id in &many {
+            let groups: Vec<usize> = id.split('-').map(str::len).collect();
+            assert_eq!(groups, [8, 4, 4, 4, 12], "{id}");
+            assert!(
+                id.bytes()
+                    .all(|b| b == b'-' || b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            );
+        }
     }
 }

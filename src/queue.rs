@@ -4,10 +4,13 @@
 //! everything waiting, writes it in one batch and (with `fsync: always`) one fsync, and only then
 //! answers each publisher. Readers (the link) see a record once its batch is complete.
 
+use std::future::Future;
 use std::io;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use smol::channel::{Receiver, Sender};
@@ -22,7 +25,72 @@ struct Append {
     records: Vec<Vec<u8>>,
     /// Whether the reply waits for the fsync policy (false: for requests and responses).
     durable: bool,
-    reply: Sender<Result<u64, String>>,
+    reply: Answer,
+}
+
+/// The outcome of one submitted batch, handed from the append task to the publisher waiting
+/// for it: one allocation and at most one wake-up per batch (a channel per append took several
+/// of each).
+#[derive(Default)]
+struct Reply(Mutex<ReplyState>);
+
+#[derive(Default)]
+struct ReplyState {
+    outcome: Option<Result<u64, String>>,
+    waker: Option<Waker>,
+}
+
+impl Reply {
+    fn state(&self) -> MutexGuard<'_, ReplyState> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The append task's end of a [`Reply`]. Dropped without an answer (the queue is gone), it
+/// answers that the queue is closed.
+struct Answer(Arc<Reply>);
+
+impl Answer {
+    fn send(self, outcome: Result<u64, String>) {
+        self.0.state().outcome = Some(outcome);
+        // Dropping wakes the publisher.
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        let mut state = self.0.state();
+        if state.outcome.is_none() {
+            state.outcome = Some(Err("the queue is closed".into()));
+        }
+        let waker = state.waker.take();
+        drop(state);
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+/// The publisher's end of a [`Reply`]: finishes with the outcome.
+struct Answered(Arc<Reply>);
+
+impl Future for Answered {
+    type Output = Result<u64, String>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.0.state();
+        if let Some(outcome) = state.outcome.take() {
+            return Poll::Ready(outcome);
+        }
+        if !state
+            .waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            state.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
 }
 
 /// A durable queue shared by its producers (applications) and its consumer (the link).
@@ -91,7 +159,7 @@ impl Queue {
     pub fn submit(
         &self,
         records: Vec<Vec<u8>>,
-    ) -> impl std::future::Future<Output = Result<u64, String>> + use<> {
+    ) -> impl Future<Output = Result<u64, String>> + use<> {
         self.submit_with(records, true)
     }
 
@@ -103,20 +171,15 @@ impl Queue {
         &self,
         records: Vec<Vec<u8>>,
         durable: bool,
-    ) -> impl std::future::Future<Output = Result<u64, String>> + use<> {
-        let (reply, answer) = smol::channel::bounded(1);
-        let sent = self.appends.try_send(Append {
+    ) -> impl Future<Output = Result<u64, String>> + use<> {
+        let reply = Arc::new(Reply::default());
+        // Refused (the append task is gone), the append is dropped and its `Answer` says so.
+        let _ = self.appends.try_send(Append {
             records,
             durable,
-            reply,
+            reply: Answer(reply.clone()),
         });
-        async move {
-            sent.map_err(|_| "the queue is closed".to_owned())?;
-            answer
-                .recv()
-                .await
-                .unwrap_or_else(|_| Err("the queue is closed".into()))
-        }
+        Answered(reply)
     }
 
     /// Appends `record` now, from the caller's thread, without waiting for the fsync policy (see
@@ -242,7 +305,7 @@ async fn append_task(queue: std::sync::Weak<Queue>, requests: Receiver<Append>) 
         }
         let _ = q.added_tx.try_send(());
         for (req, result) in batch.into_iter().zip(results) {
-            let _ = req.reply.try_send(result);
+            req.reply.send(result);
         }
     }
 }
@@ -413,6 +476,24 @@ mod tests {
             102,
             "numbering goes on after the claim"
         );
+    }
+
+    #[test]
+    fn an_append_the_queue_drops_unanswered_is_refused() {
+        let reply = Arc::new(Reply::default());
+        let answered = Answered(reply.clone());
+        drop(Answer(reply));
+        let outcome = smol::block_on(answered);
+        assert_eq!(outcome, Err("the queue is closed".to_owned()));
+        // Answered before the publisher looks, or while it waits: the outcome either way.
+        let reply = Arc::new(Reply::default());
+        Answer(reply.clone()).send(Ok(7));
+        assert_eq!(smol::block_on(Answered(reply)), Ok(7));
+        let reply = Arc::new(Reply::default());
+        let answer = Answer(reply.clone());
+        let waiting = smol::spawn(Answered(reply));
+        std::thread::spawn(move || answer.send(Ok(9)));
+        assert_eq!(smol::block_on(waiting), Ok(9));
     }
 
     #[test]

@@ -113,6 +113,7 @@ pub fn decode_out(bytes: &[u8], seq: u64) -> Result<Out, String> {
             .collect(),
         answer: false,
         seq: Some(seq),
+        json: None,
     })
 }
 

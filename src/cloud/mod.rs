@@ -732,7 +732,10 @@ async fn serve(
             Wake::Added
         });
         match link.wait(&session, other).await {
-            Wake::Inbound(Inbound::Frame(bytes)) => session.handle_bytes(Instant::now(), &bytes),
+            Wake::Inbound(Inbound::Frame(bytes)) => {
+                session.handle_bytes(Instant::now(), &bytes);
+                link.handle_waiting(&mut session);
+            }
             Wake::Inbound(Inbound::Closed(LinkError::Frame(e))) => session.fail(Instant::now(), e),
             Wake::Inbound(Inbound::Closed(LinkError::WriteTimeout(d))) => session.close(
                 CloseCode::WriteTimeout,

@@ -1514,15 +1514,11 @@ impl Client {
 
     fn enqueue(
         &mut self,
-        mut msg: Message,
+        msg: Message,
         pid: u16,
         qos: u8,
     ) -> Result<Option<Incoming>, (u16, u8, String)> {
-        let (accepted, bytes) = self
-            .mqtt
-            .apps
-            .publish(&mut msg)
-            .map_err(|e| (pid, qos, e))?;
+        let (accepted, bytes) = self.mqtt.apps.publish(&msg).map_err(|e| (pid, qos, e))?;
         // QoS 0 too: no acknowledgement follows, but it counts against the bounds on what is on
         // its way into the queue, so a client publishing faster than the disk cannot grow them.
         Ok(Some(Incoming {

@@ -268,7 +268,13 @@ pub struct Link {
     quic: Option<quinn::Connection>,
     /// When the round trip is sampled next; `None` until the session is open.
     next_rtt: Option<Instant>,
+    /// The link's end, taken from the inbound queue by [`Link::handle_waiting`] and kept for
+    /// the next [`Link::recv`].
+    held: std::sync::Mutex<Option<Inbound>>,
 }
+
+/// Frames [`Link::handle_waiting`] hands the session in one turn at most.
+const RECV_BATCH: usize = 64;
 
 /// Inbound items buffered between a reader task and the session task, per lane.
 const INBOUND_QUEUE: usize = 64;
@@ -379,6 +385,7 @@ impl Link {
                 live: live.clone(),
                 quic: None,
                 next_rtt: None,
+                held: std::sync::Mutex::new(None),
             },
             LinkTasks {
                 inbound: [in_urgent, in_bulk],
@@ -433,6 +440,9 @@ impl Link {
 
     /// The next item from the peer, urgent ones first; `Closed` once the link is gone.
     pub async fn recv(&self) -> Inbound {
+        if let Some(end) = self.held.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            return end;
+        }
         let [urgent, bulk] = &self.inbound;
         let (lane, item) = match urgent.try_recv() {
             Ok(item) => (Lane::Urgent, Ok(item)),
@@ -450,6 +460,34 @@ impl Link {
             self.budget[lane.index()].release(bytes.len());
         }
         item
+    }
+
+    /// Hands `session` the frames already waiting from the peer (urgent ones first, at most
+    /// [`RECV_BATCH`]), after the caller handled the one [`wait`](Self::wait) returned: a burst
+    /// of frames takes one turn of the caller's loop (one fill, one flush, one wait), not one
+    /// each. The link's end, if it comes among them, is kept for the next
+    /// [`recv`](Self::recv) or [`wait`](Self::wait).
+    pub fn handle_waiting(&self, session: &mut Session) {
+        let [urgent, bulk] = &self.inbound;
+        for _ in 0..RECV_BATCH {
+            let (lane, item) = match urgent.try_recv() {
+                Ok(item) => (Lane::Urgent, item),
+                Err(_) => match bulk.try_recv() {
+                    Ok(item) => (Lane::Bulk, item),
+                    Err(_) => return,
+                },
+            };
+            match item {
+                Inbound::Frame(bytes) => {
+                    self.budget[lane.index()].release(bytes.len());
+                    session.handle_bytes(Instant::now(), &bytes);
+                }
+                end => {
+                    *self.held.lock().unwrap_or_else(|e| e.into_inner()) = Some(end);
+                    return;
+                }
+            }
+        }
     }
 
     /// Sends everything `session` has queued.
