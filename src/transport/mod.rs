@@ -20,10 +20,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use smol::channel::{Receiver, Sender};
 use smol::future::FutureExt;
 
-use crate::signal::{Latch, RaiseOnDrop, Token};
+use crate::signal::{Latch, PipeReceiver, PipeSender, RaiseOnDrop, Token, pipe};
 
 use crate::config::Protocol;
 use crate::metrics::{Cause, METRICS};
@@ -246,7 +245,7 @@ enum Outbound {
 
 /// A frame waiting for a writer: [`Frame`] with HELLO and WELCOME (once per link, and four times
 /// the size of the others) boxed, so that each slot of a link's outbound queues takes 48 bytes
-/// rather than 160 (a queue allocates 31 slots at a time, and keeps them while the link is idle).
+/// rather than 160 (an idle queue keeps up to 8 slots).
 #[derive(Debug)]
 enum QueuedFrame {
     Message {
@@ -331,9 +330,9 @@ pub struct Link {
     pub protocol: Protocol,
     /// The peer's address.
     pub peer: SocketAddr,
-    inbound: [Receiver<Inbound>; LANES],
+    inbound: [PipeReceiver<Inbound>; LANES],
     budget: [Arc<InboundBudget>; LANES],
-    outbound: [Sender<Outbound>; LANES],
+    outbound: [PipeSender<Outbound>; LANES],
     queued: Arc<Queued>,
     writer_done: Arc<Token>,
     /// Dropped with the link, which stops the reader task.
@@ -434,12 +433,12 @@ impl Link {
     /// returned [`LinkTasks`].
     fn new(protocol: Protocol, peer: SocketAddr) -> (Link, LinkTasks) {
         // Unbounded: the readers keep to their budget ([`InboundBudget`]).
-        let (in_urgent, out_urgent_rx) = smol::channel::unbounded();
-        let (in_bulk, out_bulk_rx) = smol::channel::unbounded();
+        let (in_urgent, out_urgent_rx) = pipe();
+        let (in_bulk, out_bulk_rx) = pipe();
         let budget = [InboundBudget::new(), InboundBudget::new()];
         // Unbounded: the session bounds what it queues ([`Link::room`], its window, heartbeats).
-        let (urgent_tx, urgent_rx) = smol::channel::unbounded();
-        let (bulk_tx, bulk_rx) = smol::channel::unbounded();
+        let (urgent_tx, urgent_rx) = pipe();
+        let (bulk_tx, bulk_rx) = pipe();
         let queued = Arc::new(Queued {
             bytes: Default::default(),
             drained: Token::new(),
@@ -494,7 +493,7 @@ impl Link {
         match &self.quic {
             Some(conn) => self.live.record_rtt(conn.rtt()),
             None => {
-                let _ = self.outbound[Lane::Urgent.index()].try_send(Outbound::Ping);
+                let _ = self.outbound[Lane::Urgent.index()].send(Outbound::Ping);
             }
         }
     }
@@ -504,7 +503,7 @@ impl Link {
         let lane = frame_lane(&frame);
         let out = Outbound::Frame(frame.into());
         self.queued.add(lane, frame_bytes(&out));
-        let _ = self.outbound[lane.index()].try_send(out);
+        let _ = self.outbound[lane.index()].send(out);
     }
 
     /// How many more bytes of messages the link takes on `lane` now (see [`LANE_BYTES`]).
@@ -516,9 +515,9 @@ impl Link {
     pub async fn recv(&self) -> Inbound {
         let [urgent, bulk] = &self.inbound;
         let (lane, item) = match urgent.try_recv() {
-            Ok(item) => (Lane::Urgent, Ok(item)),
+            Ok(item) => (Lane::Urgent, Some(item)),
             Err(_) => match bulk.try_recv() {
-                Ok(item) => (Lane::Bulk, Ok(item)),
+                Ok(item) => (Lane::Bulk, Some(item)),
                 Err(_) => {
                     async { (Lane::Urgent, urgent.recv().await) }
                         .or(async { (Lane::Bulk, bulk.recv().await) })
@@ -543,7 +542,7 @@ impl Link {
     /// Closes the link with `code` after the urgent frames already queued, waiting at most
     /// `linger` for the writer to finish so the peer learns why.
     pub async fn close(self, code: CloseCode, linger: Duration) {
-        let _ = self.outbound[Lane::Urgent.index()].try_send(Outbound::Close(code));
+        let _ = self.outbound[Lane::Urgent.index()].send(Outbound::Close(code));
         let _ = self
             .writer_done
             .wait()
@@ -594,9 +593,9 @@ pub enum Wake {
 
 /// The task ends of a link's channels.
 struct LinkTasks {
-    inbound: [Sender<Inbound>; LANES],
+    inbound: [PipeSender<Inbound>; LANES],
     budget: [Arc<InboundBudget>; LANES],
-    outbound: [Receiver<Outbound>; LANES],
+    outbound: [PipeReceiver<Outbound>; LANES],
     queued: Arc<Queued>,
     /// Notified when the writer is done.
     writer_done: Arc<Token>,
@@ -638,7 +637,7 @@ fn spawn_while(alive: Arc<Latch>, task: impl Future<Output = ()> + Send + 'stati
 /// A reader task's end of the inbound queues (also used by writers to report a failure).
 #[derive(Clone)]
 struct Reader {
-    inbound: [Sender<Inbound>; LANES],
+    inbound: [PipeSender<Inbound>; LANES],
     budget: [Arc<InboundBudget>; LANES],
     /// The queue a close goes on: urgent (the session learns at once) unless the reader reads
     /// bulk frames too, whose close comes after the bulk frames it read before it, so that they
@@ -666,13 +665,13 @@ impl Reader {
         if let Inbound::Frame(bytes) = &item {
             self.budget[lane.index()].reserve(bytes.len()).await;
         }
-        self.inbound[lane.index()].send(item).await.is_ok() && !last
+        self.inbound[lane.index()].send(item).is_ok() && !last
     }
 }
 
 /// A writer's end of the outbound queues: urgent frames before bulk ones.
 struct Outgoing {
-    lanes: [Receiver<Outbound>; LANES],
+    lanes: [PipeReceiver<Outbound>; LANES],
     queued: Arc<Queued>,
 }
 
@@ -684,7 +683,7 @@ impl Outgoing {
 
     /// The next item of `lane`, waiting for one; `None` once the link is dropped.
     async fn next_of(&self, lane: Lane) -> Option<Outbound> {
-        let out = self.lanes[lane.index()].recv().await.ok()?;
+        let out = self.lanes[lane.index()].recv().await?;
         Some(self.took(lane, out))
     }
 
@@ -712,9 +711,9 @@ impl Outgoing {
             .or(async { (Lane::Bulk, bulk.recv().await) })
             .await;
         match out {
-            Ok(out) => Some(self.took(lane, out)),
+            Some(out) => Some(self.took(lane, out)),
             // One lane's sender is gone: so is the link; the other may still hold a close.
-            Err(_) => self.try_next(),
+            None => self.try_next(),
         }
     }
 }
@@ -815,8 +814,8 @@ mod tests {
 
     #[test]
     fn an_outbound_slot_is_small() {
-        // A link's outbound queue allocates 31 slots at once and keeps them while idle: HELLO and
-        // WELCOME (160 bytes) are boxed so a slot is a message's size.
+        // A link's outbound queue keeps its slots while idle: HELLO and WELCOME (160 bytes) are
+        // boxed so a slot is a message's size.
         assert!(std::mem::size_of::<Frame>() >= 150);
         assert!(
             std::mem::size_of::<Outbound>() <= 48,
