@@ -340,8 +340,7 @@ impl ServerCredentials {
     /// The cloud's TLS configuration: TLS 1.3, a client certificate chaining to the CA bundle
     /// required, `alpn` offered. With `early_data`, resumed QUIC clients may send 0-RTT data;
     /// sessions are kept in memory (in `sessions`, see [`session_store`]) and each can be
-    /// resumed once, so 0-RTT data cannot be replayed to this process; one ticket (one session)
-    /// is issued per handshake.
+    /// resumed once, so 0-RTT data cannot be replayed to this process.
     ///
     /// A resumed session is not checked against the CA bundle again (RFC 8446 section 2.2: the
     /// client's certificate was verified when the session began), so a store must not outlive a
@@ -361,10 +360,6 @@ impl ServerCredentials {
             .map_err(config_error)?;
         config.alpn_protocols = vec![alpn.to_vec()];
         config.session_storage = sessions;
-        // One ticket per handshake rather than rustls' two: each is a session the store keeps
-        // (about 900 bytes with the client's certificate), and an edge resumes with one and gets
-        // a new one on the resumed connection.
-        config.send_tls13_tickets = 1;
         if early_data {
             config.max_early_data_size = u32::MAX;
         }
