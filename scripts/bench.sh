@@ -18,7 +18,7 @@
 # skipped where namespaces or TUN devices are unavailable.
 #
 # Environment: COUNT, BIG_COUNT (messages per throughput run), REQUESTS (round trips),
-# MQ_STOCK_REQUESTS, BACKLOG, SCALE, SCRAPES (per metrics run, default 50), NODES_REQUESTS (default
+# MQ_STOCK_REQUESTS, BACKLOG, SCALE, SCALE_ONLY (websocket or quic), SCRAPES (per metrics run, default 50), NODES_REQUESTS (default
 # 10), IDLE (idle MQTT connections, default 2000), MQTT_LINKS (the
 # link protocols hub's MQTT rows run over, default "websocket quic"), PARTS (default all; or any
 # of: api (hub's WebSocket API rows and their ratios), mqtt (hub's MQTT rows, the idle
@@ -371,7 +371,8 @@ rm -f "$W/backlog.lines"
 fi # backlog
 
 # --- scale: many idle nodes on one cloud ------------------------------------------------------
-# SCALE nodes, half over WebSocket and half over QUIC, each with its own certificate, connect to a
+# SCALE nodes, half over WebSocket and half over QUIC (SCALE_ONLY=websocket or SCALE_ONLY=quic:
+# all over that one), each with its own certificate, connect to a
 # fresh cloud with default settings and stay idle with heartbeats; RSS per node and CPU while
 # idle are read from /proc. The cloud holds one descriptor per node (its queue's segment) besides each WebSocket's socket: 10,000 nodes need
 # about 15,000 of the 20,000 these machines allow.
@@ -409,7 +410,10 @@ PIDS+=("$SCALE_PID")
 S_WS=$(wait_log "$W/scale-cloud.log" 'websocket listening on' | grep -oE '[0-9.]+:[0-9]+$')
 S_QUIC=$(wait_log "$W/scale-cloud.log" 'quic listening on' | grep -oE '[0-9.]+:[0-9]+$')
 before=$(rss_kib "$SCALE_PID")
-"$BENCH" scale --websocket "$S_WS" --quic "$S_QUIC" --pki "$W/scale-pki" --nodes "$SCALE" --hold 15 >"$W/scale.out" &
+SCALE_ONLY=${SCALE_ONLY:-}
+only=()
+[ -n "$SCALE_ONLY" ] && only=(--only "$SCALE_ONLY")
+"$BENCH" scale --websocket "$S_WS" --quic "$S_QUIC" --pki "$W/scale-pki" --nodes "$SCALE" --hold 15 "${only[@]}" >"$W/scale.out" &
 SIM=$!
 PIDS+=("$SIM")
 connected=$(wait_log "$W/scale.out" '^connected' 1800)
@@ -418,7 +422,7 @@ after=$(rss_kib "$SCALE_PID")
 cpu0=$(awk '{print $14 + $15}' "/proc/$SCALE_PID/stat")
 sleep 10
 cpu1=$(awk '{print $14 + $15}' "/proc/$SCALE_PID/stat")
-row "scale: $SCALE nodes" "$connected"
+row "scale: $SCALE nodes${SCALE_ONLY:+ ($SCALE_ONLY)}" "$connected"
 row "scale: hub cloud RSS, KiB (before -> with nodes)" "$before -> $after ($(( (after - before) / SCALE )) KiB per node)"
 row "scale: hub cloud CPU while idle, % of one core" "$(( (cpu1 - cpu0) * 100 / $(getconf CLK_TCK) / 10 ))"
 wait "$SIM" || true

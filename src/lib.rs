@@ -27,6 +27,7 @@ pub mod queue;
 pub mod retained;
 pub mod sessions;
 pub mod shutdown;
+pub mod signal;
 pub mod store;
 pub mod tls;
 pub mod transport;

@@ -9,13 +9,14 @@ use std::io;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use smol::channel::{Receiver, Sender};
 
 use crate::config::QueueConfig;
+use crate::signal::Token;
 use crate::store::{AppendError, Fsync, Limits, Log, Reader};
 
 /// The most records written in one batch.
@@ -100,33 +101,33 @@ pub struct Queue {
     /// Records with a sequence number below this are complete and may be read.
     visible: AtomicU64,
     /// Holds one token when records were added since the consumer last looked.
-    added_tx: Sender<()>,
-    added_rx: Receiver<()>,
-    appends: Sender<Append>,
+    added: Token,
+    /// The append task's queue, from the first [`submit_with`](Self::submit_with) on: a queue
+    /// nothing is submitted to (an idle node's) has no task and no channel.
+    appends: OnceLock<Sender<Append>>,
+    /// This queue, for the append task it starts.
+    me: Weak<Queue>,
     fsync: Fsync,
 }
 
 impl Queue {
-    /// Opens (or creates) the queue in `dir` and starts its append task (and, with
-    /// `fsync: periodic`, a task that syncs every second).
+    /// Opens (or creates) the queue in `dir` (and, with `fsync: periodic`, starts a task that
+    /// syncs every second). Its append task starts with the first submission.
     pub fn open(dir: &Path, config: &QueueConfig) -> io::Result<Arc<Queue>> {
         let limits = Limits {
             max_messages: config.max_messages,
             max_bytes: config.max_bytes,
         };
         let log = Log::open(dir, limits, config.fsync)?;
-        let (added_tx, added_rx) = smol::channel::bounded(1);
-        let (appends, requests) = smol::channel::unbounded();
-        let queue = Arc::new(Queue {
+        let queue = Arc::new_cyclic(|me| Queue {
             stream: log.stream_id(),
             visible: AtomicU64::new(log.next_seq()),
             log: Mutex::new(log),
-            added_tx,
-            added_rx,
-            appends,
+            added: Token::new(),
+            appends: OnceLock::new(),
+            me: me.clone(),
             fsync: config.fsync,
         });
-        smol::spawn(append_task(Arc::downgrade(&queue), requests)).detach();
         if config.fsync == Fsync::Periodic {
             let weak = Arc::downgrade(&queue);
             smol::spawn(async move {
@@ -173,8 +174,13 @@ impl Queue {
         durable: bool,
     ) -> impl Future<Output = Result<u64, String>> + use<> {
         let reply = Arc::new(Reply::default());
+        let appends = self.appends.get_or_init(|| {
+            let (appends, requests) = smol::channel::unbounded();
+            smol::spawn(append_task(self.me.clone(), requests)).detach();
+            appends
+        });
         // Refused (the append task is gone), the append is dropped and its `Answer` says so.
-        let _ = self.appends.try_send(Append {
+        let _ = appends.try_send(Append {
             records,
             durable,
             reply: Answer(reply.clone()),
@@ -195,7 +201,7 @@ impl Queue {
             self.visible.store(log.next_seq(), Ordering::Release);
             seq
         };
-        let _ = self.added_tx.try_send(());
+        self.added.notify();
         Ok(seq)
     }
 
@@ -275,11 +281,11 @@ impl Queue {
 
     /// Finishes when records were added since the last call finished.
     pub async fn added(&self) {
-        let _ = self.added_rx.recv().await;
+        self.added.wait().await;
     }
 }
 
-async fn append_task(queue: std::sync::Weak<Queue>, requests: Receiver<Append>) {
+async fn append_task(queue: Weak<Queue>, requests: Receiver<Append>) {
     while let Ok(first) = requests.recv().await {
         let mut batch = vec![first];
         let mut count = batch[0].records.len();
@@ -303,7 +309,7 @@ async fn append_task(queue: std::sync::Weak<Queue>, requests: Receiver<Append>) 
             let log = q.lock();
             q.visible.store(log.next_seq(), Ordering::Release);
         }
-        let _ = q.added_tx.try_send(());
+        q.added.notify();
         for (req, result) in batch.into_iter().zip(results) {
             req.reply.send(result);
         }

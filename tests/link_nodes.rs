@@ -222,12 +222,13 @@ fn streams_granted(max_streams: u32, try_up_to: usize) -> usize {
 #[test]
 fn quic_peer_cannot_open_more_than_max_incomingstreams() {
     assert_eq!(streams_granted(3, 10), 3, "max_incomingstreams: 3");
-    // Beyond 100 the hub grants 100 (its protocol uses one stream; each allowed one costs state).
+    // Beyond 4 the hub grants 4 (its protocol uses two streams; each allowed one costs state).
     assert_eq!(
         streams_granted(10_000, 150),
-        100,
+        hub::transport::quic::MAX_GRANTED_STREAMS as usize,
         "max_incomingstreams: 10000"
     );
+    assert_eq!(hub::transport::quic::MAX_GRANTED_STREAMS, 4);
 }
 
 #[test]

@@ -233,3 +233,56 @@ fn full_outbox_refuses_and_keeps_what_it_accepted() {
         assert_eq!(next[0].content, b"\"room again\"", "{}", next[0].to_json());
     }
 }
+
+/// A message of about 1 MiB (the applications' limit) each way over each transport, between
+/// small ones: the link's buffers are sized for idle nodes (a 4 KiB WebSocket read buffer, queues
+/// allocated as frames arrive) and must still carry it whole and in order.
+#[test]
+fn a_message_of_a_mebibyte_crosses_each_way() {
+    // A JSON string under the default `apps.max-message-bytes` (1 MiB) with the envelope; not a
+    // repeating pattern of the read size, so a piece out of place shows.
+    let big: String = std::iter::once('"')
+        .chain((0..1_000_000u32).map(|i| char::from(b'a' + (i % 23) as u8)))
+        .chain(std::iter::once('"'))
+        .collect();
+    for proto in BOTH {
+        let tmp = tempfile::tempdir().unwrap();
+        let pki = common::link_pki(tmp.path());
+        let cloud = common::start_cloud(tmp.path(), &pki, &CloudSpec::default());
+        let (_edge, edge_apps) = start_connected_edge(tmp.path(), &pki, proto, &cloud);
+        let mut at_cloud = subscribe(&cloud.apps, "node/edge-node/up");
+        let mut at_edge = subscribe(&edge_apps, "down");
+        for (url, resource) in [
+            (&edge_apps, "up/big"),
+            (&cloud.apps, "node/edge-node/down/big"),
+        ] {
+            let msgs: Vec<Message> = ["1", big.as_str(), "2"]
+                .into_iter()
+                .map(|content| message(resource, content))
+                .collect();
+            let results = block("publish", async {
+                let ws = client::connect(url, "/").await.unwrap();
+                publish_tracked(ws, &msgs, |_| {}).await
+            });
+            assert!(
+                results.len() == 3 && results.iter().all(Result::is_ok),
+                "{proto:?}: {results:?}"
+            );
+        }
+        for (sub, resource) in [
+            (&mut at_cloud, "node/edge-node/up/big"),
+            (&mut at_edge, "down/big"),
+        ] {
+            let got = receive(sub, 3);
+            let contents: Vec<&[u8]> = got.iter().map(|m| m.content.as_slice()).collect();
+            assert!(got.iter().all(|m| m.resource == resource), "{proto:?}");
+            assert_eq!(contents[0], b"1", "{proto:?}");
+            assert_eq!(contents[1].len(), big.len(), "{proto:?}: {resource}");
+            assert!(
+                contents[1] == big.as_bytes(),
+                "{proto:?}: {resource} arrived changed"
+            );
+            assert_eq!(contents[2], b"2", "{proto:?}");
+        }
+    }
+}

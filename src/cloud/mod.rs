@@ -446,7 +446,9 @@ async fn ws_handshake(
             (Ok(_), None) => Err((Refusal::ProtocolError, "no upgrade request".into())),
         }
     };
-    let handshake = timeout(limit, handshake).await;
+    // Boxed: the handshake's state (TLS, the upgrade) is freed once it is done, rather than
+    // kept in the connection's task as long as the node stays connected.
+    let handshake = timeout(limit, Box::pin(handshake)).await;
     drop(pending);
     match handshake {
         None => {
@@ -561,7 +563,9 @@ async fn quic_handshake(incoming: quinn::Incoming, cloud: Arc<Cloud>, pending: P
             .map_err(|e| (Refusal::ProtocolError, format!("QUIC: {e}")))?;
         Ok::<_, (Refusal, String)>((conn, send, recv, identity))
     };
-    let handshake = timeout(limit, handshake).await;
+    // Boxed: the handshake's state (TLS, the upgrade) is freed once it is done, rather than
+    // kept in the connection's task as long as the node stays connected.
+    let handshake = timeout(limit, Box::pin(handshake)).await;
     drop(pending);
     match handshake {
         None => {

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use smol::channel::{Receiver, Sender};
+use crate::signal::{Latch, RaiseOnDrop};
 
 use crate::config::Protocol;
 use crate::metrics::{Cause, METRICS};
@@ -67,8 +67,8 @@ struct Entry {
     /// Whether this connection replaced another when it was admitted.
     replaced_another: bool,
     info: NodeInfo,
-    /// Dropped when a newer connection replaces this one.
-    _replace: Sender<()>,
+    /// Dropped when a newer connection replaces this one, which raises its [`Admission`]'s latch.
+    _replace: RaiseOnDrop,
 }
 
 /// Connected nodes, bounded by `node-limit`.
@@ -93,7 +93,7 @@ pub struct Admission {
     registry: Arc<Registry>,
     node_id: String,
     id: u64,
-    replaced: Receiver<()>,
+    replaced: Arc<Latch>,
 }
 
 impl Admission {
@@ -129,12 +129,12 @@ impl Admission {
 
     /// Finishes when a newer connection for the same node replaced this one.
     pub async fn replaced(&self) {
-        let _ = self.replaced.recv().await;
+        self.replaced.wait().await;
     }
 
     /// Whether a newer connection for the same node replaced this one.
     pub fn is_replaced(&self) -> bool {
-        self.replaced.is_closed()
+        self.replaced.is_raised()
     }
 }
 
@@ -192,7 +192,7 @@ impl Registry {
             return None;
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = smol::channel::bounded(1);
+        let replaced = Arc::new(Latch::new());
         let now = Instant::now();
         let replacing = nodes.get(node_id);
         if let Some(old) = replacing {
@@ -228,14 +228,14 @@ impl Registry {
                 admitted: now,
                 replaced_another: replacing.is_some(),
                 info,
-                _replace: tx,
+                _replace: RaiseOnDrop(replaced.clone()),
             },
         );
         Some(Admission {
             registry: self.clone(),
             node_id: node_id.to_owned(),
             id,
-            replaced: rx,
+            replaced,
         })
     }
 

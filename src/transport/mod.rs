@@ -20,8 +20,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use smol::channel::{Receiver, Sender};
 use smol::future::FutureExt;
+
+use crate::signal::{Latch, PipeReceiver, PipeSender, RaiseOnDrop, Token, pipe};
 
 use crate::config::Protocol;
 use crate::metrics::{Cause, METRICS};
@@ -236,10 +237,83 @@ pub enum Inbound {
 /// What the session's task asks a writer task to do.
 #[derive(Debug)]
 enum Outbound {
-    Frame(Frame),
+    Frame(QueuedFrame),
     Close(CloseCode),
     /// WebSocket: send a Ping stamped with the time, whose Pong gives a round-trip sample.
     Ping,
+}
+
+/// A frame waiting for a writer: [`Frame`] with HELLO and WELCOME (once per link, and four times
+/// the size of the others) boxed, so that each slot of a link's outbound queues takes 48 bytes
+/// rather than 160 (an idle queue keeps up to 8 slots).
+#[derive(Debug)]
+enum QueuedFrame {
+    Message {
+        lane: Lane,
+        seq: u64,
+        payload: Vec<u8>,
+    },
+    Part {
+        lane: Lane,
+        seq: u64,
+        offset: u32,
+        total: u32,
+        payload: Vec<u8>,
+    },
+    Ack {
+        lane: Lane,
+        seq: u64,
+    },
+    Heartbeat,
+    Other(Box<Frame>),
+}
+
+impl From<Frame> for QueuedFrame {
+    fn from(f: Frame) -> QueuedFrame {
+        match f {
+            Frame::Message { lane, seq, payload } => QueuedFrame::Message { lane, seq, payload },
+            Frame::Part {
+                lane,
+                seq,
+                offset,
+                total,
+                payload,
+            } => QueuedFrame::Part {
+                lane,
+                seq,
+                offset,
+                total,
+                payload,
+            },
+            Frame::Ack { lane, seq } => QueuedFrame::Ack { lane, seq },
+            Frame::Heartbeat => QueuedFrame::Heartbeat,
+            other => QueuedFrame::Other(Box::new(other)),
+        }
+    }
+}
+
+impl From<QueuedFrame> for Frame {
+    fn from(f: QueuedFrame) -> Frame {
+        match f {
+            QueuedFrame::Message { lane, seq, payload } => Frame::Message { lane, seq, payload },
+            QueuedFrame::Part {
+                lane,
+                seq,
+                offset,
+                total,
+                payload,
+            } => Frame::Part {
+                lane,
+                seq,
+                offset,
+                total,
+                payload,
+            },
+            QueuedFrame::Ack { lane, seq } => Frame::Ack { lane, seq },
+            QueuedFrame::Heartbeat => Frame::Heartbeat,
+            QueuedFrame::Other(f) => *f,
+        }
+    }
 }
 
 /// An open link: frames in, frames out, on two lanes ([`Lane`]).
@@ -256,13 +330,13 @@ pub struct Link {
     pub protocol: Protocol,
     /// The peer's address.
     pub peer: SocketAddr,
-    inbound: [Receiver<Inbound>; LANES],
+    inbound: [PipeReceiver<Inbound>; LANES],
     budget: [Arc<InboundBudget>; LANES],
-    outbound: [Sender<Outbound>; LANES],
+    outbound: [PipeSender<Outbound>; LANES],
     queued: Arc<Queued>,
-    writer_done: Receiver<()>,
+    writer_done: Arc<Token>,
     /// Dropped with the link, which stops the reader task.
-    _alive: Sender<()>,
+    _alive: RaiseOnDrop,
     live: Arc<Live>,
     /// QUIC: the connection, whose round-trip estimate is sampled.
     quic: Option<quinn::Connection>,
@@ -276,7 +350,9 @@ pub struct Link {
 /// Frames [`Link::handle_waiting`] hands the session in one turn at most.
 const RECV_BATCH: usize = 64;
 
-/// Inbound items buffered between a reader task and the session task, per lane.
+/// Inbound frames buffered between a reader task and the session task, per lane, beyond which
+/// the reader waits (as for [`INBOUND_BYTES`]). The queue is allocated as frames arrive, not up
+/// front: an idle link holds none.
 const INBOUND_QUEUE: usize = 64;
 /// Bytes of frames read from the peer on one lane and not yet taken by the session, beyond which
 /// the reader of that lane stops reading: the rest waits in the peer's socket or QUIC flow
@@ -293,34 +369,37 @@ pub const LANE_BYTES: usize = 1 << 20;
 /// cost the cloud some 330 Pings and as many Pongs a second.
 pub const RTT_SAMPLE_INTERVAL: Duration = Duration::from_secs(30);
 
-/// The bytes waiting in a link's inbound queue, and a wake-up for a reader waiting for room.
+/// The frames and bytes waiting in a link's inbound queue, and a wake-up for a reader waiting
+/// for room.
+#[derive(Default)]
 struct InboundBudget {
     queued: AtomicUsize,
-    room: (Sender<()>, Receiver<()>),
+    frames: AtomicUsize,
+    room: Token,
 }
 
 impl InboundBudget {
     fn new() -> Arc<InboundBudget> {
-        Arc::new(InboundBudget {
-            queued: AtomicUsize::new(0),
-            room: smol::channel::bounded(1),
-        })
+        Arc::default()
     }
 
-    /// Waits until fewer than [`INBOUND_BYTES`] are queued, then counts `len` more.
+    /// Waits until fewer than [`INBOUND_BYTES`] and [`INBOUND_QUEUE`] frames are queued, then
+    /// counts one frame of `len` bytes more.
     async fn reserve(&self, len: usize) {
-        while self.queued.load(Ordering::Acquire) >= INBOUND_BYTES {
-            if self.room.1.recv().await.is_err() {
-                return;
-            }
+        while self.queued.load(Ordering::Acquire) >= INBOUND_BYTES
+            || self.frames.load(Ordering::Acquire) >= INBOUND_QUEUE
+        {
+            self.room.wait().await;
         }
+        self.frames.fetch_add(1, Ordering::AcqRel);
         self.queued.fetch_add(len, Ordering::AcqRel);
     }
 
-    /// `len` bytes were taken by the session.
+    /// A frame of `len` bytes was taken by the session.
     fn release(&self, len: usize) {
+        self.frames.fetch_sub(1, Ordering::AcqRel);
         self.queued.fetch_sub(len, Ordering::AcqRel);
-        let _ = self.room.0.try_send(());
+        self.room.notify();
     }
 }
 
@@ -328,7 +407,7 @@ impl InboundBudget {
 /// a wake-up for the session's task when a lane has room again.
 struct Queued {
     bytes: [AtomicUsize; LANES],
-    drained: (Sender<()>, Receiver<()>),
+    drained: Token,
 }
 
 impl Queued {
@@ -340,7 +419,7 @@ impl Queued {
     fn taken(&self, lane: Lane, len: usize) {
         let before = self.bytes[lane.index()].fetch_sub(len, Ordering::AcqRel);
         if before >= LANE_BYTES / 2 && before - len < LANE_BYTES / 2 {
-            let _ = self.drained.0.try_send(());
+            self.drained.notify();
         }
     }
 }
@@ -348,9 +427,9 @@ impl Queued {
 /// The payload bytes of a frame, as counted against [`LANE_BYTES`].
 fn frame_bytes(f: &Outbound) -> usize {
     match f {
-        Outbound::Frame(Frame::Message { payload, .. } | Frame::Part { payload, .. }) => {
-            payload.len()
-        }
+        Outbound::Frame(
+            QueuedFrame::Message { payload, .. } | QueuedFrame::Part { payload, .. },
+        ) => payload.len(),
         _ => 0,
     }
 }
@@ -359,18 +438,19 @@ impl Link {
     /// Creates the channels of a link; the transport spawns its reader and writer tasks on the
     /// returned [`LinkTasks`].
     fn new(protocol: Protocol, peer: SocketAddr) -> (Link, LinkTasks) {
-        let (in_urgent, out_urgent_rx) = smol::channel::bounded(INBOUND_QUEUE);
-        let (in_bulk, out_bulk_rx) = smol::channel::bounded(INBOUND_QUEUE);
+        // Unbounded: the readers keep to their budget ([`InboundBudget`]).
+        let (in_urgent, out_urgent_rx) = pipe();
+        let (in_bulk, out_bulk_rx) = pipe();
         let budget = [InboundBudget::new(), InboundBudget::new()];
         // Unbounded: the session bounds what it queues ([`Link::room`], its window, heartbeats).
-        let (urgent_tx, urgent_rx) = smol::channel::unbounded();
-        let (bulk_tx, bulk_rx) = smol::channel::unbounded();
+        let (urgent_tx, urgent_rx) = pipe();
+        let (bulk_tx, bulk_rx) = pipe();
         let queued = Arc::new(Queued {
             bytes: Default::default(),
-            drained: smol::channel::bounded(1),
+            drained: Token::new(),
         });
-        let (done_tx, done_rx) = smol::channel::bounded(1);
-        let (alive_tx, alive_rx) = smol::channel::bounded(1);
+        let done = Arc::new(Token::new());
+        let alive = Arc::new(Latch::new());
         let live = Arc::new(Live::default());
         (
             Link {
@@ -380,8 +460,8 @@ impl Link {
                 budget: budget.clone(),
                 outbound: [urgent_tx, bulk_tx],
                 queued: queued.clone(),
-                writer_done: done_rx,
-                _alive: alive_tx,
+                writer_done: done.clone(),
+                _alive: RaiseOnDrop(alive.clone()),
                 live: live.clone(),
                 quic: None,
                 next_rtt: None,
@@ -392,8 +472,8 @@ impl Link {
                 budget,
                 outbound: [urgent_rx, bulk_rx],
                 queued,
-                writer_done: done_tx,
-                alive: alive_rx,
+                writer_done: done,
+                alive,
                 live,
             },
         )
@@ -420,7 +500,7 @@ impl Link {
         match &self.quic {
             Some(conn) => self.live.record_rtt(conn.rtt()),
             None => {
-                let _ = self.outbound[Lane::Urgent.index()].try_send(Outbound::Ping);
+                let _ = self.outbound[Lane::Urgent.index()].send(Outbound::Ping);
             }
         }
     }
@@ -428,9 +508,9 @@ impl Link {
     /// Queues a frame for the writer of its lane.
     pub fn send(&self, frame: Frame) {
         let lane = frame_lane(&frame);
-        let out = Outbound::Frame(frame);
+        let out = Outbound::Frame(frame.into());
         self.queued.add(lane, frame_bytes(&out));
-        let _ = self.outbound[lane.index()].try_send(out);
+        let _ = self.outbound[lane.index()].send(out);
     }
 
     /// How many more bytes of messages the link takes on `lane` now (see [`LANE_BYTES`]).
@@ -445,9 +525,9 @@ impl Link {
         }
         let [urgent, bulk] = &self.inbound;
         let (lane, item) = match urgent.try_recv() {
-            Ok(item) => (Lane::Urgent, Ok(item)),
+            Ok(item) => (Lane::Urgent, Some(item)),
             Err(_) => match bulk.try_recv() {
-                Ok(item) => (Lane::Bulk, Ok(item)),
+                Ok(item) => (Lane::Bulk, Some(item)),
                 Err(_) => {
                     async { (Lane::Urgent, urgent.recv().await) }
                         .or(async { (Lane::Bulk, bulk.recv().await) })
@@ -500,13 +580,12 @@ impl Link {
     /// Closes the link with `code` after the urgent frames already queued, waiting at most
     /// `linger` for the writer to finish so the peer learns why.
     pub async fn close(self, code: CloseCode, linger: Duration) {
-        let _ = self.outbound[Lane::Urgent.index()].try_send(Outbound::Close(code));
+        let _ = self.outbound[Lane::Urgent.index()].send(Outbound::Close(code));
         let _ = self
             .writer_done
-            .recv()
+            .wait()
             .or(async {
                 smol::Timer::after(linger).await;
-                Ok(())
             })
             .await;
     }
@@ -529,7 +608,7 @@ impl Link {
         };
         let inbound = async { Wake::Inbound(self.recv().await) };
         let drained = async {
-            let _ = self.queued.drained.1.recv().await;
+            self.queued.drained.wait().await;
             Wake::Added
         };
         inbound.or(other).or(drained).or(timer).await
@@ -552,13 +631,14 @@ pub enum Wake {
 
 /// The task ends of a link's channels.
 struct LinkTasks {
-    inbound: [Sender<Inbound>; LANES],
+    inbound: [PipeSender<Inbound>; LANES],
     budget: [Arc<InboundBudget>; LANES],
-    outbound: [Receiver<Outbound>; LANES],
+    outbound: [PipeReceiver<Outbound>; LANES],
     queued: Arc<Queued>,
-    writer_done: Sender<()>,
-    /// Closes when the [`Link`] is dropped.
-    alive: Receiver<()>,
+    /// Notified when the writer is done.
+    writer_done: Arc<Token>,
+    /// Raised when the [`Link`] is dropped.
+    alive: Arc<Latch>,
     live: Arc<Live>,
 }
 
@@ -586,19 +666,16 @@ impl LinkTasks {
     }
 }
 
-/// Runs `task` until it ends or `alive` closes (the [`Link`] was dropped), so that no task of a
-/// link outlives it waiting on a budget or a stream.
-fn spawn_while(alive: Receiver<()>, task: impl Future<Output = ()> + Send + 'static) {
-    smol::spawn(task.or(async move {
-        let _ = alive.recv().await;
-    }))
-    .detach();
+/// Runs `task` until it ends or `alive` is raised (the [`Link`] was dropped), so that no task of
+/// a link outlives it waiting on a budget or a stream.
+fn spawn_while(alive: Arc<Latch>, task: impl Future<Output = ()> + Send + 'static) {
+    smol::spawn(task.or(async move { alive.wait().await })).detach();
 }
 
 /// A reader task's end of the inbound queues (also used by writers to report a failure).
 #[derive(Clone)]
 struct Reader {
-    inbound: [Sender<Inbound>; LANES],
+    inbound: [PipeSender<Inbound>; LANES],
     budget: [Arc<InboundBudget>; LANES],
     /// The queue a close goes on: urgent (the session learns at once) unless the reader reads
     /// bulk frames too, whose close comes after the bulk frames it read before it, so that they
@@ -626,13 +703,13 @@ impl Reader {
         if let Inbound::Frame(bytes) = &item {
             self.budget[lane.index()].reserve(bytes.len()).await;
         }
-        self.inbound[lane.index()].send(item).await.is_ok() && !last
+        self.inbound[lane.index()].send(item).is_ok() && !last
     }
 }
 
 /// A writer's end of the outbound queues: urgent frames before bulk ones.
 struct Outgoing {
-    lanes: [Receiver<Outbound>; LANES],
+    lanes: [PipeReceiver<Outbound>; LANES],
     queued: Arc<Queued>,
 }
 
@@ -644,7 +721,7 @@ impl Outgoing {
 
     /// The next item of `lane`, waiting for one; `None` once the link is dropped.
     async fn next_of(&self, lane: Lane) -> Option<Outbound> {
-        let out = self.lanes[lane.index()].recv().await.ok()?;
+        let out = self.lanes[lane.index()].recv().await?;
         Some(self.took(lane, out))
     }
 
@@ -672,9 +749,9 @@ impl Outgoing {
             .or(async { (Lane::Bulk, bulk.recv().await) })
             .await;
         match out {
-            Ok(out) => Some(self.took(lane, out)),
+            Some(out) => Some(self.took(lane, out)),
             // One lane's sender is gone: so is the link; the other may still hold a close.
-            Err(_) => self.try_next(),
+            None => self.try_next(),
         }
     }
 }
@@ -771,6 +848,71 @@ mod tests {
         for (i, c) in Cause::ALL.iter().enumerate() {
             assert_eq!(*c as usize, i, "ALL is in declaration order: {c:?}");
         }
+    }
+
+    #[test]
+    fn an_outbound_slot_is_small() {
+        // A link's outbound queue keeps its slots while idle: HELLO and WELCOME (160 bytes) are
+        // boxed so a slot is a message's size.
+        assert!(std::mem::size_of::<Frame>() >= 150);
+        assert!(
+            std::mem::size_of::<Outbound>() <= 48,
+            "{}",
+            std::mem::size_of::<Outbound>()
+        );
+        let hello = crate::proto::frame::Frame::Hello(crate::proto::frame::Hello {
+            version: 1,
+            project_id: "p".into(),
+            node_id: "n".into(),
+            heartbeat: Duration::from_secs(1),
+            read_deadline: Duration::from_secs(2),
+            window: 3,
+            lanes: [0, 1].map(|l| crate::proto::frame::HelloLane {
+                up_stream: l,
+                up_first: 1,
+                down_stream: 2,
+                down_seq: 3,
+            }),
+        });
+        let message = Frame::Message {
+            lane: Lane::Bulk,
+            seq: 7,
+            payload: vec![1, 2, 3],
+        };
+        for f in [hello, message, Frame::Heartbeat] {
+            assert_eq!(Frame::from(QueuedFrame::from(f.clone())), f);
+        }
+    }
+
+    #[test]
+    fn a_reader_stops_at_the_inbound_frame_budget() {
+        smol::block_on(async {
+            let peer = "127.0.0.1:1".parse().unwrap();
+            let (link, tasks) = Link::new(Protocol::Websocket, peer);
+            let reader = tasks.reader();
+            let ack = || {
+                Inbound::Frame(
+                    Frame::Ack {
+                        lane: Lane::Bulk,
+                        seq: 1,
+                    }
+                    .encode(),
+                )
+            };
+            for _ in 0..INBOUND_QUEUE {
+                assert!(reader.deliver(ack()).await);
+            }
+            let next = reader.deliver(ack());
+            let mut next = std::pin::pin!(next);
+            let waited = timeout(Duration::from_millis(100), next.as_mut()).await;
+            assert!(
+                waited.is_none(),
+                "the reader went past {INBOUND_QUEUE} frames"
+            );
+            assert!(matches!(link.recv().await, Inbound::Frame(_)));
+            assert_eq!(timeout(Duration::from_secs(5), next).await, Some(true));
+            assert_eq!(link.inbound[0].len(), INBOUND_QUEUE);
+        });
     }
 
     #[test]

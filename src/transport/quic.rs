@@ -14,9 +14,10 @@ use quinn::{
 
 use super::{Inbound, Link, LinkError, Outbound, Outgoing, Reader, dial, timeout};
 use crate::config::{Congestion, Protocol};
-use crate::proto::FrameError;
 use crate::proto::frame::Lane;
 use crate::proto::frame::{StreamDecoder, encode_len_prefixed};
+use crate::proto::{Frame, FrameError};
+use crate::signal::{Latch, RaiseOnDrop};
 use smol::future::FutureExt;
 
 /// Bidirectional streams the edge lets the cloud open towards it: none, since the edge opens both
@@ -54,11 +55,13 @@ pub const SEND_WINDOW: u64 = RECEIVE_WINDOW as u64;
 /// `net.core.wmem_max` (often 208 KiB by default); a smaller grant is logged, not an error.
 pub const SOCKET_BUFFER: usize = 4 << 20;
 
-/// The most concurrent streams granted to a peer, whatever `max_incomingstreams` says. The
-/// protocol uses two per connection (its lanes, urgent and bulk); KubeEdge's default of 10,000 is sized for a
-/// stream per message, and quinn sets up the state of every allowed stream when a connection
-/// starts (about 60 bytes each): 10,000 would cost about 600 KB per node, 100 cost 6 KB.
-pub const MAX_GRANTED_STREAMS: u32 = 100;
+/// The most concurrent streams granted to a peer, whatever `max_incomingstreams` says: 4. The
+/// protocol uses two per connection (its lanes, urgent and bulk), and a peer that opens a third
+/// is closed on (so there is room to see one); KubeEdge's default of 10,000 is sized for a stream
+/// per message, and quinn sets up the state of every allowed stream when a connection starts
+/// (about 55 bytes each): 10,000 would cost about 550 KB per node, 100 cost 5.4 KB, 4 cost 220
+/// bytes.
+pub const MAX_GRANTED_STREAMS: u32 = 4;
 
 /// QUIC transport settings: `max_streams` (at most [`MAX_GRANTED_STREAMS`]) concurrent
 /// bidirectional streams for the peer (the protocol opens no unidirectional ones, so none are
@@ -502,7 +505,7 @@ async fn read_frames(
     mut recv: RecvStream,
     tasks: Reader,
     bulk: bool,
-    mut first: Option<smol::channel::Sender<()>>,
+    mut first: Option<RaiseOnDrop>,
 ) {
     let mut decoder = StreamDecoder::default();
     loop {
@@ -562,7 +565,7 @@ async fn write_frames(
             },
         };
         let f = match out {
-            Outbound::Frame(f) => f,
+            Outbound::Frame(f) => Frame::from(f),
             Outbound::Close(code) => {
                 conn.close(VarInt::from(code.code()), code.reason().as_bytes());
                 return;
@@ -576,7 +579,7 @@ async fn write_frames(
         let mut close = None;
         while buf.len() < 1 << 20 {
             match outgoing.try_next_of(lane) {
-                Some(Outbound::Frame(f)) => encode_len_prefixed(&f, &mut buf),
+                Some(Outbound::Frame(f)) => encode_len_prefixed(&Frame::from(f), &mut buf),
                 Some(Outbound::Ping) => {}
                 Some(Outbound::Close(code)) => {
                     close = Some(code);
@@ -621,7 +624,8 @@ pub fn spawn_link(
     if log::log_enabled!(log::Level::Debug) {
         smol::spawn(log_stats(conn.clone(), tasks.alive.clone())).detach();
     }
-    let (first_tx, first_rx) = smol::channel::bounded::<()>(1);
+    let first = Arc::new(Latch::new());
+    let first_tx = RaiseOnDrop(first.clone());
     let control_reader = tasks.reader();
     tasks.spawn_reader(read_frames(recv, control_reader, false, Some(first_tx)));
     let outgoing = Arc::new(tasks.outgoing());
@@ -644,7 +648,7 @@ pub fn spawn_link(
             None,
         )
         .await;
-        let _ = done.try_send(());
+        done.notify();
     })
     .detach();
 
@@ -701,7 +705,7 @@ pub fn spawn_link(
         let reader = bulk_reader.clone().closing_after_bulk();
         super::spawn_while(alive_for_tasks, async move {
             // Not before the control stream's first frame reached the session.
-            let _ = first_rx.recv().await;
+            first.wait().await;
             read_frames(recv, reader, true, None).await
         });
         write_frames(
@@ -722,7 +726,7 @@ pub fn spawn_link(
 /// congestion window, packets sent and lost, congestion events, MTU) at trace level once a second
 /// while it lives and at debug level when it closes or its link ends (`alive` closes), for reading
 /// a WAN run's limits.
-async fn log_stats(conn: quinn::Connection, alive: smol::channel::Receiver<()>) {
+async fn log_stats(conn: quinn::Connection, alive: Arc<Latch>) {
     let line = |conn: &quinn::Connection, what: &str| {
         let s = conn.stats();
         let p = s.path;
@@ -752,7 +756,7 @@ async fn log_stats(conn: quinn::Connection, alive: smol::channel::Receiver<()>) 
                 conn.closed().await;
             },
             async {
-                let _ = alive.recv().await;
+                alive.wait().await;
             },
         )
         .await
