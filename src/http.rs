@@ -216,16 +216,7 @@ async fn serve(mut stream: Async<TcpStream>, ops: &Ops, idle: &AtomicBool) -> st
     match path.as_str() {
         "/metrics" => {
             let body = crate::metrics::expose(ops.side, &ops.gather);
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
-                 Content-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            stream.write_all(head.as_bytes()).await?;
-            if with_body {
-                stream.write_all(body.as_bytes()).await?;
-            }
-            stream.flush().await
+            respond_with(&mut stream, "200 OK", EXPOSITION, &body, with_body).await
         }
         "/healthz" => respond(&mut stream, "200 OK", "ok\n", with_body).await,
         "/readyz" => match (ops.ready)() {
@@ -260,7 +251,14 @@ async fn answer_early(
     body: &str,
     idle: &AtomicBool,
 ) -> std::io::Result<()> {
-    respond_with(stream, status, headers, body, true).await?;
+    respond_with(
+        stream,
+        status,
+        &format!("{headers}{PLAIN_TEXT}"),
+        body,
+        true,
+    )
+    .await?;
     stream.get_ref().shutdown(std::net::Shutdown::Write)?;
     idle.store(true, Ordering::Relaxed);
     let mut sink = [0u8; 4096];
@@ -284,10 +282,16 @@ async fn respond(
     body: &str,
     with_body: bool,
 ) -> std::io::Result<()> {
-    respond_with(stream, status, "", body, with_body).await
+    respond_with(stream, status, PLAIN_TEXT, body, with_body).await
 }
 
-/// [`respond`] with `headers` (whole lines, each ending in CRLF) added to the head.
+/// The content type of plain answers.
+const PLAIN_TEXT: &str = "Content-Type: text/plain; charset=utf-8\r\n";
+/// The content type of `/metrics`: Prometheus' text exposition format 0.0.4.
+const EXPOSITION: &str = "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n";
+
+/// A response whose head holds `headers` (whole lines, each ending in CRLF, the content type
+/// among them), with `Content-Length` and `Connection: close`.
 async fn respond_with(
     stream: &mut Async<TcpStream>,
     status: &str,
@@ -296,8 +300,7 @@ async fn respond_with(
     with_body: bool,
 ) -> std::io::Result<()> {
     let head = format!(
-        "HTTP/1.1 {status}\r\n{headers}Content-Type: text/plain; charset=utf-8\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await?;
