@@ -177,7 +177,11 @@ fn target_path(target: &str) -> &str {
 }
 
 /// Answers one request on `stream`; `idle` is cleared once its head was read.
-async fn serve(mut stream: Async<TcpStream>, ops: &Ops, idle: &AtomicBool) -> std::io::Result<()> {
+async fn serve(
+    mut stream: Async<TcpStream>,
+    ops: &Arc<Ops>,
+    idle: &AtomicBool,
+) -> std::io::Result<()> {
     let mut head = vec![0u8; MAX_HEAD];
     let mut len = 0;
     let (method, path) = loop {
@@ -219,7 +223,14 @@ async fn serve(mut stream: Async<TcpStream>, ops: &Ops, idle: &AtomicBool) -> st
             respond_with(&mut stream, "200 OK", EXPOSITION, &body, with_body).await
         }
         "/healthz" => respond(&mut stream, "200 OK", "ok\n", with_body).await,
-        "/readyz" => match (ops.ready)() {
+        // Off the executor: readiness may write a probe file, and a slow disk must not stall
+        // the links that share the executor.
+        "/readyz" => match smol::unblock({
+            let ops = ops.clone();
+            move || (ops.ready)()
+        })
+        .await
+        {
             Ok(why) => respond(&mut stream, "200 OK", &format!("ready: {why}\n"), with_body).await,
             Err(why) => {
                 let body = format!("not ready: {why}\n");
