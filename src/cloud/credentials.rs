@@ -187,15 +187,18 @@ impl CloudTls {
         }
         // Sessions verified against a CA that is gone must not be resumed.
         let keep_sessions = state.served.ca.iter().all(|c| new.ca.contains(c));
-        let sessions = |old: Option<SessionStore>| match old {
-            Some(s) if keep_sessions => s,
-            _ => tls::session_store(),
+        let sessions = |old: SessionStore| {
+            if keep_sessions {
+                old
+            } else {
+                tls::session_store()
+            }
         };
         let built = (|| {
             let websocket = match &state.websocket {
                 Some(old) => Some(Arc::new(websocket_config(
                     &new,
-                    sessions(Some(old.session_storage.clone())),
+                    sessions(old.session_storage.clone()),
                 )?)),
                 None => None,
             };
@@ -204,7 +207,7 @@ impl CloudTls {
                     sessions: old,
                     endpoint: Some((_, template)),
                 }) => {
-                    let store = sessions(Some(old.clone()));
+                    let store = sessions(old.clone());
                     let config = quic::with_tls(template, quic_config(&new, store.clone())?)?;
                     Some((store, config))
                 }
@@ -224,9 +227,8 @@ impl CloudTls {
             }
         };
         METRICS.credential_reloads[0].inc();
-        if websocket.is_some() {
-            state.websocket = websocket;
-        }
+        // `None` only where there was none: a cloud without a WebSocket listener.
+        state.websocket = websocket;
         if let (Some((store, config)), Some(q)) = (quic, state.quic.as_mut()) {
             if let Some((endpoint, _)) = &q.endpoint {
                 endpoint.set_server_config(Some(config));
