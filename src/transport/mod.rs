@@ -523,23 +523,34 @@ impl Link {
         if let Some(end) = self.held.lock().unwrap_or_else(|e| e.into_inner()).take() {
             return end;
         }
+        if let Some(item) = self.try_next() {
+            return item;
+        }
+        let [urgent, bulk] = &self.inbound;
+        let (lane, item) = async { (Lane::Urgent, urgent.recv().await) }
+            .or(async { (Lane::Bulk, bulk.recv().await) })
+            .await;
+        let item = item.unwrap_or(Inbound::Closed(LinkError::Eof));
+        self.taken(lane, &item);
+        item
+    }
+
+    /// The next item already waiting, urgent ones first, if there is one.
+    fn try_next(&self) -> Option<Inbound> {
         let [urgent, bulk] = &self.inbound;
         let (lane, item) = match urgent.try_recv() {
-            Ok(item) => (Lane::Urgent, Some(item)),
-            Err(_) => match bulk.try_recv() {
-                Ok(item) => (Lane::Bulk, Some(item)),
-                Err(_) => {
-                    async { (Lane::Urgent, urgent.recv().await) }
-                        .or(async { (Lane::Bulk, bulk.recv().await) })
-                        .await
-                }
-            },
+            Ok(item) => (Lane::Urgent, item),
+            Err(_) => (Lane::Bulk, bulk.try_recv().ok()?),
         };
-        let item = item.unwrap_or(Inbound::Closed(LinkError::Eof));
-        if let Inbound::Frame(bytes) = &item {
+        self.taken(lane, &item);
+        Some(item)
+    }
+
+    /// Gives a frame taken from `lane`'s queue back to the reader's budget.
+    fn taken(&self, lane: Lane, item: &Inbound) {
+        if let Inbound::Frame(bytes) = item {
             self.budget[lane.index()].release(bytes.len());
         }
-        item
     }
 
     /// Hands `session` the frames already waiting from the peer (urgent ones first, at most
@@ -548,21 +559,11 @@ impl Link {
     /// each. The link's end, if it comes among them, is kept for the next
     /// [`recv`](Self::recv) or [`wait`](Self::wait).
     pub fn handle_waiting(&self, session: &mut Session) {
-        let [urgent, bulk] = &self.inbound;
         for _ in 0..RECV_BATCH {
-            let (lane, item) = match urgent.try_recv() {
-                Ok(item) => (Lane::Urgent, item),
-                Err(_) => match bulk.try_recv() {
-                    Ok(item) => (Lane::Bulk, item),
-                    Err(_) => return,
-                },
-            };
-            match item {
-                Inbound::Frame(bytes) => {
-                    self.budget[lane.index()].release(bytes.len());
-                    session.handle_bytes(Instant::now(), &bytes);
-                }
-                end => {
+            match self.try_next() {
+                None => return,
+                Some(Inbound::Frame(bytes)) => session.handle_bytes(Instant::now(), &bytes),
+                Some(end) => {
                     *self.held.lock().unwrap_or_else(|e| e.into_inner()) = Some(end);
                     return;
                 }
