@@ -3,7 +3,7 @@
 #
 #   scripts/fuzz.sh [--dev] [SECONDS]      SECONDS defaults to 600
 #
-# The targets share SECONDS: each runs for SECONDS / 5 (at least 1 s), after one build of them
+# The targets share SECONDS: each runs for SECONDS / 6 (at least 1 s), after one build of them
 # all. --dev builds them without optimizations: about half the build time for far fewer
 # executions a second, which suits a short pass (make fuzz-smoke).
 #
@@ -51,7 +51,7 @@ fi
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 FUZZ="$ROOT/fuzz"
-TARGETS=(frame_decode stream_decoder session config_parse mqtt_decode)
+TARGETS=(frame_decode stream_decoder session config_parse mqtt_decode message_json)
 PER=$((SECONDS_TOTAL / ${#TARGETS[@]}))
 ((PER >= 1)) || PER=1
 
@@ -103,7 +103,7 @@ artifacts() {
 
 seed() {
 	local c="$FUZZ/corpus"
-	mkdir -p "$c"/{frame_decode,stream_decoder,session,config_parse,mqtt_decode}
+	mkdir -p "$c"/{frame_decode,stream_decoder,session,config_parse,mqtt_decode,message_json}
 	# The HELLO of docs/protocol.md, a WELCOME, a HEARTBEAT, a MESSAGE holding an encoded message
 	# and an ACK.
 	local hello=010100003a98000005dc017009656467652d6e6f6465000001000102030405060708000000000000000100000000000000000000000000000000
@@ -133,6 +133,10 @@ seed() {
 	hex "$c/mqtt_decode/seed-v311" "00${connect3}32090003612f6200016869820800020003612f2b0162020001c000e000"
 	hex "$c/mqtt_decode/seed-v5" "00${connect5}32180003612f6200010e01010800047265737009000201026869820b0002020b050003612f2b2d4003000110e00704051100000000"
 	hex "$c/mqtt_decode/seed-too-large" "90100c00044d5154540402003c000030e907"
+	# Applications' messages: the layout the hub writes, and the same in another order with
+	# whitespace, escapes, unknown fields and nested content.
+	printf '%s' '{"header":{"msg_id":"m-1","parent_msg_id":"","timestamp":1764081600000,"sync":false},"route":{"source":"app","group":"bench","operation":"update","resource":"node/gw-1/up"},"content":"7 xxxx"}' >"$c/message_json/seed-canonical"
+	printf '%s' ' { "content" : { "t" : [ 1 , -2.5e+3 , true , null ] } , "route" : { "resource" : "a\/b" } , "header" : { "urgent" : true , "x" : {} } } ' >"$c/message_json/seed-any-order"
 	local f
 	for f in "$ROOT"/configs/*.yaml "$ROOT"/tests/fixtures/*/*/*.yaml; do
 		[[ -e $f ]] || continue

@@ -47,8 +47,9 @@ use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use smol::stream::StreamExt;
 
 use crate::config::AppsConfig;
+use crate::exchange::lane_for;
 use crate::local::{Filter, Local, Out, app_channel};
-use crate::message::{Message, split_node_resource};
+use crate::message::{Message, MessageError, MessageRef, split_node_resource};
 use crate::sessions::Kind;
 
 use crate::shutdown::Shutdown;
@@ -122,21 +123,93 @@ pub struct Apps {
 
 /// A publish on its way into the queue: finishes with its sequence number once durable, or why
 /// it was refused.
-pub type Accepted = Pin<Box<dyn Future<Output = Result<u64, String>> + Send>>;
+pub enum Accepted {
+    /// In its queue's group commit.
+    Queued(crate::queue::Answered),
+    /// Its outcome is known already (until the future is polled to it).
+    Ready(Option<Result<u64, String>>),
+}
+
+impl Accepted {
+    /// A publish whose outcome is known already.
+    pub fn ready(outcome: Result<u64, String>) -> Accepted {
+        Accepted::Ready(Some(outcome))
+    }
+}
+
+impl Future for Accepted {
+    type Output = Result<u64, String>;
+
+    /// Panics if polled again after it finished.
+    fn poll(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.get_mut() {
+            Accepted::Queued(answered) => Pin::new(answered).poll(cx),
+            Accepted::Ready(outcome) => {
+                std::task::Poll::Ready(outcome.take().expect("polled after it finished"))
+            }
+        }
+    }
+}
 
 impl Apps {
     /// Puts an application's message on its way; the future finishes once it is durable (for a
     /// request or a response: once it is written). Also returns the encoded message's size.
     /// `msg` keeps the application's resource (the cloud queues `node/{node-id}/rest` as `rest`).
     pub fn publish(&self, msg: &Message) -> Result<(Accepted, usize), String> {
+        self.submit(
+            msg.sync,
+            msg.urgent,
+            &msg.parent_id,
+            &msg.resource,
+            |resource| msg.encode_as(resource),
+        )
+    }
+
+    /// [`publish`](Self::publish) for a message read from an application's JSON, encoded
+    /// straight from the text it borrows from.
+    pub fn publish_json(&self, msg: &MessageRef<'_>) -> Result<(Accepted, usize), String> {
+        self.submit(
+            msg.sync,
+            msg.urgent,
+            &msg.parent_id,
+            &msg.resource,
+            |resource| msg.encode_as(resource),
+        )
+    }
+
+    /// Encodes a message with `encode(queued resource)` and submits it to the queue of its lane
+    /// ([`lane_for`]).
+    fn submit(
+        &self,
+        sync: bool,
+        urgent: bool,
+        parent_id: &str,
+        resource: &str,
+        encode: impl FnOnce(&str) -> Result<Vec<u8>, MessageError>,
+    ) -> Result<(Accepted, usize), String> {
+        let lane = lane_for(sync, urgent, parent_id).index();
         let (queue, resource) = match &self.route {
-            Route::Edge(outbox) => (outbox.queue_for(msg).clone(), msg.resource.as_str()),
+            Route::Edge(outbox) => (outbox.out[lane].clone(), resource),
             Route::Cloud(queues) => {
-                let (node, rest) = split_node_resource(&msg.resource)?;
-                (queues.node(node)?.queue_for(msg).clone(), rest)
+                // A node whose queues are open has a valid id: only another resource is checked
+                // (and refused with the reason).
+                let open = resource
+                    .strip_prefix("node/")
+                    .map(|rest| rest.split_once('/').unwrap_or((rest, "")))
+                    .and_then(|(node, rest)| Some((queues.open_already(node)?, rest)));
+                match open {
+                    Some((stores, rest)) => (stores.out[lane].clone(), rest),
+                    None => {
+                        let (node, rest) = split_node_resource(resource)?;
+                        (queues.node(node)?.out[lane].clone(), rest)
+                    }
+                }
             }
         };
-        let bytes = msg.encode_as(resource).map_err(|e| e.to_string())?;
+        let bytes = encode(resource).map_err(|e| e.to_string())?;
         if bytes.len() > self.max_message_bytes {
             return Err(format!(
                 "message of {} bytes is over the {}-byte limit (apps.max-message-bytes)",
@@ -146,9 +219,9 @@ impl Apps {
         }
         // Requests and responses are written but not synced on their own: they are useless after
         // a restart, which ends the requester's connection and its wait.
-        let durable = !msg.sync && msg.parent_id.is_empty();
+        let durable = !sync && parent_id.is_empty();
         let len = bytes.len();
-        Ok((Box::pin(queue.submit_with(vec![bytes], durable)), len))
+        Ok((Accepted::Queued(queue.submit_one(bytes, durable)), len))
     }
 }
 
@@ -595,10 +668,85 @@ async fn feed_from_session(d: Arc<crate::sessions::Durable>, out: crate::local::
     }
 }
 
+/// Reads an application's publish from its frame's `text` and puts it on its way: the publish
+/// awaiting its notice, refused at once if it is not a message or cannot be queued.
+fn publish_text(apps: &Apps, out: &crate::local::AppSender, text: &str) -> Pending {
+    let mut msg = match MessageRef::from_json(text) {
+        Ok(m) => m,
+        Err(e) => return Pending::refused(About::default(), e.to_string()),
+    };
+    msg.fill_header();
+    // A request leaves under an id the hub makes, so that its answer comes back to this
+    // connection whatever ids other applications chose; `own_id` is the application's.
+    let (wire, own_id) = if msg.sync {
+        let about = Message {
+            id: msg.id.to_string(),
+            resource: msg.resource.to_string(),
+            ..Message::default()
+        };
+        match apps.local.await_response(&about, out.clone()) {
+            Ok(wire) => {
+                let own_id = std::mem::replace(&mut msg.id, wire.clone().into());
+                (Some(wire), Some(own_id))
+            }
+            Err(e) => return Pending::refused(About::new(&about.id, &about.resource), e),
+        }
+    } else {
+        (None, None)
+    };
+    let published = apps.publish_json(&msg);
+    // What a notice needs of the message: its id and resource (not its content).
+    let about = About::new(own_id.as_ref().unwrap_or(&msg.id), &msg.resource);
+    match published {
+        Ok((accepted, bytes)) => Pending {
+            bytes: bytes + msg.resource.len(),
+            about,
+            wire,
+            accepted,
+        },
+        Err(e) => {
+            if let Some(wire) = &wire {
+                apps.local.cancel(wire);
+            }
+            Pending::refused(about, e)
+        }
+    }
+}
+
+/// What a notice needs of a publish: the id and the resource the application gave it, in one
+/// string.
+#[derive(Default)]
+struct About {
+    /// The id, then the resource.
+    text: String,
+    /// Where the id ends.
+    id_len: usize,
+}
+
+impl About {
+    fn new(id: &str, resource: &str) -> About {
+        let mut text = String::with_capacity(id.len() + resource.len());
+        text.push_str(id);
+        text.push_str(resource);
+        About {
+            text,
+            id_len: id.len(),
+        }
+    }
+
+    fn id(&self) -> &str {
+        &self.text[..self.id_len]
+    }
+
+    fn resource(&self) -> &str {
+        &self.text[self.id_len..]
+    }
+}
+
 /// A publish awaiting its notice.
 struct Pending {
     /// What the notice needs of the message: the id and resource the application gave it.
-    about: Message,
+    about: About,
     /// A sync request: the id it left this hub with (forgotten if the queue refuses it).
     wire: Option<String>,
     /// Counted in the connection's in-flight bytes until the notice is out.
@@ -608,12 +756,12 @@ struct Pending {
 
 impl Pending {
     /// A publish refused at once, with `why`.
-    fn refused(about: Message, why: String) -> Pending {
+    fn refused(about: About, why: String) -> Pending {
         Pending {
             about,
             wire: None,
             bytes: 0,
-            accepted: Box::pin(std::future::ready(Err(why))),
+            accepted: Accepted::ready(Err(why)),
         }
     }
 }
@@ -758,7 +906,7 @@ async fn session<S>(
                     ("error", Some(e.as_str()))
                 }
             };
-            let notice = Message::notice_json(&p.about.id, &p.about.resource, operation, error);
+            let notice = Message::notice_json(p.about.id(), p.about.resource(), operation, error);
             if notices_out.send(Out::notice(notice)).await.is_err() {
                 break;
             }
@@ -802,75 +950,16 @@ async fn session<S>(
             }
             None => break None,
         };
-        let parsed = match &frame {
-            WsMessage::Text(t) => Message::from_json(t.as_str()),
-            WsMessage::Binary(b) => Message::from_json(&String::from_utf8_lossy(b)),
-            WsMessage::Close(_) => break None,
-            _ => continue,
-        };
-        let mut msg = match parsed {
-            Ok(m) => m,
-            Err(e) => {
-                let refused = Pending::refused(Message::default(), e.to_string());
-                in_flight.add(0);
-                if pending.send(refused).await.is_err() {
-                    break None;
-                }
-                continue;
-            }
+        let item = {
+            let text = match &frame {
+                WsMessage::Text(t) => std::borrow::Cow::Borrowed(t.as_str()),
+                WsMessage::Binary(b) => String::from_utf8_lossy(b),
+                WsMessage::Close(_) => break None,
+                _ => continue,
+            };
+            publish_text(&apps, &out, &text)
         };
         drop(frame);
-        msg.fill_header();
-        // A request leaves under an id the hub makes, so that its answer comes back to this
-        // connection whatever ids other applications chose; `own_id` is the application's.
-        let (wire, own_id) = if msg.sync {
-            let about = Message {
-                id: msg.id.clone(),
-                resource: msg.resource.clone(),
-                ..Message::default()
-            };
-            match apps.local.await_response(&about, out.clone()) {
-                Ok(wire) => {
-                    let own_id = std::mem::replace(&mut msg.id, wire.clone());
-                    (Some(wire), Some(own_id))
-                }
-                Err(e) => {
-                    in_flight.add(0);
-                    if pending.send(Pending::refused(about, e)).await.is_err() {
-                        break None;
-                    }
-                    continue;
-                }
-            }
-        } else {
-            (None, None)
-        };
-        let published = apps.publish(&msg);
-        // What a notice needs of the message: its id and resource (not its content), taken
-        // from the message, which is no longer needed.
-        let about = Message {
-            id: own_id.unwrap_or_else(|| std::mem::take(&mut msg.id)),
-            resource: std::mem::take(&mut msg.resource),
-            ..Message::default()
-        };
-        drop(msg);
-        let item = match published {
-            Ok((accepted, bytes)) => {
-                let bytes = bytes + about.resource.len();
-                Pending {
-                    about,
-                    wire,
-                    bytes,
-                    accepted,
-                }
-            }
-            Err(e) => {
-                if let Some(wire) = &wire {
-                    apps.local.cancel(wire);
-                }
-                Pending::refused(about, e)
-            }
-        };
         in_flight.add(item.bytes);
         if pending.send(item).await.is_err() {
             break None;

@@ -65,7 +65,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The lane a message travels on: urgent for a request (`header.sync`), a response (a
 /// `header.parent_msg_id`) and what its application marked `header.urgent`; bulk otherwise.
 pub fn lane_of(msg: &Message) -> Lane {
-    if msg.sync || msg.urgent || !msg.parent_id.is_empty() {
+    lane_for(msg.sync, msg.urgent, &msg.parent_id)
+}
+
+/// [`lane_of`] from the fields it looks at: `header.sync`, `header.urgent` and
+/// `header.parent_msg_id`.
+pub fn lane_for(sync: bool, urgent: bool, parent_id: &str) -> Lane {
+    if sync || urgent || !parent_id.is_empty() {
         Lane::Urgent
     } else {
         Lane::Bulk
@@ -229,7 +235,7 @@ impl Exchange {
                 received.0 += 1;
                 received.1 += payload.len() as u64;
                 let prefix = self.prefix.as_deref().unwrap_or("");
-                let msg = match Message::decode_with_prefix(&payload, prefix) {
+                let msg = match Message::decode_owned(payload, prefix) {
                     Ok(m) => m,
                     Err(e) => {
                         session.close(

@@ -5,10 +5,13 @@
 //! binary form (see `docs/protocol.md`). The content is opaque to the hub: any JSON value on the
 //! application side, its JSON text as bytes on the link.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
+
+mod json;
 
 /// One message.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -112,15 +115,6 @@ const FLAG_EXTRA: u8 = 64;
 /// The most user properties one message carries across the link.
 pub const MAX_USER_PROPERTIES: usize = 65535;
 
-fn put8(out: &mut Vec<u8>, field: &'static str, s: &str) -> Result<(), MessageError> {
-    if s.len() > MAX_SHORT_FIELD {
-        return Err(MessageError::FieldTooLong(field, s.len()));
-    }
-    out.push(s.len() as u8);
-    out.extend_from_slice(s.as_bytes());
-    Ok(())
-}
-
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
@@ -195,18 +189,6 @@ impl Message {
     /// message for `node/{node-id}/rest` as `rest`, and keeps the application's resource for its
     /// notice).
     pub fn encode_as(&self, resource: &str) -> Result<Vec<u8>, MessageError> {
-        if resource.len() > MAX_RESOURCE {
-            return Err(MessageError::FieldTooLong("route.resource", resource.len()));
-        }
-        let mut out = Vec::with_capacity(
-            16 + self.id.len()
-                + self.parent_id.len()
-                + self.source.len()
-                + self.group.len()
-                + self.operation.len()
-                + resource.len()
-                + self.content.len(),
-        );
         let mut flags = 0;
         if self.sync {
             flags |= FLAG_SYNC;
@@ -221,45 +203,20 @@ impl Message {
             flags |= FLAG_RETAIN;
         }
         flags |= (self.qos.min(2)) << QOS_SHIFT;
-        if self.extra.is_some() {
-            flags |= FLAG_EXTRA;
-        }
-        out.push(flags);
-        out.extend_from_slice(&self.timestamp.to_be_bytes());
-        put8(&mut out, "header.msg_id", &self.id)?;
-        put8(&mut out, "header.parent_msg_id", &self.parent_id)?;
-        put8(&mut out, "route.source", &self.source)?;
-        put8(&mut out, "route.group", &self.group)?;
-        put8(&mut out, "route.operation", &self.operation)?;
-        out.extend_from_slice(&(resource.len() as u16).to_be_bytes());
-        out.extend_from_slice(resource.as_bytes());
-        if let Some(extra) = &self.extra {
-            out.extend_from_slice(&extra.expires_at.to_be_bytes());
-            put16(&mut out, "content type", &extra.content_type)?;
-            out.push(u8::from(extra.payload_utf8));
-            if extra.user.len() > MAX_USER_PROPERTIES {
-                return Err(MessageError::FieldTooLong(
-                    "user properties",
-                    extra.user.len(),
-                ));
-            }
-            out.extend_from_slice(&(extra.user.len() as u16).to_be_bytes());
-            for (name, value) in &extra.user {
-                put16(&mut out, "user property", name)?;
-                put16(&mut out, "user property", value)?;
-            }
-            put16(&mut out, "response topic", &extra.response_topic)?;
-            if extra.correlation.len() > MAX_RESOURCE {
-                return Err(MessageError::FieldTooLong(
-                    "correlation data",
-                    extra.correlation.len(),
-                ));
-            }
-            out.extend_from_slice(&(extra.correlation.len() as u16).to_be_bytes());
-            out.extend_from_slice(&extra.correlation);
-        }
-        out.extend_from_slice(&self.content);
-        Ok(out)
+        encode_parts(
+            flags,
+            self.timestamp,
+            [
+                &self.id,
+                &self.parent_id,
+                &self.source,
+                &self.group,
+                &self.operation,
+            ],
+            resource,
+            self.extra.as_deref(),
+            &self.content,
+        )
     }
 
     /// Reads the binary form.
@@ -270,6 +227,22 @@ impl Message {
     /// [`decode`](Self::decode), with `prefix` put before the resource (the cloud's
     /// `node/{node-id}/` before what a node sends) in the same allocation.
     pub fn decode_with_prefix(bytes: &[u8], prefix: &str) -> Result<Message, MessageError> {
+        let (mut msg, header) = Message::decode_header(bytes, prefix)?;
+        msg.content = bytes[header..].to_vec();
+        Ok(msg)
+    }
+
+    /// [`decode_with_prefix`](Self::decode_with_prefix), keeping `bytes` as the content (the
+    /// fields before it moved out of the way) rather than copying the content out of them.
+    pub fn decode_owned(mut bytes: Vec<u8>, prefix: &str) -> Result<Message, MessageError> {
+        let (mut msg, header) = Message::decode_header(&bytes, prefix)?;
+        bytes.drain(..header);
+        msg.content = bytes;
+        Ok(msg)
+    }
+
+    /// Everything but the content, and where the content starts.
+    fn decode_header(bytes: &[u8], prefix: &str) -> Result<(Message, usize), MessageError> {
         let mut r = Reader(bytes);
         let flags = r.take(1)?[0];
         let ts = r.take(8)?;
@@ -302,59 +275,13 @@ impl Message {
         if flags & FLAG_EXTRA != 0 {
             msg.extra = Some(Box::new(r.extra()?));
         }
-        msg.content = r.0.to_vec();
-        Ok(msg)
+        Ok((msg, bytes.len() - r.0.len()))
     }
 
     /// Reads an application's JSON message. Missing header fields are left empty or zero (see
     /// [`fill_header`](Self::fill_header)); a missing content is `null`.
     pub fn from_json(text: &str) -> Result<Message, MessageError> {
-        #[derive(Deserialize, Default)]
-        #[serde(default)]
-        struct Header {
-            msg_id: String,
-            parent_msg_id: String,
-            timestamp: i64,
-            sync: bool,
-            urgent: bool,
-        }
-        #[derive(Deserialize, Default)]
-        #[serde(default)]
-        struct Route {
-            source: String,
-            group: String,
-            operation: String,
-            resource: String,
-        }
-        #[derive(Deserialize)]
-        struct Json<'a> {
-            #[serde(default)]
-            header: Header,
-            #[serde(default)]
-            route: Route,
-            #[serde(borrow, default)]
-            content: Option<&'a RawValue>,
-        }
-        let j: Json<'_> =
-            serde_json::from_str(text).map_err(|e| MessageError::Json(e.to_string()))?;
-        Ok(Message {
-            id: j.header.msg_id,
-            parent_id: j.header.parent_msg_id,
-            timestamp: j.header.timestamp,
-            sync: j.header.sync,
-            urgent: j.header.urgent,
-            source: j.route.source,
-            group: j.route.group,
-            operation: j.route.operation,
-            resource: j.route.resource,
-            content: j
-                .content
-                .map_or_else(|| b"null".to_vec(), |c| c.get().as_bytes().to_vec()),
-            qos: 1,
-            retain: false,
-            raw: false,
-            extra: None,
-        })
+        MessageRef::from_json(text).map(MessageRef::into_owned)
     }
 
     /// The JSON an application receives.
@@ -365,45 +292,64 @@ impl Message {
     /// [`to_json`](Self::to_json) with `parent_msg_id` given, without copying the message (the
     /// hub restores a requester's own id in the answer it hands over).
     pub fn to_json_answering(&self, parent_id: &str) -> String {
+        const SYNC: &str = r#","sync":true"#;
+        const NOT_SYNC: &str = r#","sync":false"#;
+        const URGENT: &str = r#","urgent":true"#;
+        const RETAIN: &str = r#","retain":true"#;
+        const SOURCE: &str = r#"},"route":{"source":"#;
+        const GROUP: &str = r#","group":"#;
+        const OPERATION: &str = r#","operation":"#;
+        const RESOURCE: &str = r#","resource":"#;
+        const CONTENT: &str = r#"},"content":"#;
         let content = self.json_content();
-        let content = content.as_ref();
-        // The names, quotes and punctuation take at most about 150 bytes; escapes grow it.
+        let strings = [
+            self.id.as_str(),
+            parent_id,
+            &self.source,
+            &self.group,
+            &self.operation,
+            &self.resource,
+        ];
         let mut out = String::with_capacity(
-            160 + self.id.len()
-                + parent_id.len()
-                + self.source.len()
-                + self.group.len()
-                + self.operation.len()
-                + self.resource.len()
+            HEADER.len()
+                + PARENT.len()
+                + TIMESTAMP.len()
+                + if self.sync { SYNC } else { NOT_SYNC }.len()
+                + if self.urgent { URGENT.len() } else { 0 }
+                + if self.retain { RETAIN.len() } else { 0 }
+                + SOURCE.len()
+                + GROUP.len()
+                + OPERATION.len()
+                + RESOURCE.len()
+                + CONTENT.len()
+                + 1
+                + int_len(self.timestamp)
+                + strings.iter().map(|s| s.len() + 2).sum::<usize>()
                 + content.len(),
         );
-        out.push_str(r#"{"header":{"msg_id":"#);
+        out.push_str(HEADER);
         json_string(&mut out, &self.id);
-        out.push_str(r#","parent_msg_id":"#);
+        out.push_str(PARENT);
         json_string(&mut out, parent_id);
-        out.push_str(r#","timestamp":"#);
+        out.push_str(TIMESTAMP);
         push_int(&mut out, self.timestamp);
-        out.push_str(if self.sync {
-            r#","sync":true"#
-        } else {
-            r#","sync":false"#
-        });
+        out.push_str(if self.sync { SYNC } else { NOT_SYNC });
         if self.urgent {
-            out.push_str(r#","urgent":true"#);
+            out.push_str(URGENT);
         }
         if self.retain {
-            out.push_str(r#","retain":true"#);
+            out.push_str(RETAIN);
         }
-        out.push_str(r#"},"route":{"source":"#);
+        out.push_str(SOURCE);
         json_string(&mut out, &self.source);
-        out.push_str(r#","group":"#);
+        out.push_str(GROUP);
         json_string(&mut out, &self.group);
-        out.push_str(r#","operation":"#);
+        out.push_str(OPERATION);
         json_string(&mut out, &self.operation);
-        out.push_str(r#","resource":"#);
+        out.push_str(RESOURCE);
         json_string(&mut out, &self.resource);
-        out.push_str(r#"},"content":"#);
-        out.push_str(content);
+        out.push_str(CONTENT);
+        out.push_str(&content);
         out.push('}');
         out
     }
@@ -476,20 +422,41 @@ impl Message {
             Some(e) => std::borrow::Cow::Owned(serde_json::json!({ "error": e }).to_string()),
             None => std::borrow::Cow::Borrowed("null"),
         };
+        const ROUTE: &str = r#","sync":false},"route":{"source":"hub","group":"hub","operation":"#;
+        const RESOURCE: &str = r#","resource":"#;
+        const CONTENT: &str = r#"},"content":"#;
+        let timestamp = now_millis();
         let mut out = String::with_capacity(
-            200 + about_id.len() + about_resource.len() + operation.len() + content.len(),
+            HEADER.len()
+                + 38
+                + PARENT.len()
+                + about_id.len()
+                + 2
+                + TIMESTAMP.len()
+                + int_len(timestamp)
+                + ROUTE.len()
+                + operation.len()
+                + 2
+                + RESOURCE.len()
+                + about_resource.len()
+                + 2
+                + CONTENT.len()
+                + content.len()
+                + 1,
         );
-        out.push_str(r#"{"header":{"msg_id":""#);
+        out.push_str(HEADER);
+        out.push('"');
         push_new_id(&mut out);
-        out.push_str(r#"","parent_msg_id":"#);
+        out.push('"');
+        out.push_str(PARENT);
         json_string(&mut out, about_id);
-        out.push_str(r#","timestamp":"#);
-        push_int(&mut out, now_millis());
-        out.push_str(r#","sync":false},"route":{"source":"hub","group":"hub","operation":"#);
+        out.push_str(TIMESTAMP);
+        push_int(&mut out, timestamp);
+        out.push_str(ROUTE);
         json_string(&mut out, operation);
-        out.push_str(r#","resource":"#);
+        out.push_str(RESOURCE);
         json_string(&mut out, about_resource);
-        out.push_str(r#"},"content":"#);
+        out.push_str(CONTENT);
         out.push_str(&content);
         out.push('}');
         out
@@ -520,6 +487,222 @@ impl Message {
     }
 }
 
+/// The binary form ([`Message::encode`]) of the given parts, in one allocation of the exact size
+/// when there is no extra block. `short` is `msg_id`, `parent_msg_id`, `source`, `group` and
+/// `operation`.
+fn encode_parts(
+    mut flags: u8,
+    timestamp: i64,
+    short: [&str; 5],
+    resource: &str,
+    extra: Option<&Extra>,
+    content: &[u8],
+) -> Result<Vec<u8>, MessageError> {
+    const NAMES: [&str; 5] = [
+        "header.msg_id",
+        "header.parent_msg_id",
+        "route.source",
+        "route.group",
+        "route.operation",
+    ];
+    if resource.len() > MAX_RESOURCE {
+        return Err(MessageError::FieldTooLong("route.resource", resource.len()));
+    }
+    let mut len = 1 + 8 + 5 + 2 + resource.len() + content.len();
+    for (s, name) in short.iter().zip(NAMES) {
+        if s.len() > MAX_SHORT_FIELD {
+            return Err(MessageError::FieldTooLong(name, s.len()));
+        }
+        len += s.len();
+    }
+    let mut out = Vec::with_capacity(len);
+    if extra.is_some() {
+        flags |= FLAG_EXTRA;
+    }
+    out.push(flags);
+    out.extend_from_slice(&timestamp.to_be_bytes());
+    for s in short {
+        out.push(s.len() as u8);
+        out.extend_from_slice(s.as_bytes());
+    }
+    out.extend_from_slice(&(resource.len() as u16).to_be_bytes());
+    out.extend_from_slice(resource.as_bytes());
+    if let Some(extra) = extra {
+        out.extend_from_slice(&extra.expires_at.to_be_bytes());
+        put16(&mut out, "content type", &extra.content_type)?;
+        out.push(u8::from(extra.payload_utf8));
+        if extra.user.len() > MAX_USER_PROPERTIES {
+            return Err(MessageError::FieldTooLong(
+                "user properties",
+                extra.user.len(),
+            ));
+        }
+        out.extend_from_slice(&(extra.user.len() as u16).to_be_bytes());
+        for (name, value) in &extra.user {
+            put16(&mut out, "user property", name)?;
+            put16(&mut out, "user property", value)?;
+        }
+        put16(&mut out, "response topic", &extra.response_topic)?;
+        if extra.correlation.len() > MAX_RESOURCE {
+            return Err(MessageError::FieldTooLong(
+                "correlation data",
+                extra.correlation.len(),
+            ));
+        }
+        out.extend_from_slice(&(extra.correlation.len() as u16).to_be_bytes());
+        out.extend_from_slice(&extra.correlation);
+    }
+    out.extend_from_slice(content);
+    Ok(out)
+}
+
+/// An application's message as read from its JSON ([`MessageRef::from_json`]): its strings and
+/// its content borrow from the JSON text (a string with escapes is unescaped into a copy), so
+/// the WebSocket API's publish path goes from the application's frame to the queue's record
+/// with one copy. The fields are [`Message`]'s; a message from JSON has QoS 1, no MQTT
+/// attributes and JSON content.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MessageRef<'a> {
+    /// `header.msg_id`, or empty.
+    pub id: Cow<'a, str>,
+    /// `header.parent_msg_id`, or empty.
+    pub parent_id: Cow<'a, str>,
+    /// `header.timestamp`: milliseconds since the Unix epoch, or 0.
+    pub timestamp: i64,
+    /// `header.sync`.
+    pub sync: bool,
+    /// `header.urgent`.
+    pub urgent: bool,
+    /// `route.source`.
+    pub source: Cow<'a, str>,
+    /// `route.group`.
+    pub group: Cow<'a, str>,
+    /// `route.operation`.
+    pub operation: Cow<'a, str>,
+    /// `route.resource`.
+    pub resource: Cow<'a, str>,
+    /// `content`: its JSON text as the application wrote it, `null` when it is absent.
+    pub content: &'a str,
+}
+
+impl<'a> MessageRef<'a> {
+    /// Reads an application's JSON message (as [`Message::from_json`], which this is without
+    /// the copies). Missing header fields are left empty or zero (see
+    /// [`fill_header`](Self::fill_header)); a missing content is `null`.
+    ///
+    /// The common shape (strings without escapes, an integer timestamp, each field once) is read
+    /// in one pass over the text; any other text goes through serde_json, which decides whether
+    /// it is a message and gives the error ([`MessageError::Json`]) when it is not.
+    pub fn from_json(text: &'a str) -> Result<MessageRef<'a>, MessageError> {
+        match json::parse(text) {
+            Some(m) => Ok(m),
+            None => MessageRef::from_json_serde(text),
+        }
+    }
+
+    /// [`from_json`](Self::from_json) through serde_json alone (the reading the one-pass reader
+    /// must agree with; public for the fuzz target that checks it).
+    #[doc(hidden)]
+    pub fn from_json_serde(text: &'a str) -> Result<MessageRef<'a>, MessageError> {
+        #[derive(Deserialize, Default)]
+        #[serde(default)]
+        struct Header {
+            msg_id: String,
+            parent_msg_id: String,
+            timestamp: i64,
+            sync: bool,
+            urgent: bool,
+        }
+        #[derive(Deserialize, Default)]
+        #[serde(default)]
+        struct Route {
+            source: String,
+            group: String,
+            operation: String,
+            resource: String,
+        }
+        #[derive(Deserialize)]
+        struct Json<'a> {
+            #[serde(default)]
+            header: Header,
+            #[serde(default)]
+            route: Route,
+            #[serde(borrow, default)]
+            content: Option<&'a RawValue>,
+        }
+        let j: Json<'a> =
+            serde_json::from_str(text).map_err(|e| MessageError::Json(e.to_string()))?;
+        Ok(MessageRef {
+            id: Cow::Owned(j.header.msg_id),
+            parent_id: Cow::Owned(j.header.parent_msg_id),
+            timestamp: j.header.timestamp,
+            sync: j.header.sync,
+            urgent: j.header.urgent,
+            source: Cow::Owned(j.route.source),
+            group: Cow::Owned(j.route.group),
+            operation: Cow::Owned(j.route.operation),
+            resource: Cow::Owned(j.route.resource),
+            content: j.content.map_or("null", RawValue::get),
+        })
+    }
+
+    /// Gives the message an id (random, UUID-shaped) and a timestamp (now) when it has none.
+    pub fn fill_header(&mut self) {
+        if self.id.is_empty() {
+            self.id = Cow::Owned(new_id());
+        }
+        if self.timestamp == 0 {
+            self.timestamp = now_millis();
+        }
+    }
+
+    /// The binary form ([`Message::encode`]) with `resource` in place of the message's own, in
+    /// one allocation of its exact size.
+    pub fn encode_as(&self, resource: &str) -> Result<Vec<u8>, MessageError> {
+        let mut flags = 1 << QOS_SHIFT;
+        if self.sync {
+            flags |= FLAG_SYNC;
+        }
+        if self.urgent {
+            flags |= FLAG_URGENT;
+        }
+        encode_parts(
+            flags,
+            self.timestamp,
+            [
+                &self.id,
+                &self.parent_id,
+                &self.source,
+                &self.group,
+                &self.operation,
+            ],
+            resource,
+            None,
+            self.content.as_bytes(),
+        )
+    }
+
+    /// The owned [`Message`].
+    pub fn into_owned(self) -> Message {
+        Message {
+            id: self.id.into_owned(),
+            parent_id: self.parent_id.into_owned(),
+            timestamp: self.timestamp,
+            sync: self.sync,
+            urgent: self.urgent,
+            source: self.source.into_owned(),
+            group: self.group.into_owned(),
+            operation: self.operation.into_owned(),
+            resource: self.resource.into_owned(),
+            content: self.content.as_bytes().to_vec(),
+            qos: 1,
+            retain: false,
+            raw: false,
+            extra: None,
+        }
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_millis() -> i64 {
     std::time::SystemTime::now()
@@ -532,32 +715,30 @@ pub fn now_millis() -> i64 {
 /// Every byte that needs escaping is ASCII, so the text is scanned eight bytes at a time and
 /// copied in runs between such bytes (most strings have none: one copy).
 fn json_string(out: &mut String, s: &str) {
-    /// Whether any of the eight bytes of `w` is below 0x20, `"` or `\`.
-    fn special(w: u64) -> bool {
-        const ONES: u64 = 0x0101_0101_0101_0101;
-        const HIGH: u64 = 0x8080_8080_8080_8080;
-        let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
-        w.wrapping_sub(ONES * 0x20) & !w & HIGH != 0
-            || zero(w ^ (ONES * u64::from(b'"'))) != 0
-            || zero(w ^ (ONES * u64::from(b'\\'))) != 0
-    }
     out.reserve(s.len() + 2);
     out.push('"');
     let bytes = s.as_bytes();
     let mut start = 0;
     let mut i = 0;
     while i < bytes.len() {
-        if let Some(word) = bytes.get(i..i + 8) {
-            if !special(u64::from_le_bytes(word.try_into().expect("8 bytes"))) {
+        let word = match bytes.get(i..i + 8) {
+            Some(word) => word.try_into().expect("8 bytes"),
+            // The last few bytes, padded with a byte that needs no escape.
+            None => {
+                let mut word = [b'a'; 8];
+                word[..bytes.len() - i].copy_from_slice(&bytes[i..]);
+                word
+            }
+        };
+        match special_at(u64::from_le_bytes(word)) {
+            None => {
                 i += 8;
                 continue;
             }
+            Some(at) => i += at,
         }
         let b = bytes[i];
         i += 1;
-        if b >= 0x20 && b != b'"' && b != b'\\' {
-            continue;
-        }
         // `b` is ASCII: the run before it ends at a character boundary.
         out.push_str(&s[start..i - 1]);
         match b {
@@ -579,18 +760,64 @@ fn json_string(out: &mut String, s: &str) {
     out.push('"');
 }
 
+/// The place (0 to 7) of the first of the eight bytes of `w` (read little-endian) that is below
+/// 0x20, `"` or `\`. Each test sets the high bit of such a byte; a borrow only carries into
+/// the bytes above one, so the lowest bit set is exact.
+fn special_at(w: u64) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x;
+    let found = (w.wrapping_sub(ONES * 0x20) & !w
+        | zero(w ^ (ONES * u64::from(b'"')))
+        | zero(w ^ (ONES * u64::from(b'\\'))))
+        & HIGH;
+    (found != 0).then(|| found.trailing_zeros() as usize / 8)
+}
+
+/// The start of a message's JSON, up to its id's value; then up to `parent_msg_id`'s value, and
+/// up to the timestamp's. The JSON writers size their string for the text without escapes
+/// (which are rare): exactly, so that no byte is moved on the way and `bytes::Bytes::from`
+/// (which the WebSocket writer makes of it) takes it without an allocation of its own.
+const HEADER: &str = r#"{"header":{"msg_id":"#;
+const PARENT: &str = r#","parent_msg_id":"#;
+const TIMESTAMP: &str = r#","timestamp":"#;
+
+/// The length of `n` in decimal.
+fn int_len(n: i64) -> usize {
+    usize::from(n < 0) + decimal_len(n.unsigned_abs())
+}
+
+/// The digits of `v` in decimal.
+fn decimal_len(v: u64) -> usize {
+    v.checked_ilog10().map_or(1, |l| l as usize + 1)
+}
+
+/// "00" to "99".
+const DIGIT_PAIRS: &[u8; 200] = b"\
+    0001020304050607080910111213141516171819\
+    2021222324252627282930313233343536373839\
+    4041424344454647484950515253545556575859\
+    6061626364656667686970717273747576777879\
+    8081828384858687888990919293949596979899";
+
 /// Appends `n` in decimal.
 fn push_int(out: &mut String, n: i64) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     let mut v = n.unsigned_abs();
-    loop {
+    while v >= 100 {
+        let pair = (v % 100) as usize * 2;
+        v /= 100;
+        at -= 2;
+        digits[at..at + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+    }
+    if v >= 10 {
+        let pair = v as usize * 2;
+        at -= 2;
+        digits[at..at + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+    } else {
         at -= 1;
-        digits[at] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
+        digits[at] = b'0' + v as u8;
     }
     if n < 0 {
         out.push('-');
@@ -606,8 +833,15 @@ pub fn new_id() -> String {
     out
 }
 
-/// Appends a [`new_id`] to `out` (36 characters: 8-4-4-4-12 lowercase hex digits).
+/// Appends a [`new_id`] to `out`.
 fn push_new_id(out: &mut String) {
+    let mut id = [0; 36];
+    write_new_id(&mut id);
+    out.push_str(std::str::from_utf8(&id).expect("ASCII"));
+}
+
+/// Writes a [`new_id`] (36 characters: 8-4-4-4-12 lowercase hex digits).
+fn write_new_id(text: &mut [u8; 36]) {
     use std::sync::OnceLock;
     use std::sync::atomic::{AtomicU64, Ordering};
     static SEED: OnceLock<u64> = OnceLock::new();
@@ -626,19 +860,31 @@ fn push_new_id(out: &mut String) {
     let mask = seed.rotate_left(29).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     let hi = (seed & 0xffff_ffff_ffff_0fff) | 0x4000; // version 4
     let lo = ((n ^ mask) & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000; // variant 10
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut text = [b'-'; 36];
-    let mut put = |from: usize, digits: usize, v: u64| {
-        for k in 0..digits {
-            text[from + k] = HEX[((v >> (4 * (digits - 1 - k))) & 15) as usize];
-        }
-    };
-    put(0, 8, hi >> 32);
-    put(9, 4, (hi >> 16) & 0xffff);
-    put(14, 4, hi & 0xffff);
-    put(19, 4, lo >> 48);
-    put(24, 12, lo & 0xffff_ffff_ffff);
-    out.push_str(std::str::from_utf8(&text).expect("ASCII"));
+    let mut hex = [0u8; 32];
+    for (k, half) in [hi >> 32, hi, lo >> 32, lo].into_iter().enumerate() {
+        hex[8 * k..8 * k + 8].copy_from_slice(&hex8(half as u32));
+    }
+    text[..8].copy_from_slice(&hex[..8]);
+    text[9..13].copy_from_slice(&hex[8..12]);
+    text[14..18].copy_from_slice(&hex[12..16]);
+    text[19..23].copy_from_slice(&hex[16..20]);
+    text[24..].copy_from_slice(&hex[20..]);
+    for dash in [8, 13, 18, 23] {
+        text[dash] = b'-';
+    }
+}
+
+/// `v` in eight lowercase hex digits, each nibble spread into a byte of its own and turned into
+/// its digit in one go.
+fn hex8(v: u32) -> [u8; 8] {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    let mut x = u64::from(v);
+    x = (x | x << 16) & 0x0000_ffff_0000_ffff;
+    x = (x | x << 8) & 0x00ff_00ff_00ff_00ff;
+    x = (x | x << 4) & 0x0f0f_0f0f_0f0f_0f0f;
+    // 1 in each byte whose nibble is 10 or more.
+    let letters = ((x + ONES * 6) >> 4) & ONES;
+    (x + ONES * u64::from(b'0') + letters * u64::from(b'a' - b'0' - 10)).to_be_bytes()
 }
 
 /// The prefix a cloud application puts before a resource to address node `node_id`.
@@ -819,6 +1065,11 @@ mod tests {
             }
         );
         assert_eq!(Message::decode_with_prefix(&bytes, "").unwrap(), m);
+        assert_eq!(
+            Message::decode_owned(bytes.clone(), "node/gw-1/").unwrap(),
+            got,
+            "the same, in the frame's own bytes"
+        );
         let cut = &bytes[..bytes.len() - m.content.len() - 3];
         assert_eq!(
             Message::decode_with_prefix(cut, "node/gw-1/"),
@@ -828,10 +1079,71 @@ mod tests {
 
     #[test]
     fn integers_in_decimal() {
-        for n in [0, 7, -7, 10, 1_764_081_600_000, i64::MAX, i64::MIN] {
+        for n in [
+            0,
+            7,
+            -7,
+            10,
+            99,
+            100,
+            -101,
+            1_764_081_600_000,
+            i64::MAX,
+            i64::MIN,
+        ] {
             let mut out = String::new();
             push_int(&mut out, n);
             assert_eq!(out, n.to_string());
+            assert_eq!(int_len(n), out.len(), "{n}");
+        }
+    }
+
+    #[test]
+    fn json_is_written_in_a_string_of_its_exact_size() {
+        // Sized before it is written, for the text without escapes: every flag and form of
+        // content; a string with escapes grows it (and is still right).
+        let exact = [
+            sample(),
+            Message {
+                parent_id: "p".repeat(17),
+                timestamp: -1,
+                urgent: true,
+                retain: true,
+                sync: false,
+                resource: "é☃/".repeat(100),
+                ..sample()
+            },
+            Message {
+                raw: true,
+                content: vec![0xff, 0, 1],
+                ..sample()
+            },
+            Message {
+                raw: true,
+                content: b"on \"now\"".to_vec(),
+                ..sample()
+            },
+            Message::default(),
+        ];
+        for m in exact {
+            let json = m.to_json();
+            assert_eq!(json.capacity(), json.len(), "{json}");
+            let back: serde_json::Value = serde_json::from_str(&json).unwrap();
+            assert_eq!(back["header"]["msg_id"], m.id.as_str());
+        }
+        let escaped = Message {
+            id: "a\"b\\c\nd\u{1}\t\r".into(),
+            ..sample()
+        };
+        let back: serde_json::Value = serde_json::from_str(&escaped.to_json()).unwrap();
+        assert_eq!(back["header"]["msg_id"], escaped.id.as_str());
+        for (id, error, exact) in [
+            ("id-1", None, true),
+            ("id-1", Some("queue \"full\""), true),
+            ("id\"1", None, false),
+        ] {
+            let json = Message::notice_json(id, "r/s", "accepted", error);
+            assert_eq!(json.capacity() == json.len(), exact, "{json}");
         }
     }
 
@@ -903,6 +1215,13 @@ mod tests {
                 .unwrap_err()
                 .contains("so write \"gw\"")
         );
+    }
+
+    #[test]
+    fn hex_digits() {
+        for v in [0, 9, 10, 0xabcd_1234, 0xffff_ffff, 0x0123_4567, 0x89ab_cdef] {
+            assert_eq!(hex8(v), *format!("{v:08x}").as_bytes(), "{v:x}");
+        }
     }
 
     #[test]

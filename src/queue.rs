@@ -23,10 +23,25 @@ use crate::store::{AppendError, Fsync, Limits, Log, Reader};
 const MAX_BATCH: usize = 4096;
 
 struct Append {
-    records: Vec<Vec<u8>>,
+    records: Records,
     /// Whether the reply waits for the fsync policy (false: for requests and responses).
     durable: bool,
     reply: Answer,
+}
+
+/// The records of one submission: most publishers submit one, which then needs no list.
+enum Records {
+    One(Vec<u8>),
+    Many(Vec<Vec<u8>>),
+}
+
+impl Records {
+    fn as_slice(&self) -> &[Vec<u8>] {
+        match self {
+            Records::One(r) => std::slice::from_ref(r),
+            Records::Many(rs) => rs,
+        }
+    }
 }
 
 /// The outcome of one submitted batch, handed from the append task to the publisher waiting
@@ -72,8 +87,9 @@ impl Drop for Answer {
     }
 }
 
-/// The publisher's end of a [`Reply`]: finishes with the outcome.
-struct Answered(Arc<Reply>);
+/// A submission on its way through the append task ([`Queue::submit_one`]): finishes with the
+/// first record's sequence number once durable, or why the records were refused.
+pub struct Answered(Arc<Reply>);
 
 impl Future for Answered {
     type Output = Result<u64, String>;
@@ -173,6 +189,15 @@ impl Queue {
         records: Vec<Vec<u8>>,
         durable: bool,
     ) -> impl Future<Output = Result<u64, String>> + use<> {
+        self.submit_records(Records::Many(records), durable)
+    }
+
+    /// [`submit_with`](Self::submit_with) for one record.
+    pub fn submit_one(&self, record: Vec<u8>, durable: bool) -> Answered {
+        self.submit_records(Records::One(record), durable)
+    }
+
+    fn submit_records(&self, records: Records, durable: bool) -> Answered {
         let reply = Arc::new(Reply::default());
         let appends = self.appends.get_or_init(|| {
             let (appends, requests) = smol::channel::unbounded();
@@ -288,11 +313,11 @@ impl Queue {
 async fn append_task(queue: Weak<Queue>, requests: Receiver<Append>) {
     while let Ok(first) = requests.recv().await {
         let mut batch = vec![first];
-        let mut count = batch[0].records.len();
+        let mut count = batch[0].records.as_slice().len();
         while count < MAX_BATCH {
             match requests.try_recv() {
                 Ok(more) => {
-                    count += more.records.len();
+                    count += more.records.as_slice().len();
                     batch.push(more);
                 }
                 Err(_) => break,
@@ -321,7 +346,7 @@ async fn append_task(queue: Weak<Queue>, requests: Receiver<Append>) {
 fn write_batch(log: &mut Log, batch: &[Append]) -> Vec<Result<u64, String>> {
     let all: Vec<&[u8]> = batch
         .iter()
-        .flat_map(|a| a.records.iter().map(Vec::as_slice))
+        .flat_map(|a| a.records.as_slice().iter().map(Vec::as_slice))
         .collect();
     let durable = batch.iter().any(|a| a.durable);
     let append = |log: &mut Log, records: &[&[u8]], durable: bool| {
@@ -336,7 +361,7 @@ fn write_batch(log: &mut Log, batch: &[Append]) -> Vec<Result<u64, String>> {
             .iter()
             .map(|a| {
                 let first = seq;
-                seq += a.records.len() as u64;
+                seq += a.records.as_slice().len() as u64;
                 Ok(first)
             })
             .collect(),
@@ -344,7 +369,7 @@ fn write_batch(log: &mut Log, batch: &[Append]) -> Vec<Result<u64, String>> {
         Err(AppendError::Full { .. } | AppendError::NoSpace(_)) if batch.len() > 1 => batch
             .iter()
             .map(|a| {
-                let refs: Vec<&[u8]> = a.records.iter().map(Vec::as_slice).collect();
+                let refs: Vec<&[u8]> = a.records.as_slice().iter().map(Vec::as_slice).collect();
                 append(log, &refs, a.durable).map_err(|e| e.to_string())
             })
             .collect(),

@@ -59,6 +59,13 @@ impl NodeQueues {
         Ok(queues)
     }
 
+    /// The streams of `node_id` if they are open already (every key here passed
+    /// [`valid_id`], so a hit needs no check of its own).
+    pub fn open_already(&self, node_id: &str) -> Option<Arc<LaneStores>> {
+        let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        nodes.get(node_id).cloned()
+    }
+
     /// The streams of `node_id`, opening them if needed.
     pub fn node(&self, node_id: &str) -> Result<Arc<LaneStores>, String> {
         let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());

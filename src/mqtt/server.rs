@@ -926,7 +926,7 @@ impl Client {
                 let incoming = &mut self.incoming;
                 let accepted = async {
                     match incoming.front_mut() {
-                        Some(i) => Wake::Accepted(i.accepted.as_mut().await),
+                        Some(i) => Wake::Accepted((&mut i.accepted).await),
                         None => never().await,
                     }
                 };
@@ -1013,9 +1013,9 @@ impl Client {
                         let Some(front) = self.incoming.front_mut() else {
                             break;
                         };
-                        let Some(outcome) = smol::future::block_on(smol::future::poll_once(
-                            front.accepted.as_mut(),
-                        )) else {
+                        let Some(outcome) =
+                            smol::future::block_on(smol::future::poll_once(&mut front.accepted))
+                        else {
                             break;
                         };
                         let next = self.incoming.pop_front().expect("looked at above");
@@ -1394,7 +1394,7 @@ impl Client {
                     pid,
                     qos,
                     bytes: 0,
-                    accepted: Box::pin(std::future::ready(Err(why))),
+                    accepted: Accepted::ready(Err(why)),
                 };
                 self.incoming.push_back(incoming);
             }
@@ -1471,7 +1471,7 @@ impl Client {
                     pid,
                     qos,
                     bytes: 0,
-                    accepted: Box::pin(std::future::ready(Ok(0))),
+                    accepted: Accepted::ready(Ok(0)),
                 }));
             }
         }

@@ -398,9 +398,16 @@ impl Frame {
         kind == kind::MESSAGE || kind == kind::PART
     }
 
-    /// This frame's bytes.
+    /// This frame's bytes, in a vector of exactly their size for a message or a piece of one (no
+    /// growing on the way; and `bytes::Bytes::from` then takes it without an allocation of its
+    /// own, as WebSocket writers do).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(16);
+        let size = match self {
+            Frame::Message { payload, .. } => 10 + payload.len(),
+            Frame::Part { payload, .. } => 18 + payload.len(),
+            _ => 16,
+        };
+        let mut out = Vec::with_capacity(size);
         self.encode_into(&mut out);
         out
     }
@@ -680,7 +687,15 @@ mod tests {
                 seq: u64::MAX,
             },
         ] {
-            assert_eq!(Frame::decode(&f.encode()), Ok(f.clone()));
+            let bytes = f.encode();
+            assert_eq!(Frame::decode(&bytes), Ok(f.clone()));
+            if matches!(f, Frame::Message { .. } | Frame::Part { .. }) {
+                assert_eq!(
+                    bytes.capacity(),
+                    bytes.len(),
+                    "{f:?} in a vector of its size"
+                );
+            }
         }
     }
 
