@@ -715,9 +715,15 @@ pub fn now_millis() -> i64 {
 /// Every byte that needs escaping is ASCII, so the text is scanned eight bytes at a time and
 /// copied in runs between such bytes (most strings have none: one copy).
 fn json_string(out: &mut String, s: &str) {
+    let bytes = s.as_bytes();
+    if !needs_escape(bytes) {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     out.reserve(s.len() + 2);
     out.push('"');
-    let bytes = s.as_bytes();
     let mut start = 0;
     let mut i = 0;
     while i < bytes.len() {
@@ -758,6 +764,25 @@ fn json_string(out: &mut String, s: &str) {
     }
     out.push_str(&s[start..]);
     out.push('"');
+}
+
+/// Whether any byte of `bytes` is below 0x20, `"` or `\\`: eight at a time, the last eight
+/// (overlapping those before) for the rest.
+fn needs_escape(bytes: &[u8]) -> bool {
+    let special = |b: &u8| *b < 0x20 || *b == b'"' || *b == b'\\';
+    let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    let n = bytes.len();
+    if n < 8 {
+        return bytes.iter().any(special);
+    }
+    let mut i = 0;
+    while i + 8 <= n {
+        if special_at(word(i)).is_some() {
+            return true;
+        }
+        i += 8;
+    }
+    i < n && special_at(word(n - 8)).is_some()
 }
 
 /// The place (0 to 7) of the first of the eight bytes of `w` (read little-endian) that is below

@@ -172,18 +172,23 @@ impl<'a> Scan<'a> {
                     }
                 }
             }
-            b't' => self.literal("true")?,
-            b'f' => self.literal("false")?,
-            b'n' => self.literal("null")?,
+            b't' => self.literal(b"true")?,
+            b'f' => self.literal(b"false")?,
+            b'n' => self.literal(b"null")?,
             b'-' | b'0'..=b'9' => self.number()?,
             _ => return Err(Other),
         }
         Ok(())
     }
 
-    fn literal(&mut self, word: &str) -> R<()> {
-        if self.bytes()[self.at..].starts_with(word.as_bytes()) {
-            self.at += word.len();
+    /// `word` next (its length known when compiled, so the comparison needs no call).
+    fn literal<const N: usize>(&mut self, word: &[u8; N]) -> R<()> {
+        let next: Option<&[u8; N]> = self
+            .bytes()
+            .get(self.at..self.at + N)
+            .and_then(|b| b.try_into().ok());
+        if next == Some(word) {
+            self.at += N;
             Ok(())
         } else {
             Err(Other)
@@ -255,8 +260,8 @@ impl<'a> Scan<'a> {
 
     fn boolean(&mut self) -> R<bool> {
         match self.peek() {
-            Some(b't') => self.literal("true").map(|()| true),
-            Some(b'f') => self.literal("false").map(|()| false),
+            Some(b't') => self.literal(b"true").map(|()| true),
+            Some(b'f') => self.literal(b"false").map(|()| false),
             _ => Err(Other),
         }
     }
@@ -306,28 +311,28 @@ pub(super) fn parse(text: &str) -> Option<MessageRef<'_>> {
 /// in that order, without whitespace. `None` for any other text.
 fn canonical(text: &str) -> Option<MessageRef<'_>> {
     let mut s = Scan { text, at: 0 };
-    s.literal(r#"{"header":{"msg_id":"#).ok()?;
+    s.literal(br#"{"header":{"msg_id":"#).ok()?;
     let id = s.plain_string().ok()?;
-    s.literal(r#","parent_msg_id":"#).ok()?;
+    s.literal(br#","parent_msg_id":"#).ok()?;
     let parent_id = s.plain_string().ok()?;
-    s.literal(r#","timestamp":"#).ok()?;
+    s.literal(br#","timestamp":"#).ok()?;
     let timestamp = s.timestamp().ok()?;
-    s.literal(r#","sync":"#).ok()?;
+    s.literal(br#","sync":"#).ok()?;
     let sync = s.boolean().ok()?;
-    let urgent = s.literal(r#","urgent":"#).is_ok() && s.boolean().ok()?;
-    s.literal(r#"},"route":{"source":"#).ok()?;
+    let urgent = s.literal(br#","urgent":"#).is_ok() && s.boolean().ok()?;
+    s.literal(br#"},"route":{"source":"#).ok()?;
     let source = s.plain_string().ok()?;
-    s.literal(r#","group":"#).ok()?;
+    s.literal(br#","group":"#).ok()?;
     let group = s.plain_string().ok()?;
-    s.literal(r#","operation":"#).ok()?;
+    s.literal(br#","operation":"#).ok()?;
     let operation = s.plain_string().ok()?;
-    s.literal(r#","resource":"#).ok()?;
+    s.literal(br#","resource":"#).ok()?;
     let resource = s.plain_string().ok()?;
-    s.literal(r#"},"content":"#).ok()?;
+    s.literal(br#"},"content":"#).ok()?;
     let start = s.at;
     s.skip_value(1).ok()?;
     let content = &text[start..s.at];
-    s.literal("}").ok()?;
+    s.literal(b"}").ok()?;
     if s.ws().is_some() {
         return None;
     }
