@@ -593,14 +593,21 @@ impl Link {
 
     /// Waits for whichever comes first: an inbound item, the session's next timer, room again
     /// on a lane the session filled, or `other` (the caller's stop signal, new messages to send,
-    /// …).
-    pub async fn wait<S: Future<Output = Wake>>(&self, session: &Session, other: S) -> Wake {
+    /// …). The timer is the one `session` has now: call it again after handling anything.
+    ///
+    /// Not an `async fn`: that would keep `other` twice (once as its argument, once inside the
+    /// race) in the task of every idle node; this is the race alone.
+    pub fn wait<'a, S: Future<Output = Wake> + 'a>(
+        &'a self,
+        session: &Session,
+        other: S,
+    ) -> impl Future<Output = Wake> + 'a {
         let due = match (session.poll_timeout(), self.next_rtt) {
             (Some(at), Some(rtt)) => Some(at.min(rtt)),
             (at, None) => at,
             (None, _) => None,
         };
-        let timer = async {
+        let timer = async move {
             match due {
                 Some(at) => smol::Timer::at(at).await,
                 None => smol::Timer::never().await,
@@ -612,7 +619,7 @@ impl Link {
             self.queued.drained.wait().await;
             Wake::Added
         };
-        inbound.or(other).or(drained).or(timer).await
+        inbound.or(other).or(drained).or(timer)
     }
 }
 
@@ -883,6 +890,28 @@ mod tests {
         for f in [hello, message, Frame::Heartbeat] {
             assert_eq!(Frame::from(QueuedFrame::from(f.clone())), f);
         }
+    }
+
+    #[test]
+    fn waiting_holds_the_callers_future_once() {
+        // Every idle node's task waits in Link::wait: a copy of what the caller races it
+        // against would cost each of them that future's size again.
+        let peer = "127.0.0.1:1".parse().unwrap();
+        let (link, _tasks) = Link::new(Protocol::Websocket, peer);
+        let session = Session::cloud(Instant::now(), Duration::from_secs(30), 64);
+        let other = async {
+            let held = [1u8; 4096];
+            std::future::pending::<()>().await;
+            Wake::Stop(CloseCode::from_code(held[0].into()).unwrap_or(CloseCode::Replaced))
+        };
+        let other_size = std::mem::size_of_val(&other);
+        assert!(other_size >= 4096, "{other_size}");
+        let wait = link.wait(&session, other);
+        let size = std::mem::size_of_val(&wait);
+        assert!(
+            size < other_size + 1024,
+            "{size} bytes to wait with {other_size} of the caller's"
+        );
     }
 
     #[test]
