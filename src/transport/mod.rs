@@ -26,7 +26,7 @@ use crate::signal::{Latch, PipeReceiver, PipeSender, RaiseOnDrop, Token, pipe};
 
 use crate::config::Protocol;
 use crate::metrics::{Cause, METRICS};
-use crate::proto::frame::{LANES, Lane};
+use crate::proto::frame::{CompactFrame, LANES, Lane};
 use crate::proto::session::frame_lane;
 use crate::proto::{CloseCode, Frame, FrameError, Session};
 
@@ -237,83 +237,10 @@ pub enum Inbound {
 /// What the session's task asks a writer task to do.
 #[derive(Debug)]
 enum Outbound {
-    Frame(QueuedFrame),
+    Frame(CompactFrame),
     Close(CloseCode),
     /// WebSocket: send a Ping stamped with the time, whose Pong gives a round-trip sample.
     Ping,
-}
-
-/// A frame waiting for a writer: [`Frame`] with HELLO and WELCOME (once per link, and four times
-/// the size of the others) boxed, so that each slot of a link's outbound queues takes 48 bytes
-/// rather than 160 (an idle queue keeps up to 8 slots).
-#[derive(Debug)]
-enum QueuedFrame {
-    Message {
-        lane: Lane,
-        seq: u64,
-        payload: Vec<u8>,
-    },
-    Part {
-        lane: Lane,
-        seq: u64,
-        offset: u32,
-        total: u32,
-        payload: Vec<u8>,
-    },
-    Ack {
-        lane: Lane,
-        seq: u64,
-    },
-    Heartbeat,
-    Other(Box<Frame>),
-}
-
-impl From<Frame> for QueuedFrame {
-    fn from(f: Frame) -> QueuedFrame {
-        match f {
-            Frame::Message { lane, seq, payload } => QueuedFrame::Message { lane, seq, payload },
-            Frame::Part {
-                lane,
-                seq,
-                offset,
-                total,
-                payload,
-            } => QueuedFrame::Part {
-                lane,
-                seq,
-                offset,
-                total,
-                payload,
-            },
-            Frame::Ack { lane, seq } => QueuedFrame::Ack { lane, seq },
-            Frame::Heartbeat => QueuedFrame::Heartbeat,
-            other => QueuedFrame::Other(Box::new(other)),
-        }
-    }
-}
-
-impl From<QueuedFrame> for Frame {
-    fn from(f: QueuedFrame) -> Frame {
-        match f {
-            QueuedFrame::Message { lane, seq, payload } => Frame::Message { lane, seq, payload },
-            QueuedFrame::Part {
-                lane,
-                seq,
-                offset,
-                total,
-                payload,
-            } => Frame::Part {
-                lane,
-                seq,
-                offset,
-                total,
-                payload,
-            },
-            QueuedFrame::Ack { lane, seq } => Frame::Ack { lane, seq },
-            QueuedFrame::Heartbeat => Frame::Heartbeat,
-            QueuedFrame::Other(f) => *f,
-        }
-    }
 }
 
 /// An open link: frames in, frames out, on two lanes ([`Lane`]).
@@ -428,7 +355,7 @@ impl Queued {
 fn frame_bytes(f: &Outbound) -> usize {
     match f {
         Outbound::Frame(
-            QueuedFrame::Message { payload, .. } | QueuedFrame::Part { payload, .. },
+            CompactFrame::Message { payload, .. } | CompactFrame::Part { payload, .. },
         ) => payload.len(),
         _ => 0,
     }
@@ -888,7 +815,7 @@ mod tests {
             payload: vec![1, 2, 3],
         };
         for f in [hello, message, Frame::Heartbeat] {
-            assert_eq!(Frame::from(QueuedFrame::from(f.clone())), f);
+            assert_eq!(Frame::from(CompactFrame::from(f.clone())), f);
         }
     }
 
