@@ -588,6 +588,76 @@ fn tls_sessions_outlive_a_certificate_reload_but_not_the_removal_of_their_ca() {
     );
 }
 
+/// Opens a WebSocket link as `node` with `config` (whose TLS sessions carry over from one call
+/// to the next) and closes it once upgraded (the cloud's session tickets come before its answer
+/// to the upgrade); returns whether the TLS session was resumed.
+fn ws_link_once(config: &Arc<rustls::ClientConfig>, port: u16, node: &str) -> Result<bool, String> {
+    block("a WebSocket link", async {
+        let endpoint = hub::config::Endpoint {
+            host: "127.0.0.1".into(),
+            port,
+        };
+        let path = format!("/proj/{node}/events");
+        let (ws, _) =
+            hub::transport::ws::connect(&endpoint, &path, config.clone(), Duration::from_secs(10))
+                .await
+                .map_err(|e| e.to_string())?;
+        let kind = ws.get_ref().get_ref().1.handshake_kind();
+        Ok(kind == Some(rustls::HandshakeKind::Resumed))
+    })
+}
+
+fn ws_client(pki: &Path, node: &str) -> Arc<rustls::ClientConfig> {
+    let (crt, key) = hub::pki::node_files(node);
+    let creds = Credentials::load(&pki.join(crt), &pki.join(key)).unwrap();
+    Arc::new(hub::tls::client_config(&pki.join("ca.crt"), &creds, b"http/1.1", false).unwrap())
+}
+
+#[test]
+fn websocket_tls_sessions_outlive_a_certificate_reload_but_not_the_removal_of_their_ca() {
+    // WebSocket's sessions travel in their tickets (the cloud stores none): the key that seals
+    // them is what a reload keeps, or replaces when a CA is taken out.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let ca = Authority::new(1).unwrap();
+    let pki = pki(dir, &ca, &["node-1"]);
+    let other_ca = Authority::new(1).unwrap();
+    issue_node(&other_ca, &pki, "node-4");
+    let original = std::fs::read_to_string(pki.join("ca.crt")).unwrap();
+    write_atomically(
+        &pki.join("ca.crt"),
+        &format!("{original}{}", other_ca.pem().0),
+    );
+    let mut cloud = start_cloud(dir, &pki, &CloudSpec::default());
+    let (node1, node4) = (ws_client(&pki, "node-1"), ws_client(&pki, "node-4"));
+    for (config, node) in [(&node1, "node-1"), (&node4, "node-4")] {
+        let resumed = ws_link_once(config, cloud.ws_port, node);
+        assert_eq!(resumed, Ok(false), "{node}: nothing to resume yet");
+        let resumed = ws_link_once(config, cloud.ws_port, node);
+        assert_eq!(resumed, Ok(true), "{node}: resumes its session");
+    }
+
+    // A new certificate: the sessions stay.
+    let new = replace_server_pair(&ca, &pki);
+    cloud.hub.signal("HUP");
+    let line = cloud.hub.wait_for("reloaded credentials (SIGHUP)");
+    assert!(line.contains(&new) && !line.contains("taken out"), "{line}");
+    let resumed = ws_link_once(&node1, cloud.ws_port, "node-1");
+    assert_eq!(resumed, Ok(true), "node-1 resumes across the reload");
+
+    // node-4's CA taken out: its session must not let it in without its certificate checked.
+    write_atomically(&pki.join("ca.crt"), &original);
+    let line = cloud.hub.wait_for("reloaded credentials (ca changed)");
+    assert!(line.contains("a CA was taken out"), "{line}");
+    let refused = ws_link_once(&node4, cloud.ws_port, "node-4");
+    assert!(refused.is_err(), "node-4 is refused: {refused:?}");
+    let line = cloud.hub.wait_for("refused websocket connection");
+    assert!(line.contains("UnknownIssuer"), "for its issuer: {line}");
+    // node-1 lost its session too, and is served after a full handshake.
+    let resumed = ws_link_once(&node1, cloud.ws_port, "node-1");
+    assert_eq!(resumed, Ok(false), "node-1 makes a full handshake");
+}
+
 #[test]
 fn the_mqtt_tls_listener_serves_a_renewed_certificate() {
     let tmp = tempfile::tempdir().unwrap();

@@ -17,6 +17,8 @@
 //! - the TLS sessions nodes resume (and send 0-RTT data with), unless the new CA bundle lacks a
 //!   certificate of the old one: a resumed session is not checked against the CA bundle again,
 //!   so sessions are forgotten when a CA is taken out, and those nodes make a full handshake.
+//!   QUIC's sessions are kept in a store ([`tls::session_store`]); WebSocket's travel in their
+//!   tickets, sealed with a key ([`tls::tickets`]) that is replaced to forget them.
 //!
 //! A set that fails a check is refused with one error line naming the file and the reason, and
 //! the set in use stays; the next SIGHUP or change of a file tries again. A half-written set (a
@@ -36,7 +38,7 @@ use crate::metrics::METRICS;
 use crate::proto::ALPN;
 use crate::shutdown::Shutdown;
 use crate::tls::watch::{FileWatch, POLL};
-use crate::tls::{self, ServerCredentials, SessionStore, Utc, Window};
+use crate::tls::{self, ServerCredentials, SessionStore, Tickets, Utc, Window};
 use crate::transport::quic;
 
 /// Why credentials are read again.
@@ -96,7 +98,10 @@ impl CloudTls {
         let served =
             ServerCredentials::load(&paths[0], &paths[1], &paths[2]).map_err(|e| e.to_string())?;
         let websocket = match config.websocket {
-            Some(_) => Some(Arc::new(websocket_config(&served, tls::session_store())?)),
+            Some(_) => {
+                let tickets = tls::tickets().map_err(|e| e.to_string())?;
+                Some(Arc::new(websocket_config(&served, tickets)?))
+            }
             None => None,
         };
         let quic = config.quic.map(|_| QuicServing {
@@ -196,10 +201,13 @@ impl CloudTls {
         };
         let built = (|| {
             let websocket = match &state.websocket {
-                Some(old) => Some(Arc::new(websocket_config(
-                    &new,
-                    sessions(old.session_storage.clone()),
-                )?)),
+                Some(old) => {
+                    let tickets = match keep_sessions {
+                        true => old.ticketer.clone(),
+                        false => tls::tickets().map_err(|e| e.to_string())?,
+                    };
+                    Some(Arc::new(websocket_config(&new, tickets)?))
+                }
                 None => None,
             };
             let quic = match &state.quic {
@@ -258,12 +266,9 @@ impl CloudTls {
     }
 }
 
-fn websocket_config(
-    served: &ServerCredentials,
-    sessions: SessionStore,
-) -> Result<ServerConfig, String> {
+fn websocket_config(served: &ServerCredentials, tickets: Tickets) -> Result<ServerConfig, String> {
     served
-        .config(b"http/1.1", false, sessions)
+        .with_tickets(b"http/1.1", tickets)
         .map_err(|e| e.to_string())
 }
 

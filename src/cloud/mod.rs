@@ -397,7 +397,7 @@ async fn ws_handshake(
     cloud: Arc<Cloud>,
     pending: Pending,
 ) {
-    let _active = cloud.active.clone();
+    let active = cloud.active.clone();
     let limit = cloud.config.keepalive_interval;
     let handshake = async {
         let stream = acceptor
@@ -464,7 +464,7 @@ async fn ws_handshake(
         }
         Some(Ok((ws, identity, ids))) => {
             let link = ws::spawn_link(ws, peer, cloud.config.write_timeout);
-            serve(link, identity, ids, cloud).await;
+            smol::spawn(serve(link, identity, ids, cloud, active)).detach();
         }
     }
 }
@@ -508,7 +508,7 @@ fn quic_peer_certs(conn: &quinn::Connection) -> Option<Vec<CertificateDer<'stati
 }
 
 async fn quic_handshake(incoming: quinn::Incoming, cloud: Arc<Cloud>, pending: Pending) {
-    let _active = cloud.active.clone();
+    let active = cloud.active.clone();
     let peer = incoming.remote_address();
     let limit = cloud.config.keepalive_interval;
     // The connection once there is one, so a peer that never opens its control stream can be told
@@ -596,171 +596,208 @@ async fn quic_handshake(incoming: quinn::Incoming, cloud: Arc<Cloud>, pending: P
                 cloud.config.write_timeout,
                 quic::BulkStream::Accept,
             );
-            serve(link, identity, None, cloud).await;
+            smol::spawn(serve(link, identity, None, cloud, active)).detach();
         }
     }
 }
 
-/// Runs one node's session until it ends. `url_ids` are the project and node ids from the
-/// WebSocket URL, which the HELLO must repeat.
-async fn serve(
+/// What [`serve`] does about a session event once the event is gone: only what it needs is kept
+/// across the wait, not the event (a HELLO is 152 bytes) in every node's task.
+enum Step {
+    /// A HELLO was admitted: open the node's exchange (project id for the log line).
+    Admit(Admission, Arc<LaneStores>, String),
+    /// The session ended with this code: close the link and stop.
+    End(CloseCode),
+}
+
+/// Runs one node's session until it ends, in a task of its own (the handshake's task is gone by
+/// then, and with it the handshake's state). `url_ids` are the project and node ids from the
+/// WebSocket URL, which the HELLO must repeat; `active` is held until the session ends.
+///
+/// A function returning an `async move` block rather than an `async fn`: the block uses what it
+/// captures where it is, while an `async fn` keeps a second copy of its arguments (312 bytes)
+/// in the future for as long as the node stays connected.
+#[allow(clippy::manual_async_fn)] // on purpose, as said above
+fn serve(
     mut link: Link,
     identity: CertIdentity,
     url_ids: Option<(String, String)>,
     cloud: Arc<Cloud>,
-) {
-    let (protocol, peer) = (link.protocol, link.peer);
-    let mut session = Session::cloud(
-        Instant::now(),
-        cloud.config.keepalive_interval,
-        cloud.config.queues.window,
-    );
-    let mut admission: Option<Admission> = None;
-    let mut exchange: Option<Exchange> = None;
-    let mut node = url_ids
-        .as_ref()
-        .map_or_else(|| "?".to_owned(), |(_, n)| n.clone());
-    let log_end = |admitted: bool, node: &str, why: &str| {
-        if admitted {
-            log::info!("node {node} disconnected ({protocol}, {peer}): {why}");
-        } else {
-            log::info!("refused {protocol} connection from {peer} (node {node}): {why}");
-        }
-    };
-    loop {
-        let now = Instant::now();
-        while let Some(event) = session.poll_event() {
-            let event = match exchange.as_mut() {
-                Some(ex) => match ex.handle(&mut session, event) {
-                    Some(e) => e,
-                    None => continue,
-                },
-                None => event,
-            };
-            match event {
-                Event::Hello(hello) => {
-                    if valid_id(&hello.node_id).is_ok() {
-                        node = hello.node_id.clone(); // else it stays out of the log lines
-                    }
-                    let live = link.live().clone();
-                    match admit(&cloud, &hello, &url_ids, &identity, protocol, peer, live) {
-                        Ok((a, stores)) => {
-                            // The link this one replaces lets go of the node's queues first.
-                            let prefix = Some(node_prefix(&hello.node_id));
-                            let opened = async {
-                                Ok(Exchange::open(&stores, cloud.local.clone(), prefix).await)
-                            }
-                            .or(async {
-                                a.replaced().await;
-                                Err(CloseCode::Replaced)
-                            })
-                            .or(async {
-                                cloud.shutdown.wait().await;
-                                Err(CloseCode::ShuttingDown)
-                            })
-                            .await;
-                            let ex = match opened {
-                                Ok(ex) => ex,
-                                Err(code) => {
-                                    session.close(code, "");
-                                    continue;
+    active: smol::channel::Sender<()>,
+) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        let _active = active;
+        let (protocol, peer) = (link.protocol, link.peer);
+        let mut session = Session::cloud(
+            Instant::now(),
+            cloud.config.keepalive_interval,
+            cloud.config.queues.window,
+        );
+        let mut admission: Option<Admission> = None;
+        let mut exchange: Option<Exchange> = None;
+        let mut node = url_ids
+            .as_ref()
+            .map_or_else(|| "?".to_owned(), |(_, n)| n.clone());
+        let log_end = |admitted: bool, node: &str, why: &str| {
+            if admitted {
+                log::info!("node {node} disconnected ({protocol}, {peer}): {why}");
+            } else {
+                log::info!("refused {protocol} connection from {peer} (node {node}): {why}");
+            }
+        };
+        loop {
+            let now = Instant::now();
+            loop {
+                let step = match session.poll_event() {
+                    None => break,
+                    Some(event) => {
+                        let event = match exchange.as_mut() {
+                            Some(ex) => match ex.handle(&mut session, event) {
+                                Some(e) => e,
+                                None => continue,
+                            },
+                            None => event,
+                        };
+                        match event {
+                            Event::Hello(hello) => {
+                                if valid_id(&hello.node_id).is_ok() {
+                                    node = hello.node_id.clone(); // else it stays out of the log lines
                                 }
-                            };
-                            session.accept(Instant::now(), ex.streams());
-                            admission = Some(a);
-                            exchange = Some(ex);
-                            log::info!(
-                                "node {node} connected over {protocol} from {peer} ({}, project {})",
-                                identity.describe(),
-                                hello.project_id
-                            );
+                                let live = link.live().clone();
+                                match admit(
+                                    &cloud, &hello, &url_ids, &identity, protocol, peer, live,
+                                ) {
+                                    Ok((a, stores)) => Step::Admit(a, stores, hello.project_id),
+                                    Err((code, why)) => {
+                                        session.close(code, why);
+                                        continue;
+                                    }
+                                }
+                            }
+                            Event::Close(code, detail) => {
+                                if admission.is_none() {
+                                    if let Some(kind) = Refusal::of_close(code) {
+                                        METRICS.refused(kind);
+                                    }
+                                }
+                                let detail = if detail.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(": {detail}")
+                                };
+                                let why = format!("{code}{detail}");
+                                log_end(admission.is_some(), &node, &why);
+                                if let (Some(a), Some(cause)) = (&admission, close_cause(code)) {
+                                    a.ended(cause, &why);
+                                }
+                                if let Some(mut ex) = exchange.take() {
+                                    ex.finish();
+                                    drop(ex);
+                                    cloud.queues.release(&node);
+                                }
+                                Step::End(code)
+                            }
+                            _ => continue,
                         }
-                        Err((code, why)) => session.close(code, why),
+                    }
+                };
+                match step {
+                    Step::Admit(a, stores, project) => {
+                        // The link this one replaces lets go of the node's queues first. The
+                        // node id is the HELLO's: admit() accepted it as valid.
+                        let prefix = Some(node_prefix(&node));
+                        let opened = async {
+                            Ok(Exchange::open(&stores, cloud.local.clone(), prefix).await)
+                        }
+                        .or(async {
+                            a.replaced().await;
+                            Err(CloseCode::Replaced)
+                        })
+                        .or(async {
+                            cloud.shutdown.wait().await;
+                            Err(CloseCode::ShuttingDown)
+                        })
+                        .await;
+                        let ex = match opened {
+                            Ok(ex) => ex,
+                            Err(code) => {
+                                session.close(code, "");
+                                continue;
+                            }
+                        };
+                        session.accept(Instant::now(), ex.streams());
+                        admission = Some(a);
+                        exchange = Some(ex);
+                        log::info!(
+                            "node {node} connected over {protocol} from {peer} ({}, project {project})",
+                            identity.describe(),
+                        );
+                    }
+                    Step::End(code) => {
+                        link.close(code, CLOSE_LINGER).await;
+                        return;
                     }
                 }
-                Event::Close(code, detail) => {
-                    if admission.is_none() {
-                        if let Some(kind) = Refusal::of_close(code) {
-                            METRICS.refused(kind);
-                        }
-                    }
-                    let detail = if detail.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {detail}")
-                    };
-                    let why = format!("{code}{detail}");
+            }
+            // Checked before anything else is read: a replaced link must stop delivering at
+            // once, since its replacement waits for it (see [`Exchange::open`]).
+            if admission.as_ref().is_some_and(|a| a.is_replaced()) {
+                session.close(CloseCode::Replaced, "");
+                continue;
+            }
+            if let Some(ex) = exchange.as_mut() {
+                ex.fill(&mut session, |lane| link.room(lane));
+            }
+            link.live().set_unacknowledged(session.unacknowledged());
+            link.tick(&session, now);
+            link.flush(&mut session, now);
+            let other = async {
+                match &admission {
+                    Some(a) => a.replaced().await,
+                    None => std::future::pending().await,
+                }
+                Wake::Stop(CloseCode::Replaced)
+            }
+            .or(async {
+                cloud.shutdown.wait().await;
+                Wake::Stop(CloseCode::ShuttingDown)
+            })
+            .or(async {
+                match &exchange {
+                    Some(ex) => ex.added().await,
+                    None => std::future::pending().await,
+                }
+                Wake::Added
+            });
+            match link.wait(&session, other).await {
+                Wake::Inbound(Inbound::Frame(bytes)) => {
+                    session.handle_bytes(Instant::now(), &bytes);
+                    link.handle_waiting(&mut session);
+                }
+                Wake::Inbound(Inbound::Closed(LinkError::Frame(e))) => {
+                    session.fail(Instant::now(), e)
+                }
+                Wake::Inbound(Inbound::Closed(LinkError::WriteTimeout(d))) => session.close(
+                    CloseCode::WriteTimeout,
+                    format!("writes blocked for {:.1}s", d.as_secs_f64()),
+                ),
+                Wake::Inbound(Inbound::Closed(e)) => {
+                    let why = e.to_string();
                     log_end(admission.is_some(), &node, &why);
-                    if let (Some(a), Some(cause)) = (&admission, close_cause(code)) {
-                        a.ended(cause, &why);
+                    if let Some(a) = &admission {
+                        a.ended(e.cause(), &why);
                     }
                     if let Some(mut ex) = exchange.take() {
                         ex.finish();
                         drop(ex);
                         cloud.queues.release(&node);
                     }
-                    link.close(code, CLOSE_LINGER).await;
                     return;
                 }
-                _ => {}
+                Wake::Timer => session.handle_timeout(Instant::now()),
+                Wake::Stop(code) => session.close(code, ""),
+                Wake::Added => {}
             }
-        }
-        // Checked before anything else is read: a replaced link must stop delivering at once,
-        // since its replacement waits for it (see [`Exchange::open`]).
-        if admission.as_ref().is_some_and(|a| a.is_replaced()) {
-            session.close(CloseCode::Replaced, "");
-            continue;
-        }
-        if let Some(ex) = exchange.as_mut() {
-            ex.fill(&mut session, |lane| link.room(lane));
-        }
-        link.live().set_unacknowledged(session.unacknowledged());
-        link.tick(&session, now);
-        link.flush(&mut session, now);
-        let other = async {
-            match &admission {
-                Some(a) => a.replaced().await,
-                None => std::future::pending().await,
-            }
-            Wake::Stop(CloseCode::Replaced)
-        }
-        .or(async {
-            cloud.shutdown.wait().await;
-            Wake::Stop(CloseCode::ShuttingDown)
-        })
-        .or(async {
-            match &exchange {
-                Some(ex) => ex.added().await,
-                None => std::future::pending().await,
-            }
-            Wake::Added
-        });
-        match link.wait(&session, other).await {
-            Wake::Inbound(Inbound::Frame(bytes)) => {
-                session.handle_bytes(Instant::now(), &bytes);
-                link.handle_waiting(&mut session);
-            }
-            Wake::Inbound(Inbound::Closed(LinkError::Frame(e))) => session.fail(Instant::now(), e),
-            Wake::Inbound(Inbound::Closed(LinkError::WriteTimeout(d))) => session.close(
-                CloseCode::WriteTimeout,
-                format!("writes blocked for {:.1}s", d.as_secs_f64()),
-            ),
-            Wake::Inbound(Inbound::Closed(e)) => {
-                let why = e.to_string();
-                log_end(admission.is_some(), &node, &why);
-                if let Some(a) = &admission {
-                    a.ended(e.cause(), &why);
-                }
-                if let Some(mut ex) = exchange.take() {
-                    ex.finish();
-                    drop(ex);
-                    cloud.queues.release(&node);
-                }
-                return;
-            }
-            Wake::Timer => session.handle_timeout(Instant::now()),
-            Wake::Stop(code) => session.close(code, ""),
-            Wake::Added => {}
         }
     }
 }

@@ -30,7 +30,8 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::frame::{
-    CHUNK, CloseCode, Frame, FrameError, Hello, HelloLane, LANES, Lane, Welcome, WelcomeLane,
+    CHUNK, CloseCode, CompactFrame, Frame, FrameError, Hello, HelloLane, LANES, Lane, Welcome,
+    WelcomeLane,
 };
 use super::{MAX_FRAME, VERSION};
 
@@ -84,7 +85,7 @@ pub enum Role {
 pub enum Event {
     /// Cloud only: the edge said HELLO. Check its identity and capacity, then call
     /// [`Session::accept`] or [`Session::close`].
-    Hello(Hello),
+    Hello(Box<Hello>),
     /// The link is open: the edge got WELCOME, or the cloud accepted the HELLO.
     Open,
     /// The session closed itself (deadline passed, protocol error); tell the peer with this code
@@ -126,7 +127,7 @@ struct LaneState {
     out_next: u64,
     out_acked: u64,
     /// Frames of this lane waiting to be sent.
-    transmit: VecDeque<Frame>,
+    transmit: VecDeque<CompactFrame>,
     /// Receiving: the peer's stream id and the next sequence number expected from it.
     in_stream: u64,
     in_expected: u64,
@@ -210,7 +211,7 @@ impl Session {
                 in_seq: h.down_seq,
             };
         }
-        s.lanes[0].transmit.push_back(Frame::Hello(hello));
+        s.lanes[0].transmit.push_back(Frame::Hello(hello).into());
         s
     }
 
@@ -370,7 +371,7 @@ impl Session {
                 }
                 self.state = State::Deciding;
                 self.peer_hello = Some(h.clone());
-                self.events.push_back(Event::Hello(h));
+                self.events.push_back(Event::Hello(Box::new(h)));
             }
             (Role::Edge, State::Handshake, Frame::Welcome(w)) => {
                 if w.version != VERSION {
@@ -447,13 +448,14 @@ impl Session {
             starts[lane.index()] = (out_start, in_expected);
             self.lanes[lane.index()].local = ours;
         }
-        self.lanes[0].transmit.push_back(Frame::Welcome(Welcome {
+        let welcome = Frame::Welcome(Welcome {
             version: VERSION,
             keepalive: self.deadline,
             heartbeat,
             window: self.window,
             lanes,
-        }));
+        });
+        self.lanes[0].transmit.push_back(welcome.into());
         self.last_recv = now;
         self.state = State::Open;
         self.events.push_back(Event::Open);
@@ -512,7 +514,7 @@ impl Session {
             // Messages are at most MAX_FRAME (16 MiB) long: offsets fit in a u32.
             let total = payload.len() as u32;
             for (i, piece) in payload.chunks(CHUNK).enumerate() {
-                l.transmit.push_back(Frame::Part {
+                l.transmit.push_back(CompactFrame::Part {
                     lane,
                     seq,
                     offset: (i * CHUNK) as u32,
@@ -522,7 +524,8 @@ impl Session {
             }
             return;
         }
-        l.transmit.push_back(Frame::Message { lane, seq, payload });
+        l.transmit
+            .push_back(CompactFrame::Message { lane, seq, payload });
     }
 
     /// Bytes of messages queued on `lane` and not yet taken by [`poll_transmit`](Self::poll_transmit).
@@ -530,10 +533,7 @@ impl Session {
         self.lanes[lane.index()]
             .transmit
             .iter()
-            .map(|f| match f {
-                Frame::Message { payload, .. } | Frame::Part { payload, .. } => payload.len(),
-                _ => 0,
-            })
+            .map(CompactFrame::payload_len)
             .sum()
     }
 
@@ -553,7 +553,9 @@ impl Session {
         }
         l.in_committed = l.in_committed.max(seq);
         if seq > 0 {
-            self.lanes[0].transmit.push_back(Frame::Ack { lane, seq });
+            self.lanes[0]
+                .transmit
+                .push_back(CompactFrame::Ack { lane, seq });
         }
         let l = &mut self.lanes[lane.index()];
         if l.in_uncommitted > 0 && l.commit_due.is_none() {
@@ -585,7 +587,9 @@ impl Session {
                 && l.in_committed > 0
             {
                 let seq = l.in_committed;
-                self.lanes[0].transmit.push_back(Frame::Ack { lane, seq });
+                self.lanes[0]
+                    .transmit
+                    .push_back(CompactFrame::Ack { lane, seq });
             }
             return;
         }
@@ -737,7 +741,7 @@ impl Session {
         }
         if let Some(hb) = self.heartbeat {
             if self.nothing_to_send() && now.saturating_duration_since(self.last_send) >= hb {
-                self.lanes[0].transmit.push_back(Frame::Heartbeat);
+                self.lanes[0].transmit.push_back(CompactFrame::Heartbeat);
             }
         }
         if let Some(probe) = self.probe_after() {
@@ -745,7 +749,7 @@ impl Session {
                 && silent >= probe
                 && now.saturating_duration_since(self.last_send) >= probe
             {
-                self.lanes[0].transmit.push_back(Frame::Heartbeat);
+                self.lanes[0].transmit.push_back(CompactFrame::Heartbeat);
             }
         }
     }
@@ -769,7 +773,7 @@ impl Session {
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Frame> {
         let f = self.lanes.iter_mut().find_map(|l| l.transmit.pop_front())?;
         self.last_send = now;
-        Some(f)
+        Some(f.into())
     }
 
     /// The next event, if any.
@@ -896,6 +900,24 @@ mod tests {
         edge.committed(U, 0);
         edge.committed(B, 0);
         (edge, cloud)
+    }
+
+    #[test]
+    fn an_open_sessions_queues_keep_narrow_slots() {
+        // A queue keeps the slots it grew to (at least 4) while the node is idle: HELLO and
+        // WELCOME, once per link, must not make every slot 152 bytes wide.
+        fn slot<T>(_: &VecDeque<T>) -> usize {
+            std::mem::size_of::<T>()
+        }
+        let now = Instant::now();
+        let (edge, cloud) = open_pair(now, 15 * S, 15 * S, 30 * S);
+        assert!(std::mem::size_of::<Frame>() >= 150);
+        for s in [&edge, &cloud] {
+            assert!(slot(&s.events) <= 48, "events: {}", slot(&s.events));
+            for l in &s.lanes {
+                assert!(slot(&l.transmit) <= 48, "transmit: {}", slot(&l.transmit));
+            }
+        }
     }
 
     #[test]

@@ -290,7 +290,8 @@ fn config_error(e: rustls::Error) -> TlsError {
     TlsError::Config(e.to_string())
 }
 
-/// How many TLS sessions the cloud remembers for resumption (and QUIC 0-RTT), per transport.
+/// How many TLS sessions the cloud remembers for QUIC resumption and 0-RTT (WebSocket's travel in
+/// their tickets: [`tickets`]).
 pub const SESSION_CACHE: usize = 16 * 1024;
 
 /// Where the cloud keeps the TLS sessions its nodes may resume: held by a [`ServerConfig`] and
@@ -301,6 +302,20 @@ pub type SessionStore = Arc<dyn rustls::server::StoresServerSessions>;
 /// A new, empty [`SessionStore`] in memory for [`SESSION_CACHE`] sessions.
 pub fn session_store() -> SessionStore {
     ServerSessionMemoryCache::new(SESSION_CACHE)
+}
+
+/// The key that seals the cloud's stateless TLS session tickets ([`tickets`]): handed on to the
+/// configuration that replaces a [`ServerConfig`] as a [`SessionStore`] is.
+pub type Tickets = Arc<dyn rustls::server::ProducesTickets>;
+
+/// A new ticket key for WebSocket (TLS over TCP): the session travels in the ticket itself,
+/// sealed with ChaCha20-Poly1305 under a random key that rustls replaces every 6 hours (a ticket
+/// lives 12 hours), so the cloud keeps nothing per session. A [`session_store`] kept about
+/// 900 bytes per ticket (the client's certificate with it), two tickets per handshake, up to
+/// [`SESSION_CACHE`] of them; QUIC keeps one, since its 0-RTT data needs each session resumed at
+/// most once. Errors: rustls cannot make the key ([`TlsError::Config`]).
+pub fn tickets() -> Result<Tickets, TlsError> {
+    rustls::crypto::ring::Ticketer::new().map_err(config_error)
 }
 
 /// The cloud's credentials as read from its `ca`, `cert` and `key` files, checked to belong
@@ -341,6 +356,7 @@ impl ServerCredentials {
     /// required, `alpn` offered. With `early_data`, resumed QUIC clients may send 0-RTT data;
     /// sessions are kept in memory (in `sessions`, see [`session_store`]) and each can be
     /// resumed once, so 0-RTT data cannot be replayed to this process.
+    /// [`with_tickets`](Self::with_tickets) is the configuration without 0-RTT.
     ///
     /// A resumed session is not checked against the CA bundle again (RFC 8446 section 2.2: the
     /// client's certificate was verified when the session began), so a store must not outlive a
@@ -363,6 +379,15 @@ impl ServerCredentials {
         if early_data {
             config.max_early_data_size = u32::MAX;
         }
+        Ok(config)
+    }
+
+    /// The cloud's TLS configuration as [`config`](Self::config) without 0-RTT, whose sessions
+    /// travel in the tickets sealed with `tickets` ([`tickets`]) rather than in a store.
+    pub fn with_tickets(&self, alpn: &[u8], tickets: Tickets) -> Result<ServerConfig, TlsError> {
+        let none: SessionStore = Arc::new(rustls::server::NoServerSessionStorage {});
+        let mut config = self.config(alpn, false, none)?;
+        config.ticketer = tickets;
         Ok(config)
     }
 }

@@ -26,7 +26,7 @@ use crate::signal::{Latch, PipeReceiver, PipeSender, RaiseOnDrop, Token, pipe};
 
 use crate::config::Protocol;
 use crate::metrics::{Cause, METRICS};
-use crate::proto::frame::{LANES, Lane};
+use crate::proto::frame::{CompactFrame, LANES, Lane};
 use crate::proto::session::frame_lane;
 use crate::proto::{CloseCode, Frame, FrameError, Session};
 
@@ -237,83 +237,10 @@ pub enum Inbound {
 /// What the session's task asks a writer task to do.
 #[derive(Debug)]
 enum Outbound {
-    Frame(QueuedFrame),
+    Frame(CompactFrame),
     Close(CloseCode),
     /// WebSocket: send a Ping stamped with the time, whose Pong gives a round-trip sample.
     Ping,
-}
-
-/// A frame waiting for a writer: [`Frame`] with HELLO and WELCOME (once per link, and four times
-/// the size of the others) boxed, so that each slot of a link's outbound queues takes 48 bytes
-/// rather than 160 (an idle queue keeps up to 8 slots).
-#[derive(Debug)]
-enum QueuedFrame {
-    Message {
-        lane: Lane,
-        seq: u64,
-        payload: Vec<u8>,
-    },
-    Part {
-        lane: Lane,
-        seq: u64,
-        offset: u32,
-        total: u32,
-        payload: Vec<u8>,
-    },
-    Ack {
-        lane: Lane,
-        seq: u64,
-    },
-    Heartbeat,
-    Other(Box<Frame>),
-}
-
-impl From<Frame> for QueuedFrame {
-    fn from(f: Frame) -> QueuedFrame {
-        match f {
-            Frame::Message { lane, seq, payload } => QueuedFrame::Message { lane, seq, payload },
-            Frame::Part {
-                lane,
-                seq,
-                offset,
-                total,
-                payload,
-            } => QueuedFrame::Part {
-                lane,
-                seq,
-                offset,
-                total,
-                payload,
-            },
-            Frame::Ack { lane, seq } => QueuedFrame::Ack { lane, seq },
-            Frame::Heartbeat => QueuedFrame::Heartbeat,
-            other => QueuedFrame::Other(Box::new(other)),
-        }
-    }
-}
-
-impl From<QueuedFrame> for Frame {
-    fn from(f: QueuedFrame) -> Frame {
-        match f {
-            QueuedFrame::Message { lane, seq, payload } => Frame::Message { lane, seq, payload },
-            QueuedFrame::Part {
-                lane,
-                seq,
-                offset,
-                total,
-                payload,
-            } => Frame::Part {
-                lane,
-                seq,
-                offset,
-                total,
-                payload,
-            },
-            QueuedFrame::Ack { lane, seq } => Frame::Ack { lane, seq },
-            QueuedFrame::Heartbeat => Frame::Heartbeat,
-            QueuedFrame::Other(f) => *f,
-        }
-    }
 }
 
 /// An open link: frames in, frames out, on two lanes ([`Lane`]).
@@ -428,7 +355,7 @@ impl Queued {
 fn frame_bytes(f: &Outbound) -> usize {
     match f {
         Outbound::Frame(
-            QueuedFrame::Message { payload, .. } | QueuedFrame::Part { payload, .. },
+            CompactFrame::Message { payload, .. } | CompactFrame::Part { payload, .. },
         ) => payload.len(),
         _ => 0,
     }
@@ -593,14 +520,21 @@ impl Link {
 
     /// Waits for whichever comes first: an inbound item, the session's next timer, room again
     /// on a lane the session filled, or `other` (the caller's stop signal, new messages to send,
-    /// …).
-    pub async fn wait<S: Future<Output = Wake>>(&self, session: &Session, other: S) -> Wake {
+    /// …). The timer is the one `session` has now: call it again after handling anything.
+    ///
+    /// Not an `async fn`: that would keep `other` twice (once as its argument, once inside the
+    /// race) in the task of every idle node; this is the race alone.
+    pub fn wait<'a, S: Future<Output = Wake> + 'a>(
+        &'a self,
+        session: &Session,
+        other: S,
+    ) -> impl Future<Output = Wake> + 'a {
         let due = match (session.poll_timeout(), self.next_rtt) {
             (Some(at), Some(rtt)) => Some(at.min(rtt)),
             (at, None) => at,
             (None, _) => None,
         };
-        let timer = async {
+        let timer = async move {
             match due {
                 Some(at) => smol::Timer::at(at).await,
                 None => smol::Timer::never().await,
@@ -612,7 +546,7 @@ impl Link {
             self.queued.drained.wait().await;
             Wake::Added
         };
-        inbound.or(other).or(drained).or(timer).await
+        inbound.or(other).or(drained).or(timer)
     }
 }
 
@@ -881,8 +815,30 @@ mod tests {
             payload: vec![1, 2, 3],
         };
         for f in [hello, message, Frame::Heartbeat] {
-            assert_eq!(Frame::from(QueuedFrame::from(f.clone())), f);
+            assert_eq!(Frame::from(CompactFrame::from(f.clone())), f);
         }
+    }
+
+    #[test]
+    fn waiting_holds_the_callers_future_once() {
+        // Every idle node's task waits in Link::wait: a copy of what the caller races it
+        // against would cost each of them that future's size again.
+        let peer = "127.0.0.1:1".parse().unwrap();
+        let (link, _tasks) = Link::new(Protocol::Websocket, peer);
+        let session = Session::cloud(Instant::now(), Duration::from_secs(30), 64);
+        let other = async {
+            let held = [1u8; 4096];
+            std::future::pending::<()>().await;
+            Wake::Stop(CloseCode::from_code(held[0].into()).unwrap_or(CloseCode::Replaced))
+        };
+        let other_size = std::mem::size_of_val(&other);
+        assert!(other_size >= 4096, "{other_size}");
+        let wait = link.wait(&session, other);
+        let size = std::mem::size_of_val(&wait);
+        assert!(
+            size < other_size + 1024,
+            "{size} bytes to wait with {other_size} of the caller's"
+        );
     }
 
     #[test]

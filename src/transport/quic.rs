@@ -16,7 +16,7 @@ use super::{Inbound, Link, LinkError, Outbound, Outgoing, Reader, dial, timeout}
 use crate::config::{Congestion, Protocol};
 use crate::proto::frame::Lane;
 use crate::proto::frame::{StreamDecoder, encode_len_prefixed};
-use crate::proto::{Frame, FrameError};
+use crate::proto::{CloseCode, Frame, FrameError};
 use crate::signal::{Latch, RaiseOnDrop};
 use smol::future::FutureExt;
 
@@ -564,31 +564,17 @@ async fn write_frames(
                 None => return,
             },
         };
-        let f = match out {
-            Outbound::Frame(f) => Frame::from(f),
-            Outbound::Close(code) => {
+        let close = match batch(out, outgoing, lane, &mut buf) {
+            Batch::Write(close) => close,
+            Batch::Close(code) => {
                 conn.close(VarInt::from(code.code()), code.reason().as_bytes());
                 return;
             }
-            // QUIC's round trip is quinn's estimate; a ping is never queued here.
-            Outbound::Ping => continue,
+            Batch::Nothing => continue,
         };
-        // Everything already waiting goes out with it, in one write.
-        buf.clear();
-        encode_len_prefixed(&f, &mut buf);
-        let mut close = None;
-        while buf.len() < 1 << 20 {
-            match outgoing.try_next_of(lane) {
-                Some(Outbound::Frame(f)) => encode_len_prefixed(&Frame::from(f), &mut buf),
-                Some(Outbound::Ping) => {}
-                Some(Outbound::Close(code)) => {
-                    close = Some(code);
-                    break;
-                }
-                None => break,
-            }
-        }
-        let err = match timeout(write_deadline, send.write_all(&buf)).await {
+        // Boxed, as is the report: the writer of an idle lane waits for its next frame in a
+        // task of its own size, not one sized for a write (460 bytes).
+        let err = match Box::pin(timeout(write_deadline, send.write_all(&buf))).await {
             Some(Ok(())) => match close {
                 None => continue,
                 Some(code) => {
@@ -600,9 +586,41 @@ async fn write_frames(
             Some(Err(e)) => LinkError::Io(format!("QUIC {lane} stream: {e}")),
             None => LinkError::WriteTimeout(write_deadline),
         };
-        report.deliver(Inbound::Closed(err)).await;
+        Box::pin(report.deliver(Inbound::Closed(err))).await;
         return;
     }
+}
+
+/// What [`write_frames`] does with the item it took.
+enum Batch {
+    /// Write what is in the buffer, then close the connection with the code, if any.
+    Write(Option<CloseCode>),
+    /// Close the connection with this code.
+    Close(CloseCode),
+    /// Nothing to write.
+    Nothing,
+}
+
+/// Encodes `out` and everything already waiting on `lane` after it (up to 1 MiB) into `buf`,
+/// for one write; a close request ends the batch.
+fn batch(out: Outbound, outgoing: &Outgoing, lane: Lane, buf: &mut Vec<u8>) -> Batch {
+    let f = match out {
+        Outbound::Frame(f) => Frame::from(f),
+        Outbound::Close(code) => return Batch::Close(code),
+        // QUIC's round trip is quinn's estimate; a ping is never queued here.
+        Outbound::Ping => return Batch::Nothing,
+    };
+    buf.clear();
+    encode_len_prefixed(&f, buf);
+    while buf.len() < 1 << 20 {
+        match outgoing.try_next_of(lane) {
+            Some(Outbound::Frame(f)) => encode_len_prefixed(&Frame::from(f), buf),
+            Some(Outbound::Ping) => {}
+            Some(Outbound::Close(code)) => return Batch::Write(Some(code)),
+            None => break,
+        }
+    }
+    Batch::Write(None)
 }
 
 /// Turns an open connection and its control stream into a [`Link`], spawning its reader and
@@ -659,34 +677,40 @@ pub fn spawn_link(
         // Cloud: a bulk frame that waits for the edge's bulk stream longer than the write
         // deadline is a blocked write, as one the edge stopped reading would be.
         let mut held = None;
-        let streams = match bulk {
-            BulkStream::Open => match conn.open_bi().await {
-                Ok((mut send, recv)) => match send.write_all(&[BULK_PREFACE]).await {
-                    Ok(()) => Ok((send, recv)),
-                    Err(quinn::WriteError::ConnectionLost(c)) => Err(connection_error(&c)),
-                    Err(e) => Err(LinkError::Io(format!("QUIC bulk stream: {e}"))),
+        // Boxed: the stream's setup is freed once done, rather than kept in the task as long
+        // as the link lasts.
+        let streams = Box::pin(async {
+            Some(match bulk {
+                BulkStream::Open => match conn.open_bi().await {
+                    Ok((mut send, recv)) => match send.write_all(&[BULK_PREFACE]).await {
+                        Ok(()) => Ok((send, recv)),
+                        Err(quinn::WriteError::ConnectionLost(c)) => Err(connection_error(&c)),
+                        Err(e) => Err(LinkError::Io(format!("QUIC bulk stream: {e}"))),
+                    },
+                    Err(e) => Err(connection_error(&e)),
                 },
-                Err(e) => Err(connection_error(&e)),
-            },
-            BulkStream::Accept => {
-                let accepted = accept_bulk(&conn);
-                let mut accepted = std::pin::pin!(accepted);
-                let first = async { Err(outgoing.next_of(Lane::Bulk).await) };
-                match async { Ok(accepted.as_mut().await) }.or(first).await {
-                    Ok(streams) => streams,
-                    Err(None) => return,
-                    Err(Some(out)) => {
-                        held = Some(out);
-                        timeout(write_deadline, accepted)
-                            .await
-                            .unwrap_or(Err(LinkError::WriteTimeout(write_deadline)))
+                BulkStream::Accept => {
+                    let accepted = accept_bulk(&conn);
+                    let mut accepted = std::pin::pin!(accepted);
+                    let first = async { Err(outgoing.next_of(Lane::Bulk).await) };
+                    match async { Ok(accepted.as_mut().await) }.or(first).await {
+                        Ok(streams) => streams,
+                        Err(None) => return None,
+                        Err(Some(out)) => {
+                            held = Some(out);
+                            timeout(write_deadline, accepted)
+                                .await
+                                .unwrap_or(Err(LinkError::WriteTimeout(write_deadline)))
+                        }
                     }
                 }
-            }
-        };
+            })
+        })
+        .await;
         let (mut send, recv) = match streams {
-            Ok(s) => s,
-            Err(e) => {
+            None => return,
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
                 bulk_reader.deliver(Inbound::Closed(e)).await;
                 return;
             }

@@ -28,19 +28,25 @@ pub type ClientStream = futures_rustls::client::TlsStream<Async<TcpStream>>;
 /// The TLS stream the cloud's WebSocket runs on.
 pub type ServerStream = futures_rustls::server::TlsStream<Async<TcpStream>>;
 
-/// What one read from the TLS stream asks for: 4 KiB. tungstenite zero-fills this much of its
-/// read buffer before every read, so every idle connection keeps this much resident (with its
-/// default, 128 KiB); a larger frame still gets a buffer of its own size, read in steps of this
-/// (from the TLS layer's plaintext, not a system call each). 4 KiB holds 15 messages of 256
-/// bytes; 8 KiB cost 4 KiB more per idle WebSocket node.
+/// What one read from the TLS stream asks for on a local application's WebSocket: 4 KiB
+/// (tungstenite zero-fills this much of its read buffer before every read, so every idle
+/// connection keeps this much resident; with its default, 128 KiB).
 pub const READ_BUFFER: usize = 4 * 1024;
 
-/// WebSocket limits: no message or frame over [`MAX_FRAME`]; reads of [`READ_BUFFER`].
+/// What one read from the TLS stream asks for on a link: 1 KiB, resident in every idle
+/// connection as [`READ_BUFFER`] is. A larger frame still gets a buffer of its own size, read in
+/// steps of this (from the TLS layer's plaintext, not a system call each: rustls reads the socket
+/// 4 KiB at a time whatever this is). 1 KiB holds 3 messages of 256 bytes; 4 KiB cost 3 KiB more
+/// per idle WebSocket node (10,000 nodes: 29 MiB).
+pub const LINK_READ_BUFFER: usize = 1024;
+
+/// A link's WebSocket limits: no message or frame over [`MAX_FRAME`]; reads of
+/// [`LINK_READ_BUFFER`].
 pub fn config() -> WebSocketConfig {
     WebSocketConfig::default()
         .max_message_size(Some(MAX_FRAME))
         .max_frame_size(Some(MAX_FRAME))
-        .read_buffer_size(READ_BUFFER)
+        .read_buffer_size(LINK_READ_BUFFER)
 }
 
 /// The WebSocket close code carrying hub close code `code`.
@@ -186,11 +192,14 @@ where
                 }
                 tx.flush().await
             };
-            let err = match timeout(write_deadline, batch).await {
+            // Boxed, as is the close: the writer of an idle link waits for its next frame in a
+            // task of about 300 bytes rather than one sized for a batch (1.1 KiB).
+            let err = match Box::pin(timeout(write_deadline, batch)).await {
                 Some(Ok(())) => match close {
                     None => continue,
                     Some(code) => {
-                        let _ = timeout(write_deadline, tx.close(Some(close_frame(code)))).await;
+                        let closing = timeout(write_deadline, tx.close(Some(close_frame(code))));
+                        let _ = Box::pin(closing).await;
                         break;
                     }
                 },
