@@ -23,6 +23,7 @@ use smol::Async;
 use smol::future::FutureExt;
 
 use crate::apps::{Apps, Route};
+use crate::cluster::Cluster;
 use crate::config::{CloudConfig, Protocol, valid_id};
 use crate::exchange::{Exchange, LaneStores};
 use crate::local::Local;
@@ -126,6 +127,10 @@ pub async fn run(config: CloudConfig, shutdown: Shutdown) -> Result<(), String> 
         2,
     ));
     let _lock = crate::queue::lock_dir(&config.queues.dir)?;
+    let cluster = match &config.cluster {
+        Some(c) => Some(Cluster::start(c, registry.clone(), config.node_limit).await?),
+        None => None,
+    };
     let queues = NodeQueues::open(&config.queues)?;
     let (local, sessions) = crate::mqtt::open_core(
         &config.queues.dir,
@@ -204,6 +209,9 @@ pub async fn run(config: CloudConfig, shutdown: Shutdown) -> Result<(), String> 
     log::info!("closing {connected} node link(s)");
     drop(cloud);
     let _ = timeout(SHUTDOWN_GRACE, all_done.recv()).await;
+    if let Some(c) = &cluster {
+        c.stop().await;
+    }
     if let Some(ep) = endpoint {
         quic::close_endpoint(&ep, CLOSE_LINGER).await;
     }

@@ -1,0 +1,623 @@
+//! Cluster mode on NATS JetStream: the connection on its own tokio runtime, the buckets, this
+//! instance's liveness and the shared node registry.
+//!
+//! Every instance keeps a mirror ([`View`]) of the two buckets, fed by a watcher each:
+//! [`NODES_BUCKET`] (which instance holds which node) and [`INSTANCES_BUCKET`] (which instances
+//! are alive). Admissions are compare-and-set over the whole node bucket: a put carries
+//! `Nats-Expected-Last-Sequence` = the last revision the mirror has seen, so of two instances
+//! admitting at once only one succeeds; the other catches up, counts again and retries. This is
+//! what holds `node-limit` across the cluster, and what orders two connections of one node.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, kv};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::runtime::Handle;
+
+use super::{HEARTBEAT, INSTANCES_BUCKET, LIVE_FOR, NODES_BUCKET, key_node, node_key};
+use crate::cloud::Registry;
+use crate::config::{ClusterConfig, Protocol};
+
+/// How long connecting to NATS at start may take before the cloud gives up.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one admission may take (catching up, counting, compare-and-set attempts).
+const ADMIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One node's entry in [`NODES_BUCKET`], as JSON (docs/cluster.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Record {
+    /// The instance holding the node.
+    instance: String,
+    /// That instance's run: its start time in milliseconds since the epoch, so entries left by
+    /// an earlier run of the same instance name are told apart.
+    run: u64,
+    /// The admission's id within that run.
+    admission: u64,
+    /// `websocket` or `quic`.
+    protocol: String,
+    /// The node's address as the instance saw it.
+    address: String,
+    /// When the instance admitted it, in milliseconds since the epoch.
+    since: u64,
+}
+
+/// One instance's entry in [`INSTANCES_BUCKET`], as JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Alive {
+    run: u64,
+    started: u64,
+}
+
+/// A node held by another instance, as listed by `hub nodes`.
+#[derive(Debug, Clone)]
+pub struct RemoteNode {
+    /// The node id.
+    pub node_id: String,
+    /// The instance holding it.
+    pub instance: String,
+    /// Its transport, as that instance saw it.
+    pub protocol: Option<Protocol>,
+    /// Its address, as that instance saw it.
+    pub address: String,
+    /// When that instance admitted it.
+    pub since: SystemTime,
+}
+
+/// Why the cluster refused to admit a node.
+#[derive(Debug)]
+pub enum Refused {
+    /// `node-limit` nodes (the number given) are connected across the cluster.
+    NodeLimit(usize),
+    /// NATS did not confirm the admission (the text says why).
+    Unavailable(String),
+}
+
+/// The mirror of both buckets.
+#[derive(Default)]
+struct View {
+    /// Every node entry: its record, its revision and when it arrived here.
+    nodes: HashMap<String, (Record, u64, Instant)>,
+    /// The highest revision of the node bucket seen.
+    revision: u64,
+    /// Whether the watcher has delivered every entry there was when it started.
+    current: bool,
+    /// Each instance's run and when its liveness entry was last refreshed (local clock).
+    instances: HashMap<String, (u64, Instant)>,
+    /// The nodes this instance holds: local admission id and the revision of its entry.
+    held: HashMap<String, (u64, u64)>,
+}
+
+impl View {
+    /// Whether the entry `r` (arrived here at `arrived`) names an instance run that is alive:
+    /// `me` (this instance and run) always is; another when its liveness entry was refreshed
+    /// within [`LIVE_FOR`], or, not seen yet (it may have announced itself a moment before this
+    /// mirror heard of it), when the entry itself is that recent.
+    fn live(&self, r: &Record, arrived: Instant, me: (&str, u64), now: Instant) -> bool {
+        if r.instance == me.0 {
+            return r.run == me.1;
+        }
+        match self.instances.get(&r.instance) {
+            Some((run, seen)) if *run == r.run => now.duration_since(*seen) < LIVE_FOR,
+            Some((run, _)) if *run > r.run => false, // an earlier run of a restarted instance
+            _ => now.duration_since(arrived) < LIVE_FOR,
+        }
+    }
+}
+
+/// This instance's place in the cluster: the NATS connection and the mirrors.
+pub struct Cluster {
+    rt: Handle,
+    instance: String,
+    run: u64,
+    limit: usize,
+    js: jetstream::Context,
+    nodes: kv::Store,
+    instances: kv::Store,
+    view: Arc<Mutex<View>>,
+    /// Bumped whenever the node mirror changes.
+    changed: tokio::sync::watch::Sender<u64>,
+    registry: Arc<Registry>,
+}
+
+/// A node's entry in the shared registry, made by [`Cluster::admit`]; dropping it removes the
+/// entry, unless another connection of the node replaced it since.
+pub struct ClusterAdmission {
+    cluster: Arc<Cluster>,
+    node_id: String,
+    admission: u64,
+}
+
+impl Drop for ClusterAdmission {
+    fn drop(&mut self) {
+        let mut view = self.cluster.lock();
+        let Some(&(admission, revision)) = view.held.get(&self.node_id) else {
+            return;
+        };
+        if admission != self.admission {
+            return;
+        }
+        view.held.remove(&self.node_id);
+        drop(view);
+        let nodes = self.cluster.nodes.clone();
+        let key = node_key(&self.node_id);
+        // Deleted only if the entry is still this one (a newer admission elsewhere wins).
+        self.cluster.rt.spawn(async move {
+            if let Err(e) = nodes.delete_expect_revision(&key, Some(revision)).await {
+                log::debug!("cluster: node entry {key} not removed: {e}");
+            }
+        });
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Cluster {
+    fn lock(&self) -> std::sync::MutexGuard<'_, View> {
+        self.view.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// This instance's name (`cluster.instance`).
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Starts the NATS runtime, connects (one attempt through the listed servers, at most
+    /// [`CONNECT_TIMEOUT`]; then reconnecting for ever), creates or opens the buckets, announces
+    /// this instance and waits until the node mirror is current. `registry` is told of nodes
+    /// that a newer connection on another instance replaced; `limit` is `node-limit`. Errors
+    /// are one sentence naming the servers.
+    pub async fn start(
+        config: &ClusterConfig,
+        registry: Arc<Registry>,
+        limit: usize,
+    ) -> Result<Arc<Cluster>, String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the NATS runtime: {e}"))?;
+        let handle = rt.handle().clone();
+        std::thread::Builder::new()
+            .name("hub-nats".into())
+            .spawn(move || rt.block_on(std::future::pending::<()>()))
+            .map_err(|e| format!("cannot start the NATS thread: {e}"))?;
+        let config = config.clone();
+        let servers = config.servers.join(", ");
+        let task = handle.clone();
+        let started = handle
+            .spawn(async move { Cluster::connect(config, task, registry, limit).await })
+            .await
+            .map_err(|e| format!("NATS runtime: {e}"))?;
+        started.map_err(|e| format!("cluster: {e} (NATS at {servers})"))
+    }
+
+    async fn connect(
+        config: ClusterConfig,
+        rt: Handle,
+        registry: Arc<Registry>,
+        limit: usize,
+    ) -> Result<Arc<Cluster>, String> {
+        let mut options = async_nats::ConnectOptions::new()
+            .name(format!("hub cloud {}", config.instance))
+            .connection_timeout(CONNECT_TIMEOUT)
+            .max_reconnects(None)
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Connected => log::info!("cluster: NATS connected"),
+                    async_nats::Event::Disconnected => {
+                        log::warn!("cluster: NATS disconnected; reconnecting")
+                    }
+                    other => log::info!("cluster: NATS {other}"),
+                }
+            });
+        if let Some(ca) = &config.tls_ca {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        if let Some((cert, key)) = &config.tls_client {
+            options = options
+                .add_client_certificate(cert.clone(), key.clone())
+                .require_tls(true);
+        }
+        if let Some(creds) = &config.credentials {
+            options = options
+                .credentials_file(creds)
+                .await
+                .map_err(|e| format!("cannot read {}: {e}", creds.display()))?;
+        }
+        let client = tokio::time::timeout(CONNECT_TIMEOUT, options.connect(&config.servers[..]))
+            .await
+            .map_err(|_| {
+                format!(
+                    "cannot connect to NATS within {}s",
+                    CONNECT_TIMEOUT.as_secs()
+                )
+            })?
+            .map_err(|e| format!("cannot connect to NATS: {e}"))?;
+        let info = client.server_info();
+        // A bucket is replicated on up to three servers of a NATS cluster.
+        let replicas = info.connect_urls.len().clamp(1, 3);
+        let js = jetstream::new(client);
+        let nodes = bucket(
+            &js,
+            NODES_BUCKET,
+            "hub: which cloud instance holds which node",
+            Duration::ZERO,
+            jetstream::stream::StorageType::File,
+            replicas,
+        )
+        .await?;
+        let instances = bucket(
+            &js,
+            INSTANCES_BUCKET,
+            "hub: live cloud instances",
+            LIVE_FOR,
+            jetstream::stream::StorageType::Memory,
+            replicas,
+        )
+        .await?;
+        let run = now_ms();
+        let (changed, _) = tokio::sync::watch::channel(0);
+        let cluster = Arc::new(Cluster {
+            rt,
+            instance: config.instance.clone(),
+            run,
+            limit,
+            js,
+            nodes,
+            instances,
+            view: Arc::default(),
+            changed,
+            registry,
+        });
+        let alive = serde_json::to_vec(&Alive { run, started: run }).unwrap_or_default();
+        cluster
+            .instances
+            .put(&cluster.instance, alive.clone().into())
+            .await
+            .map_err(|e| format!("cannot announce instance {}: {e}", cluster.instance))?;
+        tokio::spawn(heartbeat(cluster.clone(), alive.into()));
+        tokio::spawn(watch_instances(cluster.clone()));
+        tokio::spawn(watch_nodes(cluster.clone()));
+        let mut changed = cluster.changed.subscribe();
+        let current = tokio::time::timeout(CONNECT_TIMEOUT, async {
+            while !cluster.lock().current {
+                if changed.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+        if current.is_err() {
+            return Err("the node registry did not load".into());
+        }
+        log::info!(
+            "cluster: instance {} joined (NATS server {} {}, buckets on {replicas} server(s))",
+            cluster.instance,
+            info.server_name,
+            info.version
+        );
+        Ok(cluster)
+    }
+
+    /// Enters node `node_id` (its local admission `local_id`) in the shared registry as held by
+    /// this instance, replacing its entry on any other instance (which then closes that link
+    /// with "replaced by a newer connection"). Refused when `node-limit` other live nodes are
+    /// listed. Waits for NATS's acknowledgement, at most [`ADMIT_TIMEOUT`].
+    pub async fn admit(
+        self: &Arc<Self>,
+        node_id: &str,
+        local_id: u64,
+        protocol: Protocol,
+        peer: SocketAddr,
+    ) -> Result<ClusterAdmission, Refused> {
+        let record = Record {
+            instance: self.instance.clone(),
+            run: self.run,
+            admission: local_id,
+            protocol: protocol.name().into(),
+            address: peer.to_string(),
+            since: now_ms(),
+        };
+        let this = self.clone();
+        let node = node_id.to_owned();
+        let _revision = self
+            .rt
+            .spawn(async move {
+                tokio::time::timeout(ADMIT_TIMEOUT, this.admit_cas(&node, &record))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Refused::Unavailable(format!(
+                            "the cluster registry did not confirm within {}s",
+                            ADMIT_TIMEOUT.as_secs()
+                        )))
+                    })
+            })
+            .await
+            .map_err(|e| Refused::Unavailable(format!("NATS runtime: {e}")))??;
+        Ok(ClusterAdmission {
+            cluster: self.clone(),
+            node_id: node_id.to_owned(),
+            admission: local_id,
+        })
+    }
+
+    /// The compare-and-set loop of [`admit`](Self::admit); runs on the NATS runtime.
+    async fn admit_cas(&self, node_id: &str, record: &Record) -> Result<u64, Refused> {
+        let key = node_key(node_id);
+        let subject = format!("$KV.{NODES_BUCKET}.{key}");
+        let payload: bytes::Bytes = serde_json::to_vec(record).unwrap_or_default().into();
+        let mut changed = self.changed.subscribe();
+        let mut expected_at_least = 0;
+        loop {
+            // Wait until the mirror has seen every write the last refusal told of.
+            while self.lock().revision < expected_at_least {
+                if changed.changed().await.is_err() {
+                    return Err(Refused::Unavailable("the registry watcher stopped".into()));
+                }
+            }
+            let (others, expected) = {
+                let view = self.lock();
+                let now = Instant::now();
+                let me = (self.instance.as_str(), self.run);
+                let others = view
+                    .nodes
+                    .iter()
+                    .filter(|(id, (r, _, at))| *id != node_id && view.live(r, *at, me, now))
+                    .count();
+                (others, view.revision)
+            };
+            log::debug!(
+                "cluster: admitting {node_id}: {others} other live node(s), registry at revision {expected}"
+            );
+            if others >= self.limit {
+                return Err(Refused::NodeLimit(self.limit));
+            }
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Expected-Last-Sequence", expected.to_string().as_str());
+            let ack = async {
+                self.js
+                    .publish_with_headers(subject.clone(), headers, payload.clone())
+                    .await?
+                    .await
+            }
+            .await;
+            match ack {
+                Ok(ack) => {
+                    let mut view = self.lock();
+                    view.held
+                        .insert(node_id.to_owned(), (record.admission, ack.sequence));
+                    return Ok(ack.sequence);
+                }
+                Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                    // Another write came first: catch up with it and count again.
+                    let last = self
+                        .js
+                        .get_stream(format!("KV_{NODES_BUCKET}"))
+                        .await
+                        .map_err(|e| Refused::Unavailable(e.to_string()))?
+                        .get_info()
+                        .await
+                        .map_err(|e| Refused::Unavailable(e.to_string()))?
+                        .state
+                        .last_sequence;
+                    expected_at_least = last.max(expected + 1);
+                }
+                Err(e) => return Err(Refused::Unavailable(format!("NATS: {e}"))),
+            }
+        }
+    }
+
+    /// Nodes held by other live instances, sorted by id.
+    pub fn remote_nodes(&self) -> Vec<RemoteNode> {
+        let view = self.lock();
+        let now = Instant::now();
+        let me = (self.instance.as_str(), self.run);
+        let mut list: Vec<RemoteNode> = view
+            .nodes
+            .iter()
+            .filter(|(_, (r, _, at))| r.instance != self.instance && view.live(r, *at, me, now))
+            .map(|(id, (r, _, _))| RemoteNode {
+                node_id: id.clone(),
+                instance: r.instance.clone(),
+                protocol: match r.protocol.as_str() {
+                    "websocket" => Some(Protocol::Websocket),
+                    "quic" => Some(Protocol::Quic),
+                    _ => None,
+                },
+                address: r.address.clone(),
+                since: UNIX_EPOCH + Duration::from_millis(r.since),
+            })
+            .collect();
+        list.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        list
+    }
+
+    /// Leaves the cluster at shutdown: removes this instance's liveness entry, so the others stop
+    /// listing its nodes at once rather than after [`LIVE_FOR`].
+    pub async fn stop(&self) {
+        let instances = self.instances.clone();
+        let name = self.instance.clone();
+        let done = self.rt.spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(1), instances.delete(&name)).await;
+        });
+        let _ = done.await;
+    }
+
+    /// Applies one node entry from the watcher; a node this instance holds that another
+    /// connection took is evicted from the local registry.
+    fn apply_node(&self, entry: kv::Entry) {
+        let node_id = key_node(&entry.key);
+        log::debug!(
+            "cluster: node {node_id} {:?} at revision {}",
+            entry.operation,
+            entry.revision
+        );
+        let mut view = self.lock();
+        view.revision = view.revision.max(entry.revision);
+        if entry.seen_current || entry.delta == 0 {
+            view.current = true;
+        }
+        match entry.operation {
+            kv::Operation::Put => match serde_json::from_slice::<Record>(&entry.value) {
+                Ok(record) => {
+                    let mine = record.instance == self.instance && record.run == self.run;
+                    if let Some(&(admission, revision)) = view.held.get(&node_id) {
+                        let same = mine && record.admission == admission;
+                        if !same && entry.revision > revision {
+                            view.held.remove(&node_id);
+                            if !mine {
+                                log::info!(
+                                    "cluster: node {node_id} connected to instance {}",
+                                    record.instance
+                                );
+                            }
+                            self.registry.evict(&node_id, admission);
+                        }
+                    }
+                    if record.instance == self.instance && record.run != self.run {
+                        // Left by an earlier run of this instance: nobody holds it.
+                        let nodes = self.nodes.clone();
+                        let (key, rev) = (entry.key.clone(), entry.revision);
+                        tokio::spawn(async move {
+                            let _ = nodes.delete_expect_revision(&key, Some(rev)).await;
+                        });
+                    }
+                    view.nodes
+                        .insert(node_id, (record, entry.revision, Instant::now()));
+                }
+                Err(e) => log::warn!("cluster: unreadable entry for node {node_id}: {e}"),
+            },
+            kv::Operation::Delete | kv::Operation::Purge => {
+                view.nodes.remove(&node_id);
+            }
+        }
+        let revision = view.revision;
+        drop(view);
+        self.changed.send_replace(revision);
+    }
+}
+
+/// Opens key-value bucket `name` (history 1), creating its stream `KV_<name>` if absent with
+/// entries kept for `max_age` (zero: for ever). The stream is made here rather than by the
+/// client's `create_key_value`, which reads account fields that NATS 2.9 does not send; the
+/// configuration is the one that call would make (docs/cluster.md).
+async fn bucket(
+    js: &jetstream::Context,
+    name: &str,
+    description: &str,
+    max_age: Duration,
+    storage: jetstream::stream::StorageType,
+    replicas: usize,
+) -> Result<kv::Store, String> {
+    let config = jetstream::stream::Config {
+        name: format!("KV_{name}"),
+        description: Some(description.into()),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        storage,
+        allow_rollup: true,
+        deny_delete: true,
+        deny_purge: false,
+        allow_direct: true,
+        num_replicas: replicas,
+        discard: jetstream::stream::DiscardPolicy::New,
+        ..Default::default()
+    };
+    js.get_or_create_stream(config)
+        .await
+        .map_err(|e| format!("cannot create the JetStream bucket {name}: {e}"))?;
+    js.get_key_value(name)
+        .await
+        .map_err(|e| format!("cannot open the JetStream bucket {name}: {e}"))
+}
+
+/// Refreshes this instance's liveness entry every [`HEARTBEAT`].
+async fn heartbeat(cluster: Arc<Cluster>, alive: bytes::Bytes) {
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    loop {
+        tick.tick().await;
+        if let Err(e) = cluster
+            .instances
+            .put(&cluster.instance, alive.clone())
+            .await
+        {
+            log::warn!("cluster: cannot refresh instance {}: {e}", cluster.instance);
+        }
+    }
+}
+
+/// Keeps [`View::instances`] current, watching again after any interruption.
+async fn watch_instances(cluster: Arc<Cluster>) {
+    loop {
+        // Every live instance first (the last entry of each key), then each refresh.
+        match cluster.instances.watch_with_history(">").await {
+            Ok(mut watch) => {
+                while let Some(entry) = watch.next().await {
+                    let Ok(entry) = entry else { break };
+                    let mut view = cluster.lock();
+                    match entry.operation {
+                        kv::Operation::Put => {
+                            let Ok(alive) = serde_json::from_slice::<Alive>(&entry.value) else {
+                                continue;
+                            };
+                            // Refreshed when the server stored it, as far as this clock can tell.
+                            let age = SystemTime::now()
+                                .duration_since(entry.created.into())
+                                .unwrap_or_default()
+                                .min(LIVE_FOR);
+                            let seen = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+                            view.instances.insert(entry.key, (alive.run, seen));
+                        }
+                        kv::Operation::Delete | kv::Operation::Purge => {
+                            view.instances.remove(&entry.key);
+                        }
+                    }
+                }
+            }
+            Err(e) => log::warn!("cluster: cannot watch the instances: {e}"),
+        }
+        tokio::time::sleep(HEARTBEAT).await;
+    }
+}
+
+/// Keeps the node mirror current, watching again from the last revision after any interruption.
+async fn watch_nodes(cluster: Arc<Cluster>) {
+    loop {
+        let from = cluster.lock().revision;
+        let watch = if from == 0 {
+            // Every entry there is (the last of each key), then each change.
+            cluster.nodes.watch_with_history(">").await
+        } else {
+            cluster.nodes.watch_all_from_revision(from + 1).await
+        };
+        match watch {
+            Ok(mut watch) => {
+                // An empty bucket delivers nothing: the mirror is current at once.
+                if from == 0 && cluster.nodes.status().await.is_ok_and(|s| s.values() == 0) {
+                    cluster.lock().current = true;
+                    cluster.changed.send_replace(0);
+                }
+                while let Some(entry) = watch.next().await {
+                    match entry {
+                        Ok(entry) => cluster.apply_node(entry),
+                        Err(e) => {
+                            log::warn!("cluster: node registry watch: {e}");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => log::warn!("cluster: cannot watch the node registry: {e}"),
+        }
+        tokio::time::sleep(HEARTBEAT).await;
+    }
+}

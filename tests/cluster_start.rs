@@ -1,0 +1,89 @@
+//! Cluster mode's foundations with a real `nats-server`: a cloud configured with `cluster.nats`
+//! joins, creates its JetStream buckets, refuses to start in one sentence (exit 1) when NATS is
+//! not there, and reconnects when NATS comes back.
+
+mod common;
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use common::CloudSpec;
+use common::nats::Nats;
+
+fn cluster_section(urls: &[String], instance: &str) -> String {
+    let list: String = urls.iter().map(|u| format!("    - {u}\n")).collect();
+    format!("cluster:\n  nats:\n{list}  instance: {instance}\n")
+}
+
+#[test]
+fn a_cloud_joins_and_creates_its_buckets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = common::link_pki(tmp.path());
+    let nats = Nats::start(tmp.path(), "n1");
+    let spec = CloudSpec {
+        extra: cluster_section(&[nats.url()], "cloud-a"),
+        ..CloudSpec::default()
+    };
+    let mut cloud = common::start_cloud(tmp.path(), &pki, &spec);
+    let joined = cloud.hub.wait_for("cluster: instance cloud-a joined");
+    assert!(joined.contains("NATS server n1 2.9"), "{joined}");
+    // The node registry is a file-backed JetStream stream on the server.
+    let stream = nats.store.join("jetstream/$G/streams/KV_hub_nodes");
+    assert!(stream.is_dir(), "{} is missing", stream.display());
+}
+
+#[test]
+fn no_nats_at_start_is_one_sentence_and_exit_1() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = common::link_pki(tmp.path());
+    // A port nothing listens on.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let spec = CloudSpec {
+        extra: cluster_section(std::slice::from_ref(&url), "cloud-a"),
+        ..CloudSpec::default()
+    };
+    let file = tmp.path().join("cloud.yaml");
+    // The listeners are not reached: the cloud gives up before them.
+    let text = format!(
+        "cloudhub:\n  port: 0\n  ca: {ca}\n  cert: {cert}\n  key: {key}\napps:\n  listen: 127.0.0.1:0\nqueues:\n  dir: {dir}\nmqtt:\n  listen: 127.0.0.1:0\nmetrics:\n  listen: 127.0.0.1:0\n{extra}",
+        ca = pki.join("ca.crt").display(),
+        cert = pki.join("server.crt").display(),
+        key = pki.join("server.key").display(),
+        dir = tmp.path().join("state").display(),
+        extra = spec.extra,
+    );
+    std::fs::write(&file, text).unwrap();
+    let mut hub = common::Hub::start("cloud", &["cloud", "-c", file.to_str().unwrap()]);
+    let status = hub.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(1));
+    let errors = hub.lines_with(" ERROR ");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("cannot connect to NATS") && errors[0].contains(&url),
+        "{errors:?}"
+    );
+    assert!(hub.lines_with("panicked").is_empty());
+    assert!(hub.lines_with("listening on").is_empty());
+}
+
+#[test]
+fn the_cloud_reconnects_when_nats_comes_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = common::link_pki(tmp.path());
+    let mut nats = Nats::start(tmp.path(), "n1");
+    let spec = CloudSpec {
+        extra: cluster_section(&[nats.url()], "cloud-a"),
+        ..CloudSpec::default()
+    };
+    let mut cloud = common::start_cloud(tmp.path(), &pki, &spec);
+    cloud.hub.wait_for("cluster: instance cloud-a joined");
+    nats.kill9();
+    cloud.hub.wait_for("cluster: NATS disconnected");
+    nats.restart();
+    cloud.hub.wait_for("cluster: NATS connected");
+}
