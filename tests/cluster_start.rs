@@ -7,8 +7,8 @@ mod common;
 use std::net::TcpListener;
 use std::time::Duration;
 
-use common::CloudSpec;
 use common::nats::Nats;
+use common::{CloudSpec, EdgeSpec, Proto};
 
 fn cluster_section(urls: &[String], instance: &str) -> String {
     let list: String = urls.iter().map(|u| format!("    - {u}\n")).collect();
@@ -86,4 +86,9 @@ fn the_cloud_reconnects_when_nats_comes_back() {
     cloud.hub.wait_for("cluster: NATS disconnected");
     nats.restart();
     cloud.hub.wait_for("cluster: NATS connected");
+    // The registry works again: a node is admitted through it and listed with its instance.
+    let mut edge = EdgeSpec::new(Proto::Quic, &pki, "node-1", cloud.quic_port).start(tmp.path());
+    edge.wait_for("connected to the cloud");
+    let row = common::apps::node_row(&cloud.apps, "node-1");
+    assert_eq!(row["instance"], "cloud-a", "{row}");
 }

@@ -23,7 +23,7 @@ use smol::Async;
 use smol::future::FutureExt;
 
 use crate::apps::{Apps, Route};
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, ClusterAdmission, Refused};
 use crate::config::{CloudConfig, Protocol, valid_id};
 use crate::exchange::{Exchange, LaneStores};
 use crate::local::Local;
@@ -51,6 +51,8 @@ struct Cloud {
     config: CloudConfig,
     registry: Arc<Registry>,
     queues: Arc<NodeQueues>,
+    /// The shared registry in cluster mode (`cluster:`), else `None`.
+    cluster: Option<Arc<Cluster>>,
     local: Arc<Local>,
     shutdown: Shutdown,
     /// Each connection task holds a clone; shutdown waits until all are dropped.
@@ -143,18 +145,21 @@ pub async fn run(config: CloudConfig, shutdown: Shutdown) -> Result<(), String> 
         config: config.clone(),
         registry: registry.clone(),
         queues: queues.clone(),
+        cluster: cluster.clone(),
         local: local.clone(),
         shutdown: shutdown.clone(),
         active,
         pending: Default::default(),
         shed: Mutex::default(),
     });
-    let listing = (registry, queues.clone());
+    let listing = (registry, queues.clone(), cluster.clone());
     let apps = Arc::new(Apps {
         local,
         route: Route::Cloud(queues),
         max_message_bytes: config.apps.max_message_bytes,
-        nodes: Some(Box::new(move || nodes_json(&listing.0, &listing.1))),
+        nodes: Some(Box::new(move || {
+            nodes_json(&listing.0, &listing.1, listing.2.as_deref())
+        })),
         status: None,
         sessions: sessions.clone(),
     });
@@ -223,7 +228,10 @@ pub async fn run(config: CloudConfig, shutdown: Shutdown) -> Result<(), String> 
 /// its link's figures (protocol, address, since, round trip, in flight), what is queued for it,
 /// its identity conflicts and why its last link ended. Both lists come sorted, so they are merged
 /// in one pass: O(n log n) in all for n nodes (the sorts), one registry lock for the offline.
-fn nodes_json(registry: &Registry, queues: &NodeQueues) -> String {
+/// In cluster mode each row names the instance holding the node, and the nodes other instances
+/// hold follow (with their protocol, address and since; no link figures, no local queue).
+fn nodes_json(registry: &Registry, queues: &NodeQueues, cluster: Option<&Cluster>) -> String {
+    let instance = cluster.map(|c| c.instance());
     let connected = registry.nodes();
     let queued = queues.queued();
     // Merged by id: (id, its link if connected, what is queued for it).
@@ -285,9 +293,35 @@ fn nodes_json(registry: &Registry, queues: &NodeQueues) -> String {
                 "last_cause": last_end.as_ref().map(|e| e.cause.label()),
                 "last_cause_detail": last_end.as_ref().map(|e| e.detail.as_str()),
                 "last_cause_at": last_end.as_ref().and_then(|e| ms(e.at)),
+                "instance": link.and(instance),
             })
         })
         .collect();
+    let mut rows = rows;
+    if let Some(c) = cluster {
+        let local: std::collections::HashSet<&str> =
+            connected.iter().map(|n| n.node_id.as_str()).collect();
+        for n in c.remote_nodes() {
+            if local.contains(n.node_id.as_str()) {
+                continue; // replaced here a moment ago; the registry's row is the newer
+            }
+            rows.push(serde_json::json!({
+                "node_id": n.node_id,
+                "protocol": n.protocol.map(|p| p.name()),
+                "address": n.address,
+                "since": ms(n.since),
+                "rtt_ms": null,
+                "in_flight": null,
+                "queued": 0,
+                "conflicts": 0,
+                "last_cause": null,
+                "last_cause_detail": null,
+                "last_cause_at": null,
+                "instance": n.instance,
+            }));
+        }
+        rows.sort_by(|a, b| a["node_id"].as_str().cmp(&b["node_id"].as_str()));
+    }
     serde_json::Value::Array(rows).to_string()
 }
 
@@ -624,6 +658,8 @@ async fn serve(
         cloud.config.queues.window,
     );
     let mut admission: Option<Admission> = None;
+    // Cluster mode: the node's entry in the shared registry, held as long as the admission.
+    let mut _shared: Option<ClusterAdmission> = None;
     let mut exchange: Option<Exchange> = None;
     let mut node = url_ids
         .as_ref()
@@ -656,21 +692,33 @@ async fn serve(
                             // The link this one replaces lets go of the node's queues first.
                             let prefix = Some(node_prefix(&hello.node_id));
                             let opened = async {
-                                Ok(Exchange::open(&stores, cloud.local.clone(), prefix).await)
+                                let entry = match &cloud.cluster {
+                                    Some(c) => Some(
+                                        c.admit(&hello.node_id, a.id(), protocol, peer)
+                                            .await
+                                            .map_err(cluster_refusal)?,
+                                    ),
+                                    None => None,
+                                };
+                                let ex = Exchange::open(&stores, cloud.local.clone(), prefix).await;
+                                Ok((ex, entry))
                             }
                             .or(async {
                                 a.replaced().await;
-                                Err(CloseCode::Replaced)
+                                Err((CloseCode::Replaced, String::new()))
                             })
                             .or(async {
                                 cloud.shutdown.wait().await;
-                                Err(CloseCode::ShuttingDown)
+                                Err((CloseCode::ShuttingDown, String::new()))
                             })
                             .await;
                             let ex = match opened {
-                                Ok(ex) => ex,
-                                Err(code) => {
-                                    session.close(code, "");
+                                Ok((ex, entry)) => {
+                                    _shared = entry;
+                                    ex
+                                }
+                                Err((code, why)) => {
+                                    session.close(code, why);
                                     continue;
                                 }
                             };
@@ -773,6 +821,17 @@ async fn serve(
     }
 }
 
+/// The close code and reason for a node the cluster refused.
+fn cluster_refusal(refused: Refused) -> (CloseCode, String) {
+    match refused {
+        Refused::NodeLimit(n) => (
+            CloseCode::NodeLimit,
+            format!("{n} nodes connected across the cluster"),
+        ),
+        Refused::Unavailable(why) => (CloseCode::Unavailable, why),
+    }
+}
+
 /// Decides on a HELLO: the ids agree with the URL (WebSocket) and the certificate, and the node
 /// fits under node-limit. Returns its registry entry and its queues.
 fn admit(
@@ -860,7 +919,7 @@ mod tests {
         let _a = registry.admit("a", Protocol::Quic, addr, Arc::default());
 
         let rows: Vec<serde_json::Value> =
-            serde_json::from_str(&nodes_json(&registry, &queues)).unwrap();
+            serde_json::from_str(&nodes_json(&registry, &queues, None)).unwrap();
         let ids: Vec<&str> = rows
             .iter()
             .map(|r| r["node_id"].as_str().unwrap())
