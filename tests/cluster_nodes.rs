@@ -208,3 +208,58 @@ fn racing_admissions_on_two_instances_hold_the_limit() {
         }
     });
 }
+
+/// On a three-server NATS cluster (buckets replicated on all three), the registry survives the
+/// loss of the server an instance is connected to: the instance moves to another server, nodes
+/// stay listed on both instances, and new admissions and node-limit keep working.
+#[test]
+fn the_registry_survives_a_nats_server_of_three_dying() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = common::link_pki(tmp.path());
+    let mut servers = common::nats::cluster3(tmp.path());
+    // Each instance is given every server, its own first.
+    let urls = |first: usize| -> String {
+        (0..3)
+            .map(|i| format!("    - {}\n", servers[(first + i) % 3].url()))
+            .collect()
+    };
+    let start = |name: &str, first: usize| {
+        let spec = CloudSpec {
+            node_limit: 2,
+            state: format!("state-{name}"),
+            extra: format!("cluster:\n  nats:\n{}  instance: {name}\n", urls(first)),
+            ..CloudSpec::default()
+        };
+        let mut cloud = common::start_cloud(tmp.path(), &pki, &spec);
+        let joined = cloud
+            .hub
+            .wait_for(&format!("cluster: instance {name} joined"));
+        assert!(joined.contains("buckets on 3 server(s)"), "{joined}");
+        // "(NATS server nK 2.9.10, ...": the server it is connected to.
+        let server = joined.split("NATS server n").nth(1).unwrap();
+        let k: usize = server[..1].parse().unwrap();
+        (cloud, k - 1)
+    };
+    let (mut a, a_server) = start("cloud-a", 0);
+    let (b, _) = start("cloud-b", 1);
+    let mut one = EdgeSpec::new(Proto::Quic, &pki, "node-1", a.quic_port).start(tmp.path());
+    one.wait_for("connected to the cloud");
+
+    // cloud-a's server dies: cloud-a reconnects to another; the registry is still there.
+    servers[a_server].kill9();
+    a.hub.wait_for("cluster: NATS disconnected");
+    a.hub.wait_for("cluster: NATS connected");
+    let mut two = EdgeSpec::new(Proto::Quic, &pki, "node-2", b.quic_port).start(tmp.path());
+    two.wait_for("connected to the cloud");
+    for cloud in [&a, &b] {
+        eventually("both nodes listed on both instances", || {
+            let rows = nodes(&cloud.apps);
+            rows.len() == 2 && rows[0]["instance"] == "cloud-a" && rows[1]["instance"] == "cloud-b"
+        });
+    }
+    // node-limit (2) still holds, through the two surviving servers.
+    let mut three = EdgeSpec::new(Proto::Quic, &pki, "node-3", a.quic_port).start(tmp.path());
+    let refused = three.wait_for("cannot connect to the cloud");
+    assert!(refused.contains("node limit reached"), "{refused}");
+    assert!(one.lines_with("link to the cloud lost").is_empty());
+}

@@ -97,7 +97,7 @@ pub fn cluster3(dir: &Path) -> Vec<Nats> {
         .map(|p| format!("nats://127.0.0.1:{p}"))
         .collect::<Vec<_>>()
         .join(",");
-    let mut servers: Vec<Nats> = routes
+    let servers: Vec<Nats> = routes
         .iter()
         .enumerate()
         .map(|(i, p)| {
@@ -118,8 +118,13 @@ pub fn cluster3(dir: &Path) -> Vec<Nats> {
             )
         })
         .collect();
-    for s in &mut servers {
-        s.process.wait_for("JetStream cluster new metadata leader");
+    // Followers log "JetStream cluster new metadata leader: NAME", the leader "Self is new
+    // JetStream cluster metadata leader".
+    for s in &servers {
+        s.process
+            .first_line("naming a metadata leader", super::PATIENCE, |l| {
+                l.contains("metadata leader")
+            });
     }
     servers
 }
