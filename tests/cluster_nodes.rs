@@ -13,7 +13,7 @@ use common::apps::{eventually, node_row, nodes};
 use common::nats::Nats;
 use common::{Cloud, CloudSpec, EdgeSpec, Proto};
 use hub::cloud::Registry;
-use hub::cluster::{Cluster, LIVE_FOR, Refused};
+use hub::cluster::{Cluster, LIVE_FOR, Limits, Refused};
 use hub::config::{ClusterConfig, Protocol};
 
 fn instance(
@@ -173,10 +173,14 @@ fn racing_admissions_on_two_instances_hold_the_limit() {
     let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
     smol::block_on(async {
         let limit = 3;
-        let a = Cluster::start(&config("race-a"), Registry::new(100), limit)
+        let limits = Limits {
+            nodes: limit,
+            lane_messages: 100,
+        };
+        let a = Cluster::start(&config("race-a"), Registry::new(100), limits)
             .await
             .unwrap();
-        let b = Cluster::start(&config("race-b"), Registry::new(100), limit)
+        let b = Cluster::start(&config("race-b"), Registry::new(100), limits)
             .await
             .unwrap();
         let tasks: Vec<_> = (0..20u64)

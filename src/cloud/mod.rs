@@ -130,7 +130,13 @@ pub async fn run(config: CloudConfig, shutdown: Shutdown) -> Result<(), String> 
     ));
     let _lock = crate::queue::lock_dir(&config.queues.dir)?;
     let cluster = match &config.cluster {
-        Some(c) => Some(Cluster::start(c, registry.clone(), config.node_limit).await?),
+        Some(c) => {
+            let limits = crate::cluster::Limits {
+                nodes: config.node_limit,
+                lane_messages: config.queues.max_messages,
+            };
+            Some(Cluster::start(c, registry.clone(), limits).await?)
+        }
         None => None,
     };
     let queues = NodeQueues::open(&config.queues)?;

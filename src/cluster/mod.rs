@@ -9,7 +9,11 @@
 //! release builds) refuses a `cluster:` section with one sentence.
 
 #[cfg(feature = "cluster")]
+mod down;
+#[cfg(feature = "cluster")]
 mod nats;
+#[cfg(feature = "cluster")]
+pub use down::DownLane;
 #[cfg(feature = "cluster")]
 pub use nats::{Cluster, ClusterAdmission, Refused, RemoteNode};
 
@@ -35,6 +39,24 @@ pub const NODES_BUCKET: &str = "hub_nodes";
 /// The JetStream key-value bucket of live instances: key = instance name, refreshed every
 /// [`HEARTBEAT`]; entries older than [`LIVE_FOR`] expire.
 pub const INSTANCES_BUCKET: &str = "hub_instances";
+
+/// The JetStream key-value bucket of the node queues' stream ids and receive positions
+/// (docs/cluster.md section 3): key `{node key}.{lane}.down` = the lane's `down_stream` id.
+pub const POSITIONS_BUCKET: &str = "hub_positions";
+
+/// The JetStream stream of the cloud-to-node queues: subject `hub.down.{node key}.{lane}`
+/// (lane `u` or `b`), one message per queued message (docs/cluster.md section 3).
+pub const DOWN_STREAM: &str = "HUB_DOWN";
+
+/// What the cluster holds to: `node-limit` and `queues.max-messages`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `node-limit`: nodes connected across the cluster.
+    pub nodes: usize,
+    /// `queues.max-messages`: messages queued per node and lane (the stream's per-subject
+    /// limit, fixed by the instance that creates the stream).
+    pub lane_messages: u64,
+}
 
 /// The key of `node_id` in [`NODES_BUCKET`]: the id with each `.` written `=` (ids never hold
 /// `=`), since a `.` separates subject tokens and an id may hold `..`.

@@ -19,9 +19,14 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
 
-use super::{HEARTBEAT, INSTANCES_BUCKET, LIVE_FOR, NODES_BUCKET, key_node, node_key};
+use super::down::DownLane;
+use super::{
+    HEARTBEAT, INSTANCES_BUCKET, LIVE_FOR, Limits, NODES_BUCKET, POSITIONS_BUCKET, key_node,
+    node_key,
+};
 use crate::cloud::Registry;
 use crate::config::{ClusterConfig, Protocol};
+use crate::proto::frame::Lane;
 
 /// How long connecting to NATS at start may take before the cloud gives up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -111,13 +116,19 @@ impl View {
 
 /// This instance's place in the cluster: the NATS connection and the mirrors.
 pub struct Cluster {
-    rt: Handle,
+    pub(super) rt: Handle,
     instance: String,
     run: u64,
     limit: usize,
-    js: jetstream::Context,
+    pub(super) js: jetstream::Context,
     nodes: kv::Store,
     instances: kv::Store,
+    /// Stream ids and receive positions ([`POSITIONS_BUCKET`]).
+    pub(super) positions: kv::Store,
+    /// The cloud-to-node queues ([`DOWN_STREAM`](super::DOWN_STREAM)).
+    pub(super) down: jetstream::stream::Stream,
+    /// The lanes this instance appended to or read, each with its tail (see [`DownLane`]).
+    pub(super) lanes: Mutex<HashMap<(String, Lane), Arc<super::down::LaneState>>>,
     view: Arc<Mutex<View>>,
     /// Bumped whenever the node mirror changes.
     changed: tokio::sync::watch::Sender<u64>,
@@ -173,12 +184,12 @@ impl Cluster {
     /// Starts the NATS runtime, connects (one attempt through the listed servers, at most
     /// [`CONNECT_TIMEOUT`]; then reconnecting for ever), creates or opens the buckets, announces
     /// this instance and waits until the node mirror is current. `registry` is told of nodes
-    /// that a newer connection on another instance replaced; `limit` is `node-limit`. Errors
-    /// are one sentence naming the servers.
+    /// that a newer connection on another instance replaced. Errors are one sentence naming the
+    /// servers.
     pub async fn start(
         config: &ClusterConfig,
         registry: Arc<Registry>,
-        limit: usize,
+        limits: Limits,
     ) -> Result<Arc<Cluster>, String> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -193,7 +204,7 @@ impl Cluster {
         let servers = config.servers.join(", ");
         let task = handle.clone();
         let started = handle
-            .spawn(async move { Cluster::connect(config, task, registry, limit).await })
+            .spawn(async move { Cluster::connect(config, task, registry, limits).await })
             .await
             .map_err(|e| format!("NATS runtime: {e}"))?;
         started.map_err(|e| format!("cluster: {e} (NATS at {servers})"))
@@ -203,7 +214,7 @@ impl Cluster {
         config: ClusterConfig,
         rt: Handle,
         registry: Arc<Registry>,
-        limit: usize,
+        limits: Limits,
     ) -> Result<Arc<Cluster>, String> {
         let mut options = async_nats::ConnectOptions::new()
             .name(format!("hub cloud {}", config.instance))
@@ -263,16 +274,29 @@ impl Cluster {
             replicas,
         )
         .await?;
+        let positions = bucket(
+            &js,
+            POSITIONS_BUCKET,
+            "hub: stream ids and receive positions of the node queues",
+            Duration::ZERO,
+            jetstream::stream::StorageType::File,
+            replicas,
+        )
+        .await?;
+        let down = super::down::stream(&js, limits.lane_messages, replicas).await?;
         let run = now_ms();
         let (changed, _) = tokio::sync::watch::channel(0);
         let cluster = Arc::new(Cluster {
             rt,
             instance: config.instance.clone(),
             run,
-            limit,
+            limit: limits.nodes,
             js,
             nodes,
             instances,
+            positions,
+            down,
+            lanes: Mutex::default(),
             view: Arc::default(),
             changed,
             registry,
@@ -413,6 +437,20 @@ impl Cluster {
                 Err(e) => return Err(Refused::Unavailable(format!("NATS: {e}"))),
             }
         }
+    }
+
+    /// Lane `lane` of `node_id`'s cloud-to-node queue in JetStream (docs/cluster.md section 4).
+    /// Every handle of one lane on this instance shares its tail, so the instance's appends to a
+    /// lane go one at a time.
+    pub fn down_lane(self: &Arc<Self>, node_id: &str, lane: Lane) -> DownLane {
+        let state = self
+            .lanes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((node_id.to_owned(), lane))
+            .or_default()
+            .clone();
+        DownLane::new(self.clone(), node_id, lane, state)
     }
 
     /// Nodes held by other live instances, sorted by id.

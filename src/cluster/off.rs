@@ -43,7 +43,7 @@ impl Cluster {
     pub async fn start(
         _config: &ClusterConfig,
         _registry: Arc<Registry>,
-        _limit: usize,
+        _limits: super::Limits,
     ) -> Result<Arc<Cluster>, String> {
         Err("this hub was built without cluster mode (cargo feature \"cluster\"); remove the cluster section or use a build that has it".into())
     }
