@@ -83,7 +83,6 @@ pub enum Refused {
 }
 
 /// The mirror of both buckets.
-#[derive(Default)]
 struct View {
     /// Every node entry: its record, its revision and when it arrived here.
     nodes: HashMap<String, (Record, u64, Instant)>,
@@ -95,6 +94,25 @@ struct View {
     instances: HashMap<String, (u64, Instant)>,
     /// The nodes this instance holds: local admission id and the revision of its entry.
     held: HashMap<String, (u64, u64)>,
+    /// Since when this instance's own refreshes have been succeeding without a break (see
+    /// [`live`](Self::live)).
+    reachable_since: Instant,
+    /// Whether this instance's last refresh failed.
+    unreachable: bool,
+}
+
+impl Default for View {
+    fn default() -> View {
+        View {
+            nodes: HashMap::new(),
+            revision: 0,
+            current: false,
+            instances: HashMap::new(),
+            held: HashMap::new(),
+            reachable_since: Instant::now(),
+            unreachable: false,
+        }
+    }
 }
 
 impl View {
@@ -102,15 +120,31 @@ impl View {
     /// `me` (this instance and run) always is; another when its liveness entry was refreshed
     /// within [`LIVE_FOR`], or, not seen yet (it may have announced itself a moment before this
     /// mirror heard of it), when the entry itself is that recent.
+    ///
+    /// Only time during which this instance could write its own refreshes counts: while NATS
+    /// cannot store them (it is electing a stream leader after losing a server, or this
+    /// instance lost its connection) the others cannot either, and are not taken for dead. So
+    /// an instance is listed at most [`LIVE_FOR`] after its last refresh once NATS works.
     fn live(&self, r: &Record, arrived: Instant, me: (&str, u64), now: Instant) -> bool {
         if r.instance == me.0 {
             return r.run == me.1;
         }
+        let fresh = |since: Instant| {
+            self.unreachable || now.duration_since(since.max(self.reachable_since)) < LIVE_FOR
+        };
         match self.instances.get(&r.instance) {
-            Some((run, seen)) if *run == r.run => now.duration_since(*seen) < LIVE_FOR,
+            Some((run, seen)) if *run == r.run => fresh(*seen),
             Some((run, _)) if *run > r.run => false, // an earlier run of a restarted instance
-            _ => now.duration_since(arrived) < LIVE_FOR,
+            _ => fresh(arrived),
         }
+    }
+
+    /// This instance's own refresh succeeded (`true`) or failed.
+    fn refreshed(&mut self, ok: bool, now: Instant) {
+        if ok && self.unreachable {
+            self.reachable_since = now;
+        }
+        self.unreachable = !ok;
     }
 }
 
@@ -583,11 +617,12 @@ async fn heartbeat(cluster: Arc<Cluster>, alive: bytes::Bytes) {
     let mut tick = tokio::time::interval(HEARTBEAT);
     loop {
         tick.tick().await;
-        if let Err(e) = cluster
+        let put = cluster
             .instances
             .put(&cluster.instance, alive.clone())
-            .await
-        {
+            .await;
+        cluster.lock().refreshed(put.is_ok(), Instant::now());
+        if let Err(e) = put {
             log::warn!("cluster: cannot refresh instance {}: {e}", cluster.instance);
         }
     }
@@ -657,5 +692,58 @@ async fn watch_nodes(cluster: Arc<Cluster>) {
             Err(e) => log::warn!("cluster: cannot watch the node registry: {e}"),
         }
         tokio::time::sleep(HEARTBEAT).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(instance: &str, run: u64) -> Record {
+        Record {
+            instance: instance.into(),
+            run,
+            admission: 1,
+            protocol: "quic".into(),
+            address: "127.0.0.1:1".into(),
+            since: 0,
+        }
+    }
+
+    #[test]
+    fn an_instance_is_dead_after_live_for_of_time_this_one_could_write() {
+        let t0 = Instant::now();
+        let at = |s: f64| t0 + Duration::from_secs_f64(s);
+        let me = ("me", 7);
+        let mut view = View {
+            reachable_since: t0,
+            ..View::default()
+        };
+        view.instances.insert("a".into(), (1, t0));
+        let a = record("a", 1);
+        assert!(view.live(&a, t0, me, at(2.9)));
+        assert!(!view.live(&a, t0, me, at(3.1)), "3 s without a refresh");
+
+        // NATS could not store refreshes from 1 s to 5 s (a leader election): that time does
+        // not count against "a", whose refreshes failed as well.
+        view.refreshed(false, at(1.0));
+        assert!(
+            view.live(&a, t0, me, at(4.0)),
+            "while this one cannot write either"
+        );
+        view.refreshed(true, at(5.0));
+        assert!(view.live(&a, t0, me, at(7.9)));
+        assert!(
+            !view.live(&a, t0, me, at(8.1)),
+            "3 s of working NATS without a refresh"
+        );
+
+        // Earlier runs are dead, this instance's own entries of this run alive, an instance not
+        // seen yet alive while its entry is recent.
+        assert!(!view.live(&record("a", 0), at(8.0), me, at(8.1)));
+        assert!(view.live(&record("me", 7), t0, me, at(100.0)));
+        assert!(!view.live(&record("me", 6), at(8.0), me, at(8.1)));
+        assert!(view.live(&record("b", 1), at(8.0), me, at(9.0)));
+        assert!(!view.live(&record("b", 1), at(8.0), me, at(11.1)));
     }
 }
