@@ -30,6 +30,8 @@ use crate::proto::frame::Lane;
 
 /// How long connecting to NATS at start may take before the cloud gives up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one JetStream API request may wait for its answer.
+const JS_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long one admission may take (catching up, counting, compare-and-set attempts).
 const ADMIT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -166,6 +168,8 @@ pub struct Cluster {
     view: Arc<Mutex<View>>,
     /// Bumped whenever the node mirror changes.
     changed: tokio::sync::watch::Sender<u64>,
+    /// Bumped at every connection to NATS.
+    reconnected: tokio::sync::watch::Receiver<u64>,
     registry: Arc<Registry>,
 }
 
@@ -250,17 +254,27 @@ impl Cluster {
         registry: Arc<Registry>,
         limits: Limits,
     ) -> Result<Arc<Cluster>, String> {
+        // Bumped at every (re)connection: the watchers then watch again at once, rather than
+        // after their consumer's missed heartbeats (see [`next_or_reconnected`]).
+        let (connected, reconnected) = tokio::sync::watch::channel(0u64);
         let mut options = async_nats::ConnectOptions::new()
             .name(format!("hub cloud {}", config.instance))
             .connection_timeout(CONNECT_TIMEOUT)
+            .request_timeout(Some(JS_TIMEOUT))
             .max_reconnects(None)
-            .event_callback(|event| async move {
-                match event {
-                    async_nats::Event::Connected => log::info!("cluster: NATS connected"),
-                    async_nats::Event::Disconnected => {
-                        log::warn!("cluster: NATS disconnected; reconnecting")
+            .event_callback(move |event| {
+                let connected = connected.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => {
+                            log::info!("cluster: NATS connected");
+                            connected.send_modify(|n| *n += 1);
+                        }
+                        async_nats::Event::Disconnected => {
+                            log::warn!("cluster: NATS disconnected; reconnecting")
+                        }
+                        other => log::info!("cluster: NATS {other}"),
                     }
-                    other => log::info!("cluster: NATS {other}"),
                 }
             });
         if let Some(ca) = &config.tls_ca {
@@ -289,7 +303,11 @@ impl Cluster {
         let info = client.server_info();
         // A bucket is replicated on up to three servers of a NATS cluster.
         let replicas = info.connect_urls.len().clamp(1, 3);
-        let js = jetstream::new(client);
+        let mut js = jetstream::new(client);
+        // JetStream API requests (watches, stream lookups) give up after this and are tried
+        // again: while NATS elects leaders after losing a server, an unanswered request would
+        // otherwise hold a watcher for the client's default 10 s.
+        js.set_timeout(JS_TIMEOUT);
         let nodes = bucket(
             &js,
             NODES_BUCKET,
@@ -333,6 +351,7 @@ impl Cluster {
             lanes: Mutex::default(),
             view: Arc::default(),
             changed,
+            reconnected,
             registry,
         });
         let alive = serde_json::to_vec(&Alive { run, started: run }).unwrap_or_default();
@@ -630,11 +649,15 @@ async fn heartbeat(cluster: Arc<Cluster>, alive: bytes::Bytes) {
 
 /// Keeps [`View::instances`] current, watching again after any interruption.
 async fn watch_instances(cluster: Arc<Cluster>) {
+    let mut reconnected = cluster.reconnected.clone();
     loop {
+        reconnected.borrow_and_update();
         // Every live instance first (the last entry of each key), then each refresh.
         match cluster.instances.watch_with_history(">").await {
             Ok(mut watch) => {
-                while let Some(entry) = watch.next().await {
+                while let Next::Item(Some(entry)) =
+                    next_or_reconnected(&mut watch, &mut reconnected).await
+                {
                     let Ok(entry) = entry else { break };
                     let mut view = cluster.lock();
                     match entry.operation {
@@ -664,7 +687,9 @@ async fn watch_instances(cluster: Arc<Cluster>) {
 
 /// Keeps the node mirror current, watching again from the last revision after any interruption.
 async fn watch_nodes(cluster: Arc<Cluster>) {
+    let mut reconnected = cluster.reconnected.clone();
     loop {
+        reconnected.borrow_and_update();
         let from = cluster.lock().revision;
         let watch = if from == 0 {
             // Every entry there is (the last of each key), then each change.
@@ -679,7 +704,9 @@ async fn watch_nodes(cluster: Arc<Cluster>) {
                     cluster.lock().current = true;
                     cluster.changed.send_replace(0);
                 }
-                while let Some(entry) = watch.next().await {
+                while let Next::Item(Some(entry)) =
+                    next_or_reconnected(&mut watch, &mut reconnected).await
+                {
                     match entry {
                         Ok(entry) => cluster.apply_node(entry),
                         Err(e) => {
@@ -692,6 +719,25 @@ async fn watch_nodes(cluster: Arc<Cluster>) {
             Err(e) => log::warn!("cluster: cannot watch the node registry: {e}"),
         }
         tokio::time::sleep(HEARTBEAT).await;
+    }
+}
+
+/// What a watcher waits for next: an entry (or the end of the watch), or a new connection to
+/// NATS, after which it watches again from where it was.
+enum Next<T> {
+    Item(Option<T>),
+    Reconnected,
+}
+
+/// The next item of `watch`, unless NATS was connected again first.
+async fn next_or_reconnected<S: futures_util::Stream + Unpin>(
+    watch: &mut S,
+    reconnected: &mut tokio::sync::watch::Receiver<u64>,
+) -> Next<S::Item> {
+    let changed = std::pin::pin!(reconnected.changed());
+    match futures_util::future::select(watch.next(), changed).await {
+        futures_util::future::Either::Left((item, _)) => Next::Item(item),
+        futures_util::future::Either::Right(_) => Next::Reconnected,
     }
 }
 
