@@ -156,11 +156,12 @@ fn node_limit_holds_across_the_cluster_and_a_dead_instance_frees_its_share() {
     drop(one);
 }
 
-/// Twenty admissions of different nodes racing on two instances with `node-limit` 3: exactly
-/// three get in, whatever the interleaving (each admission is a compare-and-set over the whole
-/// registry bucket).
+/// Admissions of different nodes racing on four instances with `node-limit` 3, in five rounds:
+/// exactly three get in each round, whatever the interleaving (each admission is a
+/// compare-and-set over the whole registry bucket; an instance's own admissions go one at a
+/// time, so four race at any moment).
 #[test]
-fn racing_admissions_on_two_instances_hold_the_limit() {
+fn racing_admissions_on_four_instances_hold_the_limit() {
     let tmp = tempfile::tempdir().unwrap();
     let nats = Nats::start(tmp.path(), "n1");
     let config = |name: &str| ClusterConfig {
@@ -177,38 +178,47 @@ fn racing_admissions_on_two_instances_hold_the_limit() {
             nodes: limit,
             lane_messages: 100,
         };
-        let a = Cluster::start(&config("race-a"), Registry::new(100), limits)
-            .await
-            .unwrap();
-        let b = Cluster::start(&config("race-b"), Registry::new(100), limits)
-            .await
-            .unwrap();
-        let tasks: Vec<_> = (0..20u64)
-            .map(|i| {
-                let c: Arc<Cluster> = if i % 2 == 0 { a.clone() } else { b.clone() };
-                smol::spawn(async move {
-                    c.admit(&format!("racer-{i}"), i, Protocol::Quic, peer)
-                        .await
-                })
-            })
-            .collect();
-        let mut admitted = Vec::new();
-        let mut refused = 0;
-        for t in tasks {
-            match t.await {
-                Ok(entry) => admitted.push(entry),
-                Err(Refused::NodeLimit(3)) => refused += 1,
-                Err(e) => panic!("{e:?}"),
-            }
+        let mut instances: Vec<Arc<Cluster>> = Vec::new();
+        for name in ["race-a", "race-b", "race-c", "race-d"] {
+            let c = Cluster::start(&config(name), Registry::new(100), limits).await;
+            instances.push(c.unwrap());
         }
-        assert_eq!(admitted.len(), limit, "admitted");
-        assert_eq!(refused, 20 - limit);
-        // Both instances list the three (each lists the other's as remote).
-        let listed = |c: &Cluster| c.remote_nodes().len();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while listed(&a) + listed(&b) != limit {
-            assert!(Instant::now() < deadline, "{} + {}", listed(&a), listed(&b));
-            smol::Timer::after(Duration::from_millis(20)).await;
+        let listed = |all: &[Arc<Cluster>]| -> usize {
+            // Each node is listed as remote by the three instances that do not hold it.
+            all.iter().map(|c| c.remote_nodes().len()).sum()
+        };
+        for round in 0..5u64 {
+            let tasks: Vec<_> = (0..24u64)
+                .map(|i| {
+                    let c = instances[(i % 4) as usize].clone();
+                    smol::spawn(async move {
+                        let node = format!("racer-{round}-{i}");
+                        c.admit(&node, round * 100 + i, Protocol::Quic, peer).await
+                    })
+                })
+                .collect();
+            let mut admitted = Vec::new();
+            let mut refused = 0;
+            for t in tasks {
+                match t.await {
+                    Ok(entry) => admitted.push(entry),
+                    Err(Refused::NodeLimit(3)) => refused += 1,
+                    Err(e) => panic!("{e:?}"),
+                }
+            }
+            assert_eq!(admitted.len(), limit, "admitted in round {round}");
+            assert_eq!(refused, 24 - limit);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while listed(&instances) != 3 * limit {
+                assert!(Instant::now() < deadline, "{}", listed(&instances));
+                smol::Timer::after(Duration::from_millis(20)).await;
+            }
+            // The round's nodes leave; every instance sees the registry empty again.
+            drop(admitted);
+            while listed(&instances) != 0 {
+                assert!(Instant::now() < deadline, "{}", listed(&instances));
+                smol::Timer::after(Duration::from_millis(20)).await;
+            }
         }
     });
 }

@@ -22,7 +22,7 @@ fn start(nats: &Nats, name: &str, lane_messages: u64) -> Arc<Cluster> {
         credentials: None,
     };
     let limits = Limits {
-        nodes: 100,
+        nodes: 100_000,
         lane_messages,
     };
     smol::block_on(Cluster::start(&config, Registry::new(100), limits)).unwrap()
@@ -161,5 +161,129 @@ fn a_lane_has_one_stream_id_on_every_instance() {
             .await
             .unwrap();
         assert_ne!(urgent, x, "each lane has its own");
+    });
+}
+
+/// Figures, not a check (run with `--ignored --nocapture`): the cost of the registry and of the
+/// cloud-to-node store on a local nats-server. Each figure is a NATS round trip or more per
+/// operation, so it depends on the machine and its load.
+#[test]
+#[ignore]
+fn figures() {
+    use std::net::SocketAddr;
+    use std::time::Instant;
+    let tmp = tempfile::tempdir().unwrap();
+    let nats = Nats::start(tmp.path(), "n1");
+    let a = start(&nats, "cloud-a", 1_000_000);
+    let b = start(&nats, "cloud-b", 1_000_000);
+    let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let n = 300u64;
+    smol::block_on(async {
+        let t = Instant::now();
+        let mut held = Vec::new();
+        for i in 0..n {
+            let node = format!("seq-{i}");
+            held.push(
+                a.admit(&node, i, hub::config::Protocol::Quic, peer)
+                    .await
+                    .unwrap(),
+            );
+        }
+        let e = t.elapsed();
+        println!(
+            "registry: {n} admissions in a row on one instance: {:.2} ms each ({:.0}/s)",
+            e.as_secs_f64() * 1e3 / n as f64,
+            n as f64 / e.as_secs_f64()
+        );
+        drop(held);
+
+        let t = Instant::now();
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                let c = if i % 2 == 0 { a.clone() } else { b.clone() };
+                smol::spawn(async move {
+                    let node = format!("race-{i}");
+                    c.admit(&node, 1000 + i, hub::config::Protocol::Quic, peer)
+                        .await
+                })
+            })
+            .collect();
+        let mut ok = Vec::new();
+        for task in tasks {
+            ok.push(task.await.unwrap());
+        }
+        let e = t.elapsed();
+        println!(
+            "registry: {n} admissions at once on two instances: {:.2} s in all ({:.0}/s)",
+            e.as_secs_f64(),
+            n as f64 / e.as_secs_f64()
+        );
+        drop(ok);
+
+        let record = vec![b'x'; 200];
+        let lane = a.down_lane("fig-1", Lane::Bulk);
+        let t = Instant::now();
+        for _ in 0..n {
+            lane.append(record.clone()).await.unwrap();
+        }
+        let e = t.elapsed();
+        println!(
+            "down lane: {n} appends of 200 bytes in a row, one instance: {:.2} ms each ({:.0}/s)",
+            e.as_secs_f64() * 1e3 / n as f64,
+            n as f64 / e.as_secs_f64()
+        );
+
+        let t = Instant::now();
+        let tasks: Vec<_> = [a.clone(), b.clone()]
+            .into_iter()
+            .map(|c| {
+                let record = record.clone();
+                smol::spawn(async move {
+                    let lane = c.down_lane("fig-2", Lane::Bulk);
+                    for _ in 0..n / 2 {
+                        lane.append(record.clone()).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await;
+        }
+        let e = t.elapsed();
+        println!(
+            "down lane: {n} appends to one lane from two instances at once: {:.0}/s",
+            n as f64 / e.as_secs_f64()
+        );
+
+        let lanes = 8;
+        let t = Instant::now();
+        let tasks: Vec<_> = (0..lanes)
+            .map(|l| {
+                let lane = a.down_lane(&format!("fig-many-{l}"), Lane::Bulk);
+                let record = record.clone();
+                smol::spawn(async move {
+                    for _ in 0..n / lanes {
+                        lane.append(record.clone()).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await;
+        }
+        let e = t.elapsed();
+        println!(
+            "down lane: {n} appends spread over {lanes} lanes at once, one instance: {:.0}/s",
+            n as f64 / e.as_secs_f64()
+        );
+
+        let t = Instant::now();
+        let got = lane.read(1, n as usize).await.unwrap();
+        let e = t.elapsed();
+        assert_eq!(got.len() as u64, n);
+        println!(
+            "down lane: reading {n} messages back (direct get, one at a time): {:.0}/s",
+            n as f64 / e.as_secs_f64()
+        );
     });
 }

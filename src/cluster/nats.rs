@@ -170,6 +170,10 @@ pub struct Cluster {
     changed: tokio::sync::watch::Sender<u64>,
     /// Bumped at every connection to NATS.
     reconnected: tokio::sync::watch::Receiver<u64>,
+    /// Held by the admission in progress: an instance's admissions go one at a time, since
+    /// each is a compare-and-set over the whole bucket and concurrent ones from one instance
+    /// would only defeat each other.
+    admitting: tokio::sync::Mutex<()>,
     registry: Arc<Registry>,
 }
 
@@ -352,6 +356,7 @@ impl Cluster {
             view: Arc::default(),
             changed,
             reconnected,
+            admitting: tokio::sync::Mutex::new(()),
             registry,
         });
         let alive = serde_json::to_vec(&Alive { run, started: run }).unwrap_or_default();
@@ -431,6 +436,7 @@ impl Cluster {
         let key = node_key(node_id);
         let subject = format!("$KV.{NODES_BUCKET}.{key}");
         let payload: bytes::Bytes = serde_json::to_vec(record).unwrap_or_default().into();
+        let _turn = self.admitting.lock().await;
         let mut changed = self.changed.subscribe();
         let mut expected_at_least = 0;
         loop {
