@@ -2,6 +2,7 @@
 //! every instance lists every node and where it is, a node moving to another instance replaces
 //! its link on the first, `node-limit` holds across the cluster (also for admissions racing on
 //! two instances), and a dead instance's nodes stop being listed within a bounded time.
+#![cfg(feature = "cluster")]
 
 mod common;
 

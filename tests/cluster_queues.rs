@@ -2,6 +2,7 @@
 //! against a real `nats-server`: two instances appending to one node's lane number its messages
 //! without gaps, acknowledged messages are purged while the numbering holds, a full lane is
 //! refused, and a lane's stream id is the same on every instance.
+#![cfg(feature = "cluster")]
 
 mod common;
 

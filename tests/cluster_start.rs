@@ -1,6 +1,7 @@
 //! Cluster mode's foundations with a real `nats-server`: a cloud configured with `cluster.nats`
 //! joins, creates its JetStream buckets, refuses to start in one sentence (exit 1) when NATS is
 //! not there, and reconnects when NATS comes back.
+#![cfg(feature = "cluster")]
 
 mod common;
 
