@@ -140,6 +140,14 @@ fn node_limit_holds_across_the_cluster_and_a_dead_instance_frees_its_share() {
         "{logged}"
     );
     two.wait_for("cannot connect to the cloud"); // and again: it keeps being refused
+    // Over WebSocket the refusal comes before the upgrade, as HTTP 503, as on a single cloud.
+    let mut ws = EdgeSpec::new(Proto::Websocket, &pki, "node-3", b.ws_port).start(tmp.path());
+    let refused = ws.wait_for("cannot connect to the cloud");
+    assert!(
+        refused.contains("503") && refused.contains("node limit reached"),
+        "{refused}"
+    );
+    drop(ws);
 
     // cloud-a dies with node-1 on it: within LIVE_FOR it is no longer listed, and node-2 (still
     // retrying) gets its place on cloud-b.

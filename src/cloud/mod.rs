@@ -397,6 +397,7 @@ fn check_upgrade(
     req: &Request,
     identity: &CertIdentity,
     registry: &Registry,
+    cluster: Option<&Cluster>,
 ) -> Result<(String, String), (StatusCode, String)> {
     let (project, node) =
         parse_events_path(req.uri().path()).map_err(|why| (StatusCode::NOT_FOUND, why))?;
@@ -426,7 +427,7 @@ fn check_upgrade(
             ),
         ));
     }
-    if !registry.has_room_for(&node) {
+    if !registry.has_room_for(&node) || cluster.is_some_and(|c| !c.has_room_for(&node)) {
         return Err((
             StatusCode::SERVICE_UNAVAILABLE,
             format!("{} (node {node})", CloseCode::NodeLimit),
@@ -458,10 +459,11 @@ async fn ws_handshake(
         let verdict: Arc<Mutex<Option<Verdict>>> = Arc::new(Mutex::new(None));
         let record = verdict.clone();
         let registry = cloud.registry.clone();
+        let cluster = cloud.cluster.clone();
         let id = identity.clone();
         #[allow(clippy::result_large_err)] // the callback's type is tungstenite's
         let callback = move |req: &Request, mut resp: Response| {
-            let checked = check_upgrade(req, &id, &registry);
+            let checked = check_upgrade(req, &id, &registry, cluster.as_deref());
             let mut slot = record.lock().unwrap_or_else(|e| e.into_inner());
             match checked {
                 Ok(ids) => {

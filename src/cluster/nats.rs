@@ -512,6 +512,21 @@ impl Cluster {
         DownLane::new(self.clone(), node_id, lane, state)
     }
 
+    /// Whether `node_id` would be admitted now as far as this instance's mirror knows: it is
+    /// listed already (and would be replaced), or fewer than `node-limit` live nodes are. The
+    /// WebSocket upgrade asks this so that it can refuse with HTTP 503 before upgrading; the
+    /// admission itself decides (see [`admit`](Self::admit)).
+    pub fn has_room_for(&self, node_id: &str) -> bool {
+        let view = self.lock();
+        let now = Instant::now();
+        let me = (self.instance.as_str(), self.run);
+        let live = |(r, _, at): &(Record, u64, Instant)| view.live(r, *at, me, now);
+        if view.nodes.get(node_id).is_some_and(live) {
+            return true;
+        }
+        view.nodes.values().filter(|e| live(e)).count() < self.limit
+    }
+
     /// Nodes held by other live instances, sorted by id.
     pub fn remote_nodes(&self) -> Vec<RemoteNode> {
         let view = self.lock();

@@ -65,6 +65,11 @@ impl Cluster {
     }
 
     /// See the NATS implementation.
+    pub fn has_room_for(&self, _node_id: &str) -> bool {
+        match *self {}
+    }
+
+    /// See the NATS implementation.
     pub fn remote_nodes(&self) -> Vec<RemoteNode> {
         match *self {}
     }
