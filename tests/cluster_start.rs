@@ -93,3 +93,43 @@ fn the_cloud_reconnects_when_nats_comes_back() {
     let row = common::apps::node_row(&cloud.apps, "node-1");
     assert_eq!(row["instance"], "cloud-a", "{row}");
 }
+
+#[test]
+fn two_live_instances_cannot_share_a_name_and_a_restart_can() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = common::link_pki(tmp.path());
+    let nats = Nats::start(tmp.path(), "n1");
+    let spec = |state: &str| CloudSpec {
+        state: state.into(),
+        extra: cluster_section(&[nats.url()], "cloud-a"),
+        ..CloudSpec::default()
+    };
+    let mut first = common::start_cloud(tmp.path(), &pki, &spec("state-1"));
+    first.hub.wait_for("cluster: instance cloud-a joined");
+
+    // A second process with the same instance name: one sentence, exit 1.
+    let file = tmp.path().join("second.yaml");
+    let text = format!(
+        "cloudhub:\n  port: 0\n  ca: {ca}\n  cert: {cert}\n  key: {key}\napps:\n  listen: 127.0.0.1:0\nqueues:\n  dir: {dir}\nmqtt:\n  listen: 127.0.0.1:0\nmetrics:\n  listen: 127.0.0.1:0\n{extra}",
+        ca = pki.join("ca.crt").display(),
+        cert = pki.join("server.crt").display(),
+        key = pki.join("server.key").display(),
+        dir = tmp.path().join("state-2").display(),
+        extra = spec("").extra,
+    );
+    std::fs::write(&file, text).unwrap();
+    let mut second = common::Hub::start("second", &["cloud", "-c", file.to_str().unwrap()]);
+    assert_eq!(second.wait_exit(Duration::from_secs(20)).code(), Some(1));
+    let errors = second.lines_with(" ERROR ");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("another live cloud instance is named cloud-a"),
+        "{errors:?}"
+    );
+
+    // The first one dies with kill -9 and starts again at once, under its name: it waits for
+    // its old entry to go unrefreshed, then joins.
+    first.hub.kill9();
+    let mut again = common::start_cloud(tmp.path(), &pki, &spec("state-1"));
+    again.hub.wait_for("cluster: instance cloud-a joined");
+}

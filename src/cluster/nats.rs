@@ -359,6 +359,7 @@ impl Cluster {
             admitting: tokio::sync::Mutex::new(()),
             registry,
         });
+        name_is_free(&cluster.instances, &cluster.instance).await?;
         let alive = serde_json::to_vec(&Alive { run, started: run }).unwrap_or_default();
         cluster
             .instances
@@ -650,6 +651,30 @@ async fn bucket(
     js.get_key_value(name)
         .await
         .map_err(|e| format!("cannot open the JetStream bucket {name}: {e}"))
+}
+
+/// Fails when another live instance uses the name `instance` (two instances of one name would
+/// take each other's nodes for leftovers of an earlier run). An entry of that name younger than
+/// [`LIVE_FOR`] may also be this instance's own, from before a crash: so it is taken for
+/// another instance only if it is refreshed again within [`LIVE_FOR`].
+async fn name_is_free(instances: &kv::Store, instance: &str) -> Result<(), String> {
+    let held = instances
+        .entry(instance)
+        .await
+        .map_err(|e| format!("cannot read the instances: {e}"))?;
+    if !held.is_some_and(|e| e.operation == kv::Operation::Put) {
+        return Ok(());
+    }
+    let mut refreshes = instances
+        .watch(instance)
+        .await
+        .map_err(|e| format!("cannot watch the instances: {e}"))?;
+    match tokio::time::timeout(LIVE_FOR, refreshes.next()).await {
+        Ok(Some(Ok(e))) if e.operation == kv::Operation::Put => Err(format!(
+            "another live cloud instance is named {instance}; give each instance its own cluster.instance"
+        )),
+        _ => Ok(()), // it was not refreshed: an earlier run of this instance, now gone
+    }
 }
 
 /// Refreshes this instance's liveness entry every [`HEARTBEAT`].
