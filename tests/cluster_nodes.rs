@@ -157,8 +157,9 @@ fn node_limit_holds_across_the_cluster_and_a_dead_instance_frees_its_share() {
         node_row(&b.apps, "node-1").is_null()
     });
     let gone = killed.elapsed();
-    // The bound: LIVE_FOR after cloud-a's last refresh, plus one list request's time.
-    assert!(gone < LIVE_FOR + Duration::from_secs(1), "{gone:?}");
+    // The bound: LIVE_FOR after cloud-a's last refresh (at most a heartbeat before the kill),
+    // plus the list requests' time on a loaded machine.
+    assert!(gone < LIVE_FOR + Duration::from_secs(2), "{gone:?}");
     two.wait_for("connected to the cloud");
     b.hub.wait_for("node node-2 connected");
     assert_eq!(node_row(&b.apps, "node-2")["instance"], "cloud-b");
