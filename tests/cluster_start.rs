@@ -133,3 +133,72 @@ fn two_live_instances_cannot_share_a_name_and_a_restart_can() {
     let mut again = common::start_cloud(tmp.path(), &pki, &spec("state-1"));
     again.hub.wait_for("cluster: instance cloud-a joined");
 }
+
+/// `cluster.tls-ca`, `tls-cert` and `tls-key` against a nats-server that requires TLS and a
+/// client certificate: with all three the cloud joins; without the client certificate, or
+/// trusting another CA, it exits with status 1 and one line.
+#[test]
+fn tls_to_nats_with_a_client_certificate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = common::link_pki(tmp.path());
+    let nats = Nats::start_tls(tmp.path(), "n1", &pki);
+    let url = format!("tls://127.0.0.1:{}", nats.port);
+    let (crt, key) = hub::pki::node_files("node-1");
+    let other = tmp.path().join("other");
+    hub::pki::write(&hub::pki::PkiOptions {
+        dir: other.clone(),
+        nodes: vec!["x".into()],
+        hosts: vec!["127.0.0.1".into()],
+        days: 1,
+        force: false,
+    })
+    .unwrap();
+    let section = |ca: &std::path::Path, client: bool| {
+        let mut s = format!(
+            "cluster:\n  nats: {url}\n  instance: cloud-a\n  tls-ca: {}\n",
+            ca.display()
+        );
+        if client {
+            s += &format!(
+                "  tls-cert: {}\n  tls-key: {}\n",
+                pki.join(&crt).display(),
+                pki.join(&key).display()
+            );
+        }
+        s
+    };
+    let spec = CloudSpec {
+        extra: section(&pki.join("ca.crt"), true),
+        ..CloudSpec::default()
+    };
+    let mut cloud = common::start_cloud(tmp.path(), &pki, &spec);
+    cloud.hub.wait_for("cluster: instance cloud-a joined");
+    drop(cloud);
+
+    for (what, extra) in [
+        ("no client certificate", section(&pki.join("ca.crt"), false)),
+        ("another CA", section(&other.join("ca.crt"), true)),
+    ] {
+        let file = tmp.path().join(format!("{}.yaml", what.replace(' ', "-")));
+        let text = format!(
+            "cloudhub:\n  port: 0\n  ca: {ca}\n  cert: {cert}\n  key: {key}\napps:\n  listen: 127.0.0.1:0\nqueues:\n  dir: {dir}\nmqtt:\n  listen: 127.0.0.1:0\nmetrics:\n  listen: 127.0.0.1:0\n{extra}",
+            ca = pki.join("ca.crt").display(),
+            cert = pki.join("server.crt").display(),
+            key = pki.join("server.key").display(),
+            dir = tmp.path().join("state-refused").display(),
+        );
+        std::fs::write(&file, text).unwrap();
+        let mut hub = common::Hub::start(what, &["cloud", "-c", file.to_str().unwrap()]);
+        assert_eq!(
+            hub.wait_exit(Duration::from_secs(20)).code(),
+            Some(1),
+            "{what}"
+        );
+        let errors = hub.lines_with(" ERROR ");
+        assert_eq!(errors.len(), 1, "{what}: {errors:?}");
+        assert!(
+            errors[0].contains("cannot connect to NATS") && errors[0].contains(&url),
+            "{what}: {errors:?}"
+        );
+    }
+}

@@ -32,6 +32,29 @@ impl Nats {
         Nats::launch(dir, name, &["-p", "-1"])
     }
 
+    /// [`start`](Self::start) with TLS required of clients, and a client certificate chaining
+    /// to the dev PKI's CA in `pki` (`--tlsverify`); the server shows `pki`'s server
+    /// certificate.
+    pub fn start_tls(dir: &Path, name: &str, pki: &Path) -> Nats {
+        let file = |f: &str| pki.join(f).to_str().unwrap().to_owned();
+        let (cert, key, ca) = (file("server.crt"), file("server.key"), file("ca.crt"));
+        Nats::launch(
+            dir,
+            name,
+            &[
+                "-p",
+                "-1",
+                "--tlsverify",
+                "--tlscert",
+                &cert,
+                "--tlskey",
+                &key,
+                "--tlscacert",
+                &ca,
+            ],
+        )
+    }
+
     fn launch(dir: &Path, name: &str, extra: &[&str]) -> Nats {
         let store = dir.join(format!("nats-{name}"));
         std::fs::create_dir_all(&store).unwrap();
