@@ -85,8 +85,9 @@ fi
 tarballs=()
 for target in "${TARGETS[@]}"; do
   if [ "$route" = cross ]; then
-    echo "==> cross build --release --locked --target $target"
-    cross build --release --locked --target "$target" --bin hub
+    # Without the default feature `cluster`: a gateway never links the NATS client or tokio.
+    echo "==> cross build --release --locked --no-default-features --target $target"
+    cross build --release --locked --no-default-features --target "$target" --bin hub
     bin="$TARGET_DIR/$target/release/hub"
   else
     bin="$ROOT/target/arm-check/$target/release/hub"   # scripts/musl-build.sh's target dir

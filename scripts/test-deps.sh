@@ -2,7 +2,7 @@
 # Installs, when missing, the third-party tools the tests drive (with --mosquitto, only the
 # first, for `make demo`): Debian's mosquitto-clients (mosquitto_pub, mosquitto_sub) and
 # paho-mqtt 2.x for Python (tests/mqtt_*.rs), and Debian's prometheus (the server and promtool,
-# tests/metrics.rs).
+# tests/metrics.rs), and Debian's nats-server (tests/cluster_*.rs).
 # paho goes into a virtual environment under target/ (target/mqtt-venv) unless python3 already
 # has it: that works the same with and without root, on Debian 12 and 13, whose system pip
 # refuses to install (externally managed environment). Quiet when everything is there.
@@ -71,6 +71,18 @@ for tool in promtool prometheus; do
     exit 1
   }
 done
+
+# NATS server 2.9 (bookworm), JetStream included: the cluster-mode tests (tests/cluster_*.rs)
+# start their own servers on loopback. The package also enables a system service on machines
+# running systemd; the tests use ports of their own.
+if ! command -v nats-server >/dev/null; then
+  echo "test-deps: installing nats-server"
+  apt_install nats-server
+fi
+command -v nats-server >/dev/null || {
+  echo "test-deps: nats-server is still missing after installing Debian's nats-server package" >&2
+  exit 1
+}
 
 if ! command -v python3 >/dev/null; then
   echo "test-deps: installing python3"

@@ -202,9 +202,16 @@ pub fn nodes(args: NodesArgs) -> ExitCode {
             Ok(r) => r,
             Err(e) => return fail(format!("bad node list: {e}")),
         };
+        // Cluster mode names the instance holding each node: one more column, only then.
+        let cluster = rows.iter().any(|r| r["instance"].is_string());
+        let instance = |r: &serde_json::Value| match (cluster, r["instance"].as_str()) {
+            (false, _) => String::new(),
+            (true, i) => format!(" {:<16}", i.unwrap_or("-")),
+        };
         let header = format!(
-            "{:<24} {:<10} {:<22} {:<20} {:>9} {:>9} {:>8} {}",
+            "{:<24}{} {:<10} {:<22} {:<20} {:>9} {:>9} {:>8} {}",
             "NODE",
+            instance(&serde_json::json!({"instance": "INSTANCE"})),
             "PROTOCOL",
             "ADDRESS",
             "SINCE (UTC)",
@@ -223,8 +230,9 @@ pub fn nodes(args: NodesArgs) -> ExitCode {
                 .as_u64()
                 .map_or_else(|| "-".to_owned(), |n| n.to_string());
             let row = format!(
-                "{:<24} {:<10} {:<22} {:<20} {:>9} {:>9} {:>8} {}",
+                "{:<24}{} {:<10} {:<22} {:<20} {:>9} {:>9} {:>8} {}",
                 s("node_id"),
+                instance(&r),
                 s("protocol"),
                 s("address"),
                 since,

@@ -10,6 +10,7 @@ pub mod apps;
 pub mod cli;
 pub mod client;
 pub mod cloud;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod console;

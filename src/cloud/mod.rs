@@ -23,6 +23,7 @@ use smol::Async;
 use smol::future::FutureExt;
 
 use crate::apps::{Apps, Route};
+use crate::cluster::{Cluster, ClusterAdmission, Refused};
 use crate::config::{CloudConfig, Protocol, valid_id};
 use crate::exchange::{Exchange, LaneStores};
 use crate::local::Local;
@@ -50,6 +51,8 @@ struct Cloud {
     config: CloudConfig,
     registry: Arc<Registry>,
     queues: Arc<NodeQueues>,
+    /// The shared registry in cluster mode (`cluster:`), else `None`.
+    cluster: Option<Arc<Cluster>>,
     local: Arc<Local>,
     shutdown: Shutdown,
     /// Each connection task holds a clone; shutdown waits until all are dropped.
@@ -126,6 +129,16 @@ pub async fn run(config: CloudConfig, shutdown: Shutdown) -> Result<(), String> 
         2,
     ));
     let _lock = crate::queue::lock_dir(&config.queues.dir)?;
+    let cluster = match &config.cluster {
+        Some(c) => {
+            let limits = crate::cluster::Limits {
+                nodes: config.node_limit,
+                lane_messages: config.queues.max_messages,
+            };
+            Some(Cluster::start(c, registry.clone(), limits).await?)
+        }
+        None => None,
+    };
     let queues = NodeQueues::open(&config.queues)?;
     let (local, sessions) = crate::mqtt::open_core(
         &config.queues.dir,
@@ -138,18 +151,21 @@ pub async fn run(config: CloudConfig, shutdown: Shutdown) -> Result<(), String> 
         config: config.clone(),
         registry: registry.clone(),
         queues: queues.clone(),
+        cluster: cluster.clone(),
         local: local.clone(),
         shutdown: shutdown.clone(),
         active,
         pending: Default::default(),
         shed: Mutex::default(),
     });
-    let listing = (registry, queues.clone());
+    let listing = (registry, queues.clone(), cluster.clone());
     let apps = Arc::new(Apps {
         local,
         route: Route::Cloud(queues),
         max_message_bytes: config.apps.max_message_bytes,
-        nodes: Some(Box::new(move || nodes_json(&listing.0, &listing.1))),
+        nodes: Some(Box::new(move || {
+            nodes_json(&listing.0, &listing.1, listing.2.as_deref())
+        })),
         status: None,
         sessions: sessions.clone(),
     });
@@ -204,6 +220,9 @@ pub async fn run(config: CloudConfig, shutdown: Shutdown) -> Result<(), String> 
     log::info!("closing {connected} node link(s)");
     drop(cloud);
     let _ = timeout(SHUTDOWN_GRACE, all_done.recv()).await;
+    if let Some(c) = &cluster {
+        c.stop().await;
+    }
     if let Some(ep) = endpoint {
         quic::close_endpoint(&ep, CLOSE_LINGER).await;
     }
@@ -215,7 +234,10 @@ pub async fn run(config: CloudConfig, shutdown: Shutdown) -> Result<(), String> 
 /// its link's figures (protocol, address, since, round trip, in flight), what is queued for it,
 /// its identity conflicts and why its last link ended. Both lists come sorted, so they are merged
 /// in one pass: O(n log n) in all for n nodes (the sorts), one registry lock for the offline.
-fn nodes_json(registry: &Registry, queues: &NodeQueues) -> String {
+/// In cluster mode each row names the instance holding the node, and the nodes other instances
+/// hold follow (with their protocol, address and since; no link figures, no local queue).
+fn nodes_json(registry: &Registry, queues: &NodeQueues, cluster: Option<&Cluster>) -> String {
+    let instance = cluster.map(|c| c.instance());
     let connected = registry.nodes();
     let queued = queues.queued();
     // Merged by id: (id, its link if connected, what is queued for it).
@@ -277,9 +299,35 @@ fn nodes_json(registry: &Registry, queues: &NodeQueues) -> String {
                 "last_cause": last_end.as_ref().map(|e| e.cause.label()),
                 "last_cause_detail": last_end.as_ref().map(|e| e.detail.as_str()),
                 "last_cause_at": last_end.as_ref().and_then(|e| ms(e.at)),
+                "instance": link.and(instance),
             })
         })
         .collect();
+    let mut rows = rows;
+    if let Some(c) = cluster {
+        let local: std::collections::HashSet<&str> =
+            connected.iter().map(|n| n.node_id.as_str()).collect();
+        for n in c.remote_nodes() {
+            if local.contains(n.node_id.as_str()) {
+                continue; // replaced here a moment ago; the registry's row is the newer
+            }
+            rows.push(serde_json::json!({
+                "node_id": n.node_id,
+                "protocol": n.protocol.map(|p| p.name()),
+                "address": n.address,
+                "since": ms(n.since),
+                "rtt_ms": null,
+                "in_flight": null,
+                "queued": 0,
+                "conflicts": 0,
+                "last_cause": null,
+                "last_cause_detail": null,
+                "last_cause_at": null,
+                "instance": n.instance,
+            }));
+        }
+        rows.sort_by(|a, b| a["node_id"].as_str().cmp(&b["node_id"].as_str()));
+    }
     serde_json::Value::Array(rows).to_string()
 }
 
@@ -349,6 +397,7 @@ fn check_upgrade(
     req: &Request,
     identity: &CertIdentity,
     registry: &Registry,
+    cluster: Option<&Cluster>,
 ) -> Result<(String, String), (StatusCode, String)> {
     let (project, node) =
         parse_events_path(req.uri().path()).map_err(|why| (StatusCode::NOT_FOUND, why))?;
@@ -378,7 +427,7 @@ fn check_upgrade(
             ),
         ));
     }
-    if !registry.has_room_for(&node) {
+    if !registry.has_room_for(&node) || cluster.is_some_and(|c| !c.has_room_for(&node)) {
         return Err((
             StatusCode::SERVICE_UNAVAILABLE,
             format!("{} (node {node})", CloseCode::NodeLimit),
@@ -410,10 +459,11 @@ async fn ws_handshake(
         let verdict: Arc<Mutex<Option<Verdict>>> = Arc::new(Mutex::new(None));
         let record = verdict.clone();
         let registry = cloud.registry.clone();
+        let cluster = cloud.cluster.clone();
         let id = identity.clone();
         #[allow(clippy::result_large_err)] // the callback's type is tungstenite's
         let callback = move |req: &Request, mut resp: Response| {
-            let checked = check_upgrade(req, &id, &registry);
+            let checked = check_upgrade(req, &id, &registry, cluster.as_deref());
             let mut slot = record.lock().unwrap_or_else(|e| e.into_inner());
             match checked {
                 Ok(ids) => {
@@ -634,6 +684,8 @@ fn serve(
             cloud.config.queues.window,
         );
         let mut admission: Option<Admission> = None;
+        // Cluster mode: the node's entry in the shared registry, held as long as the admission.
+        let mut _shared: Option<ClusterAdmission> = None;
         let mut exchange: Option<Exchange> = None;
         let mut node = url_ids
             .as_ref()
@@ -707,21 +759,33 @@ fn serve(
                         // node id is the HELLO's: admit() accepted it as valid.
                         let prefix = Some(node_prefix(&node));
                         let opened = async {
-                            Ok(Exchange::open(&stores, cloud.local.clone(), prefix).await)
+                            let entry = match &cloud.cluster {
+                                Some(c) => Some(
+                                    c.admit(&node, a.id(), protocol, peer)
+                                        .await
+                                        .map_err(cluster_refusal)?,
+                                ),
+                                None => None,
+                            };
+                            let ex = Exchange::open(&stores, cloud.local.clone(), prefix).await;
+                            Ok((ex, entry))
                         }
                         .or(async {
                             a.replaced().await;
-                            Err(CloseCode::Replaced)
+                            Err((CloseCode::Replaced, String::new()))
                         })
                         .or(async {
                             cloud.shutdown.wait().await;
-                            Err(CloseCode::ShuttingDown)
+                            Err((CloseCode::ShuttingDown, String::new()))
                         })
                         .await;
                         let ex = match opened {
-                            Ok(ex) => ex,
-                            Err(code) => {
-                                session.close(code, "");
+                            Ok((ex, entry)) => {
+                                _shared = entry;
+                                ex
+                            }
+                            Err((code, why)) => {
+                                session.close(code, why);
                                 continue;
                             }
                         };
@@ -799,6 +863,17 @@ fn serve(
                 Wake::Added => {}
             }
         }
+    }
+}
+
+/// The close code and reason for a node the cluster refused.
+fn cluster_refusal(refused: Refused) -> (CloseCode, String) {
+    match refused {
+        Refused::NodeLimit(n) => (
+            CloseCode::NodeLimit,
+            format!("{n} nodes connected across the cluster"),
+        ),
+        Refused::Unavailable(why) => (CloseCode::Unavailable, why),
     }
 }
 
@@ -889,7 +964,7 @@ mod tests {
         let _a = registry.admit("a", Protocol::Quic, addr, Arc::default());
 
         let rows: Vec<serde_json::Value> =
-            serde_json::from_str(&nodes_json(&registry, &queues)).unwrap();
+            serde_json::from_str(&nodes_json(&registry, &queues, None)).unwrap();
         let ids: Vec<&str> = rows
             .iter()
             .map(|r| r["node_id"].as_str().unwrap())

@@ -136,6 +136,11 @@ impl Admission {
     pub fn is_replaced(&self) -> bool {
         self.replaced.is_raised()
     }
+
+    /// This admission's id, unique within the process (see [`Registry::evict`]).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
 }
 
 impl Drop for Admission {
@@ -237,6 +242,20 @@ impl Registry {
             id,
             replaced,
         })
+    }
+
+    /// Removes admission `id` of `node_id` if it is still the node's current one, which tells its
+    /// connection it was replaced (as [`admit`](Self::admit) does): cluster mode's replacement by
+    /// a newer connection on another instance. Returns whether it was removed.
+    pub fn evict(&self, node_id: &str, id: u64) -> bool {
+        let nodes = &mut self.lock().nodes;
+        if nodes.get(node_id).is_none_or(|e| e.id != id) {
+            return false;
+        }
+        if let Some(e) = nodes.remove(node_id) {
+            METRICS.nodes_connected[e.info.protocol as usize].dec();
+        }
+        true
     }
 
     /// The connected nodes, sorted by id.

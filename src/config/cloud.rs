@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::{
     AppsConfig, Checker, ConfigError, Congestion, MetricsConfig, MqttConfig, QueueConfig, RawApps,
-    RawMetrics, RawMqtt, RawQueue, SideDefaults, parse_file, parse_str,
+    RawMetrics, RawMqtt, RawQueue, SideDefaults, parse_file, parse_str, valid_id,
 };
 
 /// The cloud's defaults for the sections hub adds.
@@ -27,6 +27,50 @@ struct RawFile {
     mqtt: Option<RawMqtt>,
     metrics: Option<RawMetrics>,
     queues: Option<RawQueue>,
+    cluster: Option<RawCluster>,
+}
+
+/// `nats:` takes one server URL or a list of them.
+#[derive(Deserialize)]
+#[serde(untagged)]
+#[serde(expecting = "a NATS server URL or a list of them")]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[serde(expecting = "a map of cluster settings")]
+struct RawCluster {
+    nats: Option<OneOrMany>,
+    instance: Option<String>,
+    #[serde(rename = "tls-ca")]
+    tls_ca: Option<PathBuf>,
+    #[serde(rename = "tls-cert")]
+    tls_cert: Option<PathBuf>,
+    #[serde(rename = "tls-key")]
+    tls_key: Option<PathBuf>,
+    credentials: Option<PathBuf>,
+}
+
+/// Cluster mode (`cluster:`): several cloud instances sharing their state in NATS JetStream
+/// (docs/cluster.md).
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// `cluster.nats`: the NATS servers' URLs (`nats://host:4222`, `tls://host:4222`), tried in
+    /// turn; at least one.
+    pub servers: Vec<String>,
+    /// `cluster.instance`: this instance's name in the cluster (an id as node ids are: see
+    /// [`valid_id`](super::valid_id)); the host name when not given.
+    pub instance: String,
+    /// `cluster.tls-ca`: the CA bundle the NATS servers' certificates must chain to; with it the
+    /// connection requires TLS.
+    pub tls_ca: Option<PathBuf>,
+    /// `cluster.tls-cert` and `cluster.tls-key`: the client certificate shown to the NATS servers.
+    pub tls_client: Option<(PathBuf, PathBuf)>,
+    /// `cluster.credentials`: a NATS `.creds` file (user JWT and NKey seed).
+    pub credentials: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -83,6 +127,8 @@ pub struct CloudConfig {
     pub metrics: MetricsConfig,
     /// `queues`: the per-node durable queues (limits are per node).
     pub queues: QueueConfig,
+    /// `cluster`: cluster mode, when the file has the section.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl CloudConfig {
@@ -104,6 +150,7 @@ impl CloudConfig {
         let mqtt = c.mqtt(raw.mqtt, "127.0.0.1:1884", &apps)?;
         let metrics = c.metrics(raw.metrics, true)?;
         let queues = c.queue("queues", raw.queues, &DEFAULTS)?;
+        let cluster = raw.cluster.map(|r| c.cluster(r)).transpose()?;
         let Some(raw) = raw.cloudhub else {
             return Err(c.invalid("cloudhub", "is required"));
         };
@@ -167,6 +214,7 @@ impl CloudConfig {
             mqtt,
             metrics,
             queues,
+            cluster,
         })
     }
 
@@ -184,12 +232,111 @@ impl CloudConfig {
                 self.quic_congestion.name()
             ));
         }
+        let cluster = match &self.cluster {
+            Some(c) => format!(
+                "; cluster instance {} on NATS {}",
+                c.instance,
+                c.servers.join(", ")
+            ),
+            None => String::new(),
+        };
         format!(
-            "cloudhub: {}; node-limit {}, keepalive-interval {:?}, write-timeout {:?}",
+            "cloudhub: {}; node-limit {}, keepalive-interval {:?}, write-timeout {:?}{cluster}",
             listeners.join(", "),
             self.node_limit,
             self.keepalive_interval,
             self.write_timeout
         )
     }
+}
+
+impl Checker<'_> {
+    /// The `cluster:` section: at least one `nats://` or `tls://` URL, an instance name that is
+    /// an id, TLS files that are readable (cert and key together), a readable credentials file.
+    fn cluster(&self, raw: RawCluster) -> Result<ClusterConfig, ConfigError> {
+        let servers = match raw.nats {
+            None => return Err(self.invalid("cluster.nats", "is required")),
+            Some(OneOrMany::One(s)) => vec![s],
+            Some(OneOrMany::Many(v)) => v,
+        };
+        if servers.is_empty() {
+            return Err(self.invalid("cluster.nats", "lists no server"));
+        }
+        for s in &servers {
+            let rest = s
+                .strip_prefix("nats://")
+                .or_else(|| s.strip_prefix("tls://"));
+            if rest.is_none_or(|r| r.is_empty() || r.contains(char::is_whitespace)) {
+                return Err(self.invalid(
+                    "cluster.nats",
+                    format!("{s:?} is not a NATS server URL (nats://HOST:PORT or tls://HOST:PORT)"),
+                ));
+            }
+        }
+        let instance = match raw.instance {
+            Some(i) => i,
+            None => host_name().ok_or_else(|| {
+                self.invalid(
+                    "cluster.instance",
+                    "is not given and the host name cannot be read; name this instance",
+                )
+            })?,
+        };
+        valid_id(&instance).map_err(|p| self.invalid("cluster.instance", p))?;
+        let tls_ca = match raw.tls_ca.as_ref() {
+            Some(p) => Some(self.ca_file("cluster.tls-ca", &self.resolve(p))?),
+            None => None,
+        };
+        let tls_client = match (raw.tls_cert.as_ref(), raw.tls_key.as_ref()) {
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(self.invalid("cluster.tls-key", "is required with cluster.tls-cert"));
+            }
+            (None, Some(_)) => {
+                return Err(self.invalid("cluster.tls-cert", "is required with cluster.tls-key"));
+            }
+            (cert, key) => {
+                let cert = self.cert_file("cluster.tls-cert", cert)?;
+                let key = self.key_file("cluster.tls-key", key)?;
+                self.key_pair("cluster.tls-key", &cert, &key)?;
+                Some((cert, key))
+            }
+        };
+        let credentials = match raw.credentials.as_ref() {
+            Some(p) => {
+                let p = self.path("cluster.credentials", Some(p))?;
+                let text = std::fs::read_to_string(&p).map_err(|e| {
+                    self.invalid(
+                        "cluster.credentials",
+                        format!("cannot read {}: {e}", p.display()),
+                    )
+                })?;
+                if !text.contains("-----BEGIN NATS USER JWT-----") {
+                    return Err(self.invalid(
+                        "cluster.credentials",
+                        format!(
+                            "{} is not a NATS credentials file (no user JWT)",
+                            p.display()
+                        ),
+                    ));
+                }
+                Some(p)
+            }
+            None => None,
+        };
+        Ok(ClusterConfig {
+            servers,
+            instance,
+            tls_ca,
+            tls_client,
+            credentials,
+        })
+    }
+}
+
+/// This machine's host name (Linux: `/proc/sys/kernel/hostname`), when readable and not empty.
+fn host_name() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_owned())
 }

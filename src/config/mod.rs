@@ -8,7 +8,7 @@
 mod cloud;
 mod edge;
 
-pub use cloud::CloudConfig;
+pub use cloud::{CloudConfig, ClusterConfig};
 pub use edge::{CredentialRefresh, EdgeConfig, Endpoint, Fallback, Protocol, Url};
 
 use std::fmt;

@@ -4,6 +4,7 @@
 pub mod apps;
 pub mod http;
 pub mod mqtt;
+pub mod nats;
 pub mod placement;
 pub mod small_fs;
 
@@ -295,6 +296,8 @@ pub struct CloudSpec {
     /// Extra lines for the `metrics:` section (indented by two spaces), after
     /// `listen: 127.0.0.1:0`.
     pub metrics_extra: String,
+    /// Extra top-level sections at the end of the file (`cluster:` and its keys).
+    pub extra: String,
 }
 
 impl Default for CloudSpec {
@@ -311,6 +314,7 @@ impl Default for CloudSpec {
             queues_extra: String::new(),
             mqtt_extra: String::new(),
             metrics_extra: String::new(),
+            extra: String::new(),
         }
     }
 }
@@ -349,7 +353,7 @@ pub fn start_cloud(dir: &Path, pki: &Path, spec: &CloudSpec) -> Cloud {
     std::fs::write(
         &file,
         format!(
-            "cloudhub:\n  protocol_websocket: true\n  port: {}\n  protocol_quic: true\n  quic_port: {}\n  max_incomingstreams: {}\n  address: 127.0.0.1\n  ca: {}\n  cert: {}\n  key: {}\n  keepalive-interval: {}\n  write-timeout: {}\n  node-limit: {}\napps:\n  listen: 127.0.0.1:0\n{}queues:\n  dir: {}\n{}mqtt:\n  listen: 127.0.0.1:0\n{}metrics:\n  listen: 127.0.0.1:0\n{}",
+            "cloudhub:\n  protocol_websocket: true\n  port: {}\n  protocol_quic: true\n  quic_port: {}\n  max_incomingstreams: {}\n  address: 127.0.0.1\n  ca: {}\n  cert: {}\n  key: {}\n  keepalive-interval: {}\n  write-timeout: {}\n  node-limit: {}\napps:\n  listen: 127.0.0.1:0\n{}queues:\n  dir: {}\n{}mqtt:\n  listen: 127.0.0.1:0\n{}metrics:\n  listen: 127.0.0.1:0\n{}{}",
             spec.ws_port,
             spec.quic_port,
             spec.max_streams,
@@ -364,6 +368,7 @@ pub fn start_cloud(dir: &Path, pki: &Path, spec: &CloudSpec) -> Cloud {
             spec.queues_extra,
             spec.mqtt_extra,
             spec.metrics_extra,
+            spec.extra,
         ),
     )
     .unwrap();
