@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::QueueConfig;
 use crate::local::{Delivery, Local};
-use crate::message::Message;
+use crate::message::{Message, MessageView};
 use crate::metrics::METRICS;
 use crate::proto::frame::{LANES, Lane};
 use crate::proto::session::Streams;
@@ -235,7 +235,7 @@ impl Exchange {
                 received.0 += 1;
                 received.1 += payload.len() as u64;
                 let prefix = self.prefix.as_deref().unwrap_or("");
-                let msg = match Message::decode_owned(payload, prefix) {
+                let msg = match MessageView::decode(&payload, prefix) {
                     Ok(m) => m,
                     Err(e) => {
                         session.close(
@@ -251,7 +251,7 @@ impl Exchange {
                     inbound.stream = session.inbound_stream(lane);
                     inbound.delivered = seq;
                 }
-                if let Delivery::Refused(mut reply) = self.local.deliver(msg) {
+                if let Delivery::Refused(mut reply) = self.local.deliver_view(msg) {
                     // The answer goes back under the resource the peer gave.
                     if let Some(prefix) = &self.prefix {
                         if reply.resource.starts_with(prefix.as_str()) {
@@ -617,7 +617,7 @@ mod tests {
             ex.handle(&mut s, ev);
         }
         let got: Vec<Message> = std::iter::from_fn(|| app_rx.try_recv())
-            .map(|t| (*t.msg).clone())
+            .map(|t| Message::from_json(&t.into_json()).unwrap())
             .collect();
         let contents: Vec<&[u8]> = got.iter().map(|m| &m.content[..]).collect();
         assert_eq!(contents, [&b"1"[..], b"2", b"3"]);
