@@ -412,6 +412,23 @@ impl Frame {
         out
     }
 
+    /// [`decode`](Self::decode) of bytes it may keep: a message's payload is `bytes` itself,
+    /// the frame's header moved out of the way, rather than a copy of the rest.
+    pub fn decode_owned(mut bytes: Vec<u8>) -> Result<Frame, FrameError> {
+        if bytes.first() != Some(&kind::MESSAGE) || bytes.len() > MAX_FRAME {
+            return Frame::decode(&bytes);
+        }
+        let mut r = Reader(&bytes[1..]);
+        let lane = r.lane()?;
+        let seq = r.u64()?;
+        bytes.drain(..bytes.len() - r.0.len());
+        Ok(Frame::Message {
+            lane,
+            seq,
+            payload: bytes,
+        })
+    }
+
     /// Decodes one whole frame. Bytes after the fields a type defines are ignored, so later
     /// versions can append fields.
     pub fn decode(bytes: &[u8]) -> Result<Frame, FrameError> {
@@ -642,6 +659,47 @@ mod tests {
                 },
             ],
         })
+    }
+
+    #[test]
+    fn decoding_owned_bytes_reads_the_same_frames() {
+        let frames = [
+            Frame::Message {
+                lane: Lane::Urgent,
+                seq: 7,
+                payload: b"payload".to_vec(),
+            },
+            Frame::Message {
+                lane: Lane::Bulk,
+                seq: u64::MAX,
+                payload: Vec::new(),
+            },
+            hello(),
+            Frame::Ack {
+                lane: Lane::Bulk,
+                seq: 3,
+            },
+        ];
+        for f in frames {
+            let bytes = f.encode();
+            assert_eq!(Frame::decode_owned(bytes.clone()), Ok(f.clone()));
+            for cut in 0..bytes.len() {
+                assert_eq!(
+                    Frame::decode_owned(bytes[..cut].to_vec()),
+                    Frame::decode(&bytes[..cut]),
+                    "{f:?} cut at {cut}"
+                );
+            }
+        }
+        let mut bad = Frame::Message {
+            lane: Lane::Bulk,
+            seq: 1,
+            payload: Vec::new(),
+        }
+        .encode();
+        bad[1] = 9;
+        assert_eq!(Frame::decode_owned(bad.clone()), Frame::decode(&bad));
+        assert!(Frame::decode(&bad).is_err());
     }
 
     #[test]
