@@ -436,7 +436,7 @@ impl Exchange {
 mod tests {
     use super::*;
     use crate::proto::VERSION;
-    use crate::proto::frame::{Frame, Hello, HelloLane};
+    use crate::proto::frame::{Frame, Hello, HelloLane, MESSAGE_HEADER};
     use std::time::{Duration, Instant};
 
     fn hello(up_stream: u64) -> Hello {
@@ -622,6 +622,31 @@ mod tests {
         let contents: Vec<&[u8]> = got.iter().map(|m| &m.content[..]).collect();
         assert_eq!(contents, [&b"1"[..], b"2", b"3"]);
         assert!(got.iter().all(|m| m.id == "fixed-1"));
+    }
+
+    #[test]
+    fn sent_messages_are_framed_in_their_own_bytes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut ex, stores) = exchange(tmp.path());
+        let records = vec![message(1), message(2)];
+        smol::block_on(stores.out[Lane::Bulk.index()].append(records.clone())).unwrap();
+        let mut s = link(&mut ex, 0xaaaa, 0);
+        ex.fill(&mut s, |_| usize::MAX);
+        let mut sent = 0;
+        while let Some(f) = s.poll_transmit(Instant::now()) {
+            let Frame::Message { payload, .. } = &f else {
+                continue;
+            };
+            // The queue's reader leaves room for the frame's header: sending copies nothing.
+            assert!(payload.capacity() - payload.len() >= MESSAGE_HEADER);
+            let at = payload.as_ptr();
+            let expected = f.encode();
+            let bytes = f.into_bytes();
+            assert_eq!(bytes, expected);
+            assert_eq!(bytes.as_ptr(), at, "framed in its own bytes");
+            sent += 1;
+        }
+        assert_eq!(sent, records.len());
     }
 
     #[test]

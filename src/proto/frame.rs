@@ -333,6 +333,10 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&s.as_bytes()[..end]);
 }
 
+/// The bytes a message frame puts before its payload: type, lane, sequence number. A payload
+/// with that much room to spare is framed in place ([`Frame::into_bytes`]).
+pub const MESSAGE_HEADER: usize = 1 + 1 + 8;
+
 impl Frame {
     /// Appends this frame's bytes to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
@@ -403,13 +407,35 @@ impl Frame {
     /// own, as WebSocket writers do).
     pub fn encode(&self) -> Vec<u8> {
         let size = match self {
-            Frame::Message { payload, .. } => 10 + payload.len(),
+            Frame::Message { payload, .. } => MESSAGE_HEADER + payload.len(),
             Frame::Part { payload, .. } => 18 + payload.len(),
             _ => 16,
         };
         let mut out = Vec::with_capacity(size);
         self.encode_into(&mut out);
         out
+    }
+
+    /// This frame's bytes, as [`encode`](Self::encode) gives them, made in a message's own
+    /// payload when it has room for [`MESSAGE_HEADER`] more bytes (the header goes in front,
+    /// the payload moved after it) rather than in a new vector.
+    pub fn into_bytes(self) -> Vec<u8> {
+        match self {
+            Frame::Message {
+                lane,
+                seq,
+                mut payload,
+            } if payload.capacity() - payload.len() >= MESSAGE_HEADER => {
+                let n = payload.len();
+                payload.resize(n + MESSAGE_HEADER, 0);
+                payload.copy_within(..n, MESSAGE_HEADER);
+                payload[0] = kind::MESSAGE;
+                payload[1] = lane.index() as u8;
+                payload[2..MESSAGE_HEADER].copy_from_slice(&seq.to_be_bytes());
+                payload
+            }
+            other => other.encode(),
+        }
     }
 
     /// [`decode`](Self::decode) of bytes it may keep: a message's payload is `bytes` itself,
@@ -659,6 +685,29 @@ mod tests {
                 },
             ],
         })
+    }
+
+    #[test]
+    fn frames_made_in_place_are_the_encoded_ones() {
+        let message = |payload: Vec<u8>| Frame::Message {
+            lane: Lane::Urgent,
+            seq: 0x0102_0304_0506_0708,
+            payload,
+        };
+        for len in [0, 1, 9, 10, 11, 300] {
+            let content: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let mut roomy = Vec::with_capacity(len + MESSAGE_HEADER);
+            roomy.extend_from_slice(&content);
+            let at = roomy.as_ptr();
+            let bytes = message(roomy).into_bytes();
+            assert_eq!(bytes, message(content.clone()).encode(), "{len} bytes");
+            assert_eq!(bytes.as_ptr(), at, "framed in its own payload");
+            let tight = content.clone();
+            assert_eq!(message(tight).into_bytes(), message(content).encode());
+        }
+        for f in [hello(), Frame::Heartbeat] {
+            assert_eq!(f.clone().into_bytes(), f.encode());
+        }
     }
 
     #[test]
