@@ -316,6 +316,7 @@ impl Message {
             group: &self.group,
             operation: &self.operation,
             resource: ["", &self.resource],
+            plain: false,
             content: &self.json_content(),
         })
     }
@@ -676,7 +677,12 @@ pub struct MessageView<'a> {
     pub content: &'a [u8],
     /// `content` as text, when it is JSON text and was checked to be UTF-8.
     text: Option<&'a str>,
+    /// No string (the prefix aside) needs a JSON escape.
+    plain: bool,
 }
+
+/// The longest run of strings [`MessageView::decode`] checks for escapes at once.
+const PLAIN_CHECK: usize = 256;
 
 impl<'a> MessageView<'a> {
     /// Reads the binary form of `bytes` (with the checks of [`Message::decode_with_prefix`]),
@@ -720,7 +726,21 @@ impl<'a> MessageView<'a> {
             None => std::str::from_utf8(&bytes[a..b])
                 .map_err(|_| MessageError::Malformed("string is not UTF-8")),
         };
+        // Whether any string needs a JSON escape, in one look over all of them (with the
+        // length bytes between them overwritten) rather than one each; only for the usual
+        // short ones, which fit a buffer on the stack.
+        let head = &bytes[FIRST..spans[5].1];
+        let plain = head.len() <= PLAIN_CHECK && {
+            let mut buf = [b'a'; PLAIN_CHECK];
+            buf[..head.len()].copy_from_slice(head);
+            for &(a, _) in &spans[..5] {
+                buf[a - 1 - FIRST] = b'a';
+            }
+            buf[spans[5].0 - 2 - FIRST..spans[5].0 - FIRST].copy_from_slice(b"aa");
+            !needs_escape(&buf[..head.len()])
+        };
         Ok(MessageView {
+            plain,
             flags,
             timestamp,
             id: field(spans[0])?,
@@ -815,6 +835,7 @@ impl<'a> MessageView<'a> {
             group: self.group,
             operation: self.operation,
             resource: [self.prefix, self.resource],
+            plain: self.plain,
             content: &json_content(self.content, self.text, self.raw()),
         })
     }
@@ -861,6 +882,8 @@ struct JsonParts<'a> {
     operation: &'a str,
     /// `route.resource`: these two, one after the other.
     resource: [&'a str; 2],
+    /// None of the strings but `resource[0]` needs an escape (known already).
+    plain: bool,
     /// The content's JSON text.
     content: &'a str,
 }
@@ -898,10 +921,19 @@ fn message_json(m: &JsonParts<'_>) -> String {
             + 2
             + m.content.len(),
     );
+    let string = |out: &mut String, s: &str| {
+        if m.plain {
+            out.push('"');
+            out.push_str(s);
+            out.push('"');
+        } else {
+            json_string(out, s);
+        }
+    };
     out.push_str(HEADER);
-    json_string(&mut out, m.id);
+    string(&mut out, m.id);
     out.push_str(PARENT);
-    json_string(&mut out, m.parent_id);
+    string(&mut out, m.parent_id);
     out.push_str(TIMESTAMP);
     push_int(&mut out, m.timestamp);
     out.push_str(if m.sync { SYNC } else { NOT_SYNC });
@@ -912,15 +944,19 @@ fn message_json(m: &JsonParts<'_>) -> String {
         out.push_str(RETAIN);
     }
     out.push_str(SOURCE);
-    json_string(&mut out, m.source);
+    string(&mut out, m.source);
     out.push_str(GROUP);
-    json_string(&mut out, m.group);
+    string(&mut out, m.group);
     out.push_str(OPERATION);
-    json_string(&mut out, m.operation);
+    string(&mut out, m.operation);
     out.push_str(RESOURCE);
     out.push('"');
     json_string_body(&mut out, m.resource[0]);
-    json_string_body(&mut out, m.resource[1]);
+    if m.plain {
+        out.push_str(m.resource[1]);
+    } else {
+        json_string_body(&mut out, m.resource[1]);
+    }
     out.push('"');
     out.push_str(CONTENT);
     out.push_str(m.content);
@@ -1311,7 +1347,12 @@ mod tests {
             content: vec![b'1', 0xff],
             ..sample()
         };
-        for m in [sample(), mqtt, escaped, long, Message::default()] {
+        // One byte to escape, at the end of the strings.
+        let last = Message {
+            resource: "devices/x\"".into(),
+            ..sample()
+        };
+        for m in [sample(), mqtt, escaped, long, last, Message::default()] {
             let bytes = m.encode().unwrap();
             for prefix in ["", "node/gw-1/"] {
                 let owned = Message::decode_with_prefix(&bytes, prefix).unwrap();
