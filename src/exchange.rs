@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::QueueConfig;
 use crate::local::{Delivery, Local};
-use crate::message::Message;
+use crate::message::{Message, MessageView};
 use crate::metrics::METRICS;
 use crate::proto::frame::{LANES, Lane};
 use crate::proto::session::Streams;
@@ -235,7 +235,7 @@ impl Exchange {
                 received.0 += 1;
                 received.1 += payload.len() as u64;
                 let prefix = self.prefix.as_deref().unwrap_or("");
-                let msg = match Message::decode_owned(payload, prefix) {
+                let msg = match MessageView::decode(&payload, prefix) {
                     Ok(m) => m,
                     Err(e) => {
                         session.close(
@@ -251,7 +251,7 @@ impl Exchange {
                     inbound.stream = session.inbound_stream(lane);
                     inbound.delivered = seq;
                 }
-                if let Delivery::Refused(mut reply) = self.local.deliver(msg) {
+                if let Delivery::Refused(mut reply) = self.local.deliver_view(msg) {
                     // The answer goes back under the resource the peer gave.
                     if let Some(prefix) = &self.prefix {
                         if reply.resource.starts_with(prefix.as_str()) {
@@ -436,7 +436,7 @@ impl Exchange {
 mod tests {
     use super::*;
     use crate::proto::VERSION;
-    use crate::proto::frame::{Frame, Hello, HelloLane};
+    use crate::proto::frame::{Frame, Hello, HelloLane, MESSAGE_HEADER};
     use std::time::{Duration, Instant};
 
     fn hello(up_stream: u64) -> Hello {
@@ -617,11 +617,36 @@ mod tests {
             ex.handle(&mut s, ev);
         }
         let got: Vec<Message> = std::iter::from_fn(|| app_rx.try_recv())
-            .map(|t| (*t.msg).clone())
+            .map(|t| Message::from_json(&t.into_json()).unwrap())
             .collect();
         let contents: Vec<&[u8]> = got.iter().map(|m| &m.content[..]).collect();
         assert_eq!(contents, [&b"1"[..], b"2", b"3"]);
         assert!(got.iter().all(|m| m.id == "fixed-1"));
+    }
+
+    #[test]
+    fn sent_messages_are_framed_in_their_own_bytes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut ex, stores) = exchange(tmp.path());
+        let records = vec![message(1), message(2)];
+        smol::block_on(stores.out[Lane::Bulk.index()].append(records.clone())).unwrap();
+        let mut s = link(&mut ex, 0xaaaa, 0);
+        ex.fill(&mut s, |_| usize::MAX);
+        let mut sent = 0;
+        while let Some(f) = s.poll_transmit(Instant::now()) {
+            let Frame::Message { payload, .. } = &f else {
+                continue;
+            };
+            // The queue's reader leaves room for the frame's header: sending copies nothing.
+            assert!(payload.capacity() - payload.len() >= MESSAGE_HEADER);
+            let at = payload.as_ptr();
+            let expected = f.encode();
+            let bytes = f.into_bytes();
+            assert_eq!(bytes, expected);
+            assert_eq!(bytes.as_ptr(), at, "framed in its own bytes");
+            sent += 1;
+        }
+        assert_eq!(sent, records.len());
     }
 
     #[test]

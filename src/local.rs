@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use smol::channel::{Receiver, Sender};
 
-use crate::message::Message;
+use crate::message::{Message, MessageView};
 
 /// What a subscription selects.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -42,6 +42,15 @@ impl Filter {
                 .resource
                 .as_ref()
                 .is_none_or(|p| msg.resource.starts_with(p.as_str()))
+    }
+
+    /// [`matches`](Self::matches) for a message read in place.
+    pub fn matches_view(&self, msg: &MessageView<'_>) -> bool {
+        self.group.as_ref().is_none_or(|g| g == msg.group)
+            && self
+                .resource
+                .as_ref()
+                .is_none_or(|p| msg.resource_starts_with(p))
     }
 }
 
@@ -180,10 +189,17 @@ impl Out {
     /// ([`Message::notice_json`](crate::message::Message::notice_json)); `msg` is an empty
     /// message shared by every notice.
     pub fn notice(json: String) -> Out {
+        Out::text(json, 1)
+    }
+
+    /// A delivery to an application of the WebSocket API as its JSON text, made at once (a
+    /// notice, a message from the link read in place); `msg` is an empty message shared by
+    /// every such delivery.
+    pub fn text(json: String, qos: u8) -> Out {
         static EMPTY: std::sync::OnceLock<Arc<Message>> = std::sync::OnceLock::new();
         Out {
             json: Some(json),
-            ..Out::shared(EMPTY.get_or_init(Arc::default).clone(), 1)
+            ..Out::shared(EMPTY.get_or_init(Arc::default).clone(), qos)
         }
     }
 
@@ -204,8 +220,8 @@ impl Out {
     }
 
     /// What it counts for in the bounds of a delivery queue: its content and resource, plus 128
-    /// bytes for the rest (about its JSON's names and header); a notice made as JSON text, that
-    /// text's length.
+    /// bytes for the rest (about its JSON's names and header); a delivery made as JSON text
+    /// ([`Out::text`]), that text's length.
     pub fn weight(&self) -> usize {
         match &self.json {
             Some(json) => json.len(),
@@ -607,6 +623,23 @@ impl Requests {
     }
 }
 
+/// A message being routed: owned, or read in place from a link's frame and owned only once
+/// something must keep it ([`Routed::shared`]).
+enum Routed<'a> {
+    Owned(Arc<Message>),
+    View(MessageView<'a>, Option<Arc<Message>>),
+}
+
+impl Routed<'_> {
+    /// The owned message, made once.
+    fn shared(&mut self) -> &Arc<Message> {
+        match self {
+            Routed::Owned(msg) => msg,
+            Routed::View(view, owned) => owned.get_or_insert_with(|| Arc::new(view.to_owned())),
+        }
+    }
+}
+
 /// The applications of one hub.
 pub struct Local {
     subscriptions: Mutex<Vec<Subscription>>,
@@ -801,12 +834,26 @@ impl Local {
 
     /// Gives `msg` to every subscription it matches (not to connection `from`'s own subscriptions
     /// that asked for No Local); returns how many matched and how many took it.
-    fn fan_out(&self, msg: &Arc<Message>, from: Option<u64>) -> (usize, usize) {
+    fn fan_out(&self, msg: &mut Routed<'_>, from: Option<u64>) -> (usize, usize) {
         let (mut matched, mut delivered) = (0, 0);
         let mut slow = Vec::new();
         for sub in lock(&self.subscriptions).iter() {
-            let Some(out) = sub.selector.select(msg, from) else {
-                continue;
+            let out = match (&sub.selector, &*msg) {
+                (Selector::Prefix(f), Routed::View(v, _)) => {
+                    if !f.matches_view(v) {
+                        continue;
+                    }
+                    let qos = v.qos();
+                    match &sub.sink {
+                        // A WebSocket application's JSON, written from the frame's bytes.
+                        Sink::App(_) => Out::text(v.to_json(), qos),
+                        Sink::Durable(_) => Out::shared(msg.shared().clone(), qos),
+                    }
+                }
+                _ => match sub.selector.select(msg.shared(), from) {
+                    Some(out) => out,
+                    None => continue,
+                },
             };
             matched += 1;
             let app = match &sub.sink {
@@ -851,7 +898,7 @@ impl Local {
         if msg.retain {
             self.retained.update(msg);
         }
-        self.fan_out(msg, Some(from)).1
+        self.fan_out(&mut Routed::Owned(msg.clone()), Some(from)).1
     }
 
     /// Whether a durable session was given a message since the last call: the link must then
@@ -904,10 +951,27 @@ impl Local {
         if msg.retain {
             self.retained.update(&msg);
         }
-        let (matched, delivered) = self.fan_out(&msg, None);
+        self.route(Routed::Owned(msg))
+    }
+
+    /// [`deliver`](Self::deliver) for a message read in place from a link's frame: it is owned
+    /// only where something keeps it (a pending request's answer, a retained message, a
+    /// durable session's queue, an MQTT subscriber) and written straight from the frame as a
+    /// WebSocket application's JSON otherwise.
+    pub fn deliver_view(&self, msg: MessageView<'_>) -> Delivery {
+        if !msg.parent_id.is_empty() || msg.retain() || msg.has_extra() {
+            return self.deliver(msg.to_owned());
+        }
+        self.route(Routed::View(msg, None))
+    }
+
+    /// Gives `msg` to the subscriptions it matches; what becomes of a message none took.
+    fn route(&self, mut msg: Routed<'_>) -> Delivery {
+        let (matched, delivered) = self.fan_out(&mut msg, None);
         if delivered > 0 {
             return Delivery::Delivered(delivered);
         }
+        let msg = msg.shared();
         if matched > 0 {
             // Its subscribers were cut off as too slow just now (logged and counted above).
             if msg.sync {
@@ -915,7 +979,7 @@ impl Local {
                     "the application subscribed to {} was disconnected as too slow",
                     msg.resource
                 );
-                return Delivery::Refused(Message::notice(&msg, "error", Some(&why)));
+                return Delivery::Refused(Message::notice(msg, "error", Some(&why)));
             }
             return Delivery::Dropped;
         }
@@ -930,7 +994,7 @@ impl Local {
         }
         if msg.sync {
             let why = format!("no application subscribed to {}", msg.resource);
-            return Delivery::Refused(Message::notice(&msg, "error", Some(&why)));
+            return Delivery::Refused(Message::notice(msg, "error", Some(&why)));
         }
         Delivery::Dropped
     }
@@ -1021,6 +1085,99 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(local.unroutable(), 2);
+    }
+
+    /// A durable queue in memory.
+    #[derive(Default)]
+    struct Kept(Mutex<Vec<Message>>);
+
+    impl Keep for Kept {
+        fn keep(&self, out: &Out) -> bool {
+            lock(&self.0).push((*out.msg).clone());
+            true
+        }
+        fn sync(&self) {}
+    }
+
+    #[test]
+    fn a_message_from_the_link_is_routed_in_place_and_owned_only_where_kept() {
+        let local = Arc::new(Local::new(Duration::from_secs(30)));
+        let (ws, ws_rx) = app("ws");
+        local.subscribe(
+            Filter {
+                group: Some("g".into()),
+                resource: Some("node/gw-1/dev".into()),
+            },
+            ws.clone(),
+        );
+        let (mqtt, mqtt_rx) = app("mqtt");
+        let topics = Arc::new(TopicSet::new(vec![TopicSub {
+            filter: "node/+/devices/#".into(),
+            qos: 1,
+            no_local: false,
+            retain_as_published: false,
+            id: None,
+        }]));
+        local.add(Selector::Topics(topics), Sink::App(mqtt));
+        let kept = Arc::new(Kept::default());
+        local.add(
+            Selector::Prefix(Filter::default()),
+            Sink::Durable(kept.clone()),
+        );
+
+        let sent = Message {
+            qos: 1,
+            ..msg("g", "devices/a")
+        };
+        let bytes = sent.encode().unwrap();
+        let view = MessageView::decode(&bytes, "node/gw-1/").unwrap();
+        let owned = view.to_owned();
+        assert_eq!(owned.resource, "node/gw-1/devices/a");
+        assert_eq!(local.deliver_view(view), Delivery::Delivered(3));
+        // The WebSocket application gets the JSON made from the frame, the same text.
+        let out = ws_rx.try_recv().unwrap();
+        assert_eq!(out.json.as_deref(), Some(owned.to_json().as_str()));
+        assert_eq!(out.weight(), owned.to_json().len());
+        // The MQTT subscriber and the durable queue get the owned message.
+        assert_eq!(*mqtt_rx.try_recv().unwrap().msg, owned);
+        assert_eq!(*lock(&kept.0), vec![owned.clone()]);
+        assert!(local.wrote_durable());
+
+        // Another group: the durable queue and MQTT only.
+        let other = Message {
+            group: "h".into(),
+            ..sent.clone()
+        };
+        let bytes = other.encode().unwrap();
+        let view = MessageView::decode(&bytes, "node/gw-1/").unwrap();
+        assert_eq!(local.deliver_view(view), Delivery::Delivered(2));
+        assert!(ws_rx.try_recv().is_none());
+        assert_eq!(mqtt_rx.try_recv().unwrap().msg.group, "h");
+
+        // An answer to a pending request goes to the asker alone, its own id restored.
+        let request = msg("g", "node/gw-1/q");
+        let wire = local.await_response(&request, ws.clone()).unwrap();
+        let answer = Message {
+            parent_id: wire,
+            ..msg("g", "devices/a")
+        };
+        let bytes = answer.encode().unwrap();
+        let view = MessageView::decode(&bytes, "node/gw-1/").unwrap();
+        assert_eq!(local.deliver_view(view), Delivery::Delivered(1));
+        let out = ws_rx.try_recv().unwrap();
+        assert!(out.answer);
+        assert_eq!(out.msg.parent_id, request.id);
+        assert!(mqtt_rx.try_recv().is_none(), "an answer is not published");
+
+        // A retained message is kept.
+        let retained = Message {
+            retain: true,
+            ..sent
+        };
+        let bytes = retained.encode().unwrap();
+        let view = MessageView::decode(&bytes, "node/gw-1/").unwrap();
+        local.deliver_view(view);
+        assert_eq!(local.retained.len(), 1);
     }
 
     #[test]

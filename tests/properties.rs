@@ -471,8 +471,9 @@ impl Hub {
     }
 
     fn take_received(&mut self) {
-        while let Some(json) = self.app.try_recv() {
-            self.received.push(json.msg.id.clone());
+        while let Some(out) = self.app.try_recv() {
+            let msg = Message::from_json(&out.into_json()).expect("a message's JSON");
+            self.received.push(msg.id);
         }
     }
 }

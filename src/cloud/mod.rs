@@ -835,7 +835,7 @@ fn serve(
             });
             match link.wait(&session, other).await {
                 Wake::Inbound(Inbound::Frame(bytes)) => {
-                    session.handle_bytes(Instant::now(), &bytes);
+                    session.handle_owned(Instant::now(), bytes);
                     link.handle_waiting(&mut session);
                 }
                 Wake::Inbound(Inbound::Closed(LinkError::Frame(e))) => {

@@ -422,6 +422,10 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&s.as_bytes()[..end]);
 }
 
+/// The bytes a message frame puts before its payload: type, lane, sequence number. A payload
+/// with that much room to spare is framed in place ([`Frame::into_bytes`]).
+pub const MESSAGE_HEADER: usize = 1 + 1 + 8;
+
 impl Frame {
     /// Appends this frame's bytes to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
@@ -492,13 +496,52 @@ impl Frame {
     /// own, as WebSocket writers do).
     pub fn encode(&self) -> Vec<u8> {
         let size = match self {
-            Frame::Message { payload, .. } => 10 + payload.len(),
+            Frame::Message { payload, .. } => MESSAGE_HEADER + payload.len(),
             Frame::Part { payload, .. } => 18 + payload.len(),
             _ => 16,
         };
         let mut out = Vec::with_capacity(size);
         self.encode_into(&mut out);
         out
+    }
+
+    /// This frame's bytes, as [`encode`](Self::encode) gives them, made in a message's own
+    /// payload when it has room for [`MESSAGE_HEADER`] more bytes (the header goes in front,
+    /// the payload moved after it) rather than in a new vector.
+    pub fn into_bytes(self) -> Vec<u8> {
+        match self {
+            Frame::Message {
+                lane,
+                seq,
+                mut payload,
+            } if payload.capacity() - payload.len() >= MESSAGE_HEADER => {
+                let n = payload.len();
+                payload.resize(n + MESSAGE_HEADER, 0);
+                payload.copy_within(..n, MESSAGE_HEADER);
+                payload[0] = kind::MESSAGE;
+                payload[1] = lane.index() as u8;
+                payload[2..MESSAGE_HEADER].copy_from_slice(&seq.to_be_bytes());
+                payload
+            }
+            other => other.encode(),
+        }
+    }
+
+    /// [`decode`](Self::decode) of bytes it may keep: a message's payload is `bytes` itself,
+    /// the frame's header moved out of the way, rather than a copy of the rest.
+    pub fn decode_owned(mut bytes: Vec<u8>) -> Result<Frame, FrameError> {
+        if bytes.first() != Some(&kind::MESSAGE) || bytes.len() > MAX_FRAME {
+            return Frame::decode(&bytes);
+        }
+        let mut r = Reader(&bytes[1..]);
+        let lane = r.lane()?;
+        let seq = r.u64()?;
+        bytes.drain(..bytes.len() - r.0.len());
+        Ok(Frame::Message {
+            lane,
+            seq,
+            payload: bytes,
+        })
     }
 
     /// Decodes one whole frame. Bytes after the fields a type defines are ignored, so later
@@ -731,6 +774,70 @@ mod tests {
                 },
             ],
         })
+    }
+
+    #[test]
+    fn frames_made_in_place_are_the_encoded_ones() {
+        let message = |payload: Vec<u8>| Frame::Message {
+            lane: Lane::Urgent,
+            seq: 0x0102_0304_0506_0708,
+            payload,
+        };
+        for len in [0, 1, 9, 10, 11, 300] {
+            let content: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let mut roomy = Vec::with_capacity(len + MESSAGE_HEADER);
+            roomy.extend_from_slice(&content);
+            let at = roomy.as_ptr();
+            let bytes = message(roomy).into_bytes();
+            assert_eq!(bytes, message(content.clone()).encode(), "{len} bytes");
+            assert_eq!(bytes.as_ptr(), at, "framed in its own payload");
+            let tight = content.clone();
+            assert_eq!(message(tight).into_bytes(), message(content).encode());
+        }
+        for f in [hello(), Frame::Heartbeat] {
+            assert_eq!(f.clone().into_bytes(), f.encode());
+        }
+    }
+
+    #[test]
+    fn decoding_owned_bytes_reads_the_same_frames() {
+        let frames = [
+            Frame::Message {
+                lane: Lane::Urgent,
+                seq: 7,
+                payload: b"payload".to_vec(),
+            },
+            Frame::Message {
+                lane: Lane::Bulk,
+                seq: u64::MAX,
+                payload: Vec::new(),
+            },
+            hello(),
+            Frame::Ack {
+                lane: Lane::Bulk,
+                seq: 3,
+            },
+        ];
+        for f in frames {
+            let bytes = f.encode();
+            assert_eq!(Frame::decode_owned(bytes.clone()), Ok(f.clone()));
+            for cut in 0..bytes.len() {
+                assert_eq!(
+                    Frame::decode_owned(bytes[..cut].to_vec()),
+                    Frame::decode(&bytes[..cut]),
+                    "{f:?} cut at {cut}"
+                );
+            }
+        }
+        let mut bad = Frame::Message {
+            lane: Lane::Bulk,
+            seq: 1,
+            payload: Vec::new(),
+        }
+        .encode();
+        bad[1] = 9;
+        assert_eq!(Frame::decode_owned(bad.clone()), Frame::decode(&bad));
+        assert!(Frame::decode(&bad).is_err());
     }
 
     #[test]

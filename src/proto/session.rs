@@ -319,6 +319,15 @@ impl Session {
         }
     }
 
+    /// [`handle_bytes`](Self::handle_bytes) of bytes it may keep: a message's payload is
+    /// `bytes` itself ([`Frame::decode_owned`]).
+    pub fn handle_owned(&mut self, now: Instant, bytes: Vec<u8>) {
+        match Frame::decode_owned(bytes) {
+            Ok(frame) => self.handle_frame(now, frame),
+            Err(e) => self.fail(now, e),
+        }
+    }
+
     /// Handles a decoding error found by the transport (for example an oversized length).
     pub fn fail(&mut self, _now: Instant, e: FrameError) {
         self.close(e.close_code(), e.to_string());

@@ -4,6 +4,7 @@ use std::io;
 use std::path::PathBuf;
 
 use super::segment::{self, Cursor, Step};
+use crate::proto::frame::MESSAGE_HEADER;
 
 /// A cursor reading a log's records in order, with its own file handles (see [`Reader::read`]).
 ///
@@ -62,7 +63,10 @@ impl Reader {
             let offset = cursor.offset();
             match cursor.next(visible)? {
                 Step::Record { seq, payload } => {
-                    let payload = cursor.bytes(payload).to_vec();
+                    // With room for a link frame's header: the frame is made in place.
+                    let record = cursor.bytes(payload);
+                    let mut payload = Vec::with_capacity(record.len() + MESSAGE_HEADER);
+                    payload.extend_from_slice(record);
                     bytes += payload.len();
                     out.push((seq, payload));
                     self.position = seq + 1;

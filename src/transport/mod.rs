@@ -489,7 +489,7 @@ impl Link {
         for _ in 0..RECV_BATCH {
             match self.try_next() {
                 None => return,
-                Some(Inbound::Frame(bytes)) => session.handle_bytes(Instant::now(), &bytes),
+                Some(Inbound::Frame(bytes)) => session.handle_owned(Instant::now(), bytes),
                 Some(end) => {
                     *self.held.lock().unwrap_or_else(|e| e.into_inner()) = Some(end);
                     return;

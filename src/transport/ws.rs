@@ -173,7 +173,7 @@ where
                 while let Some(out) = next.take() {
                     match out {
                         Outbound::Frame(f) => {
-                            let encoded = Frame::from(f).encode();
+                            let encoded = Frame::from(f).into_bytes();
                             bytes += encoded.len();
                             tx.feed(Message::binary(encoded)).await?;
                         }
