@@ -541,7 +541,8 @@ mod tests {
             let apps: Vec<_> = (0..4)
                 .map(|n| crate::local::app_channel(format!("{n}"), 16, 1 << 20))
                 .collect();
-            let any = Some(&Filter::default());
+            let filter = Filter::default();
+            let any = Some(&filter);
             let (d, _) = sessions
                 .attach(Kind::Ws, "a", false, any, 0, &apps[0].0)
                 .unwrap();
