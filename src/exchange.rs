@@ -33,26 +33,57 @@ use crate::store::{Reader, RecvState};
 /// `msg_id` is the choice of whichever application published the message, so two messages with
 /// the same id are two messages, and both are delivered.
 pub struct Inbound {
-    state: RecvState,
+    /// The file, opened by the first save that changes what it holds: until then (an idle
+    /// node's link) only its path is kept.
+    file: InboundFile,
     /// The peer stream and the last sequence number delivered from it.
     stream: u64,
     delivered: u64,
 }
 
+enum InboundFile {
+    /// Not open; holds `saved`, the value read at [`Inbound::open`].
+    Closed {
+        path: Box<Path>,
+        saved: (u64, u64),
+    },
+    Open(Box<RecvState>),
+}
+
 impl Inbound {
     /// Loads the receive state stored at `path`.
     pub fn open(path: &Path) -> io::Result<Arc<Mutex<Inbound>>> {
-        let state = RecvState::open(path)?;
-        let (stream, delivered) = state.get();
+        let (stream, delivered) = RecvState::open(path)?.get();
         Ok(Arc::new(Mutex::new(Inbound {
-            state,
+            file: InboundFile::Closed {
+                path: path.into(),
+                saved: (stream, delivered),
+            },
             stream,
             delivered,
         })))
     }
 
     fn save(&mut self) {
-        if let Err(e) = self.state.save(self.stream, self.delivered, false) {
+        let value = (self.stream, self.delivered);
+        let state = match &mut self.file {
+            InboundFile::Open(state) => state,
+            InboundFile::Closed { saved, .. } if *saved == value => return,
+            InboundFile::Closed { path, .. } => match RecvState::open(path) {
+                Ok(state) => {
+                    self.file = InboundFile::Open(Box::new(state));
+                    let InboundFile::Open(state) = &mut self.file else {
+                        unreachable!("set above")
+                    };
+                    state
+                }
+                Err(e) => {
+                    log::error!("cannot record received messages: {e}");
+                    return;
+                }
+            },
+        };
+        if let Err(e) = state.save(value.0, value.1, false) {
             log::error!("cannot record received messages: {e}");
         }
     }
@@ -144,7 +175,8 @@ pub const MAX_IN_FLIGHT_BYTES: usize = 8 << 20;
 /// One lane's sending state.
 #[derive(Default)]
 struct Sending {
-    reader: Option<Reader>,
+    /// Boxed: most lanes of an idle node have none, and every exchange would carry its width.
+    reader: Option<Box<Reader>>,
     /// Sent and unacknowledged: each message's sequence number and size, and their total.
     in_flight: VecDeque<(u64, usize)>,
     in_flight_bytes: usize,
@@ -368,7 +400,7 @@ impl Exchange {
             }
             if sending.reader.as_ref().is_none_or(|r| r.position() != next) {
                 match out.reader(next) {
-                    Ok(r) => sending.reader = Some(r),
+                    Ok(r) => sending.reader = Some(Box::new(r)),
                     Err(e) => {
                         session.close(
                             CloseCode::ProtocolError,
@@ -555,6 +587,42 @@ mod tests {
             (0xbbbb, 0),
             "and that is what is on disk"
         );
+    }
+
+    #[test]
+    fn a_link_that_moves_no_position_opens_no_receive_state() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut ex, _) = exchange(tmp.path());
+        link(&mut ex, 0xaaaa, 5);
+        ex.finish();
+        drop(ex);
+
+        // The edge comes back with nothing new: the receive states stay closed (their paths and
+        // the positions read at connect are all a node holds), through the link's end.
+        let (mut ex, stores) = exchange(tmp.path());
+        let closed = |stores: &LaneStores| {
+            stores
+                .inbound
+                .iter()
+                .all(|i| matches!(lock(i).file, InboundFile::Closed { .. }))
+        };
+        assert!(closed(&stores));
+        let mut s = link(&mut ex, 0xaaaa, 0);
+        s.handle_timeout(Instant::now() + Duration::from_secs(5));
+        while let Some(ev) = s.poll_event() {
+            ex.handle(&mut s, ev);
+        }
+        ex.finish();
+        assert!(closed(&stores), "nothing changed, nothing opened");
+        assert_eq!(ex.streams()[Lane::Bulk.index()].in_seq, 5);
+
+        // A message moves the position: the state is opened and written.
+        link(&mut ex, 0xaaaa, 6);
+        ex.finish();
+        assert!(!closed(&stores));
+        let reopened = Inbound::open(&tmp.path().join("in.state")).unwrap();
+        let state = lock(&reopened);
+        assert_eq!((state.stream, state.delivered), (0xaaaa, 6));
     }
 
     #[test]

@@ -110,9 +110,51 @@ impl Future for Answered {
     }
 }
 
+/// A queue's log, open or not: a queue with nothing in it (an idle node's) keeps only the few
+/// figures it answers with, and opens its log again when a record is appended, read or
+/// acknowledged.
+enum Held {
+    /// Nothing unacknowledged: `dir` and `limits` to open the log with, its acknowledged
+    /// position and its bytes on disk.
+    Closed {
+        dir: Box<Path>,
+        limits: Limits,
+        acked: u64,
+        bytes: u64,
+    },
+    Open(Box<Log>),
+}
+
+/// The open log of a [`Queue`], locked.
+struct LogGuard<'a>(MutexGuard<'a, Held>);
+
+impl std::ops::Deref for LogGuard<'_> {
+    type Target = Log;
+
+    fn deref(&self) -> &Log {
+        match &*self.0 {
+            Held::Open(log) => log,
+            Held::Closed { .. } => unreachable!("a LogGuard holds an open log"),
+        }
+    }
+}
+
+impl std::ops::DerefMut for LogGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Log {
+        match &mut *self.0 {
+            Held::Open(log) => log,
+            Held::Closed { .. } => unreachable!("a LogGuard holds an open log"),
+        }
+    }
+}
+
 /// A durable queue shared by its producers (applications) and its consumer (the link).
+///
+/// An empty queue lets go of its log once opened (its segment list, its paths and its files'
+/// state; a cloud has two queues per node, most of them empty): it is opened again by the first
+/// append, read or acknowledgement that needs it, and then kept.
 pub struct Queue {
-    log: Mutex<Log>,
+    log: Mutex<Held>,
     stream: u64,
     /// Records with a sequence number below this are complete and may be read.
     visible: AtomicU64,
@@ -135,10 +177,23 @@ impl Queue {
             max_bytes: config.max_bytes,
         };
         let log = Log::open(dir, limits, config.fsync)?;
+        let (stream, next_seq) = (log.stream_id(), log.next_seq());
+        // Reopening an empty log reads the same figures, its stream id included once that is
+        // on disk.
+        let held = if log.is_empty() && log.stream_saved() {
+            Held::Closed {
+                dir: dir.into(),
+                limits,
+                acked: log.acked(),
+                bytes: log.bytes(),
+            }
+        } else {
+            Held::Open(Box::new(log))
+        };
         let queue = Arc::new_cyclic(|me| Queue {
-            stream: log.stream_id(),
-            visible: AtomicU64::new(log.next_seq()),
-            log: Mutex::new(log),
+            stream,
+            visible: AtomicU64::new(next_seq),
+            log: Mutex::new(held),
             added: Token::new(),
             appends: OnceLock::new(),
             me: me.clone(),
@@ -150,7 +205,8 @@ impl Queue {
                 loop {
                     smol::Timer::after(Duration::from_secs(1)).await;
                     let Some(q) = weak.upgrade() else { return };
-                    if let Err(e) = smol::unblock(move || q.lock().sync()).await {
+                    let sync = move || q.lock_open().map_or(Ok(()), |mut log| log.sync());
+                    if let Err(e) = smol::unblock(sync).await {
                         log::error!("queue sync failed: {e}");
                     }
                 }
@@ -160,8 +216,29 @@ impl Queue {
         Ok(queue)
     }
 
-    fn lock(&self) -> MutexGuard<'_, Log> {
+    fn held(&self) -> MutexGuard<'_, Held> {
         self.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The log, opened if it was let go. Errors: the log's folder or files cannot be read.
+    fn lock(&self) -> io::Result<LogGuard<'_>> {
+        let mut held = self.held();
+        if let Held::Closed { dir, limits, .. } = &*held {
+            *held = Held::Open(Box::new(Log::open(dir, *limits, self.fsync)?));
+        }
+        Ok(LogGuard(held))
+    }
+
+    /// Whether the queue holds its log open (tests: an empty queue must not).
+    #[cfg(test)]
+    fn holds_log(&self) -> bool {
+        matches!(*self.held(), Held::Open(_))
+    }
+
+    /// The log if it is open.
+    fn lock_open(&self) -> Option<LogGuard<'_>> {
+        let held = self.held();
+        matches!(*held, Held::Open(_)).then(|| LogGuard(held))
     }
 
     /// Appends `records`; returns the first one's sequence number once they are durable (as the
@@ -221,7 +298,9 @@ impl Queue {
     /// Errors: the queue or the disk is full.
     pub fn append_now(&self, record: &[u8]) -> Result<u64, String> {
         let seq = {
-            let mut log = self.lock();
+            let mut log = self
+                .lock()
+                .map_err(|e| format!("cannot open the queue: {e}"))?;
             let seq = log.append_unsynced(&[record]).map_err(|e| e.to_string())?;
             self.visible.store(log.next_seq(), Ordering::Release);
             seq
@@ -234,7 +313,7 @@ impl Queue {
     /// `never`).
     pub fn sync(&self) -> io::Result<()> {
         match self.fsync {
-            Fsync::Always => self.lock().sync(),
+            Fsync::Always => self.lock_open().map_or(Ok(()), |mut log| log.sync()),
             // `periodic`: the queue's own task syncs every second.
             Fsync::Periodic | Fsync::Never => Ok(()),
         }
@@ -247,18 +326,27 @@ impl Queue {
 
     /// The first sequence number still held (acknowledged + 1).
     pub fn first(&self) -> u64 {
-        self.lock().acked() + 1
+        match &*self.held() {
+            Held::Open(log) => log.acked() + 1,
+            Held::Closed { acked, .. } => acked + 1,
+        }
     }
 
     /// Unacknowledged messages.
     pub fn len(&self) -> u64 {
-        self.lock().len()
+        match &*self.held() {
+            Held::Open(log) => log.len(),
+            Held::Closed { .. } => 0,
+        }
     }
 
     /// Bytes of the queue's segment files on disk (what `max-bytes` bounds; acknowledged
     /// records count until their segment is deleted).
     pub fn bytes(&self) -> u64 {
-        self.lock().bytes()
+        match &*self.held() {
+            Held::Open(log) => log.bytes(),
+            Held::Closed { bytes, .. } => *bytes,
+        }
     }
 
     /// Whether every message was acknowledged.
@@ -273,7 +361,7 @@ impl Queue {
 
     /// A reader from sequence number `from`.
     pub fn reader(&self, from: u64) -> io::Result<Reader> {
-        self.lock().reader(from)
+        self.lock()?.reader(from)
     }
 
     /// Everything up to `seq` was acknowledged by the peer: reclaim it. A peer that processed
@@ -282,7 +370,13 @@ impl Queue {
     /// `max_messages` records (the queue never held more), so a claim beyond that is refused
     /// (`InvalidData`) and changes nothing.
     pub fn ack(&self, seq: u64) -> io::Result<()> {
-        let mut log = self.lock();
+        if let Held::Closed { acked, .. } = &*self.held() {
+            if seq <= *acked {
+                // What every link's start repeats: nothing to reclaim, no log to open.
+                return Ok(());
+            }
+        }
+        let mut log = self.lock()?;
         let issued = log.next_seq() - 1;
         let max_messages = log.limits().max_messages;
         if seq - issued.min(seq) > max_messages {
@@ -326,12 +420,17 @@ async fn append_task(queue: Weak<Queue>, requests: Receiver<Append>) {
         let Some(q) = queue.upgrade() else { return };
         crate::metrics::METRICS.commit_batch.observe(count as u64);
         let (q, batch, results) = smol::unblock(move || {
-            let results = write_batch(&mut q.lock(), &batch);
+            let results = match q.lock() {
+                Ok(mut log) => write_batch(&mut log, &batch),
+                Err(e) => {
+                    let why = format!("cannot open the queue: {e}");
+                    batch.iter().map(|_| Err(why.clone())).collect()
+                }
+            };
             (q, batch, results)
         })
         .await;
-        {
-            let log = q.lock();
+        if let Some(log) = q.lock_open() {
             q.visible.store(log.next_seq(), Ordering::Release);
         }
         q.added.notify();
@@ -417,6 +516,56 @@ mod tests {
             fsync: Fsync::Always,
             window: 8,
         }
+    }
+
+    #[test]
+    fn an_empty_queue_holds_no_log_until_it_is_used() {
+        let tmp = tempfile::tempdir().unwrap();
+        let q = Queue::open(tmp.path(), &config(tmp.path(), 100)).unwrap();
+        assert!(!q.holds_log(), "a new, empty queue");
+        let stream = q.stream();
+        assert_eq!((q.first(), q.len(), q.visible()), (1, 0, 1));
+        // Every link's start acknowledges what was acknowledged already: no log for that.
+        q.ack(0).unwrap();
+        assert!(!q.holds_log());
+        smol::block_on(async {
+            assert_eq!(q.append(vec![vec![1], vec![2]]).await.unwrap(), 1);
+        });
+        assert!(q.holds_log(), "opened by the append");
+        assert_eq!(q.stream(), stream, "the stream id the queue announced");
+        q.ack(2).unwrap();
+        drop(q);
+
+        // Reopened: empty again, so let go, with its figures (the acknowledged position and the
+        // bytes of the segment still on disk) and its stream id kept.
+        let q = Queue::open(tmp.path(), &config(tmp.path(), 100)).unwrap();
+        assert!(!q.holds_log());
+        assert_eq!(q.stream(), stream);
+        assert_eq!((q.first(), q.len(), q.visible()), (3, 0, 3));
+        let bytes = q.bytes();
+        assert!(bytes > 0, "the drained segment is still on disk");
+        // A peer claiming more than the queue issued is refused as before, the log opened for it.
+        assert!(q.ack(1000).is_err());
+        let q = Queue::open(tmp.path(), &config(tmp.path(), 100)).unwrap();
+        smol::block_on(async {
+            assert_eq!(
+                q.append(vec![vec![3]]).await.unwrap(),
+                3,
+                "numbering goes on"
+            );
+        });
+        let mut got = Vec::new();
+        q.reader(3)
+            .unwrap()
+            .read(q.visible(), 10, &mut got)
+            .unwrap();
+        assert_eq!(got, vec![(3, vec![3])]);
+        drop(q);
+
+        // A queue with messages in it keeps its log from the start.
+        let q = Queue::open(tmp.path(), &config(tmp.path(), 100)).unwrap();
+        assert!(q.holds_log());
+        assert_eq!((q.first(), q.len()), (3, 1));
     }
 
     #[test]

@@ -675,6 +675,12 @@ fn serve(
     cloud: Arc<Cloud>,
     active: smol::channel::Sender<()>,
 ) -> impl Future<Output = ()> + Send + 'static {
+    let node = url_ids
+        .as_ref()
+        .map_or_else(|| "?".to_owned(), |(_, n)| n.clone());
+    // What the HELLO is checked against: boxed, and let go once the node is admitted (a task
+    // per node keeps the rest for as long as the link lasts).
+    let mut checks = Some(Box::new((identity, url_ids)));
     async move {
         let _active = active;
         let (protocol, peer) = (link.protocol, link.peer);
@@ -687,9 +693,7 @@ fn serve(
         // Cluster mode: the node's entry in the shared registry, held as long as the admission.
         let mut _shared: Option<ClusterAdmission> = None;
         let mut exchange: Option<Exchange> = None;
-        let mut node = url_ids
-            .as_ref()
-            .map_or_else(|| "?".to_owned(), |(_, n)| n.clone());
+        let mut node = node;
         let log_end = |admitted: bool, node: &str, why: &str| {
             if admitted {
                 log::info!("node {node} disconnected ({protocol}, {peer}): {why}");
@@ -716,9 +720,12 @@ fn serve(
                                     node = hello.node_id.clone(); // else it stays out of the log lines
                                 }
                                 let live = link.live().clone();
-                                match admit(
-                                    &cloud, &hello, &url_ids, &identity, protocol, peer, live,
-                                ) {
+                                // Only one HELLO gets this far: the session refuses another.
+                                let Some((identity, url_ids)) = checks.as_deref() else {
+                                    continue;
+                                };
+                                match admit(&cloud, &hello, url_ids, identity, protocol, peer, live)
+                                {
                                     Ok((a, stores)) => Step::Admit(a, stores, hello.project_id),
                                     Err((code, why)) => {
                                         session.close(code, why);
@@ -792,9 +799,10 @@ fn serve(
                         session.accept(Instant::now(), ex.streams());
                         admission = Some(a);
                         exchange = Some(ex);
+                        let identity = checks.take().map(|c| c.0.describe());
                         log::info!(
                             "node {node} connected over {protocol} from {peer} ({}, project {project})",
-                            identity.describe(),
+                            identity.unwrap_or_default(),
                         );
                     }
                     Step::End(code) => {

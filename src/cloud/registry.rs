@@ -61,12 +61,18 @@ pub const LAST_ENDS_KEPT: usize = 1024;
 /// coming back, replacing its replacer, that shows two of them.
 pub const CONFLICT_WINDOW: Duration = Duration::from_secs(60);
 
+/// A connected node, keyed by its id: what [`NodeInfo`] says of its link, without the id (the
+/// key) and the history (kept apart, connected or not), so each of thousands of entries holds
+/// only what is its own.
 struct Entry {
     id: u64,
     admitted: Instant,
     /// Whether this connection replaced another when it was admitted.
     replaced_another: bool,
-    info: NodeInfo,
+    protocol: Protocol,
+    peer: SocketAddr,
+    since: SystemTime,
+    live: Arc<Live>,
     /// Dropped when a newer connection replaces this one, which raises its [`Admission`]'s latch.
     _replace: RaiseOnDrop,
 }
@@ -148,7 +154,7 @@ impl Drop for Admission {
         let nodes = &mut self.registry.lock().nodes;
         if nodes.get(&self.node_id).is_some_and(|e| e.id == self.id) {
             if let Some(e) = nodes.remove(&self.node_id) {
-                METRICS.nodes_connected[e.info.protocol as usize].dec();
+                METRICS.nodes_connected[e.protocol as usize].dec();
             }
         }
     }
@@ -202,27 +208,18 @@ impl Registry {
         let replacing = nodes.get(node_id);
         if let Some(old) = replacing {
             let up = now.saturating_duration_since(old.admitted);
-            if old.replaced_another && old.info.peer != peer && up < CONFLICT_WINDOW {
+            if old.replaced_another && old.peer != peer && up < CONFLICT_WINDOW {
                 let n = conflicts.entry(node_id.to_owned()).or_default();
                 *n += 1;
                 log::warn!(
                     "node {node_id}: a connection from {peer} replaces the one from {} that connected {:.1}s ago, itself a replacement ({n} time(s) so far); two gateways may be using this node's identity (a copied configuration or a stolen certificate), or the gateway is restarting in a loop",
-                    old.info.peer,
+                    old.peer,
                     up.as_secs_f64()
                 );
             }
         }
-        let info = NodeInfo {
-            node_id: node_id.to_owned(),
-            protocol,
-            peer,
-            since: SystemTime::now(),
-            conflicts: 0, // filled in by `nodes`, from the one count kept per node
-            live,
-            last_end: None, // likewise
-        };
         if let Some(old) = replacing {
-            METRICS.nodes_connected[old.info.protocol as usize].dec();
+            METRICS.nodes_connected[old.protocol as usize].dec();
         }
         METRICS.nodes_connected[protocol as usize].inc();
         // Replacing the entry drops the old one's sender, which tells its connection.
@@ -232,7 +229,10 @@ impl Registry {
                 id,
                 admitted: now,
                 replaced_another: replacing.is_some(),
-                info,
+                protocol,
+                peer,
+                since: SystemTime::now(),
+                live,
                 _replace: RaiseOnDrop(replaced.clone()),
             },
         );
@@ -263,11 +263,15 @@ impl Registry {
         let state = self.lock();
         let mut list: Vec<NodeInfo> = state
             .nodes
-            .values()
-            .map(|e| NodeInfo {
-                conflicts: state.conflicts.get(&e.info.node_id).copied().unwrap_or(0),
-                last_end: state.last_ends.get(&e.info.node_id).cloned(),
-                ..e.info.clone()
+            .iter()
+            .map(|(id, e)| NodeInfo {
+                node_id: id.clone(),
+                protocol: e.protocol,
+                peer: e.peer,
+                since: e.since,
+                conflicts: state.conflicts.get(id).copied().unwrap_or(0),
+                live: e.live.clone(),
+                last_end: state.last_ends.get(id).cloned(),
             })
             .collect();
         list.sort_by(|a, b| a.node_id.cmp(&b.node_id));

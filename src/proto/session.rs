@@ -180,9 +180,11 @@ pub struct Session {
     last_recv: Instant,
     last_send: Instant,
     events: VecDeque<Event>,
-    /// What the edge said in HELLO (cloud), or what the cloud said in WELCOME (edge).
-    peer_hello: Option<Hello>,
-    peer_welcome: Option<Welcome>,
+    /// What the edge said in HELLO (cloud, until it is accepted: a cloud keeps a session per
+    /// node, and nothing of the HELLO is read after WELCOME), or what the cloud said in WELCOME
+    /// (edge). Boxed: one or the other, once per link, is no reason to widen every session.
+    peer_hello: Option<Box<Hello>>,
+    peer_welcome: Option<Box<Welcome>>,
     /// This side's receive window on each lane: messages it takes ahead of its
     /// acknowledgements, announced to the peer (HELLO or WELCOME `window`) and enforced.
     window: u32,
@@ -295,14 +297,14 @@ impl Session {
         self.state == State::Closed
     }
 
-    /// The edge's HELLO (cloud side), once received.
+    /// The edge's HELLO (cloud side), from its arrival until [`accept`](Self::accept).
     pub fn hello(&self) -> Option<&Hello> {
-        self.peer_hello.as_ref()
+        self.peer_hello.as_deref()
     }
 
     /// The cloud's WELCOME (edge side), once received.
     pub fn welcome(&self) -> Option<&Welcome> {
-        self.peer_welcome.as_ref()
+        self.peer_welcome.as_deref()
     }
 
     /// The interval at which this side sends heartbeats when idle, once open.
@@ -379,7 +381,7 @@ impl Session {
                     return;
                 }
                 self.state = State::Deciding;
-                self.peer_hello = Some(h.clone());
+                self.peer_hello = Some(Box::new(h.clone()));
                 self.events.push_back(Event::Hello(Box::new(h)));
             }
             (Role::Edge, State::Handshake, Frame::Welcome(w)) => {
@@ -413,7 +415,7 @@ impl Session {
                     };
                     self.open_lane(lane, out_start, wl.down_stream, in_expected);
                 }
-                self.peer_welcome = Some(w);
+                self.peer_welcome = Some(Box::new(w));
             }
             (_, state, frame) => {
                 let why = format!("unexpected {} in state {state:?}", frame_name(&frame));
@@ -428,7 +430,7 @@ impl Session {
         if self.state != State::Deciding {
             return;
         }
-        let Some(h) = self.peer_hello.clone() else {
+        let Some(h) = self.peer_hello.take() else {
             return;
         };
         let heartbeat = (h.read_deadline / 3).max(MIN_HEARTBEAT);
@@ -921,6 +923,12 @@ mod tests {
         let now = Instant::now();
         let (edge, cloud) = open_pair(now, 15 * S, 15 * S, 30 * S);
         assert!(std::mem::size_of::<Frame>() >= 150);
+        // Nor widen the session itself, one per node for as long as its link lasts.
+        assert!(
+            std::mem::size_of::<Session>() <= 512,
+            "session: {}",
+            std::mem::size_of::<Session>()
+        );
         for s in [&edge, &cloud] {
             assert!(slot(&s.events) <= 48, "events: {}", slot(&s.events));
             for l in &s.lanes {
@@ -935,7 +943,7 @@ mod tests {
         let (edge, cloud) = open_pair(now, 15 * S, 15 * S, 30 * S);
         assert!(edge.is_open() && cloud.is_open());
         assert_eq!(edge.welcome().unwrap().keepalive, 30 * S);
-        assert_eq!(cloud.hello().unwrap().node_id, "n");
+        assert!(cloud.hello().is_none(), "the HELLO is let go once accepted");
         assert_eq!(edge.heartbeat_interval(), Some(15 * S));
         assert_eq!(
             cloud.heartbeat_interval(),

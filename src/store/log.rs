@@ -687,6 +687,12 @@ impl Log {
         self.bytes
     }
 
+    /// Whether the log's stream id is on disk, so the log reopens with the same one (false after
+    /// a full disk kept [`open`](Self::open) from writing it).
+    pub fn stream_saved(&self) -> bool {
+        !self.stream_unsaved
+    }
+
     /// The directory the log lives in.
     pub fn dir(&self) -> &Path {
         &self.dir
