@@ -253,7 +253,7 @@ impl Registry {
             return false;
         }
         if let Some(e) = nodes.remove(node_id) {
-            METRICS.nodes_connected[e.info.protocol as usize].dec();
+            METRICS.nodes_connected[e.protocol as usize].dec();
         }
         true
     }
