@@ -18,7 +18,7 @@
 # skipped where namespaces or TUN devices are unavailable.
 #
 # Environment: COUNT, BIG_COUNT (messages per throughput run), REQUESTS (round trips),
-# MQ_STOCK_REQUESTS, BACKLOG, SCALE, SCALE_ONLY (websocket or quic), SCRAPES (per metrics run, default 50), NODES_REQUESTS (default
+# MQ_STOCK_REQUESTS, BACKLOG, SCALE, SCALE_ONLY (websocket, quic or mixed; default both one after the other), SCRAPES (per metrics run, default 50), NODES_REQUESTS (default
 # 10), IDLE (idle MQTT connections, default 2000), MQTT_LINKS (the
 # link protocols hub's MQTT rows run over, default "websocket quic"), PARTS (default all; or any
 # of: api (hub's WebSocket API rows and their ratios), mqtt (hub's MQTT rows, the idle
@@ -371,9 +371,9 @@ rm -f "$W/backlog.lines"
 fi # backlog
 
 # --- scale: many idle nodes on one cloud ------------------------------------------------------
-# SCALE nodes, half over WebSocket and half over QUIC (SCALE_ONLY=websocket or SCALE_ONLY=quic:
-# all over that one), each with its own certificate, connect to a
-# fresh cloud with default settings and stay idle with heartbeats; RSS per node and CPU while
+# SCALE nodes, all over WebSocket, then SCALE all over QUIC (SCALE_ONLY=websocket or quic: that
+# one only; SCALE_ONLY=mixed: half over each, on one cloud), each with its own certificate, connect
+# to a fresh cloud with default settings and stay idle with heartbeats; RSS per node and CPU while
 # idle are read from /proc. The cloud holds one descriptor per node (its queue's segment) besides each WebSocket's socket: 10,000 nodes need
 # about 15,000 of the 20,000 these machines allow.
 # The configuration of a cloud for SCALE nodes of the scale PKI, queues in $W/NAME: cloud_for_scale
@@ -403,30 +403,33 @@ if part scale; then
 SCALE=${SCALE:-10000}
 # shellcheck disable=SC2046 # one --node argument per node, split on purpose
 "$HUB" certs --dir "$W/scale-pki" $(seq -f 'sim-%.0f' 0 $((SCALE - 1)) | sed 's/^/--node /') >/dev/null
-cloud_for_scale scale-cloud
-RUST_LOG=warn,hub::cloud=info "$HUB" cloud -c "$W/scale-cloud.yaml" 2>"$W/scale-cloud.log" &
+# One fresh cloud per transport (SCALE_ONLY=mixed: one cloud, half over each), so each row is
+# the memory of a node of that transport alone.
+for only in ${SCALE_ONLY:-websocket quic}; do
+cloud_for_scale "scale-cloud-$only"
+RUST_LOG=warn,hub::cloud=info "$HUB" cloud -c "$W/scale-cloud-$only.yaml" 2>"$W/scale-cloud-$only.log" &
 SCALE_PID=$!
 PIDS+=("$SCALE_PID")
-S_WS=$(wait_log "$W/scale-cloud.log" 'websocket listening on' | grep -oE '[0-9.]+:[0-9]+$')
-S_QUIC=$(wait_log "$W/scale-cloud.log" 'quic listening on' | grep -oE '[0-9.]+:[0-9]+$')
+S_WS=$(wait_log "$W/scale-cloud-$only.log" 'websocket listening on' | grep -oE '[0-9.]+:[0-9]+$')
+S_QUIC=$(wait_log "$W/scale-cloud-$only.log" 'quic listening on' | grep -oE '[0-9.]+:[0-9]+$')
 before=$(rss_kib "$SCALE_PID")
-SCALE_ONLY=${SCALE_ONLY:-}
-only=()
-[ -n "$SCALE_ONLY" ] && only=(--only "$SCALE_ONLY")
-"$BENCH" scale --websocket "$S_WS" --quic "$S_QUIC" --pki "$W/scale-pki" --nodes "$SCALE" --hold 15 "${only[@]}" >"$W/scale.out" &
+only_arg=()
+[ "$only" != mixed ] && only_arg=(--only "$only")
+"$BENCH" scale --websocket "$S_WS" --quic "$S_QUIC" --pki "$W/scale-pki" --nodes "$SCALE" --hold 15 "${only_arg[@]}" >"$W/scale-$only.out" &
 SIM=$!
 PIDS+=("$SIM")
-connected=$(wait_log "$W/scale.out" '^connected' 1800)
+connected=$(wait_log "$W/scale-$only.out" '^connected' 1800)
 sleep 2 # settle after the last handshake
 after=$(rss_kib "$SCALE_PID")
 cpu0=$(awk '{print $14 + $15}' "/proc/$SCALE_PID/stat")
 sleep 10
 cpu1=$(awk '{print $14 + $15}' "/proc/$SCALE_PID/stat")
-row "scale: $SCALE nodes${SCALE_ONLY:+ ($SCALE_ONLY)}" "$connected"
-row "scale: hub cloud RSS, KiB (before -> with nodes)" "$before -> $after ($(( (after - before) / SCALE )) KiB per node)"
-row "scale: hub cloud CPU while idle, % of one core" "$(( (cpu1 - cpu0) * 100 / $(getconf CLK_TCK) / 10 ))"
+row "scale ($only): $SCALE nodes" "$connected"
+row "scale ($only): hub cloud RSS, KiB (before -> with nodes)" "$before -> $after ($(( (after - before) / SCALE )).$(( (after - before) * 10 / SCALE % 10 )) KiB per node)"
+row "scale ($only): hub cloud CPU while idle, % of one core" "$(( (cpu1 - cpu0) * 100 / $(getconf CLK_TCK) / 10 ))"
 wait "$SIM" || true
 kill "$SCALE_PID"; wait "$SCALE_PID" 2>/dev/null || true
+done
 fi # scale
 
 # --- metrics: what a scrape costs a cloud with many nodes -------------------------------------
