@@ -202,8 +202,7 @@ impl Apps {
                 crate::config::valid_id(node).map_err(|p| format!("node id {p}"))?;
                 let bytes = self.encode_within(rest, encode)?;
                 let len = bytes.len();
-                let (cluster, node) = (cluster.clone(), node.to_owned());
-                let append = async move { cluster.append(&node, lane, bytes).await };
+                let append = cluster.append(node, lane, bytes);
                 return Ok((Accepted::Shared(Box::pin(append)), len));
             }
             Route::Cloud(CloudQueues::Disk(queues)) => {

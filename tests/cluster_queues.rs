@@ -140,6 +140,71 @@ fn the_first_message_of_the_stream_outlives_its_acknowledgement() {
 }
 
 #[test]
+fn appends_waiting_together_are_stored_together_and_read_apart() {
+    // 300 appends submitted at once go into the stream as a few JetStream messages of many
+    // records; every instance reads them back one record each, in order, and an
+    // acknowledgement in the middle of a batch keeps the rest of it.
+    let tmp = tempfile::tempdir().unwrap();
+    let nats = Nats::start(tmp.path(), "n1");
+    let a = start(&nats, "cloud-a", 250);
+    let b = start(&nats, "cloud-b", 250);
+    let lane = a.down_lane("edge-9", Lane::Bulk);
+    let outcomes: Vec<Result<u64, String>> = smol::block_on(async {
+        let pending: Vec<_> = (0..300)
+            .map(|i| lane.append(format!("m{i:03}").into_bytes()))
+            .collect();
+        let mut out = Vec::new();
+        for p in pending {
+            out.push(p.await);
+        }
+        out
+    });
+    let accepted: Vec<u64> = outcomes.iter().filter_map(|o| o.clone().ok()).collect();
+    assert_eq!(
+        accepted,
+        (1..=250).collect::<Vec<u64>>(),
+        "in the order submitted"
+    );
+    for refused in &outcomes[250..] {
+        let why = refused.clone().unwrap_err();
+        assert!(why.contains("queue full"), "{why}");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let info = rt.block_on(async {
+        let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+        let mut stream = js.get_stream("HUB_DOWN").await.unwrap();
+        stream.info().await.unwrap().state.messages
+    });
+    assert!(
+        info < 250,
+        "{info} JetStream messages for 250 records: not batched"
+    );
+    let other = b.down_lane("edge-9", Lane::Bulk);
+    smol::block_on(async {
+        let got = other.read(1, 1000).await.unwrap();
+        let seqs: Vec<u64> = got.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, (1..=250).collect::<Vec<u64>>());
+        assert_eq!(text(&got[99].1), "m099");
+        // Acknowledged up to the middle of whatever batch holds 100: 101 on are all there.
+        other.ack(100).await.unwrap();
+        assert_eq!(other.bounds().await.unwrap(), (101, 250));
+        let rest = a
+            .down_lane("edge-9", Lane::Bulk)
+            .read(101, 1000)
+            .await
+            .unwrap();
+        assert_eq!(rest.first().map(|(s, _)| *s), Some(101));
+        assert_eq!(rest.len(), 150);
+        assert_eq!(text(&rest[0].1), "m100");
+        // Room again for the 100 acknowledged.
+        assert_eq!(lane.append(b"next".to_vec()).await.unwrap(), 251);
+    });
+}
+
+#[test]
 fn a_full_lane_is_refused_and_the_other_lane_is_not() {
     let tmp = tempfile::tempdir().unwrap();
     let nats = Nats::start(tmp.path(), "n1");

@@ -4,6 +4,11 @@
 //! contiguous across instances by appending with `Nats-Expected-Last-Subject-Sequence` = the
 //! JetStream sequence of the lane's previous message. Acknowledged messages are purged.
 //!
+//! Appends that wait for their turn on one lane go together: one JetStream message then holds
+//! several records (`Hub-Count` of them, numbered from `Hub-Seq` on), each as a 4-byte
+//! big-endian length and the encoded message. A JetStream message without `Hub-Count` holds one
+//! record, the encoded message itself, as a plain NATS client appends it.
+//!
 //! Every call runs on the NATS runtime and is awaited from the smol side.
 
 use std::collections::BTreeMap;
@@ -21,8 +26,19 @@ use crate::proto::frame::Lane;
 /// The header with a message's sequence number in its lane, as the link numbers it.
 pub const HUB_SEQ: &str = "Hub-Seq";
 
+/// The header with the number of records a JetStream message holds (absent: one).
+pub const HUB_COUNT: &str = "Hub-Count";
+
 /// How many times one append retries after other instances appended first.
 const APPEND_ATTEMPTS: usize = 64;
+
+/// Records in one JetStream message at most …
+const BATCH_RECORDS: usize = 1024;
+/// … and bytes, below the server's `max_payload` (1 MiB by default) with room for the headers.
+const BATCH_BYTES: usize = 512 << 10;
+
+/// An append waiting for its turn: the record and who waits for its sequence number.
+type Waiting = (Bytes, tokio::sync::oneshot::Sender<Result<u64, String>>);
 
 /// Creates or opens [`DOWN_STREAM`]: file storage, `replicas`, at most `lane_messages` per
 /// subject with new messages refused beyond (`discard_new_per_subject`), direct get, and every
@@ -36,7 +52,8 @@ pub(super) async fn stream(
         name: DOWN_STREAM.into(),
         description: Some("hub: the cloud-to-node queues, one subject per node and lane".into()),
         subjects: vec!["hub.down.>".into()],
-        max_messages_per_subject: lane_messages.min(i64::MAX as u64) as i64,
+        // One more than the lane's limit: the acknowledged message kept to hold the numbering.
+        max_messages_per_subject: lane_messages.saturating_add(1).min(i64::MAX as u64) as i64,
         discard: jetstream::stream::DiscardPolicy::New,
         discard_new_per_subject: true,
         storage: jetstream::stream::StorageType::File,
@@ -60,6 +77,9 @@ pub(super) async fn stream(
 #[derive(Default)]
 pub struct LaneState {
     inner: tokio::sync::Mutex<Tail>,
+    /// The appends waiting for their turn, taken in order by the lane's appending task
+    /// (started on first use).
+    queue: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedSender<Waiting>>>,
     /// The lane's `down_stream` id once known (it never changes).
     stream: std::sync::OnceLock<u64>,
 }
@@ -69,8 +89,52 @@ struct Tail {
     /// The lane's last message as last seen: (`Hub-Seq`, JetStream sequence); `None` before
     /// it was looked up.
     last: Option<(u64, u64)>,
-    /// `Hub-Seq` -> JetStream sequence of the messages read and not yet purged.
-    read: BTreeMap<u64, u64>,
+    /// The JetStream messages read and not yet purged: first `Hub-Seq` -> (JetStream
+    /// sequence, last `Hub-Seq`).
+    read: BTreeMap<u64, (u64, u64)>,
+    /// The `Hub-Seq` acknowledged last, as last looked up (it only grows).
+    acked: u64,
+}
+
+/// The `Hub-Seq` of the last record a JetStream message of the lane holds.
+fn last_hub_seq(headers: &HeaderMap) -> Result<u64, String> {
+    let count = match headers.get(HUB_COUNT) {
+        None => 1,
+        Some(c) => c
+            .as_str()
+            .parse::<u64>()
+            .ok()
+            .filter(|c| *c > 0)
+            .ok_or_else(|| format!("an unreadable {HUB_COUNT} header"))?,
+    };
+    Ok(hub_seq(headers)? + count - 1)
+}
+
+/// The records of one JetStream message of the lane: (`Hub-Seq`, encoded message), in order.
+/// Errors: the headers or the framing are not what hub writes.
+pub(super) fn records(headers: &HeaderMap, payload: &Bytes) -> Result<Vec<(u64, Bytes)>, String> {
+    let first = hub_seq(headers)?;
+    let Some(count) = headers.get(HUB_COUNT) else {
+        return Ok(vec![(first, payload.clone())]);
+    };
+    let count: u64 = count
+        .as_str()
+        .parse()
+        .map_err(|_| format!("an unreadable {HUB_COUNT} header"))?;
+    let mut out = Vec::with_capacity(count.min(BATCH_RECORDS as u64) as usize);
+    let mut at = 0usize;
+    for i in 0..count {
+        let len = payload
+            .get(at..at + 4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+            .ok_or_else(|| format!("a batch of {count} records cut short"))?;
+        let record = payload
+            .get(at + 4..at + 4 + len)
+            .ok_or_else(|| format!("a batch of {count} records cut short"))?;
+        out.push((first + i, payload.slice_ref(record)));
+        at += 4 + len;
+    }
+    Ok(out)
 }
 
 /// One lane of one node's cloud-to-node queue; see the module docs.
@@ -172,16 +236,46 @@ impl DownLane {
     }
 
     /// Appends `record` (an encoded message) and returns its `Hub-Seq`, once JetStream has
-    /// stored it (on a quorum of the stream's replicas). Refused when the lane holds
-    /// `queues.max-messages` ("queue full").
-    pub async fn append(&self, record: Vec<u8>) -> Result<u64, String> {
-        let payload = Bytes::from(record);
-        let me = self.clone();
-        self.run(async move { me.append_here(payload).await }).await
+    /// stored it (on a quorum of the stream's replicas). The record takes its place in the
+    /// lane's order when this is called, not when the future is first polled. Refused when the
+    /// lane holds `queues.max-messages` ("queue full").
+    pub fn append(&self, record: Vec<u8>) -> impl Future<Output = Result<u64, String>> + use<> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let waiting = (Bytes::from(record), tx);
+        let sent = {
+            let mut queue = self.state.queue.lock().unwrap_or_else(|e| e.into_inner());
+            let queue = queue.get_or_insert_with(|| {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                self.cluster.rt.spawn(appending(self.clone(), rx));
+                tx
+            });
+            queue.send(waiting).is_ok()
+        };
+        async move {
+            if !sent {
+                return Err("the cluster's appending task ended".to_owned());
+            }
+            rx.await
+                .unwrap_or_else(|_| Err("the cluster's appending task ended".to_owned()))
+        }
     }
 
-    /// [`append`](Self::append), on the NATS runtime.
-    pub(super) async fn append_here(&self, payload: Bytes) -> Result<u64, String> {
+    /// Appends `records` in one JetStream message; returns the `Hub-Seq` of the first. Runs on
+    /// the NATS runtime. Errors: "queue full" when the lane has no room for all of them (the
+    /// caller sends no more than there is room for), or NATS did not store them.
+    async fn append_here(&self, records: &[Bytes]) -> Result<u64, String> {
+        let payload = match records {
+            [one] => one.clone(),
+            _ => {
+                let mut p = Vec::with_capacity(records.iter().map(|r| 4 + r.len()).sum());
+                for r in records {
+                    p.extend_from_slice(&(r.len() as u32).to_be_bytes());
+                    p.extend_from_slice(r);
+                }
+                Bytes::from(p)
+            }
+        };
+        let count = records.len() as u64;
         let mut tail = self.state.inner.lock().await;
         for _ in 0..APPEND_ATTEMPTS {
             let (last_hub, last_js) = match tail.last {
@@ -191,6 +285,9 @@ impl DownLane {
             let next = last_hub + 1;
             let mut headers = HeaderMap::new();
             headers.insert(HUB_SEQ, next.to_string().as_str());
+            if count > 1 {
+                headers.insert(HUB_COUNT, count.to_string().as_str());
+            }
             headers.insert(
                 "Nats-Expected-Last-Subject-Sequence",
                 last_js.to_string().as_str(),
@@ -205,7 +302,7 @@ impl DownLane {
             .await;
             match ack {
                 Ok(ack) => {
-                    tail.last = Some((next, ack.sequence));
+                    tail.last = Some((next + count - 1, ack.sequence));
                     return Ok(next);
                 }
                 // Another instance appended first: look again.
@@ -213,11 +310,7 @@ impl DownLane {
                     tail.last = None;
                 }
                 Err(e) if e.to_string().contains("maximum messages per subject") => {
-                    return Err(format!(
-                        "queue full (node {}, {} lane)",
-                        self.node_id,
-                        lane_token(self.lane)
-                    ));
+                    return Err(self.full());
                 }
                 Err(e) => return Err(format!("NATS: {e}")),
             }
@@ -226,6 +319,36 @@ impl DownLane {
             "node {}: {APPEND_ATTEMPTS} appends in a row lost to other instances",
             self.node_id
         ))
+    }
+
+    fn full(&self) -> String {
+        format!(
+            "queue full (node {}, {} lane)",
+            self.node_id,
+            lane_token(self.lane)
+        )
+    }
+
+    /// How many more records the lane takes (`queues.max-messages` less those waiting), as far
+    /// as this instance knows; the acknowledged position is looked up again when the lane seems
+    /// full. Runs on the NATS runtime.
+    async fn room_here(&self) -> Result<u64, String> {
+        let limit = self.cluster.lane_messages;
+        let (last, cached) = {
+            let mut tail = self.state.inner.lock().await;
+            if tail.last.is_none() {
+                tail.last = Some(self.last().await?);
+            }
+            (tail.last.map_or(0, |(h, _)| h), tail.acked)
+        };
+        let room = |acked: u64| limit.saturating_sub(last.saturating_sub(acked));
+        if room(cached) > BATCH_RECORDS as u64 {
+            return Ok(room(cached));
+        }
+        let acked = self.acked().await?;
+        let mut tail = self.state.inner.lock().await;
+        tail.acked = tail.acked.max(acked);
+        Ok(room(tail.acked))
     }
 
     /// The lane's last message: (`Hub-Seq`, JetStream sequence); for a lane that holds none,
@@ -241,7 +364,7 @@ impl DownLane {
             .direct_get_last_for_subject(self.subject.clone())
             .await
         {
-            Ok(m) => Ok((hub_seq(&m.headers)?, m.sequence)),
+            Ok(m) => Ok((last_hub_seq(&m.headers)?, m.sequence)),
             Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok((self.acked().await?, 0)),
             Err(e) => Err(format!("NATS: {e}")),
         }
@@ -302,12 +425,12 @@ impl DownLane {
         max: usize,
     ) -> Result<Vec<(u64, Bytes)>, String> {
         let mut tail = self.state.inner.lock().await;
-        // Start after the last message read below `from`, if one is known.
+        // Start at the message holding `from - 1` (after it, if it ends there), if one is known.
         let mut js = tail
             .read
             .range(..from)
             .next_back()
-            .map_or(1, |(_, js)| js + 1);
+            .map_or(1, |(_, &(js, last))| if last < from { js + 1 } else { js });
         let mut out = Vec::new();
         while out.len() < max {
             let m = match self
@@ -320,20 +443,21 @@ impl DownLane {
                 Err(e) if e.kind() == DirectGetErrorKind::NotFound => break,
                 Err(e) => return Err(format!("NATS: {e}")),
             };
-            let seq = hub_seq(&m.headers)?;
+            let records = records(&m.headers, &m.payload)?;
             js = m.sequence + 1;
-            tail.read.insert(seq, m.sequence);
-            if seq >= from {
-                out.push((seq, m.payload));
+            if let (Some((first, _)), Some((last, _))) = (records.first(), records.last()) {
+                tail.read.insert(*first, (m.sequence, *last));
             }
+            out.extend(records.into_iter().filter(|(seq, _)| *seq >= from));
         }
         Ok(out)
     }
 
-    /// Records that message `seq` (`Hub-Seq`) is at JetStream sequence `js`: read from its
-    /// republished copy rather than by [`read`](Self::read), it can be purged all the same.
-    pub(super) async fn note_read(&self, seq: u64, js: u64) {
-        self.state.inner.lock().await.read.insert(seq, js);
+    /// Records that the message holding `Hub-Seq` `first` to `last` is at JetStream sequence
+    /// `js`: read from its republished copy rather than by [`read`](Self::read), it can be
+    /// purged all the same.
+    pub(super) async fn note_read(&self, first: u64, last: u64, js: u64) {
+        self.state.inner.lock().await.read.insert(first, (js, last));
     }
 
     /// The node acknowledged every message up to `Hub-Seq` `upto`: they are purged from the
@@ -357,24 +481,93 @@ impl DownLane {
             .put(&key, upto.to_string().into())
             .await
             .map_err(|e| format!("NATS: {e}"))?;
-        let Some(&js) = tail.read.get(&upto) else {
+        tail.acked = tail.acked.max(upto);
+        // The message holding `upto`, which is kept: it holds the numbering when it is the
+        // lane's last, and messages not yet acknowledged when it is a batch.
+        let Some((first, js)) = tail
+            .read
+            .range(..=upto)
+            .next_back()
+            .filter(|(_, (_, last))| *last >= upto)
+            .map(|(&first, &(js, _))| (first, js))
+        else {
             return Ok(()); // never read here: nothing known to purge
         };
         // JetStream reads a purge "up to sequence 1" as a purge without a bound (all of the
         // subject): with the message to keep first in the stream, there is nothing below it.
-        if js <= 1 {
-            tail.read = tail.read.split_off(&upto);
-            return Ok(());
+        if js > 1 {
+            self.cluster
+                .down
+                .purge()
+                .filter(self.subject.clone())
+                .sequence(js)
+                .await
+                .map_err(|e| format!("NATS: {e}"))?;
         }
-        self.cluster
-            .down
-            .purge()
-            .filter(self.subject.clone())
-            .sequence(js)
-            .await
-            .map_err(|e| format!("NATS: {e}"))?;
-        tail.read = tail.read.split_off(&upto);
+        tail.read = tail.read.split_off(&first);
         Ok(())
+    }
+}
+
+/// The appending task of one lane: takes the appends waiting, in order, as many as fit in one
+/// JetStream message and in the lane, and answers each once they are stored.
+async fn appending(lane: DownLane, mut queue: tokio::sync::mpsc::UnboundedReceiver<Waiting>) {
+    let mut batch: Vec<Waiting> = Vec::new();
+    while let Some(first) = queue.recv().await {
+        batch.push(first);
+        let mut bytes = batch[0].0.len();
+        while batch.len() < BATCH_RECORDS {
+            match queue.try_recv() {
+                Ok(w) if bytes + 4 + w.0.len() <= BATCH_BYTES => {
+                    bytes += 4 + w.0.len();
+                    batch.push(w);
+                }
+                Ok(w) => {
+                    // Over the size: first in the next batch.
+                    lane.append_batch(std::mem::take(&mut batch)).await;
+                    batch.push(w);
+                    bytes = batch[0].0.len();
+                }
+                Err(_) => break,
+            }
+        }
+        lane.append_batch(std::mem::take(&mut batch)).await;
+    }
+}
+
+impl DownLane {
+    /// Appends `batch` (as many as the lane has room for, the rest refused as "queue full")
+    /// and answers each waiting append.
+    async fn append_batch(&self, mut batch: Vec<Waiting>) {
+        let room = match self.room_here().await {
+            Ok(r) => r,
+            Err(e) => {
+                for (_, tx) in batch {
+                    let _ = tx.send(Err(e.clone()));
+                }
+                return;
+            }
+        };
+        let refused = batch.split_off((room as usize).min(batch.len()));
+        for (_, tx) in refused {
+            let _ = tx.send(Err(self.full()));
+        }
+        if batch.is_empty() {
+            return;
+        }
+        let records: Vec<Bytes> = batch.iter().map(|(r, _)| r.clone()).collect();
+        match self.append_here(&records).await {
+            Ok(first) => {
+                for (i, (_, tx)) in batch.into_iter().enumerate() {
+                    let _ = tx.send(Ok(first + i as u64));
+                }
+            }
+            Err(e) => {
+                for (_, tx) in batch {
+                    let _ = tx.send(Err(e.clone()));
+                }
+            }
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use async_nats::jetstream::context::PublishAckFuture;
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use super::down::{DownLane, hub_seq};
+use super::down::{DownLane, records};
 use super::nats::Cluster;
 use super::node_key;
 use crate::exchange::SharedLanes;
@@ -295,19 +295,32 @@ async fn read_ahead(inner: Arc<Inner>, down: [DownLane; LANES], mut live: async_
                 _ => Lane::Bulk,
             };
             let i = lane.index();
-            let numbers = m.headers.as_ref().and_then(|h| {
+            // The records it holds, and its JetStream sequence.
+            let held = m.headers.as_ref().and_then(|h| {
                 let js = h.get("Nats-Sequence")?.as_str().parse::<u64>().ok()?;
-                Some((hub_seq(h).ok()?, js))
+                Some((records(h, &m.payload).ok()?, js))
             });
-            let taken = numbers.is_some_and(|(seq, _)| {
-                let mut s = inner.lock();
-                let a = &mut s.ahead[i];
-                a.issued = a.issued.max(seq);
-                !unread[i] && a.room().is_some() && a.take(seq, &m.payload)
-            });
-            match (taken, numbers) {
-                (true, Some((seq, js))) => {
-                    down[i].note_read(seq, js).await;
+            let taken = match &held {
+                Some((records, _)) if !records.is_empty() => {
+                    let mut s = inner.lock();
+                    let a = &mut s.ahead[i];
+                    let (last, _) = records[records.len() - 1];
+                    a.issued = a.issued.max(last);
+                    // Taken whole or not at all: a part would leave the rest to be read again.
+                    let fits = !unread[i] && a.room().is_some() && records[0].0 == a.next;
+                    if fits {
+                        for (seq, payload) in records {
+                            a.take(*seq, payload);
+                        }
+                    }
+                    fits
+                }
+                _ => false,
+            };
+            match held {
+                Some((records, js)) if taken => {
+                    let (first, last) = (records[0].0, records[records.len() - 1].0);
+                    down[i].note_read(first, last, js).await;
                     inner.token.notify();
                 }
                 _ => unread[i] = true,

@@ -9,6 +9,7 @@
 //! what holds `node-limit` across the cluster, and what orders two connections of one node.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -156,6 +157,8 @@ pub struct Cluster {
     instance: String,
     run: u64,
     limit: usize,
+    /// `queues.max-messages`: records waiting per node and lane at most.
+    pub(super) lane_messages: u64,
     pub(super) js: jetstream::Context,
     nodes: kv::Store,
     instances: kv::Store,
@@ -353,6 +356,7 @@ impl Cluster {
             instance: config.instance.clone(),
             run,
             limit: limits.nodes,
+            lane_messages: limits.lane_messages,
             js,
             nodes,
             instances,
@@ -523,14 +527,15 @@ impl Cluster {
 
     /// Appends `record` (an encoded message for `node_id`) to its `lane` in JetStream; finishes
     /// with its sequence number once the cluster stored it. Errors: "queue full" at
-    /// `queues.max-messages`, or NATS did not answer.
-    pub async fn append(
+    /// `queues.max-messages`, or NATS did not answer. The record takes its place in the lane's
+    /// order when this is called.
+    pub fn append(
         self: &Arc<Self>,
         node_id: &str,
         lane: Lane,
         record: Vec<u8>,
-    ) -> Result<u64, String> {
-        self.down_lane(node_id, lane).append(record).await
+    ) -> impl Future<Output = Result<u64, String>> + Send + use<> {
+        self.down_lane(node_id, lane).append(record)
     }
 
     /// The lanes of `node_id` while this instance holds its link, for the cloud's `Exchange`.
