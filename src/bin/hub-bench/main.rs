@@ -3,7 +3,8 @@
 //!
 //! - `throughput`: publish N messages at one endpoint (pipelined, a bounded number awaiting their
 //!   "accepted" notice) while a subscriber at the other counts them; prints messages/s and MB/s
-//!   to "accepted" and to "delivered", and checks that all arrived, in order, once.
+//!   to "accepted" and to "delivered", and checks that all arrived, in order, once. With several
+//!   `--subscribe` endpoints (one per node) it publishes round robin to their nodes.
 //!   With `--duration` it publishes for a fixed time with a bounded number of messages in flight
 //!   end to end, and prints the goodput: what was delivered within that time.
 //! - `latency`: sequential sync requests answered by an application on the other side
@@ -123,12 +124,15 @@ struct Throughput {
     /// endpoint to publish at (ws://HOST:PORT or unix:PATH)
     #[argh(option)]
     publish: String,
-    /// resource to publish to (from the cloud: node/NODE-ID/...)
+    /// resource to publish to (from the cloud: node/NODE-ID/...); each `{i}` in it is replaced
+    /// by the index (from 0) of the --subscribe endpoint the message is for
     #[argh(option)]
     resource: String,
-    /// endpoint to subscribe at
+    /// endpoint to subscribe at; given k times (not with --duration), message n is for endpoint
+    /// n mod k (round robin over k nodes: `--resource node/n-{i}/down`), and each endpoint
+    /// must receive its own messages in order, once
     #[argh(option)]
-    subscribe: String,
+    subscribe: Vec<String>,
     /// resource prefix to subscribe to (as seen there)
     #[argh(option)]
     prefix: String,
@@ -181,29 +185,53 @@ fn number(content: &[u8]) -> Option<u64> {
     text.trim_start_matches('"').split(' ').next()?.parse().ok()
 }
 
+/// The longest a throughput run's subscriber waits for its next message before the run fails.
+const STALL: Duration = Duration::from_secs(30);
+
 async fn throughput(t: Throughput) -> Result<(), String> {
     let path = format!("/?resource={}", t.prefix);
-    let mut sub = client::connect(&t.subscribe, &path).await?;
+    let ways = t.subscribe.len() as u64;
+    let mut subs = Vec::with_capacity(t.subscribe.len());
+    for url in &t.subscribe {
+        subs.push(client::connect(url, &path).await?);
+    }
     let publisher = client::connect(&t.publish, "/").await?;
     let (mut tx, rx) = publisher.split();
     let count = t.count;
     let started = Instant::now();
 
-    let receiver = smol::spawn(async move {
-        let mut next = 0u64;
-        while next < count {
-            match client::next(&mut sub).await {
-                Some(Ok(m)) => match number(&m.content) {
-                    Some(n) if n == next => next += 1,
-                    Some(n) => return Err(format!("received {n} when {next} was due")),
-                    None => {}
-                },
-                Some(Err(e)) => return Err(e),
-                None => return Err(format!("subscriber closed after {next}")),
-            }
-        }
-        Ok(started.elapsed())
-    });
+    // Endpoint j receives messages j, j + k, j + 2k, ... of the k endpoints, in that order.
+    let receivers: Vec<_> = subs
+        .into_iter()
+        .zip(0u64..)
+        .map(|(mut sub, j)| {
+            smol::spawn(async move {
+                let mut next = j;
+                while next < count {
+                    let Some(got) = timeout(STALL, client::next(&mut sub)).await else {
+                        return Err(format!(
+                            "endpoint {j}: nothing for {} s while waiting for {next}",
+                            STALL.as_secs()
+                        ));
+                    };
+                    match got {
+                        Some(Ok(m)) => match number(&m.content) {
+                            Some(n) if n == next => next += ways,
+                            Some(n) => {
+                                return Err(format!(
+                                    "endpoint {j} received {n} when {next} was due"
+                                ));
+                            }
+                            None => {}
+                        },
+                        Some(Err(e)) => return Err(e),
+                        None => return Err(format!("subscriber {j} closed before {next}")),
+                    }
+                }
+                Ok(started.elapsed())
+            })
+        })
+        .collect();
 
     let (notices, acked_rx) = count_accepted(rx, count);
 
@@ -218,7 +246,7 @@ async fn throughput(t: Throughput) -> Result<(), String> {
                 accepted = a;
             }
         }
-        tx.feed(WsMessage::text(numbered(&t, n)))
+        tx.feed(WsMessage::text(numbered(&t, n, ways)))
             .await
             .map_err(|e| e.to_string())?;
         if n % 64 == 63 {
@@ -227,10 +255,17 @@ async fn throughput(t: Throughput) -> Result<(), String> {
     }
     futures_flush(&mut tx).await?;
     let to_accepted = notices.await?.duration_since(started);
-    let to_delivered = receiver.await?;
+    let mut to_delivered = Duration::ZERO;
+    for receiver in receivers {
+        to_delivered = to_delivered.max(receiver.await?);
+    }
     let mb = (count as f64) * (t.size as f64) / 1e6;
+    let spread = match ways {
+        1 => String::new(),
+        k => format!(" (round robin over {k} endpoints)"),
+    };
     println!(
-        "{count} messages of {} B: accepted {:.0} msg/s ({:.1} MB/s), delivered {:.0} msg/s ({:.1} MB/s), in order, once",
+        "{count} messages of {} B{spread}: accepted {:.0} msg/s ({:.1} MB/s), delivered {:.0} msg/s ({:.1} MB/s), in order, once",
         t.size,
         count as f64 / to_accepted.as_secs_f64(),
         mb / to_accepted.as_secs_f64(),
@@ -285,7 +320,7 @@ where
 /// is left to the hubs: run the next measurement through a fresh edge (or another resource).
 async fn goodput(t: Throughput, secs: f64) -> Result<(), String> {
     let path = format!("/?resource={}", t.prefix);
-    let mut sub = client::connect(&t.subscribe, &path).await?;
+    let mut sub = client::connect(&t.subscribe[0], &path).await?;
     let publisher = client::connect(&t.publish, "/").await?;
     let (mut tx, mut rx) = publisher.split();
     let started = Instant::now();
@@ -351,7 +386,7 @@ async fn goodput(t: Throughput, secs: f64) -> Result<(), String> {
             notices.await?;
             return Err("notices stopped".into());
         }
-        tx.feed(WsMessage::text(numbered(&t, n)))
+        tx.feed(WsMessage::text(numbered(&t, n, 1)))
             .await
             .map_err(|e| e.to_string())?;
         n += 1;
@@ -373,14 +408,19 @@ async fn goodput(t: Throughput, secs: f64) -> Result<(), String> {
     Ok(())
 }
 
-/// Message `n` of a throughput run, as JSON; its content is a JSON string of `t.size` bytes
-/// that begins with `n`.
-fn numbered(t: &Throughput, n: u64) -> String {
+/// Message `n` of a throughput run over `ways` subscribing endpoints, as JSON; its content is a
+/// JSON string of `t.size` bytes that begins with `n`, its resource `t.resource` with each `{i}`
+/// replaced by `n mod ways`.
+fn numbered(t: &Throughput, n: u64, ways: u64) -> String {
+    let resource = match t.resource.contains("{i}") {
+        true => t.resource.replace("{i}", &(n % ways).to_string()),
+        false => t.resource.clone(),
+    };
     let mut m = Message {
         source: "hub-bench".into(),
         group: "bench".into(),
         operation: "update".into(),
-        resource: t.resource.clone(),
+        resource,
         content: content(t.size, n),
         ..Message::default()
     };
@@ -438,6 +478,12 @@ fn main() -> ExitCode {
     let bench: Bench = argh::from_env();
     let result = smol::block_on(async {
         match bench.command {
+            Command::Throughput(t) if t.subscribe.is_empty() => {
+                Err("throughput needs --subscribe".to_owned())
+            }
+            Command::Throughput(t) if t.subscribe.len() > 1 && t.duration.is_some() => {
+                Err("--duration takes one --subscribe".to_owned())
+            }
             Command::Throughput(t) => match t.duration {
                 Some(secs) if secs > 0.0 => goodput(t, secs).await,
                 Some(_) => Err("--duration is a positive number of seconds".to_owned()),
