@@ -25,7 +25,7 @@
 # connections, their ratios), reconnect, backlog, scale, metrics (what a /metrics scrape and a
 # /nodes request cost a cloud with SCALE nodes), requests (round trips), cluster (one cloud
 # against two instances on one nats-server: throughput, round trips, memory per node; with
-# CLUSTER_COUNT messages per run, default 20000, CLUSTER_NODES, the node counts of the
+# CLUSTER_COUNT messages per run, default 50000, CLUSTER_NODES, the node counts of the
 # cloud->edge rows, default "1 8", CLUSTER_REQUESTS, default REQUESTS, CLUSTER_SCALE nodes for
 # the memory, default 2000), wan; Mosquitto's
 # throughput rows run with api or mqtt), and those of scripts/bench-loss.sh (RTTS, LOSSES, DURATION,
@@ -521,7 +521,7 @@ fi # metrics
 # of hub-bench scale (WebSocket) on a cloud without and one with cluster mode, RSS per node of
 # the cloud and of nats-server.
 if part cluster; then
-CLUSTER_COUNT=${CLUSTER_COUNT:-20000}
+CLUSTER_COUNT=${CLUSTER_COUNT:-50000}
 CLUSTER_NODES=${CLUSTER_NODES:-1 8}
 CLUSTER_REQUESTS=${CLUSTER_REQUESTS:-$REQUESTS}
 CLUSTER_SCALE=${CLUSTER_SCALE:-2000}
