@@ -515,7 +515,9 @@ fi # metrics
 # max(CLUSTER_NODES) edges over WebSocket (nodes cn-0, cn-1, ...) each with a subscriber of its
 # own. Rows: 256 B edge->cloud throughput (one node), cloud->edge round robin over each of
 # CLUSTER_NODES nodes (cluster mode appends to one lane one JetStream round trip at a time, so
-# many nodes show the whole), request round trips (a cloud application's sync requests
+# many nodes show the whole), from one publishing application and from one per node (an
+# application connection's notices come in order, so in cluster mode one connection's appends
+# wait for each other whatever their lanes), request round trips (a cloud application's sync requests
 # answered by `hub sub --echo` on node cn-0), CPU per message of the clouds and of nats-server;
 # then the ratios cluster/single. Then the cost of a connected node: CLUSTER_SCALE idle nodes
 # of hub-bench scale (WebSocket) on a cloud without and one with cluster mode, RSS per node of
@@ -640,11 +642,17 @@ cluster_mode() { # single or cluster: throughput and round trips; sets CL_<mode>
   for k in $CLUSTER_NODES; do
     subs=()
     for i in $(seq 0 $((k - 1))); do subs+=(--subscribe "${E_APPS[i]}"); done
-    measured "$CPIDS" "$BENCH" throughput --publish "$app_cloud" --resource "node/cn-{i}/down/$mode/$k" \
-      "${subs[@]}" --prefix "down/$mode/$k" --count "$CLUSTER_COUNT"
-    row "$label: cloud->edge 256 B, $k node(s), msg/s" "$(rate delivered "$OUT") ($OUT)"
-    cpu_of "$label: cloud->edge 256 B, $k node(s)" "$CLUSTER_COUNT"
-    eval "CL_${mode}_down_$k=$(rate delivered "$OUT")"
+    for each in "" --publisher-each; do
+      [ "$k" = 1 ] && [ -n "$each" ] && continue
+      what="1 node"
+      [ "$k" = 1 ] || what="$k nodes, one publisher"
+      [ -n "$each" ] && what="$k nodes, a publisher each"
+      measured "$CPIDS" "$BENCH" throughput --publish "$app_cloud" --resource "node/cn-{i}/down/$mode/$k$each" \
+        "${subs[@]}" $each --prefix "down/$mode/$k$each" --count "$CLUSTER_COUNT"
+      row "$label: cloud->edge 256 B, $what, msg/s" "$(rate delivered "$OUT") ($OUT)"
+      cpu_of "$label: cloud->edge 256 B, $what" "$CLUSTER_COUNT"
+      eval "CL_${mode}_down_$k${each:+_each}=$(rate delivered "$OUT")"
+    done
   done
   "$HUB" sub -u "${E_APPS[0]}" -r echo --echo >/dev/null &
   local echo=$!
@@ -665,7 +673,13 @@ s=CL_single_up; c=CL_cluster_up
 row "ratio cluster/single edge->cloud (256 B)" "$(ratio "${!c}" "${!s}")"
 for k in $CLUSTER_NODES; do
   s=CL_single_down_$k; c=CL_cluster_down_$k
-  row "ratio cluster/single cloud->edge (256 B, $k node(s))" "$(ratio "${!c}" "${!s}")"
+  if [ "$k" = 1 ]; then
+    row "ratio cluster/single cloud->edge (256 B, 1 node)" "$(ratio "${!c}" "${!s}")"
+    continue
+  fi
+  row "ratio cluster/single cloud->edge (256 B, $k nodes, one publisher)" "$(ratio "${!c}" "${!s}")"
+  s=CL_single_down_${k}_each; c=CL_cluster_down_${k}_each
+  row "ratio cluster/single cloud->edge (256 B, $k nodes, a publisher each)" "$(ratio "${!c}" "${!s}")"
 done
 s=CL_single_rt; c=CL_cluster_rt
 row "ratio cluster/single request p50, p99" "$(python3 -c "print(f'{$(ms_of p50 "${!c}")/$(ms_of p50 "${!s}"):.2f}x, {$(ms_of p99 "${!c}")/$(ms_of p99 "${!s}"):.2f}x')")"

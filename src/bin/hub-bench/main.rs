@@ -142,6 +142,10 @@ struct Throughput {
     /// content bytes per message (default 256)
     #[argh(option, default = "256")]
     size: usize,
+    /// with several --subscribe: one publishing connection for each endpoint's messages instead
+    /// of one for all (each with its own --inflight)
+    #[argh(switch)]
+    publisher_each: bool,
     /// messages awaiting their notice at most (default 4096); with --duration, messages
     /// published but not yet delivered at most
     #[argh(option, default = "4096")]
@@ -195,8 +199,10 @@ async fn throughput(t: Throughput) -> Result<(), String> {
     for url in &t.subscribe {
         subs.push(client::connect(url, &path).await?);
     }
-    let publisher = client::connect(&t.publish, "/").await?;
-    let (mut tx, rx) = publisher.split();
+    let mut publishers = Vec::new();
+    for _ in 0..if t.publisher_each { ways } else { 1 } {
+        publishers.push(client::connect(&t.publish, "/").await?);
+    }
     let count = t.count;
     let started = Instant::now();
 
@@ -233,36 +239,27 @@ async fn throughput(t: Throughput) -> Result<(), String> {
         })
         .collect();
 
-    let (notices, acked_rx) = count_accepted(rx, count);
-
-    let mut accepted = 0u64;
-    for n in 0..count {
-        while n - accepted >= t.inflight {
-            accepted = acked_rx
-                .recv()
-                .await
-                .map_err(|_| "notices stopped".to_owned())?;
-            while let Ok(a) = acked_rx.try_recv() {
-                accepted = a;
-            }
-        }
-        tx.feed(WsMessage::text(numbered(&t, n, ways)))
-            .await
-            .map_err(|e| e.to_string())?;
-        if n % 64 == 63 {
-            futures_flush(&mut tx).await?;
-        }
+    let t = std::sync::Arc::new(t);
+    let step = publishers.len() as u64;
+    let sharers: Vec<_> = publishers
+        .into_iter()
+        .zip(0u64..)
+        .map(|(publisher, first)| smol::spawn(publish_share(t.clone(), publisher, first, step)))
+        .collect();
+    let mut last_accepted = started;
+    for sharer in sharers {
+        last_accepted = last_accepted.max(sharer.await?);
     }
-    futures_flush(&mut tx).await?;
-    let to_accepted = notices.await?.duration_since(started);
+    let to_accepted = last_accepted.duration_since(started);
     let mut to_delivered = Duration::ZERO;
     for receiver in receivers {
         to_delivered = to_delivered.max(receiver.await?);
     }
     let mb = (count as f64) * (t.size as f64) / 1e6;
-    let spread = match ways {
-        1 => String::new(),
-        k => format!(" (round robin over {k} endpoints)"),
+    let spread = match (ways, step) {
+        (1, _) => String::new(),
+        (k, 1) => format!(" (round robin over {k} endpoints)"),
+        (k, _) => format!(" (round robin over {k} endpoints, a publisher for each)"),
     };
     println!(
         "{count} messages of {} B{spread}: accepted {:.0} msg/s ({:.1} MB/s), delivered {:.0} msg/s ({:.1} MB/s), in order, once",
@@ -273,6 +270,40 @@ async fn throughput(t: Throughput) -> Result<(), String> {
         mb / to_delivered.as_secs_f64()
     );
     Ok(())
+}
+
+/// Publishes messages `first`, `first + step`, ... below `t.count` on `publisher`, with at most
+/// `t.inflight` awaiting their notice, and returns the moment the last was accepted.
+async fn publish_share(
+    t: std::sync::Arc<Throughput>,
+    publisher: client::Connection,
+    first: u64,
+    step: u64,
+) -> Result<Instant, String> {
+    let (mut tx, rx) = publisher.split();
+    let ways = t.subscribe.len() as u64;
+    let mine = (t.count.saturating_sub(first)).div_ceil(step);
+    let (notices, acked_rx) = count_accepted(rx, mine);
+    let mut accepted = 0u64;
+    for sent in 0..mine {
+        while sent - accepted >= t.inflight {
+            accepted = acked_rx
+                .recv()
+                .await
+                .map_err(|_| "notices stopped".to_owned())?;
+            while let Ok(a) = acked_rx.try_recv() {
+                accepted = a;
+            }
+        }
+        tx.feed(WsMessage::text(numbered(&t, first + sent * step, ways)))
+            .await
+            .map_err(|e| e.to_string())?;
+        if sent % 64 == 63 {
+            futures_flush(&mut tx).await?;
+        }
+    }
+    futures_flush(&mut tx).await?;
+    notices.await
 }
 
 /// Reads a publisher's notices until `count` messages were accepted: sends the running count of
