@@ -60,6 +60,8 @@ pub(super) async fn stream(
 #[derive(Default)]
 pub struct LaneState {
     inner: tokio::sync::Mutex<Tail>,
+    /// The lane's `down_stream` id once known (it never changes).
+    stream: std::sync::OnceLock<u64>,
 }
 
 #[derive(Default)]
@@ -111,6 +113,11 @@ impl DownLane {
         }
     }
 
+    /// The lane.
+    pub fn lane(&self) -> Lane {
+        self.lane
+    }
+
     /// Runs `work` on the NATS runtime and waits for it.
     async fn run<T: Send + 'static>(
         &self,
@@ -132,22 +139,36 @@ impl DownLane {
 
     /// [`stream_id`](Self::stream_id), on the NATS runtime.
     pub(super) async fn stream_id_here(&self) -> Result<u64, String> {
+        if let Some(&id) = self.state.stream.get() {
+            return Ok(id);
+        }
         let key = format!("{}.{}.down", node_key(&self.node_id), lane_token(self.lane));
         let kv = &self.cluster.positions;
-        let drawn = random_id();
-        let fresh = kv.create(&key, drawn.to_string().into()).await;
-        if fresh.is_ok() {
-            return Ok(drawn);
-        }
-        let value = kv
-            .get(&key)
-            .await
-            .map_err(|e| format!("NATS: {e}"))?
-            .ok_or_else(|| format!("no stream id for {key}"))?;
-        std::str::from_utf8(&value)
-            .ok()
-            .and_then(|t| t.parse().ok())
-            .ok_or_else(|| format!("unreadable stream id for {key}"))
+        let read = || async {
+            let value = kv.get(&key).await.map_err(|e| format!("NATS: {e}"))?;
+            value
+                .map(|v| {
+                    std::str::from_utf8(&v)
+                        .ok()
+                        .and_then(|t| t.parse::<u64>().ok())
+                        .ok_or_else(|| format!("unreadable stream id for {key}"))
+                })
+                .transpose()
+        };
+        // Drawn by the first instance that asks: the others read it.
+        let id = match read().await? {
+            Some(id) => id,
+            None => {
+                let drawn = random_id();
+                match kv.create(&key, drawn.to_string().into()).await {
+                    Ok(_) => drawn,
+                    Err(_) => read()
+                        .await?
+                        .ok_or_else(|| format!("no stream id for {key}"))?,
+                }
+            }
+        };
+        Ok(*self.state.stream.get_or_init(|| id))
     }
 
     /// Appends `record` (an encoded message) and returns its `Hub-Seq`, once JetStream has

@@ -111,32 +111,42 @@ impl NodeLanes {
     }
 
     async fn open_here(cluster: Arc<Cluster>, node_id: String) -> Result<Arc<NodeLanes>, String> {
-        let mut start = [Streams::default(); LANES];
-        let mut ahead: [Ahead; LANES] = Default::default();
-        let mut stored = [(0, 0); LANES];
-        let mut lanes = Vec::new();
-        for lane in Lane::ALL {
-            let i = lane.index();
+        use futures_util::future::{try_join, try_join3};
+        let lane_start = |lane: Lane| {
             let down = cluster.down_lane(&node_id, lane);
-            let out_stream = down.stream_id_here().await?;
-            let (first, last) = down.bounds_here().await?;
-            let (in_stream, in_seq) = super::up::position(&cluster, &node_id, lane).await?;
-            start[i] = Streams {
-                out_stream,
-                out_first: first,
-                in_stream,
-                in_seq,
-            };
-            ahead[i] = Ahead {
-                next: first,
-                issued: last,
-                acked: first - 1,
-                purged: first - 1,
-                ..Ahead::default()
-            };
-            stored[i] = (in_stream, in_seq);
-            lanes.push(down);
-        }
+            let (cluster, node_id) = (cluster.clone(), node_id.clone());
+            async move {
+                let ((first, last), out_stream, (in_stream, in_seq)) = try_join3(
+                    down.bounds_here(),
+                    down.stream_id_here(),
+                    super::up::position(&cluster, &node_id, lane),
+                )
+                .await?;
+                let streams = Streams {
+                    out_stream,
+                    out_first: first,
+                    in_stream,
+                    in_seq,
+                };
+                let ahead = Ahead {
+                    next: first,
+                    issued: last,
+                    acked: first - 1,
+                    purged: first - 1,
+                    ..Ahead::default()
+                };
+                Ok::<_, String>((down, streams, ahead))
+            }
+        };
+        let [urgent, bulk] = Lane::ALL;
+        let (u, b) = try_join(lane_start(urgent), lane_start(bulk)).await?;
+        let mut lanes = [u, b];
+        lanes.sort_by_key(|(d, ..)| d.lane().index());
+        let [(down_0, start_0, ahead_0), (down_1, start_1, ahead_1)] = lanes;
+        let start = [start_0, start_1];
+        let stored = start.map(|s| (s.in_stream, s.in_seq));
+        let ahead = [ahead_0, ahead_1];
+        let down = [down_0, down_1];
         let inner = Arc::new(Inner {
             state: Mutex::new(State {
                 ahead,
@@ -152,7 +162,6 @@ impl NodeLanes {
             .subscribe(format!("hub.live.down.{}.*", node_key(&node_id)))
             .await
             .map_err(|e| format!("NATS: {e}"))?;
-        let down: [DownLane; LANES] = lanes.try_into().unwrap_or_else(|_| unreachable!());
         let reading = tokio::spawn(read_ahead(inner.clone(), down, live)).abort_handle();
         let (up, queued) = tokio::sync::mpsc::unbounded_channel();
         let (acks, acked) = tokio::sync::mpsc::unbounded_channel();
