@@ -224,8 +224,9 @@ async fn throughput(t: Throughput) -> Result<(), String> {
                         Some(Ok(m)) => match number(&m.content) {
                             Some(n) if n == next => next += ways,
                             Some(n) => {
+                                let then = what_follows(&mut sub).await;
                                 return Err(format!(
-                                    "endpoint {j} received {n} when {next} was due"
+                                    "endpoint {j} received {n} when {next} was due; then {then}"
                                 ));
                             }
                             None => {}
@@ -270,6 +271,24 @@ async fn throughput(t: Throughput) -> Result<(), String> {
         mb / to_delivered.as_secs_f64()
     );
     Ok(())
+}
+
+/// The numbers of the next messages a subscriber gets (at most 20, within 2 s), to tell a lost
+/// message from a late one when a run fails on one out of order.
+async fn what_follows(sub: &mut client::Connection) -> String {
+    let until = Instant::now() + Duration::from_secs(2);
+    let mut seen = Vec::new();
+    while seen.len() < 20 {
+        let left = until.saturating_duration_since(Instant::now());
+        match timeout(left, client::next(sub)).await {
+            Some(Some(Ok(m))) => seen.extend(number(&m.content).map(|n| n.to_string())),
+            _ => break,
+        }
+    }
+    match seen.is_empty() {
+        true => "nothing within 2 s".to_owned(),
+        false => seen.join(" "),
+    }
 }
 
 /// Publishes messages `first`, `first + step`, ... below `t.count` on `publisher`, with at most
