@@ -1,7 +1,8 @@
 //! The cloud-to-node queues in JetStream (docs/cluster.md section 4), through the library
 //! against a real `nats-server`: two instances appending to one node's lane number its messages
-//! without gaps, acknowledged messages are purged while the numbering holds, a full lane is
-//! refused, and a lane's stream id is the same on every instance.
+//! without gaps, acknowledged messages are purged while the numbering holds (the stream's very
+//! first message too), a full lane is refused, and a lane's stream id is the same on every
+//! instance.
 #![cfg(feature = "cluster")]
 
 mod common;
@@ -114,6 +115,44 @@ fn acknowledged_messages_are_purged_and_the_numbering_holds() {
         );
         assert_eq!(other.append(b"m11".to_vec()).await.unwrap(), 11);
         assert_eq!(other.bounds().await.unwrap(), (11, 11));
+    });
+}
+
+/// The first message a fresh `HUB_DOWN` stream holds has JetStream sequence 1, and
+/// nats-server 2.9 takes a purge "below sequence 1" for a purge of the whole subject
+/// (nats-io/nats-server#4696): acknowledging it must neither drop the lane's numbering nor the
+/// messages after it.
+#[test]
+fn acknowledging_the_streams_first_message_keeps_the_lane() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nats = Nats::start(tmp.path(), "n1");
+    let a = start(&nats, "cloud-a", 1000);
+    let lane = a.down_lane("gw-1", Lane::Bulk);
+    smol::block_on(async {
+        // Acknowledged while it is the lane's last message: the next append is number 2.
+        assert_eq!(lane.append(b"m1".to_vec()).await.unwrap(), 1);
+        assert_eq!(lane.read(1, 10).await.unwrap().len(), 1);
+        lane.ack(1).await.unwrap();
+        assert_eq!(lane.append(b"m2".to_vec()).await.unwrap(), 2);
+        assert_eq!(lane.append(b"m3".to_vec()).await.unwrap(), 3);
+        let rest = lane.read(2, 10).await.unwrap();
+        assert_eq!(rest.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [2, 3]);
+        assert_eq!(text(&rest[0].1), "m2");
+    });
+    // Acknowledged while later messages wait, on another fresh stream: they stay.
+    let tmp2 = tempfile::tempdir().unwrap();
+    let nats2 = Nats::start(tmp2.path(), "n2");
+    let b = start(&nats2, "cloud-b", 1000);
+    let first = b.down_lane("gw-2", Lane::Bulk);
+    smol::block_on(async {
+        for i in 1..=3 {
+            assert_eq!(first.append(format!("m{i}").into_bytes()).await.unwrap(), i);
+        }
+        assert_eq!(first.read(1, 10).await.unwrap().len(), 3);
+        first.ack(1).await.unwrap();
+        assert_eq!(first.bounds().await.unwrap(), (2, 3));
+        let rest = first.read(2, 10).await.unwrap();
+        assert_eq!(rest.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [2, 3]);
     });
 }
 

@@ -357,6 +357,13 @@ impl DownLane {
         let Some(&js) = tail.read.get(&upto) else {
             return Ok(()); // never read here: nothing known to purge
         };
+        // Nothing lies below the stream's first sequence; and nats-server 2.9 takes a purge
+        // with `seq: 1` for one of the whole subject, which would drop this lane's last message
+        // and what follows it (nats-io/nats-server#4696, fixed in later releases).
+        if js <= 1 {
+            tail.read = tail.read.split_off(&upto);
+            return Ok(());
+        }
         self.cluster
             .down
             .purge()
