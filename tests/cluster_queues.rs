@@ -118,41 +118,47 @@ fn acknowledged_messages_are_purged_and_the_numbering_holds() {
     });
 }
 
-/// The first message a fresh `HUB_DOWN` stream holds has JetStream sequence 1, and
-/// nats-server 2.9 takes a purge "below sequence 1" for a purge of the whole subject
-/// (nats-io/nats-server#4696): acknowledging it must neither drop the lane's numbering nor the
-/// messages after it.
 #[test]
-fn acknowledging_the_streams_first_message_keeps_the_lane() {
+fn the_first_message_of_the_stream_outlives_its_acknowledgement() {
+    // A lane whose last message is the stream's very first (JetStream sequence 1): JetStream
+    // reads a purge "below sequence 1" as a purge of the whole subject, which would take the
+    // message that holds the numbering, and the next append would be numbered 1 again (and
+    // dropped by the node as a repeat).
     let tmp = tempfile::tempdir().unwrap();
     let nats = Nats::start(tmp.path(), "n1");
     let a = start(&nats, "cloud-a", 1000);
-    let lane = a.down_lane("gw-1", Lane::Bulk);
+    let b = start(&nats, "cloud-b", 1000);
+    let lane = a.down_lane("edge-1", Lane::Bulk);
     smol::block_on(async {
-        // Acknowledged while it is the lane's last message: the next append is number 2.
         assert_eq!(lane.append(b"m1".to_vec()).await.unwrap(), 1);
         assert_eq!(lane.read(1, 10).await.unwrap().len(), 1);
         lane.ack(1).await.unwrap();
-        assert_eq!(lane.append(b"m2".to_vec()).await.unwrap(), 2);
-        assert_eq!(lane.append(b"m3".to_vec()).await.unwrap(), 3);
+        // Another instance, with nothing cached, numbers on.
+        let other = b.down_lane("edge-1", Lane::Bulk);
+        assert_eq!(other.bounds().await.unwrap(), (2, 1));
+        assert_eq!(other.append(b"m2".to_vec()).await.unwrap(), 2);
+    });
+}
+
+/// Acknowledging the stream's first message (JetStream sequence 1, which nats-server 2.9 takes
+/// for a bound of nothing in a purge) while the lane's next messages wait: they stay, in order.
+#[test]
+fn the_messages_after_the_streams_first_outlive_its_acknowledgement() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nats = Nats::start(tmp.path(), "n1");
+    let a = start(&nats, "cloud-a", 1000);
+    let lane = a.down_lane("gw-2", Lane::Bulk);
+    smol::block_on(async {
+        for i in 1..=3 {
+            assert_eq!(lane.append(format!("m{i}").into_bytes()).await.unwrap(), i);
+        }
+        assert_eq!(lane.read(1, 10).await.unwrap().len(), 3);
+        lane.ack(1).await.unwrap();
+        assert_eq!(lane.bounds().await.unwrap(), (2, 3));
         let rest = lane.read(2, 10).await.unwrap();
         assert_eq!(rest.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [2, 3]);
         assert_eq!(text(&rest[0].1), "m2");
-    });
-    // Acknowledged while later messages wait, on another fresh stream: they stay.
-    let tmp2 = tempfile::tempdir().unwrap();
-    let nats2 = Nats::start(tmp2.path(), "n2");
-    let b = start(&nats2, "cloud-b", 1000);
-    let first = b.down_lane("gw-2", Lane::Bulk);
-    smol::block_on(async {
-        for i in 1..=3 {
-            assert_eq!(first.append(format!("m{i}").into_bytes()).await.unwrap(), i);
-        }
-        assert_eq!(first.read(1, 10).await.unwrap().len(), 3);
-        first.ack(1).await.unwrap();
-        assert_eq!(first.bounds().await.unwrap(), (2, 3));
-        let rest = first.read(2, 10).await.unwrap();
-        assert_eq!(rest.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [2, 3]);
+        assert_eq!(lane.append(b"m4".to_vec()).await.unwrap(), 4);
     });
 }
 
