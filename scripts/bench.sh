@@ -23,7 +23,11 @@
 # link protocols hub's MQTT rows run over, default "websocket quic"), PARTS (default all; or any
 # of: api (hub's WebSocket API rows and their ratios), mqtt (hub's MQTT rows, the idle
 # connections, their ratios), reconnect, backlog, scale, metrics (what a /metrics scrape and a
-# /nodes request cost a cloud with SCALE nodes), requests (round trips), wan; Mosquitto's
+# /nodes request cost a cloud with SCALE nodes), requests (round trips), cluster (one cloud
+# against two instances on one nats-server: throughput, round trips, memory per node; with
+# CLUSTER_COUNT messages per run, default 50000, CLUSTER_NODES, the node counts of the
+# cloud->edge rows, default "1 8", CLUSTER_REQUESTS, default REQUESTS, CLUSTER_SCALE nodes for
+# the memory, default 2000), wan; Mosquitto's
 # throughput rows run with api or mqtt), and those of scripts/bench-loss.sh (RTTS, LOSSES, DURATION,
 # LOSS_REQUESTS, INFLIGHT_SMALL, INFLIGHT_BIG, QUIC_VARIANTS, TCP_VARIANTS, SECTIONS, HOL_*, HUB_BASELINE, CUT_*, NS_C, NS_E,
 # SUBNET; see its --help). Run as root: it installs mosquitto with apt if missing, and the WAN
@@ -104,6 +108,8 @@ idle_mqtt() { # name pid HOST:PORT
 ROWS=()
 row() { ROWS+=("$(printf '%-44s %s' "$1" "$2")"); echo "$1: $2" >&2; }
 rate() { grep -oE "$1 [0-9]+ msg/s" <<<"$2" | grep -oE '[0-9]+' | head -1; }
+ms_of() { grep -oE "$1 [0-9.]+" <<<"$2" | grep -oE '[0-9.]+$'; }
+ratio() { python3 -c "print(f'{$1/$2:.2f}x')"; }
 
 "$HUB" certs --dir "$W/pki" --node edge-node --node bridge >/dev/null
 
@@ -501,6 +507,225 @@ metrics_run false
 metrics_run true
 fi # metrics
 
+# --- cluster: two cloud instances on one nats-server, next to one cloud ------------------------
+# The same jobs through one cloud process ("single") and through a cluster of two instances on
+# one nats-server with JetStream ("cluster": edges connected to instance A, the cloud
+# applications on instance B, so every message crosses NATS). Each mode gets fresh processes:
+# the clouds (node-limit, large queue bounds, queues.fsync always as shipped), and
+# max(CLUSTER_NODES) edges over WebSocket (nodes cn-0, cn-1, ...) each with a subscriber of its
+# own. Rows: 256 B edge->cloud throughput (one node), cloud->edge round robin over each of
+# CLUSTER_NODES nodes (cluster mode appends to one lane one JetStream round trip at a time, so
+# many nodes show the whole), from one publishing application and from one per node (an
+# application connection's notices come in order, so in cluster mode one connection's appends
+# wait for each other whatever their lanes), request round trips (a cloud application's sync requests
+# answered by `hub sub --echo` on node cn-0), CPU per message of the clouds and of nats-server;
+# then the ratios cluster/single. Then the cost of a connected node: CLUSTER_SCALE idle nodes
+# of hub-bench scale (WebSocket) on a cloud without and one with cluster mode, RSS per node of
+# the cloud and of nats-server.
+if part cluster; then
+CLUSTER_COUNT=${CLUSTER_COUNT:-50000}
+CLUSTER_NODES=${CLUSTER_NODES:-1 8}
+CLUSTER_REQUESTS=${CLUSTER_REQUESTS:-$REQUESTS}
+CLUSTER_SCALE=${CLUSTER_SCALE:-2000}
+command -v nats-server >/dev/null || { echo "bench: the cluster part needs nats-server (scripts/test-deps.sh installs it)" >&2; exit 1; }
+C_EDGES=1
+for k in $CLUSTER_NODES; do [ "$k" -gt "$C_EDGES" ] && C_EDGES=$k; done
+# shellcheck disable=SC2046 # one --node argument per node, split on purpose
+"$HUB" certs --dir "$W/cl-pki" $(seq -f 'cn-%.0f' 0 $((C_EDGES - 1)) | sed 's/^/--node /') >/dev/null
+nats_start() { # name: a fresh nats-server with JetStream in $W/name; sets NATS_PID, NATS_URL
+  local port
+  port=$(free_port)
+  nats-server -js -sd "$W/$1" -a 127.0.0.1 -p "$port" 2>"$W/$1.log" &
+  NATS_PID=$!
+  PIDS+=("$NATS_PID")
+  wait_log "$W/$1.log" 'Server is ready' >/dev/null
+  NATS_URL=nats://127.0.0.1:$port
+}
+cluster_cloud() { # name pki node-limit [instance]: a cloud's config, in cluster mode with an instance
+  cat >"$W/$1.yaml" <<YAML
+cloudhub:
+  protocol_websocket: true
+  port: 0
+  protocol_quic: true
+  quic_port: 0
+  address: 127.0.0.1
+  ca: $W/$2/ca.crt
+  cert: $W/$2/server.crt
+  key: $W/$2/server.key
+  node-limit: $3
+mqtt:
+  listen: 127.0.0.1:0
+apps:
+  listen: 127.0.0.1:0
+queues:
+  dir: $W/$1
+  max-messages: 1000000
+  max-bytes: 10000000000
+YAML
+  if [ -n "${4:-}" ]; then
+    printf 'cluster:\n  nats: %s\n  instance: %s\n' "$NATS_URL" "$4" >>"$W/$1.yaml"
+  fi
+}
+cloud_start() { # name: starts the cloud of $W/name.yaml; sets C_PID, C_WS (port), C_APPS (URL)
+  RUST_LOG=warn,hub::apps=info,hub::cloud=info "$HUB" cloud -c "$W/$1.yaml" 2>"$W/$1.log" &
+  C_PID=$!
+  PIDS+=("$C_PID")
+  C_WS=$(wait_log "$W/$1.log" 'websocket listening on' | grep -oE '[0-9]+$')
+  C_APPS=$(wait_log "$W/$1.log" 'apps listening on' | grep -oE 'ws://[0-9.:]+')
+}
+edges_start() { # mode websocket-port: C_EDGES edges; sets E_PIDS, E_APPS
+  E_PIDS=(); E_APPS=()
+  local i
+  for i in $(seq 0 $((C_EDGES - 1))); do
+    cat >"$W/$1-edge-$i.yaml" <<YAML
+websocket:
+  url: wss://127.0.0.1:$2/bench/cn-$i/events
+  cafile: $W/cl-pki/ca.crt
+  certfile: $W/cl-pki/node-cn-$i.crt
+  keyfile: $W/cl-pki/node-cn-$i.key
+controller:
+  protocol: websocket
+  project-id: bench
+  node-id: cn-$i
+mqtt:
+  listen: off
+apps:
+  listen: 127.0.0.1:0
+outbox:
+  dir: $W/$1-edge-$i
+  max-messages: 1000000
+  max-bytes: 10000000000
+YAML
+    RUST_LOG=warn,hub::apps=info,hub::edge=info "$HUB" edge -c "$W/$1-edge-$i.yaml" 2>"$W/$1-edge-$i.log" &
+    E_PIDS+=($!)
+    PIDS+=($!)
+  done
+  for i in $(seq 0 $((C_EDGES - 1))); do
+    E_APPS+=("$(wait_log "$W/$1-edge-$i.log" 'apps listening on' | grep -oE 'ws://[0-9.:]+')")
+    wait_log "$W/$1-edge-$i.log" 'connected to the cloud' >/dev/null
+  done
+}
+cpu_of() { # label messages: CPU per message of the clouds (and nats-server) in DT, from CPIDS' order
+  local i=0 total=0 parts="" name
+  for name in $CNAMES; do
+    total=$((total + DT[i]))
+    parts+="${parts:+, }$name $(us_per "${DT[i]}" "$2")"
+    i=$((i + 1))
+  done
+  row "CPU $1, us/msg" "$(us_per "$total" "$2") ($parts)"
+}
+cluster_mode() { # single or cluster: throughput and round trips; sets CL_<mode>_* figures
+  local mode=$1 label edge_cloud app_cloud k subs i out
+  if [ "$mode" = single ]; then
+    cluster_cloud cl-single cl-pki 100
+    cloud_start cl-single
+    edge_cloud=$C_WS; app_cloud=$C_APPS; CPIDS=$C_PID; CNAMES=cloud
+    label="single cloud"
+  else
+    nats_start cl-nats
+    cluster_cloud cl-a cl-pki 100 cloud-a
+    cluster_cloud cl-b cl-pki 100 cloud-b
+    cloud_start cl-a
+    local a_pid=$C_PID
+    edge_cloud=$C_WS
+    cloud_start cl-b
+    app_cloud=$C_APPS
+    CPIDS="$a_pid $C_PID $NATS_PID"; CNAMES="A B nats-server"
+    label="cluster (edge on A, app on B)"
+  fi
+  edges_start "cl-$mode" "$edge_cloud"
+  measured "$CPIDS" "$BENCH" throughput --publish "${E_APPS[0]}" --resource "up/$mode" --subscribe "$app_cloud" \
+    --prefix "node/cn-0/up/$mode" --count "$CLUSTER_COUNT"
+  row "$label: edge->cloud 256 B, msg/s" "$(rate delivered "$OUT") ($OUT)"
+  cpu_of "$label: edge->cloud 256 B" "$CLUSTER_COUNT"
+  eval "CL_${mode}_up=$(rate delivered "$OUT")"
+  for k in $CLUSTER_NODES; do
+    subs=()
+    for i in $(seq 0 $((k - 1))); do subs+=(--subscribe "${E_APPS[i]}"); done
+    for each in "" --publisher-each; do
+      [ "$k" = 1 ] && [ -n "$each" ] && continue
+      what="1 node"
+      [ "$k" = 1 ] || what="$k nodes, one publisher"
+      [ -n "$each" ] && what="$k nodes, a publisher each"
+      measured "$CPIDS" "$BENCH" throughput --publish "$app_cloud" --resource "node/cn-{i}/down/$mode/$k$each" \
+        "${subs[@]}" $each --prefix "down/$mode/$k$each" --count "$CLUSTER_COUNT"
+      row "$label: cloud->edge 256 B, $what, msg/s" "$(rate delivered "$OUT") ($OUT)"
+      cpu_of "$label: cloud->edge 256 B, $what" "$CLUSTER_COUNT"
+      eval "CL_${mode}_down_$k${each:+_each}=$(rate delivered "$OUT")"
+    done
+  done
+  "$HUB" sub -u "${E_APPS[0]}" -r echo --echo >/dev/null &
+  local echo=$!
+  PIDS+=("$echo")
+  sleep 0.3 # let the subscription register
+  out=$("$BENCH" latency --url "$app_cloud" --resource node/cn-0/echo --count "$CLUSTER_REQUESTS")
+  row "$label: request round trip" "$out"
+  eval "CL_${mode}_rt='$out'"
+  kill "$echo" "${E_PIDS[@]}"
+  # shellcheck disable=SC2086 # the process ids, split on purpose
+  kill $CPIDS
+  # shellcheck disable=SC2086
+  wait "$echo" "${E_PIDS[@]}" $CPIDS 2>/dev/null || true
+}
+cluster_mode single
+cluster_mode cluster
+s=CL_single_up; c=CL_cluster_up
+row "ratio cluster/single edge->cloud (256 B)" "$(ratio "${!c}" "${!s}")"
+for k in $CLUSTER_NODES; do
+  s=CL_single_down_$k; c=CL_cluster_down_$k
+  if [ "$k" = 1 ]; then
+    row "ratio cluster/single cloud->edge (256 B, 1 node)" "$(ratio "${!c}" "${!s}")"
+    continue
+  fi
+  row "ratio cluster/single cloud->edge (256 B, $k nodes, one publisher)" "$(ratio "${!c}" "${!s}")"
+  s=CL_single_down_${k}_each; c=CL_cluster_down_${k}_each
+  row "ratio cluster/single cloud->edge (256 B, $k nodes, a publisher each)" "$(ratio "${!c}" "${!s}")"
+done
+s=CL_single_rt; c=CL_cluster_rt
+row "ratio cluster/single request p50, p99" "$(python3 -c "print(f'{$(ms_of p50 "${!c}")/$(ms_of p50 "${!s}"):.2f}x, {$(ms_of p99 "${!c}")/$(ms_of p99 "${!s}"):.2f}x')")"
+
+# The cost of a connected node: CLUSTER_SCALE idle WebSocket nodes on a fresh cloud, without and
+# with cluster mode (a fresh nats-server); RSS before and 2 s after the last handshake.
+# shellcheck disable=SC2046 # one --node argument per node, split on purpose
+"$HUB" certs --dir "$W/cs-pki" $(seq -f 'sim-%.0f' 0 $((CLUSTER_SCALE - 1)) | sed 's/^/--node /') >/dev/null
+for mode in single cluster; do
+  instance=""
+  if [ "$mode" = cluster ]; then
+    nats_start cs-nats
+    instance="cloud-a"
+  fi
+  cluster_cloud "cs-$mode" cs-pki $((CLUSTER_SCALE + 10)) $instance
+  RUST_LOG=warn,hub::cloud=info "$HUB" cloud -c "$W/cs-$mode.yaml" 2>"$W/cs-$mode.log" &
+  cs_pid=$!
+  PIDS+=("$cs_pid")
+  cs_ws=$(wait_log "$W/cs-$mode.log" 'websocket listening on' | grep -oE '[0-9.]+:[0-9]+$')
+  cs_quic=$(wait_log "$W/cs-$mode.log" 'quic listening on' | grep -oE '[0-9.]+:[0-9]+$')
+  sleep 1 # the cluster's first heartbeats and watchers
+  before=$(rss_kib "$cs_pid")
+  [ "$mode" = cluster ] && nats_before=$(rss_kib "$NATS_PID")
+  "$BENCH" scale --websocket "$cs_ws" --quic "$cs_quic" --pki "$W/cs-pki" --nodes "$CLUSTER_SCALE" \
+    --hold 5 --only websocket >"$W/cs-$mode.out" &
+  sim=$!
+  PIDS+=("$sim")
+  connected=$(wait_log "$W/cs-$mode.out" '^connected' 1800)
+  sleep 2 # settle after the last handshake
+  after=$(rss_kib "$cs_pid")
+  per=$(python3 -c "print(f'{($after - $before) / $CLUSTER_SCALE:.1f}')")
+  eval "CS_${mode}=$per"
+  row "cluster cost ($mode): $CLUSTER_SCALE nodes" "$connected"
+  row "cluster cost ($mode): hub cloud RSS, KiB" "$before -> $after ($per KiB per node)"
+  if [ "$mode" = cluster ]; then
+    nats_after=$(rss_kib "$NATS_PID")
+    row "cluster cost (cluster): nats-server RSS, KiB" "$nats_before -> $nats_after ($(python3 -c "print(f'{($nats_after - $nats_before) / $CLUSTER_SCALE:.1f}')") KiB per node)"
+  fi
+  wait "$sim" || true
+  kill "$cs_pid"; wait "$cs_pid" 2>/dev/null || true
+  if [ "$mode" = cluster ]; then kill "$NATS_PID"; wait "$NATS_PID" 2>/dev/null || true; fi
+done
+s=CS_single; c=CS_cluster
+row "cluster cost: hub cloud per node, cluster - single, KiB" "$(python3 -c "print(f'{${!c} - ${!s}:.1f}')")"
+fi # cluster
+
 # --- Mosquitto bridge ------------------------------------------------------------------------
 TLS_PORT=$(free_port); CLOUD_MQTT=$(free_port); EDGE_MQTT=$(free_port)
 # shellcheck source=scripts/mosquitto-bridge.sh
@@ -583,8 +808,6 @@ if part wan; then
 fi
 
 # --- ratios and footprint --------------------------------------------------------------------
-ms_of() { grep -oE "$1 [0-9.]+" <<<"$2" | grep -oE '[0-9.]+$'; }
-ratio() { python3 -c "print(f'{$1/$2:.2f}x')"; }
 if part api && part requests; then
   for proto in websocket quic; do
     h=HUB_RT_$proto

@@ -1,7 +1,8 @@
 //! The cloud-to-node queues in JetStream (docs/cluster.md section 4), through the library
 //! against a real `nats-server`: two instances appending to one node's lane number its messages
-//! without gaps, acknowledged messages are purged while the numbering holds, a full lane is
-//! refused, and a lane's stream id is the same on every instance.
+//! without gaps, acknowledged messages are purged while the numbering holds (the stream's very
+//! first message too), a full lane is refused, and a lane's stream id is the same on every
+//! instance.
 #![cfg(feature = "cluster")]
 
 mod common;
@@ -136,6 +137,28 @@ fn the_first_message_of_the_stream_outlives_its_acknowledgement() {
         let other = b.down_lane("edge-1", Lane::Bulk);
         assert_eq!(other.bounds().await.unwrap(), (2, 1));
         assert_eq!(other.append(b"m2".to_vec()).await.unwrap(), 2);
+    });
+}
+
+/// Acknowledging the stream's first message (JetStream sequence 1, which nats-server 2.9 takes
+/// for a bound of nothing in a purge) while the lane's next messages wait: they stay, in order.
+#[test]
+fn the_messages_after_the_streams_first_outlive_its_acknowledgement() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nats = Nats::start(tmp.path(), "n1");
+    let a = start(&nats, "cloud-a", 1000);
+    let lane = a.down_lane("gw-2", Lane::Bulk);
+    smol::block_on(async {
+        for i in 1..=3 {
+            assert_eq!(lane.append(format!("m{i}").into_bytes()).await.unwrap(), i);
+        }
+        assert_eq!(lane.read(1, 10).await.unwrap().len(), 3);
+        lane.ack(1).await.unwrap();
+        assert_eq!(lane.bounds().await.unwrap(), (2, 3));
+        let rest = lane.read(2, 10).await.unwrap();
+        assert_eq!(rest.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [2, 3]);
+        assert_eq!(text(&rest[0].1), "m2");
+        assert_eq!(lane.append(b"m4".to_vec()).await.unwrap(), 4);
     });
 }
 

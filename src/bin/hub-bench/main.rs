@@ -3,7 +3,8 @@
 //!
 //! - `throughput`: publish N messages at one endpoint (pipelined, a bounded number awaiting their
 //!   "accepted" notice) while a subscriber at the other counts them; prints messages/s and MB/s
-//!   to "accepted" and to "delivered", and checks that all arrived, in order, once.
+//!   to "accepted" and to "delivered", and checks that all arrived, in order, once. With several
+//!   `--subscribe` endpoints (one per node) it publishes round robin to their nodes.
 //!   With `--duration` it publishes for a fixed time with a bounded number of messages in flight
 //!   end to end, and prints the goodput: what was delivered within that time.
 //! - `latency`: sequential sync requests answered by an application on the other side
@@ -123,12 +124,15 @@ struct Throughput {
     /// endpoint to publish at (ws://HOST:PORT or unix:PATH)
     #[argh(option)]
     publish: String,
-    /// resource to publish to (from the cloud: node/NODE-ID/...)
+    /// resource to publish to (from the cloud: node/NODE-ID/...); each `{i}` in it is replaced
+    /// by the index (from 0) of the --subscribe endpoint the message is for
     #[argh(option)]
     resource: String,
-    /// endpoint to subscribe at
+    /// endpoint to subscribe at; given k times (not with --duration), message n is for endpoint
+    /// n mod k (round robin over k nodes: `--resource node/n-{i}/down`), and each endpoint
+    /// must receive its own messages in order, once
     #[argh(option)]
-    subscribe: String,
+    subscribe: Vec<String>,
     /// resource prefix to subscribe to (as seen there)
     #[argh(option)]
     prefix: String,
@@ -138,6 +142,10 @@ struct Throughput {
     /// content bytes per message (default 256)
     #[argh(option, default = "256")]
     size: usize,
+    /// with several --subscribe: one publishing connection for each endpoint's messages instead
+    /// of one for all (each with its own --inflight)
+    #[argh(switch)]
+    publisher_each: bool,
     /// messages awaiting their notice at most (default 4096); with --duration, messages
     /// published but not yet delivered at most
     #[argh(option, default = "4096")]
@@ -181,35 +189,123 @@ fn number(content: &[u8]) -> Option<u64> {
     text.trim_start_matches('"').split(' ').next()?.parse().ok()
 }
 
+/// The longest a throughput run's subscriber waits for its next message before the run fails.
+const STALL: Duration = Duration::from_secs(30);
+
 async fn throughput(t: Throughput) -> Result<(), String> {
     let path = format!("/?resource={}", t.prefix);
-    let mut sub = client::connect(&t.subscribe, &path).await?;
-    let publisher = client::connect(&t.publish, "/").await?;
-    let (mut tx, rx) = publisher.split();
+    let ways = t.subscribe.len() as u64;
+    let mut subs = Vec::with_capacity(t.subscribe.len());
+    for url in &t.subscribe {
+        subs.push(client::connect(url, &path).await?);
+    }
+    let mut publishers = Vec::new();
+    for _ in 0..if t.publisher_each { ways } else { 1 } {
+        publishers.push(client::connect(&t.publish, "/").await?);
+    }
     let count = t.count;
     let started = Instant::now();
 
-    let receiver = smol::spawn(async move {
-        let mut next = 0u64;
-        while next < count {
-            match client::next(&mut sub).await {
-                Some(Ok(m)) => match number(&m.content) {
-                    Some(n) if n == next => next += 1,
-                    Some(n) => return Err(format!("received {n} when {next} was due")),
-                    None => {}
-                },
-                Some(Err(e)) => return Err(e),
-                None => return Err(format!("subscriber closed after {next}")),
-            }
+    // Endpoint j receives messages j, j + k, j + 2k, ... of the k endpoints, in that order.
+    let receivers: Vec<_> = subs
+        .into_iter()
+        .zip(0u64..)
+        .map(|(mut sub, j)| {
+            smol::spawn(async move {
+                let mut next = j;
+                while next < count {
+                    let Some(got) = timeout(STALL, client::next(&mut sub)).await else {
+                        return Err(format!(
+                            "endpoint {j}: nothing for {} s while waiting for {next}",
+                            STALL.as_secs()
+                        ));
+                    };
+                    match got {
+                        Some(Ok(m)) => match number(&m.content) {
+                            Some(n) if n == next => next += ways,
+                            Some(n) => {
+                                let then = what_follows(&mut sub).await;
+                                return Err(format!(
+                                    "endpoint {j} received {n} when {next} was due; then {then}"
+                                ));
+                            }
+                            None => {}
+                        },
+                        Some(Err(e)) => return Err(e),
+                        None => return Err(format!("subscriber {j} closed before {next}")),
+                    }
+                }
+                Ok(started.elapsed())
+            })
+        })
+        .collect();
+
+    let t = std::sync::Arc::new(t);
+    let step = publishers.len() as u64;
+    let sharers: Vec<_> = publishers
+        .into_iter()
+        .zip(0u64..)
+        .map(|(publisher, first)| smol::spawn(publish_share(t.clone(), publisher, first, step)))
+        .collect();
+    let mut last_accepted = started;
+    for sharer in sharers {
+        last_accepted = last_accepted.max(sharer.await?);
+    }
+    let to_accepted = last_accepted.duration_since(started);
+    let mut to_delivered = Duration::ZERO;
+    for receiver in receivers {
+        to_delivered = to_delivered.max(receiver.await?);
+    }
+    let mb = (count as f64) * (t.size as f64) / 1e6;
+    let spread = match (ways, step) {
+        (1, _) => String::new(),
+        (k, 1) => format!(" (round robin over {k} endpoints)"),
+        (k, _) => format!(" (round robin over {k} endpoints, a publisher for each)"),
+    };
+    println!(
+        "{count} messages of {} B{spread}: accepted {:.0} msg/s ({:.1} MB/s), delivered {:.0} msg/s ({:.1} MB/s), in order, once",
+        t.size,
+        count as f64 / to_accepted.as_secs_f64(),
+        mb / to_accepted.as_secs_f64(),
+        count as f64 / to_delivered.as_secs_f64(),
+        mb / to_delivered.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The numbers of the next messages a subscriber gets (at most 20, within 2 s), to tell a lost
+/// message from a late one when a run fails on one out of order.
+async fn what_follows(sub: &mut client::Connection) -> String {
+    let until = Instant::now() + Duration::from_secs(2);
+    let mut seen = Vec::new();
+    while seen.len() < 20 {
+        let left = until.saturating_duration_since(Instant::now());
+        match timeout(left, client::next(sub)).await {
+            Some(Some(Ok(m))) => seen.extend(number(&m.content).map(|n| n.to_string())),
+            _ => break,
         }
-        Ok(started.elapsed())
-    });
+    }
+    match seen.is_empty() {
+        true => "nothing within 2 s".to_owned(),
+        false => seen.join(" "),
+    }
+}
 
-    let (notices, acked_rx) = count_accepted(rx, count);
-
+/// Publishes messages `first`, `first + step`, ... below `t.count` on `publisher`, with at most
+/// `t.inflight` awaiting their notice, and returns the moment the last was accepted.
+async fn publish_share(
+    t: std::sync::Arc<Throughput>,
+    publisher: client::Connection,
+    first: u64,
+    step: u64,
+) -> Result<Instant, String> {
+    let (mut tx, rx) = publisher.split();
+    let ways = t.subscribe.len() as u64;
+    let mine = (t.count.saturating_sub(first)).div_ceil(step);
+    let (notices, acked_rx) = count_accepted(rx, mine);
     let mut accepted = 0u64;
-    for n in 0..count {
-        while n - accepted >= t.inflight {
+    for sent in 0..mine {
+        while sent - accepted >= t.inflight {
             accepted = acked_rx
                 .recv()
                 .await
@@ -218,26 +314,15 @@ async fn throughput(t: Throughput) -> Result<(), String> {
                 accepted = a;
             }
         }
-        tx.feed(WsMessage::text(numbered(&t, n)))
+        tx.feed(WsMessage::text(numbered(&t, first + sent * step, ways)))
             .await
             .map_err(|e| e.to_string())?;
-        if n % 64 == 63 {
+        if sent % 64 == 63 {
             futures_flush(&mut tx).await?;
         }
     }
     futures_flush(&mut tx).await?;
-    let to_accepted = notices.await?.duration_since(started);
-    let to_delivered = receiver.await?;
-    let mb = (count as f64) * (t.size as f64) / 1e6;
-    println!(
-        "{count} messages of {} B: accepted {:.0} msg/s ({:.1} MB/s), delivered {:.0} msg/s ({:.1} MB/s), in order, once",
-        t.size,
-        count as f64 / to_accepted.as_secs_f64(),
-        mb / to_accepted.as_secs_f64(),
-        count as f64 / to_delivered.as_secs_f64(),
-        mb / to_delivered.as_secs_f64()
-    );
-    Ok(())
+    notices.await
 }
 
 /// Reads a publisher's notices until `count` messages were accepted: sends the running count of
@@ -285,7 +370,7 @@ where
 /// is left to the hubs: run the next measurement through a fresh edge (or another resource).
 async fn goodput(t: Throughput, secs: f64) -> Result<(), String> {
     let path = format!("/?resource={}", t.prefix);
-    let mut sub = client::connect(&t.subscribe, &path).await?;
+    let mut sub = client::connect(&t.subscribe[0], &path).await?;
     let publisher = client::connect(&t.publish, "/").await?;
     let (mut tx, mut rx) = publisher.split();
     let started = Instant::now();
@@ -351,7 +436,7 @@ async fn goodput(t: Throughput, secs: f64) -> Result<(), String> {
             notices.await?;
             return Err("notices stopped".into());
         }
-        tx.feed(WsMessage::text(numbered(&t, n)))
+        tx.feed(WsMessage::text(numbered(&t, n, 1)))
             .await
             .map_err(|e| e.to_string())?;
         n += 1;
@@ -373,14 +458,19 @@ async fn goodput(t: Throughput, secs: f64) -> Result<(), String> {
     Ok(())
 }
 
-/// Message `n` of a throughput run, as JSON; its content is a JSON string of `t.size` bytes
-/// that begins with `n`.
-fn numbered(t: &Throughput, n: u64) -> String {
+/// Message `n` of a throughput run over `ways` subscribing endpoints, as JSON; its content is a
+/// JSON string of `t.size` bytes that begins with `n`, its resource `t.resource` with each `{i}`
+/// replaced by `n mod ways`.
+fn numbered(t: &Throughput, n: u64, ways: u64) -> String {
+    let resource = match t.resource.contains("{i}") {
+        true => t.resource.replace("{i}", &(n % ways).to_string()),
+        false => t.resource.clone(),
+    };
     let mut m = Message {
         source: "hub-bench".into(),
         group: "bench".into(),
         operation: "update".into(),
-        resource: t.resource.clone(),
+        resource,
         content: content(t.size, n),
         ..Message::default()
     };
@@ -438,6 +528,12 @@ fn main() -> ExitCode {
     let bench: Bench = argh::from_env();
     let result = smol::block_on(async {
         match bench.command {
+            Command::Throughput(t) if t.subscribe.is_empty() => {
+                Err("throughput needs --subscribe".to_owned())
+            }
+            Command::Throughput(t) if t.subscribe.len() > 1 && t.duration.is_some() => {
+                Err("--duration takes one --subscribe".to_owned())
+            }
             Command::Throughput(t) => match t.duration {
                 Some(secs) if secs > 0.0 => goodput(t, secs).await,
                 Some(_) => Err("--duration is a positive number of seconds".to_owned()),
