@@ -23,6 +23,7 @@
 //! answered with HTTP 503 and the reason), each given `apps.upgrade-timeout` to complete its
 //! WebSocket upgrade.
 
+use crate::cloud::CloudQueues;
 use crate::metrics::{API_WEBSOCKET, METRICS};
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
@@ -102,7 +103,7 @@ pub enum Route {
     /// Edge: everything goes into the outbox (of the message's lane), for the cloud.
     Edge(Arc<crate::exchange::LaneStores>),
     /// Cloud: `node/{node-id}/…` goes into that node's queue, without the prefix.
-    Cloud(Arc<crate::cloud::NodeQueues>),
+    Cloud(crate::cloud::CloudQueues),
 }
 
 /// The application endpoint's shared state.
@@ -128,6 +129,8 @@ pub enum Accepted {
     Queued(crate::queue::Answered),
     /// Its outcome is known already (until the future is polled to it).
     Ready(Option<Result<u64, String>>),
+    /// On its way into the cluster's JetStream (cluster mode).
+    Shared(Pin<Box<dyn Future<Output = Result<u64, String>> + Send>>),
 }
 
 impl Accepted {
@@ -150,6 +153,7 @@ impl Future for Accepted {
             Accepted::Ready(outcome) => {
                 std::task::Poll::Ready(outcome.take().expect("polled after it finished"))
             }
+            Accepted::Shared(append) => append.as_mut().poll(cx),
         }
     }
 }
@@ -190,10 +194,19 @@ impl Apps {
         resource: &str,
         encode: impl FnOnce(&str) -> Result<Vec<u8>, MessageError>,
     ) -> Result<(Accepted, usize), String> {
-        let lane = lane_for(sync, urgent, parent_id).index();
+        let lane = lane_for(sync, urgent, parent_id);
         let (queue, resource) = match &self.route {
-            Route::Edge(outbox) => (outbox.out[lane].clone(), resource),
-            Route::Cloud(queues) => {
+            Route::Edge(outbox) => (outbox.out[lane.index()].clone(), resource),
+            Route::Cloud(CloudQueues::Cluster(cluster)) => {
+                let (node, rest) = split_node_resource(resource)?;
+                crate::config::valid_id(node).map_err(|p| format!("node id {p}"))?;
+                let bytes = self.encode_within(rest, encode)?;
+                let len = bytes.len();
+                let (cluster, node) = (cluster.clone(), node.to_owned());
+                let append = async move { cluster.append(&node, lane, bytes).await };
+                return Ok((Accepted::Shared(Box::pin(append)), len));
+            }
+            Route::Cloud(CloudQueues::Disk(queues)) => {
                 // A node whose queues are open has a valid id: only another resource is checked
                 // (and refused with the reason).
                 let open = resource
@@ -201,14 +214,30 @@ impl Apps {
                     .map(|rest| rest.split_once('/').unwrap_or((rest, "")))
                     .and_then(|(node, rest)| Some((queues.open_already(node)?, rest)));
                 match open {
-                    Some((stores, rest)) => (stores.out[lane].clone(), rest),
+                    Some((stores, rest)) => (stores.out[lane.index()].clone(), rest),
                     None => {
                         let (node, rest) = split_node_resource(resource)?;
-                        (queues.node(node)?.out[lane].clone(), rest)
+                        (queues.node(node)?.out[lane.index()].clone(), rest)
                     }
                 }
             }
         };
+        let bytes = self.encode_within(resource, encode)?;
+        // Requests and responses are written but not synced on their own: they are useless after
+        // a restart, which ends the requester's connection and its wait.
+        let durable = !sync && parent_id.is_empty();
+        let len = bytes.len();
+        Ok((Accepted::Queued(queue.submit_one(bytes, durable)), len))
+    }
+}
+
+impl Apps {
+    /// `encode(resource)`, refused beyond `apps.max-message-bytes`.
+    fn encode_within(
+        &self,
+        resource: &str,
+        encode: impl FnOnce(&str) -> Result<Vec<u8>, MessageError>,
+    ) -> Result<Vec<u8>, String> {
         let bytes = encode(resource).map_err(|e| e.to_string())?;
         if bytes.len() > self.max_message_bytes {
             return Err(format!(
@@ -217,11 +246,7 @@ impl Apps {
                 self.max_message_bytes
             ));
         }
-        // Requests and responses are written but not synced on their own: they are useless after
-        // a restart, which ends the requester's connection and its wait.
-        let durable = !sync && parent_id.is_empty();
-        let len = bytes.len();
-        Ok((Accepted::Queued(queue.submit_one(bytes, durable)), len))
+        Ok(bytes)
     }
 }
 

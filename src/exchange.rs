@@ -164,6 +164,55 @@ impl LaneStores {
     }
 }
 
+/// A node's lanes kept by the cluster rather than on this process's disk (cluster mode,
+/// docs/cluster.md sections 4 and 5): what the cloud's [`Exchange`] reads, acknowledges and
+/// stores through when its node's queues are in NATS JetStream. Every call returns at once;
+/// the work with NATS goes on elsewhere and [`token`](SharedLanes::token) tells of its progress.
+pub trait SharedLanes: Send + Sync {
+    /// This side's positions on each lane at the link's start, for [`Session::accept`].
+    fn streams(&self) -> [Streams; LANES];
+    /// One past the last message of `lane` that [`read`](SharedLanes::read) can give now.
+    fn visible(&self, lane: Lane) -> u64;
+    /// Appends to `out` the messages of `lane` from sequence number `from` on, in order: at
+    /// most `max` of them and `budget` bytes (the first always). Returns how many.
+    fn read(
+        &self,
+        lane: Lane,
+        from: u64,
+        max: usize,
+        budget: usize,
+        out: &mut Vec<(u64, Vec<u8>)>,
+    ) -> usize;
+    /// The peer processed every message of `lane` up to `seq`: they may go. Errors: a claim
+    /// beyond what the lane ever held (a protocol error).
+    fn ack(&self, lane: Lane, seq: u64) -> Result<(), String>;
+    /// Stores message `seq` of the peer's stream `stream` on `lane`.
+    fn store(&self, lane: Lane, stream: u64, seq: u64, payload: Vec<u8>);
+    /// The last sequence number of `lane` whose store is confirmed: the peer may be told it
+    /// was received ([`Session::committed`]).
+    fn stored(&self, lane: Lane) -> u64;
+    /// Why the lanes cannot go on (a store was refused), if so.
+    fn failure(&self) -> Option<String>;
+    /// Notified when there is more to read, a store is confirmed or a failure happened.
+    fn token(&self) -> &crate::signal::Token;
+}
+
+/// Where one link's lanes are kept.
+enum Lanes {
+    /// On this process's disk.
+    Disk {
+        out: [Arc<Queue>; LANES],
+        inbound: [Arc<Mutex<Inbound>>; LANES],
+    },
+    /// By the cluster; `commit` holds what the session asked to commit and waits for its store,
+    /// `committed` what the peer was told.
+    Shared {
+        lanes: Arc<dyn SharedLanes>,
+        commit: [Option<u64>; LANES],
+        committed: [u64; LANES],
+    },
+}
+
 /// Messages most sent per [`Exchange::fill`] round and lane.
 const FILL_BATCH: usize = 512;
 /// Payload bytes sent on one lane and not yet acknowledged at most (besides the window's count of
@@ -213,8 +262,7 @@ impl AckSample {
 
 /// One link's message traffic.
 pub struct Exchange {
-    out: [Arc<Queue>; LANES],
-    inbound: [Arc<Mutex<Inbound>>; LANES],
+    lanes: Lanes,
     local: Arc<Local>,
     /// Cloud side: `node/{node-id}/`, put before the resource of every message from the node.
     prefix: Option<String>,
@@ -235,8 +283,10 @@ impl Exchange {
     pub async fn open(stores: &LaneStores, local: Arc<Local>, prefix: Option<String>) -> Exchange {
         let holding = stores.holder.lock_arc().await;
         Exchange {
-            out: stores.out.clone(),
-            inbound: stores.inbound.clone(),
+            lanes: Lanes::Disk {
+                out: stores.out.clone(),
+                inbound: stores.inbound.clone(),
+            },
             local,
             prefix,
             sending: Default::default(),
@@ -245,18 +295,45 @@ impl Exchange {
         }
     }
 
+    /// An exchange over lanes the cluster keeps (cloud side, cluster mode). What the node sends
+    /// is stored in `lanes` and reaches applications through the cluster, not through `local`;
+    /// each receipt is committed to the node once its store is confirmed. `holding` is the
+    /// node's holder on this instance (see [`open`](Self::open)).
+    pub fn open_shared(
+        lanes: Arc<dyn SharedLanes>,
+        local: Arc<Local>,
+        prefix: String,
+        holding: smol::lock::MutexGuardArc<()>,
+    ) -> Exchange {
+        Exchange {
+            lanes: Lanes::Shared {
+                lanes,
+                commit: [None; LANES],
+                committed: [0; LANES],
+            },
+            local,
+            prefix: Some(prefix),
+            sending: Default::default(),
+            batch: Vec::new(),
+            _holding: holding,
+        }
+    }
+
     /// This side's stream positions on each lane, for HELLO or [`Session::accept`].
     pub fn streams(&self) -> [Streams; LANES] {
-        Lane::ALL.map(|lane| {
-            let inbound = lock(&self.inbound[lane.index()]);
-            let out = &self.out[lane.index()];
-            Streams {
-                out_stream: out.stream(),
-                out_first: out.first(),
-                in_stream: inbound.stream,
-                in_seq: inbound.delivered,
-            }
-        })
+        match &self.lanes {
+            Lanes::Disk { out, inbound } => Lane::ALL.map(|lane| {
+                let inbound = lock(&inbound[lane.index()]);
+                let out = &out[lane.index()];
+                Streams {
+                    out_stream: out.stream(),
+                    out_first: out.first(),
+                    in_stream: inbound.stream,
+                    in_seq: inbound.delivered,
+                }
+            }),
+            Lanes::Shared { lanes, .. } => lanes.streams(),
+        }
     }
 
     /// Handles the message events of `session`; returns any other event for the caller.
@@ -277,9 +354,17 @@ impl Exchange {
                         return None;
                     }
                 };
+                let inbound = match &self.lanes {
+                    Lanes::Disk { inbound, .. } => inbound,
+                    Lanes::Shared { lanes, .. } => {
+                        // Delivered to the applications of every instance once stored.
+                        lanes.store(lane, session.inbound_stream(lane), seq, payload);
+                        return None;
+                    }
+                };
                 {
                     // The session passes each sequence number once: a repeat never gets here.
-                    let mut inbound = lock(&self.inbound[lane.index()]);
+                    let mut inbound = lock(&inbound[lane.index()]);
                     inbound.stream = session.inbound_stream(lane);
                     inbound.delivered = seq;
                 }
@@ -295,7 +380,7 @@ impl Exchange {
                 if self.local.wrote_durable() {
                     // A durable session keeps it: were the position recorded only at the next
                     // acknowledgement, a restart in between would have it sent and kept again.
-                    lock(&self.inbound[lane.index()]).save();
+                    lock(&inbound[lane.index()]).save();
                 }
                 None
             }
@@ -311,21 +396,37 @@ impl Exchange {
                     sending.in_flight.pop_front();
                     sending.in_flight_bytes -= len;
                 }
-                match self.out[lane.index()].ack(seq) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                        session.close(CloseCode::ProtocolError, format!("{lane} lane: {e}"));
+                match &self.lanes {
+                    Lanes::Disk { out, .. } => match out[lane.index()].ack(seq) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                            session.close(CloseCode::ProtocolError, format!("{lane} lane: {e}"));
+                        }
+                        Err(e) => log::error!("cannot reclaim acknowledged messages: {e}"),
+                    },
+                    Lanes::Shared { lanes, .. } => {
+                        if let Err(e) = lanes.ack(lane, seq) {
+                            session.close(CloseCode::ProtocolError, format!("{lane} lane: {e}"));
+                        }
                     }
-                    Err(e) => log::error!("cannot reclaim acknowledged messages: {e}"),
                 }
                 None
             }
             Event::Commit(lane, seq) => {
+                let inbound = match &mut self.lanes {
+                    Lanes::Disk { inbound, .. } => inbound,
+                    Lanes::Shared { commit, .. } => {
+                        // Committed once the cluster confirms the store (see `fill`).
+                        commit[lane.index()] = Some(seq);
+                        self.commit_stored(session);
+                        return None;
+                    }
+                };
                 // What durable subscriptions were given must be durable before the peer is told
                 // it may forget it.
                 self.local.sync_durable();
                 {
-                    let mut inbound = lock(&self.inbound[lane.index()]);
+                    let mut inbound = lock(&inbound[lane.index()]);
                     let stream = session.inbound_stream(lane);
                     if inbound.stream == stream {
                         inbound.delivered = inbound.delivered.max(seq);
@@ -344,12 +445,48 @@ impl Exchange {
         }
     }
 
+    /// Shared lanes: commits to the peer what the cluster confirmed storing, and closes the
+    /// link if a store failed (the peer sends the rest again on its next link).
+    fn commit_stored(&mut self, session: &mut Session) {
+        let Lanes::Shared {
+            lanes,
+            commit,
+            committed,
+        } = &mut self.lanes
+        else {
+            return;
+        };
+        if let Some(why) = lanes.failure() {
+            session.close(CloseCode::Unavailable, why);
+            return;
+        }
+        for lane in Lane::ALL {
+            let i = lane.index();
+            // What is stored is acknowledged as it comes, not only once all the session asked
+            // for is: the peer's window moves on meanwhile.
+            if let Some(seq) = commit[i] {
+                let upto = lanes.stored(lane).min(seq);
+                if upto == seq {
+                    commit[i] = None;
+                }
+                // All of it is always answered: the session asks for no more until it is.
+                if upto > committed[i] || upto == seq {
+                    committed[i] = committed[i].max(upto);
+                    session.committed(lane, upto);
+                }
+            }
+        }
+    }
+
     /// Queues a hub-made answer (an error for a request nobody took) back to the peer, on the
     /// urgent lane like every answer.
     fn send_back(&self, reply: Message) {
+        let Lanes::Disk { out, .. } = &self.lanes else {
+            return;
+        };
         match reply.encode() {
             Ok(bytes) => {
-                let done = self.out[Lane::Urgent.index()].submit_with(vec![bytes], false);
+                let done = out[Lane::Urgent.index()].submit_with(vec![bytes], false);
                 smol::spawn(async move {
                     if let Err(e) = done.await {
                         log::warn!("cannot answer a request nobody took: {e}");
@@ -365,8 +502,10 @@ impl Exchange {
     /// `room` allow: `room(lane)` is how many more bytes the transport takes on that lane now
     /// (what it already holds stays in the durable queue's place, not in memory twice).
     ///
-    /// Also adds what was received and sent since the last call to the traffic counters.
+    /// Also adds what was received and sent since the last call to the traffic counters, and
+    /// (shared lanes) commits to the peer what the cluster stored since.
     pub fn fill(&mut self, session: &mut Session, room: impl Fn(Lane) -> usize) {
+        self.commit_stored(session);
         for lane in Lane::ALL {
             let room = room(lane).saturating_sub(session.queued_bytes(lane));
             let (messages, bytes) = self.fill_lane(session, lane, room);
@@ -385,12 +524,14 @@ impl Exchange {
 
     /// Sends what `lane` may; returns the messages sent and their bytes.
     fn fill_lane(&mut self, session: &mut Session, lane: Lane, mut room: usize) -> (u64, u64) {
-        let out = &self.out[lane.index()];
         let sending = &mut self.sending[lane.index()];
         let mut sent = (0u64, 0u64);
         loop {
             let count = session.send_capacity(lane) as usize;
-            let visible = out.visible();
+            let visible = match &self.lanes {
+                Lanes::Disk { out, .. } => out[lane.index()].visible(),
+                Lanes::Shared { lanes, .. } => lanes.visible(lane),
+            };
             let budget = MAX_IN_FLIGHT_BYTES
                 .saturating_sub(sending.in_flight_bytes)
                 .min(room);
@@ -398,27 +539,38 @@ impl Exchange {
             if count == 0 || budget == 0 || next >= visible {
                 return sent;
             }
-            if sending.reader.as_ref().is_none_or(|r| r.position() != next) {
-                match out.reader(next) {
-                    Ok(r) => sending.reader = Some(Box::new(r)),
-                    Err(e) => {
-                        session.close(
-                            CloseCode::ProtocolError,
-                            format!("cannot read the {lane} queue: {e}"),
-                        );
+            self.batch.clear();
+            let max = count.min(FILL_BATCH);
+            match &self.lanes {
+                Lanes::Shared { lanes, .. } => {
+                    if lanes.read(lane, next, max, budget, &mut self.batch) == 0 {
                         return sent;
                     }
                 }
-            }
-            let reader = sending.reader.as_mut().expect("set above");
-            self.batch.clear();
-            match reader.read_limited(visible, count.min(FILL_BATCH), budget, &mut self.batch) {
-                Ok(0) => return sent,
-                Ok(_) => {}
-                Err(e) => {
-                    log::error!("cannot read the {lane} queue: {e}");
-                    sending.reader = None;
-                    return sent;
+                Lanes::Disk { out, .. } => {
+                    let out = &out[lane.index()];
+                    if sending.reader.as_ref().is_none_or(|r| r.position() != next) {
+                        match out.reader(next) {
+                            Ok(r) => sending.reader = Some(Box::new(r)),
+                            Err(e) => {
+                                session.close(
+                                    CloseCode::ProtocolError,
+                                    format!("cannot read the {lane} queue: {e}"),
+                                );
+                                return sent;
+                            }
+                        }
+                    }
+                    let reader = sending.reader.as_mut().expect("set above");
+                    match reader.read_limited(visible, max, budget, &mut self.batch) {
+                        Ok(0) => return sent,
+                        Ok(_) => {}
+                        Err(e) => {
+                            log::error!("cannot read the {lane} queue: {e}");
+                            sending.reader = None;
+                            return sent;
+                        }
+                    }
                 }
             }
             for (seq, payload) in self.batch.drain(..) {
@@ -443,18 +595,26 @@ impl Exchange {
         }
     }
 
-    /// Finishes when an outgoing queue has new messages.
+    /// Finishes when an outgoing queue has new messages (shared lanes: also when a store was
+    /// confirmed or failed).
     pub async fn added(&self) {
         use smol::future::FutureExt;
-        let [urgent, bulk] = &self.out;
-        urgent.added().or(bulk.added()).await
+        match &self.lanes {
+            Lanes::Disk { out, .. } => {
+                let [urgent, bulk] = out;
+                urgent.added().or(bulk.added()).await
+            }
+            Lanes::Shared { lanes, .. } => lanes.token().wait().await,
+        }
     }
 
     /// The link ended: record what was delivered, so the next link resumes after it, and count
     /// what was received since the last [`Exchange::fill`].
     pub fn finish(&mut self) {
-        for inbound in &self.inbound {
-            lock(inbound).save();
+        if let Lanes::Disk { inbound, .. } = &self.lanes {
+            for inbound in inbound {
+                lock(inbound).save();
+            }
         }
         for lane in Lane::ALL {
             let (messages, bytes) = std::mem::take(&mut self.sending[lane.index()].received);

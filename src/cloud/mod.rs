@@ -6,7 +6,7 @@ mod ops;
 mod queues;
 mod registry;
 
-pub use queues::NodeQueues;
+pub use queues::{CloudQueues, NodeQueues};
 pub use registry::{Admission, LastEnd, NodeInfo, Registry};
 
 use crate::metrics::{METRICS, Refusal};
@@ -158,10 +158,16 @@ pub async fn run(config: CloudConfig, shutdown: Shutdown) -> Result<(), String> 
         pending: Default::default(),
         shed: Mutex::default(),
     });
+    if let Some(c) = &cluster {
+        c.deliver_up(local.clone());
+    }
     let listing = (registry, queues.clone(), cluster.clone());
     let apps = Arc::new(Apps {
         local,
-        route: Route::Cloud(queues),
+        route: Route::Cloud(match &cluster {
+            Some(c) => CloudQueues::Cluster(c.clone()),
+            None => CloudQueues::Disk(queues),
+        }),
         max_message_bytes: config.apps.max_message_bytes,
         nodes: Some(Box::new(move || {
             nodes_json(&listing.0, &listing.1, listing.2.as_deref())
@@ -655,7 +661,7 @@ async fn quic_handshake(incoming: quinn::Incoming, cloud: Arc<Cloud>, pending: P
 /// across the wait, not the event (a HELLO is 152 bytes) in every node's task.
 enum Step {
     /// A HELLO was admitted: open the node's exchange (project id for the log line).
-    Admit(Admission, Arc<LaneStores>, String),
+    Admit(Admission, Option<Arc<LaneStores>>, String),
     /// The session ended with this code: close the link and stop.
     End(CloseCode),
 }
@@ -764,7 +770,7 @@ fn serve(
                     Step::Admit(a, stores, project) => {
                         // The link this one replaces lets go of the node's queues first. The
                         // node id is the HELLO's: admit() accepted it as valid.
-                        let prefix = Some(node_prefix(&node));
+                        let prefix = node_prefix(&node);
                         let opened = async {
                             let entry = match &cloud.cluster {
                                 Some(c) => Some(
@@ -774,7 +780,25 @@ fn serve(
                                 ),
                                 None => None,
                             };
-                            let ex = Exchange::open(&stores, cloud.local.clone(), prefix).await;
+                            let ex = match (&stores, &cloud.cluster) {
+                                (Some(stores), _) => {
+                                    Exchange::open(stores, cloud.local.clone(), Some(prefix)).await
+                                }
+                                (None, Some(c)) => {
+                                    let holding = c.holder(&node).lock_arc().await;
+                                    let lanes = c
+                                        .node_lanes(&node)
+                                        .await
+                                        .map_err(|e| (CloseCode::Unavailable, e))?;
+                                    Exchange::open_shared(
+                                        lanes,
+                                        cloud.local.clone(),
+                                        prefix,
+                                        holding,
+                                    )
+                                }
+                                (None, None) => unreachable!("admit() opens the disk queues"),
+                            };
                             Ok((ex, entry))
                         }
                         .or(async {
@@ -885,8 +909,11 @@ fn cluster_refusal(refused: Refused) -> (CloseCode, String) {
     }
 }
 
+/// A node's registry entry, and its queues on disk (`None` in cluster mode).
+type Admitted = (Admission, Option<Arc<LaneStores>>);
+
 /// Decides on a HELLO: the ids agree with the URL (WebSocket) and the certificate, and the node
-/// fits under node-limit. Returns its registry entry and its queues.
+/// fits under node-limit. Returns its registry entry and its queues (`None` in cluster mode).
 fn admit(
     cloud: &Arc<Cloud>,
     hello: &Hello,
@@ -895,7 +922,7 @@ fn admit(
     protocol: Protocol,
     peer: SocketAddr,
     live: Arc<crate::transport::Live>,
-) -> Result<(Admission, Arc<LaneStores>), (CloseCode, String)> {
+) -> Result<Admitted, (CloseCode, String)> {
     // Checked before anything else reads them: the ids become a registry key, a queue folder and
     // log lines, so only the canonical form gets that far.
     valid_id(&hello.project_id).map_err(|p| {
@@ -923,10 +950,16 @@ fn admit(
         );
         return Err((CloseCode::IdentityMismatch, why));
     }
-    let streams = cloud
-        .queues
-        .node(&hello.node_id)
-        .map_err(|e| (CloseCode::Unavailable, e))?;
+    // In cluster mode the node's lanes are in JetStream, opened once it is admitted there.
+    let streams = match cloud.cluster {
+        Some(_) => None,
+        None => Some(
+            cloud
+                .queues
+                .node(&hello.node_id)
+                .map_err(|e| (CloseCode::Unavailable, e))?,
+        ),
+    };
     let admission = cloud
         .registry
         .admit(&hello.node_id, protocol, peer, live)

@@ -8,8 +8,19 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use crate::cluster::Cluster;
 use crate::config::{QueueConfig, valid_id};
 use crate::exchange::LaneStores;
+
+/// Where the cloud keeps its nodes' queues and receive positions: on this process's disk (the
+/// single cloud), or in the cluster's NATS JetStream (cluster mode, docs/cluster.md).
+#[derive(Clone)]
+pub enum CloudQueues {
+    /// Under `queues.dir`.
+    Disk(Arc<NodeQueues>),
+    /// In JetStream, shared by every instance.
+    Cluster(Arc<Cluster>),
+}
 
 /// Every node's streams, opened on first use.
 pub struct NodeQueues {

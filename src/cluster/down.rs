@@ -60,6 +60,8 @@ pub(super) async fn stream(
 #[derive(Default)]
 pub struct LaneState {
     inner: tokio::sync::Mutex<Tail>,
+    /// The lane's `down_stream` id once known (it never changes).
+    stream: std::sync::OnceLock<u64>,
 }
 
 #[derive(Default)]
@@ -81,14 +83,14 @@ pub struct DownLane {
     state: Arc<LaneState>,
 }
 
-fn lane_token(lane: Lane) -> &'static str {
+pub(super) fn lane_token(lane: Lane) -> &'static str {
     match lane {
         Lane::Urgent => "u",
         Lane::Bulk => "b",
     }
 }
 
-fn hub_seq(headers: &HeaderMap) -> Result<u64, String> {
+pub(super) fn hub_seq(headers: &HeaderMap) -> Result<u64, String> {
     headers
         .get(HUB_SEQ)
         .and_then(|v| v.as_str().parse().ok())
@@ -111,6 +113,11 @@ impl DownLane {
         }
     }
 
+    /// The lane.
+    pub fn lane(&self) -> Lane {
+        self.lane
+    }
+
     /// Runs `work` on the NATS runtime and waits for it.
     async fn run<T: Send + 'static>(
         &self,
@@ -127,25 +134,41 @@ impl DownLane {
     /// asks, kept in the positions bucket, the same on every instance.
     pub async fn stream_id(&self) -> Result<u64, String> {
         let me = self.clone();
-        self.run(async move {
-            let key = format!("{}.{}.down", node_key(&me.node_id), lane_token(me.lane));
-            let kv = &me.cluster.positions;
-            let drawn = random_id();
-            let fresh = kv.create(&key, drawn.to_string().into()).await;
-            if fresh.is_ok() {
-                return Ok(drawn);
+        self.run(async move { me.stream_id_here().await }).await
+    }
+
+    /// [`stream_id`](Self::stream_id), on the NATS runtime.
+    pub(super) async fn stream_id_here(&self) -> Result<u64, String> {
+        if let Some(&id) = self.state.stream.get() {
+            return Ok(id);
+        }
+        let key = format!("{}.{}.down", node_key(&self.node_id), lane_token(self.lane));
+        let kv = &self.cluster.positions;
+        let read = || async {
+            let value = kv.get(&key).await.map_err(|e| format!("NATS: {e}"))?;
+            value
+                .map(|v| {
+                    std::str::from_utf8(&v)
+                        .ok()
+                        .and_then(|t| t.parse::<u64>().ok())
+                        .ok_or_else(|| format!("unreadable stream id for {key}"))
+                })
+                .transpose()
+        };
+        // Drawn by the first instance that asks: the others read it.
+        let id = match read().await? {
+            Some(id) => id,
+            None => {
+                let drawn = random_id();
+                match kv.create(&key, drawn.to_string().into()).await {
+                    Ok(_) => drawn,
+                    Err(_) => read()
+                        .await?
+                        .ok_or_else(|| format!("no stream id for {key}"))?,
+                }
             }
-            let value = kv
-                .get(&key)
-                .await
-                .map_err(|e| format!("NATS: {e}"))?
-                .ok_or_else(|| format!("no stream id for {key}"))?;
-            std::str::from_utf8(&value)
-                .ok()
-                .and_then(|t| t.parse().ok())
-                .ok_or_else(|| format!("unreadable stream id for {key}"))
-        })
-        .await
+        };
+        Ok(*self.state.stream.get_or_init(|| id))
     }
 
     /// Appends `record` (an encoded message) and returns its `Hub-Seq`, once JetStream has
@@ -154,53 +177,55 @@ impl DownLane {
     pub async fn append(&self, record: Vec<u8>) -> Result<u64, String> {
         let payload = Bytes::from(record);
         let me = self.clone();
-        self.run(async move {
-            let mut tail = me.state.inner.lock().await;
-            for _ in 0..APPEND_ATTEMPTS {
-                let (last_hub, last_js) = match tail.last {
-                    Some(t) => t,
-                    None => me.last().await?,
-                };
-                let next = last_hub + 1;
-                let mut headers = HeaderMap::new();
-                headers.insert(HUB_SEQ, next.to_string().as_str());
-                headers.insert(
-                    "Nats-Expected-Last-Subject-Sequence",
-                    last_js.to_string().as_str(),
-                );
-                let ack = async {
-                    me.cluster
-                        .js
-                        .publish_with_headers(me.subject.clone(), headers, payload.clone())
-                        .await?
-                        .await
-                }
-                .await;
-                match ack {
-                    Ok(ack) => {
-                        tail.last = Some((next, ack.sequence));
-                        return Ok(next);
-                    }
-                    // Another instance appended first: look again.
-                    Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
-                        tail.last = None;
-                    }
-                    Err(e) if e.to_string().contains("maximum messages per subject") => {
-                        return Err(format!(
-                            "queue full (node {}, {} lane)",
-                            me.node_id,
-                            lane_token(me.lane)
-                        ));
-                    }
-                    Err(e) => return Err(format!("NATS: {e}")),
-                }
+        self.run(async move { me.append_here(payload).await }).await
+    }
+
+    /// [`append`](Self::append), on the NATS runtime.
+    pub(super) async fn append_here(&self, payload: Bytes) -> Result<u64, String> {
+        let mut tail = self.state.inner.lock().await;
+        for _ in 0..APPEND_ATTEMPTS {
+            let (last_hub, last_js) = match tail.last {
+                Some(t) => t,
+                None => self.last().await?,
+            };
+            let next = last_hub + 1;
+            let mut headers = HeaderMap::new();
+            headers.insert(HUB_SEQ, next.to_string().as_str());
+            headers.insert(
+                "Nats-Expected-Last-Subject-Sequence",
+                last_js.to_string().as_str(),
+            );
+            let ack = async {
+                self.cluster
+                    .js
+                    .publish_with_headers(self.subject.clone(), headers, payload.clone())
+                    .await?
+                    .await
             }
-            Err(format!(
-                "node {}: {APPEND_ATTEMPTS} appends in a row lost to other instances",
-                me.node_id
-            ))
-        })
-        .await
+            .await;
+            match ack {
+                Ok(ack) => {
+                    tail.last = Some((next, ack.sequence));
+                    return Ok(next);
+                }
+                // Another instance appended first: look again.
+                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                    tail.last = None;
+                }
+                Err(e) if e.to_string().contains("maximum messages per subject") => {
+                    return Err(format!(
+                        "queue full (node {}, {} lane)",
+                        self.node_id,
+                        lane_token(self.lane)
+                    ));
+                }
+                Err(e) => return Err(format!("NATS: {e}")),
+            }
+        }
+        Err(format!(
+            "node {}: {APPEND_ATTEMPTS} appends in a row lost to other instances",
+            self.node_id
+        ))
     }
 
     /// The lane's last message: (`Hub-Seq`, JetStream sequence), (0, 0) for a lane never
@@ -223,23 +248,25 @@ impl DownLane {
     /// last one: (first, last); first = last + 1 when none is waiting.
     pub async fn bounds(&self) -> Result<(u64, u64), String> {
         let me = self.clone();
-        self.run(async move {
-            let (last, _) = me.last().await?;
-            let first = match me
-                .cluster
-                .down
-                .direct_get_next_for_subject(me.subject.clone(), Some(1))
-                .await
-            {
-                Ok(m) => hub_seq(&m.headers)?,
-                Err(e) if e.kind() == DirectGetErrorKind::NotFound => last + 1,
-                Err(e) => return Err(format!("NATS: {e}")),
-            };
-            // The lane's last message is kept after it is acknowledged, to hold the numbering.
-            let acked = me.acked().await?;
-            Ok((first.max(acked + 1), last))
-        })
-        .await
+        self.run(async move { me.bounds_here().await }).await
+    }
+
+    /// [`bounds`](Self::bounds), on the NATS runtime.
+    pub(super) async fn bounds_here(&self) -> Result<(u64, u64), String> {
+        let (last, _) = self.last().await?;
+        let first = match self
+            .cluster
+            .down
+            .direct_get_next_for_subject(self.subject.clone(), Some(1))
+            .await
+        {
+            Ok(m) => hub_seq(&m.headers)?,
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => last + 1,
+            Err(e) => return Err(format!("NATS: {e}")),
+        };
+        // The lane's last message is kept after it is acknowledged, to hold the numbering.
+        let acked = self.acked().await?;
+        Ok((first.max(acked + 1), last))
     }
 
     /// The `Hub-Seq` acknowledged last (0: none), from the positions bucket.
@@ -262,36 +289,48 @@ impl DownLane {
     /// Up to `max` messages from `Hub-Seq` `from` on, in order: (`Hub-Seq`, record).
     pub async fn read(&self, from: u64, max: usize) -> Result<Vec<(u64, Bytes)>, String> {
         let me = self.clone();
-        self.run(async move {
-            let mut tail = me.state.inner.lock().await;
-            // Start after the last message read below `from`, if one is known.
-            let mut js = tail
-                .read
-                .range(..from)
-                .next_back()
-                .map_or(1, |(_, js)| js + 1);
-            let mut out = Vec::new();
-            while out.len() < max {
-                let m = match me
-                    .cluster
-                    .down
-                    .direct_get_next_for_subject(me.subject.clone(), Some(js))
-                    .await
-                {
-                    Ok(m) => m,
-                    Err(e) if e.kind() == DirectGetErrorKind::NotFound => break,
-                    Err(e) => return Err(format!("NATS: {e}")),
-                };
-                let seq = hub_seq(&m.headers)?;
-                js = m.sequence + 1;
-                tail.read.insert(seq, m.sequence);
-                if seq >= from {
-                    out.push((seq, m.payload));
-                }
+        self.run(async move { me.read_here(from, max).await }).await
+    }
+
+    /// [`read`](Self::read), on the NATS runtime.
+    pub(super) async fn read_here(
+        &self,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, Bytes)>, String> {
+        let mut tail = self.state.inner.lock().await;
+        // Start after the last message read below `from`, if one is known.
+        let mut js = tail
+            .read
+            .range(..from)
+            .next_back()
+            .map_or(1, |(_, js)| js + 1);
+        let mut out = Vec::new();
+        while out.len() < max {
+            let m = match self
+                .cluster
+                .down
+                .direct_get_next_for_subject(self.subject.clone(), Some(js))
+                .await
+            {
+                Ok(m) => m,
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => break,
+                Err(e) => return Err(format!("NATS: {e}")),
+            };
+            let seq = hub_seq(&m.headers)?;
+            js = m.sequence + 1;
+            tail.read.insert(seq, m.sequence);
+            if seq >= from {
+                out.push((seq, m.payload));
             }
-            Ok(out)
-        })
-        .await
+        }
+        Ok(out)
+    }
+
+    /// Records that message `seq` (`Hub-Seq`) is at JetStream sequence `js`: read from its
+    /// republished copy rather than by [`read`](Self::read), it can be purged all the same.
+    pub(super) async fn note_read(&self, seq: u64, js: u64) {
+        self.state.inner.lock().await.read.insert(seq, js);
     }
 
     /// The node acknowledged every message up to `Hub-Seq` `upto`: they are purged from the
@@ -299,28 +338,34 @@ impl DownLane {
     /// (it counts as acknowledged through the positions bucket).
     pub async fn ack(&self, upto: u64) -> Result<(), String> {
         let me = self.clone();
-        self.run(async move {
-            let mut tail = me.state.inner.lock().await;
-            let key = format!("{}.{}.acked", node_key(&me.node_id), lane_token(me.lane));
-            me.cluster
-                .positions
-                .put(&key, upto.to_string().into())
-                .await
-                .map_err(|e| format!("NATS: {e}"))?;
-            let Some(&js) = tail.read.get(&upto) else {
-                return Ok(()); // never read here: nothing known to purge
-            };
-            me.cluster
-                .down
-                .purge()
-                .filter(me.subject.clone())
-                .sequence(js)
-                .await
-                .map_err(|e| format!("NATS: {e}"))?;
-            tail.read = tail.read.split_off(&upto);
-            Ok(())
-        })
-        .await
+        self.run(async move { me.ack_here(upto).await }).await
+    }
+
+    /// [`ack`](Self::ack), on the NATS runtime.
+    pub(super) async fn ack_here(&self, upto: u64) -> Result<(), String> {
+        let mut tail = self.state.inner.lock().await;
+        let key = format!(
+            "{}.{}.acked",
+            node_key(&self.node_id),
+            lane_token(self.lane)
+        );
+        self.cluster
+            .positions
+            .put(&key, upto.to_string().into())
+            .await
+            .map_err(|e| format!("NATS: {e}"))?;
+        let Some(&js) = tail.read.get(&upto) else {
+            return Ok(()); // never read here: nothing known to purge
+        };
+        self.cluster
+            .down
+            .purge()
+            .filter(self.subject.clone())
+            .sequence(js)
+            .await
+            .map_err(|e| format!("NATS: {e}"))?;
+        tail.read = tail.read.split_off(&upto);
+        Ok(())
     }
 }
 

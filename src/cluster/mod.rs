@@ -11,7 +11,11 @@
 #[cfg(feature = "cluster")]
 mod down;
 #[cfg(feature = "cluster")]
+mod link;
+#[cfg(feature = "cluster")]
 mod nats;
+#[cfg(feature = "cluster")]
+mod up;
 #[cfg(feature = "cluster")]
 pub use down::DownLane;
 #[cfg(feature = "cluster")]
@@ -47,6 +51,10 @@ pub const POSITIONS_BUCKET: &str = "hub_positions";
 /// The JetStream stream of the cloud-to-node queues: subject `hub.down.{node key}.{lane}`
 /// (lane `u` or `b`), one message per queued message (docs/cluster.md section 3).
 pub const DOWN_STREAM: &str = "HUB_DOWN";
+
+/// The JetStream stream of what nodes sent: subject `hub.up.{node key}.{lane}`, one message per
+/// message received, stored before the node's link acknowledges it (docs/cluster.md section 5).
+pub const UP_STREAM: &str = "HUB_UP";
 
 /// What the cluster holds to: `node-limit` and `queues.max-messages`.
 #[derive(Debug, Clone, Copy)]

@@ -163,6 +163,11 @@ pub struct Cluster {
     pub(super) positions: kv::Store,
     /// The cloud-to-node queues ([`DOWN_STREAM`](super::DOWN_STREAM)).
     pub(super) down: jetstream::stream::Stream,
+    /// What nodes sent ([`UP_STREAM`](super::UP_STREAM)).
+    pub(super) up: jetstream::stream::Stream,
+    /// Per node held here: held by the link using its lanes, so that a link replacing another
+    /// on this instance starts once the other let go (see `Exchange::open`).
+    holders: Mutex<HashMap<String, std::sync::Weak<smol::lock::Mutex<()>>>>,
     /// The lanes this instance appended to or read, each with its tail (see [`DownLane`]).
     pub(super) lanes: Mutex<HashMap<(String, Lane), Arc<super::down::LaneState>>>,
     view: Arc<Mutex<View>>,
@@ -340,6 +345,7 @@ impl Cluster {
         )
         .await?;
         let down = super::down::stream(&js, limits.lane_messages, replicas).await?;
+        let up = super::up::stream(&js, replicas).await?;
         let run = now_ms();
         let (changed, _) = tokio::sync::watch::channel(0);
         let cluster = Arc::new(Cluster {
@@ -352,6 +358,8 @@ impl Cluster {
             instances,
             positions,
             down,
+            up,
+            holders: Mutex::default(),
             lanes: Mutex::default(),
             view: Arc::default(),
             changed,
@@ -511,6 +519,46 @@ impl Cluster {
             .or_default()
             .clone();
         DownLane::new(self.clone(), node_id, lane, state)
+    }
+
+    /// Appends `record` (an encoded message for `node_id`) to its `lane` in JetStream; finishes
+    /// with its sequence number once the cluster stored it. Errors: "queue full" at
+    /// `queues.max-messages`, or NATS did not answer.
+    pub async fn append(
+        self: &Arc<Self>,
+        node_id: &str,
+        lane: Lane,
+        record: Vec<u8>,
+    ) -> Result<u64, String> {
+        self.down_lane(node_id, lane).append(record).await
+    }
+
+    /// The lanes of `node_id` while this instance holds its link, for the cloud's `Exchange`.
+    /// Errors: NATS did not answer.
+    pub async fn node_lanes(
+        self: &Arc<Self>,
+        node_id: &str,
+    ) -> Result<Arc<dyn crate::exchange::SharedLanes>, String> {
+        let lanes = super::link::NodeLanes::open(self, node_id).await?;
+        Ok(lanes)
+    }
+
+    /// The holder of `node_id`'s lanes on this instance (see `Exchange::open_shared`).
+    pub fn holder(&self, node_id: &str) -> Arc<smol::lock::Mutex<()>> {
+        let mut holders = self.holders.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = holders.get(node_id).and_then(|w| w.upgrade()) {
+            return h;
+        }
+        holders.retain(|_, w| w.strong_count() > 0);
+        let h = Arc::new(smol::lock::Mutex::new(()));
+        holders.insert(node_id.to_owned(), Arc::downgrade(&h));
+        h
+    }
+
+    /// Hands every message nodes send, on any instance, to this instance's applications
+    /// (`local`), from now on, in `HUB_UP`'s order.
+    pub fn deliver_up(self: &Arc<Self>, local: Arc<crate::local::Local>) {
+        self.rt.spawn(super::up::feed(self.clone(), local));
     }
 
     /// Whether `node_id` would be admitted now as far as this instance's mirror knows: it is

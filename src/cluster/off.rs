@@ -78,4 +78,32 @@ impl Cluster {
     pub async fn stop(&self) {
         match *self {}
     }
+
+    /// See the NATS implementation.
+    pub async fn append(
+        self: &Arc<Self>,
+        _node_id: &str,
+        _lane: crate::proto::frame::Lane,
+        _record: Vec<u8>,
+    ) -> Result<u64, String> {
+        match **self {}
+    }
+
+    /// See the NATS implementation.
+    pub async fn node_lanes(
+        self: &Arc<Self>,
+        _node_id: &str,
+    ) -> Result<Arc<dyn crate::exchange::SharedLanes>, String> {
+        match **self {}
+    }
+
+    /// See the NATS implementation.
+    pub fn holder(&self, _node_id: &str) -> Arc<smol::lock::Mutex<()>> {
+        match *self {}
+    }
+
+    /// See the NATS implementation.
+    pub fn deliver_up(self: &Arc<Self>, _local: Arc<crate::local::Local>) {
+        match **self {}
+    }
 }
