@@ -11,13 +11,14 @@ mod common;
 use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use async_tungstenite::tungstenite::Message as WsMessage;
 use common::apps::{
-    WAIT, ask, assert_next_is_marker, assert_numbers_in_order, block, eventually, message, number,
+    WAIT, ask, assert_next_is_marker, assert_numbers_in_order, block, message, number,
     publish_numbers, receive, request, spawn_responder, start_edge, subscribe,
 };
 use common::nats::Nats;
@@ -37,6 +38,7 @@ fn instance(
     ports: (u16, u16),
 ) -> Cloud {
     let spec = CloudSpec {
+        name: name.into(),
         address: address.into(),
         ws_port: ports.0,
         quic_port: ports.1,
@@ -191,14 +193,11 @@ struct Sent {
 
 /// Publishes messages to `resource` at `url` with contents 0, 1, 2, … keeping at most `window`
 /// waiting for their notice, until `stop` is set; then waits for the last notices.
-fn spawn_publisher(
-    url: &str,
-    resource: &str,
-    window: usize,
-    stop: Arc<AtomicBool>,
-) -> JoinHandle<Sent> {
+fn spawn_publisher(url: &str, resource: &str, window: usize, stop: Arc<AtomicBool>) -> Publisher {
     let (url, resource) = (url.to_owned(), resource.to_owned());
-    std::thread::spawn(move || {
+    let progress: Arc<Progress> = Arc::default();
+    let shown = progress.clone();
+    let thread = std::thread::spawn(move || {
         smol::block_on(async move {
             let ws = client::connect(&url, "/").await.unwrap();
             let (mut tx, mut rx) = ws.split();
@@ -212,6 +211,7 @@ fn spawn_publisher(
                     }
                     waiting.push_back((out.sent, m.id));
                     out.sent += 1;
+                    progress.sent.fetch_add(1, Ordering::SeqCst);
                 }
                 if waiting.is_empty() {
                     break;
@@ -226,7 +226,9 @@ fn spawn_publisher(
                 assert!(client::is_notice(&m, &id), "not the notice of {n}: {text}");
                 if m.operation == "accepted" {
                     out.accepted.push(n);
+                    progress.accepted.fetch_add(1, Ordering::SeqCst);
                 } else {
+                    progress.refused.fetch_add(1, Ordering::SeqCst);
                     out.first_refusal
                         .get_or_insert_with(|| client::notice_error(&m));
                     out.refused.push(n);
@@ -235,7 +237,32 @@ fn spawn_publisher(
             out.unconfirmed = waiting.into_iter().map(|(n, _)| n).collect();
             out
         })
-    })
+    });
+    Publisher {
+        progress: shown,
+        thread,
+    }
+}
+
+/// A publisher's counts so far.
+#[derive(Debug, Default)]
+struct Progress {
+    sent: AtomicU64,
+    accepted: AtomicU64,
+    refused: AtomicU64,
+}
+
+/// A running [`spawn_publisher`].
+struct Publisher {
+    progress: Arc<Progress>,
+    thread: JoinHandle<Sent>,
+}
+
+impl Publisher {
+    /// Waits for the publisher to stop (once told to) and its last notices.
+    fn join(self) -> Sent {
+        self.thread.join().unwrap()
+    }
 }
 
 /// The content that ends a subscriber's reading.
@@ -279,9 +306,21 @@ impl Collector {
         self.seen.lock().unwrap().len()
     }
 
-    /// Waits until `count` reaches `n`.
-    fn wait_for(&self, what: &str, n: usize) {
-        eventually(what, || self.count() >= n);
+    /// Waits until `count` reaches `n`, fed by `from`; fails the test after [`WAIT`], with both
+    /// sides' counts and what `context` says (the hubs' own figures).
+    fn wait_for(&self, what: &str, n: usize, from: &Publisher, context: impl Fn() -> String) {
+        let deadline = Instant::now() + WAIT;
+        while self.count() < n {
+            if Instant::now() >= deadline {
+                panic!(
+                    "{what}: {} received of {n} within {WAIT:?}; the publisher: {:?}; {}",
+                    self.count(),
+                    from.progress,
+                    context()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Waits for the end marker (or the thread's failure); every number received.
@@ -290,6 +329,25 @@ impl Collector {
         let seen = self.seen.lock().unwrap().clone();
         (seen, ended)
     }
+}
+
+/// The node's row in the list of the cloud instance at `cloud` and the edge's `/status` at
+/// `edge`, for a failure's message.
+fn figures(cloud: &str, edge: &str) -> String {
+    let status = block("/status", async {
+        let mut ws = client::connect(edge, "/status").await.unwrap();
+        loop {
+            match ws.next().await {
+                Some(Ok(WsMessage::Text(t))) => return t.to_string(),
+                Some(Ok(_)) => continue,
+                other => return format!("no status: {other:?}"),
+            }
+        }
+    });
+    format!(
+        "the node's row at {cloud}: {}; the edge's status: {status}",
+        common::apps::node_row(cloud, "node-1")
+    )
 }
 
 /// Publishes the end marker to `resource` at `url`.
@@ -314,26 +372,33 @@ struct Tally {
     repeated: usize,
     /// Accepted and never delivered.
     lost: usize,
+    /// The first of those (at most 20).
+    lost_first: Vec<u64>,
     /// First deliveries of a content lower than one delivered before it.
     out_of_order: usize,
     /// Of the unconfirmed, those delivered anyway.
     unconfirmed_delivered: usize,
+    /// Of the refused, those delivered anyway.
+    refused_delivered: usize,
 }
 
 impl std::fmt::Display for Tally {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "sent {}, accepted {}, refused {}, unconfirmed {} (of which delivered {}), \
-             delivered {}, repeated {}, lost {}, out of order {}",
+            "sent {}, accepted {}, refused {} (of which delivered {}), unconfirmed {} (of which \
+             delivered {}), \
+             delivered {}, repeated {}, lost {} {:?}, out of order {}",
             self.sent,
             self.accepted,
             self.refused,
+            self.refused_delivered,
             self.unconfirmed,
             self.unconfirmed_delivered,
             self.delivered,
             self.repeated,
             self.lost,
+            self.lost_first,
             self.out_of_order
         )
     }
@@ -354,6 +419,12 @@ fn tally(sent: &Sent, seen: &[u64]) -> Tally {
         }
         highest = highest.max(Some(n));
     }
+    let lost: Vec<u64> = sent
+        .accepted
+        .iter()
+        .filter(|n| !distinct.contains(n))
+        .copied()
+        .collect();
     Tally {
         sent: sent.sent,
         accepted: sent.accepted.len(),
@@ -361,12 +432,10 @@ fn tally(sent: &Sent, seen: &[u64]) -> Tally {
         unconfirmed: sent.unconfirmed.len(),
         delivered: distinct.len(),
         repeated,
-        lost: sent
-            .accepted
-            .iter()
-            .filter(|n| !distinct.contains(n))
-            .count(),
+        lost: lost.len(),
+        lost_first: lost.iter().take(20).copied().collect(),
         out_of_order,
+        refused_delivered: sent.refused.iter().filter(|n| distinct.contains(n)).count(),
         unconfirmed_delivered: sent
             .unconfirmed
             .iter()
@@ -456,13 +525,15 @@ fn failover_under_traffic(proto: Proto) {
 
     let down_sub = Collector::start(&edge_apps, "down");
     let up_sub = Collector::start(&other.apps, "node/node-1/up");
+    let other_apps = other.apps.clone();
+    let figures = || figures(&other_apps, &edge_apps);
     let stop = Arc::new(AtomicBool::new(false));
     let down_pub = spawn_publisher(&other.apps, "node/node-1/down", 8, stop.clone());
     let up_pub = spawn_publisher(&edge_apps, "up", 8, stop.clone());
 
-    let before = 200;
-    down_sub.wait_for("down traffic before the kill", before);
-    up_sub.wait_for("up traffic before the kill", before);
+    let before = 500;
+    down_sub.wait_for("down traffic before the kill", before, &down_pub, figures);
+    up_sub.wait_for("up traffic before the kill", before, &up_pub, figures);
     holder.hub.kill9();
     let at_kill = (down_sub.count(), up_sub.count());
     let moved = edge.wait_for_within(
@@ -474,12 +545,22 @@ fn failover_under_traffic(proto: Proto) {
         "the edge moved to the other instance: {moved}"
     );
     other.hub.wait_for("node node-1 connected");
-    let after = 200;
-    down_sub.wait_for("down traffic after the move", at_kill.0 + after);
-    up_sub.wait_for("up traffic after the move", at_kill.1 + after);
+    let after = 500;
+    down_sub.wait_for(
+        "down traffic after the move",
+        at_kill.0 + after,
+        &down_pub,
+        figures,
+    );
+    up_sub.wait_for(
+        "up traffic after the move",
+        at_kill.1 + after,
+        &up_pub,
+        figures,
+    );
     stop.store(true, Ordering::SeqCst);
-    let down_sent = down_pub.join().unwrap();
-    let up_sent = up_pub.join().unwrap();
+    let down_sent = down_pub.join();
+    let up_sent = up_pub.join();
     // Each lane keeps its order, so once the end markers arrive nothing sent before them is
     // still on its way, repeats included.
     publish_end(&other.apps, "node/node-1/down");
@@ -550,20 +631,32 @@ fn a_nats_server_of_three_dying_under_traffic_loses_nothing_accepted() {
 
     let down_sub = Collector::start(&edge_apps, "down");
     let up_sub = Collector::start(&b.apps, "node/node-1/up");
+    let figures = || figures(&a.apps, &edge_apps);
     let stop = Arc::new(AtomicBool::new(false));
     let down_pub = spawn_publisher(&b.apps, "node/node-1/down", 4, stop.clone());
     let up_pub = spawn_publisher(&edge_apps, "up", 4, stop.clone());
-    down_sub.wait_for("down traffic before the kill", 20);
-    up_sub.wait_for("up traffic before the kill", 20);
+    down_sub.wait_for("down traffic before the kill", 20, &down_pub, figures);
+    up_sub.wait_for("up traffic before the kill", 20, &up_pub, figures);
     servers[k - 1].kill9();
     let at_kill = (down_sub.count(), up_sub.count());
+    eprintln!("NATS server n{k} killed after {at_kill:?} deliveries (down, up)");
     a.hub.wait_for("cluster: NATS disconnected");
     a.hub.wait_for("cluster: NATS connected");
-    down_sub.wait_for("down traffic after the kill", at_kill.0 + 20);
-    up_sub.wait_for("up traffic after the kill", at_kill.1 + 20);
+    down_sub.wait_for(
+        "down traffic after the kill",
+        at_kill.0 + 20,
+        &down_pub,
+        figures,
+    );
+    up_sub.wait_for(
+        "up traffic after the kill",
+        at_kill.1 + 20,
+        &up_pub,
+        figures,
+    );
     stop.store(true, Ordering::SeqCst);
-    let down_sent = down_pub.join().unwrap();
-    let up_sent = up_pub.join().unwrap();
+    let down_sent = down_pub.join();
+    let up_sent = up_pub.join();
     publish_end(&b.apps, "node/node-1/down");
     publish_end(&edge_apps, "up");
     let (down_seen, down_end) = down_sub.finish();

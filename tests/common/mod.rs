@@ -280,6 +280,8 @@ impl Proto {
 /// A cloud's settings for a test; ports 0 means any free one.
 #[derive(Debug, Clone)]
 pub struct CloudSpec {
+    /// The name its log lines are tagged with in the test's output.
+    pub name: String,
     /// The address both link listeners bind (`cloudhub.address`).
     pub address: String,
     pub ws_port: u16,
@@ -305,6 +307,7 @@ pub struct CloudSpec {
 impl Default for CloudSpec {
     fn default() -> Self {
         CloudSpec {
+            name: "cloud".into(),
             address: "127.0.0.1".into(),
             ws_port: 0,
             quic_port: 0,
@@ -377,7 +380,7 @@ pub fn start_cloud(dir: &Path, pki: &Path, spec: &CloudSpec) -> Cloud {
         ),
     )
     .unwrap();
-    let mut hub = Hub::start("cloud", &["cloud", "-c", file.to_str().unwrap()]);
+    let mut hub = Hub::start(&spec.name, &["cloud", "-c", file.to_str().unwrap()]);
     let ws_port = port_from(&hub.wait_for("websocket listening on"));
     let quic_port = port_from(&hub.wait_for("quic listening on"));
     hub.cursor = 0;
