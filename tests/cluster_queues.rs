@@ -118,6 +118,28 @@ fn acknowledged_messages_are_purged_and_the_numbering_holds() {
 }
 
 #[test]
+fn the_first_message_of_the_stream_outlives_its_acknowledgement() {
+    // A lane whose last message is the stream's very first (JetStream sequence 1): JetStream
+    // reads a purge "below sequence 1" as a purge of the whole subject, which would take the
+    // message that holds the numbering, and the next append would be numbered 1 again (and
+    // dropped by the node as a repeat).
+    let tmp = tempfile::tempdir().unwrap();
+    let nats = Nats::start(tmp.path(), "n1");
+    let a = start(&nats, "cloud-a", 1000);
+    let b = start(&nats, "cloud-b", 1000);
+    let lane = a.down_lane("edge-1", Lane::Bulk);
+    smol::block_on(async {
+        assert_eq!(lane.append(b"m1".to_vec()).await.unwrap(), 1);
+        assert_eq!(lane.read(1, 10).await.unwrap().len(), 1);
+        lane.ack(1).await.unwrap();
+        // Another instance, with nothing cached, numbers on.
+        let other = b.down_lane("edge-1", Lane::Bulk);
+        assert_eq!(other.bounds().await.unwrap(), (2, 1));
+        assert_eq!(other.append(b"m2".to_vec()).await.unwrap(), 2);
+    });
+}
+
+#[test]
 fn a_full_lane_is_refused_and_the_other_lane_is_not() {
     let tmp = tempfile::tempdir().unwrap();
     let nats = Nats::start(tmp.path(), "n1");

@@ -49,7 +49,7 @@ pub(super) async fn stream(
         }),
         ..Default::default()
     };
-    js.get_or_create_stream(config)
+    super::nats::open_stream(js, config)
         .await
         .map_err(|e| format!("cannot create the JetStream stream {DOWN_STREAM}: {e}"))
 }
@@ -228,9 +228,12 @@ impl DownLane {
         ))
     }
 
-    /// The lane's last message: (`Hub-Seq`, JetStream sequence), (0, 0) for a lane never
-    /// written. A lane whose messages were all purged keeps its numbering: the last purge
-    /// leaves the lane's last message (see [`ack`](Self::ack)).
+    /// The lane's last message: (`Hub-Seq`, JetStream sequence); for a lane that holds none,
+    /// (the `Hub-Seq` acknowledged last, 0): (0, 0) for a lane never written. The last purge
+    /// leaves the lane's last message (see [`ack`](Self::ack)), so the numbering normally
+    /// comes from the stream; should the lane be emptied anyway (an operator's purge), it
+    /// still goes on from the acknowledged position and never starts over, which would
+    /// have the node drop the new messages as repeats.
     async fn last(&self) -> Result<(u64, u64), String> {
         match self
             .cluster
@@ -239,7 +242,7 @@ impl DownLane {
             .await
         {
             Ok(m) => Ok((hub_seq(&m.headers)?, m.sequence)),
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok((0, 0)),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok((self.acked().await?, 0)),
             Err(e) => Err(format!("NATS: {e}")),
         }
     }
@@ -357,6 +360,12 @@ impl DownLane {
         let Some(&js) = tail.read.get(&upto) else {
             return Ok(()); // never read here: nothing known to purge
         };
+        // JetStream reads a purge "up to sequence 1" as a purge without a bound (all of the
+        // subject): with the message to keep first in the stream, there is nothing below it.
+        if js <= 1 {
+            tail.read = tail.read.split_off(&upto);
+            return Ok(());
+        }
         self.cluster
             .down
             .purge()

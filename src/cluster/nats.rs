@@ -670,6 +670,20 @@ impl Cluster {
 /// entries kept for `max_age` (zero: for ever). The stream is made here rather than by the
 /// client's `create_key_value`, which reads account fields that NATS 2.9 does not send; the
 /// configuration is the one that call would make (docs/cluster.md).
+/// Opens the stream `config` names, creating it if there is none. Instances starting together
+/// race to create it: the loser is refused ("subjects overlap with an existing stream") and
+/// opens the one the winner created.
+pub(super) async fn open_stream(
+    js: &jetstream::Context,
+    config: jetstream::stream::Config,
+) -> Result<jetstream::stream::Stream, String> {
+    let name = config.name.clone();
+    match js.get_or_create_stream(config).await {
+        Ok(stream) => Ok(stream),
+        Err(e) => js.get_stream(&name).await.map_err(|_| e.to_string()),
+    }
+}
+
 async fn bucket(
     js: &jetstream::Context,
     name: &str,
@@ -693,7 +707,7 @@ async fn bucket(
         discard: jetstream::stream::DiscardPolicy::New,
         ..Default::default()
     };
-    js.get_or_create_stream(config)
+    open_stream(js, config)
         .await
         .map_err(|e| format!("cannot create the JetStream bucket {name}: {e}"))?;
     js.get_key_value(name)

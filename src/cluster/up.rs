@@ -44,7 +44,7 @@ pub(super) async fn stream(
         allow_direct: true,
         ..Default::default()
     };
-    js.get_or_create_stream(config)
+    super::nats::open_stream(js, config)
         .await
         .map_err(|e| format!("cannot create the JetStream stream {UP_STREAM}: {e}"))
 }
