@@ -280,6 +280,10 @@ impl Proto {
 /// A cloud's settings for a test; ports 0 means any free one.
 #[derive(Debug, Clone)]
 pub struct CloudSpec {
+    /// The name its log lines are tagged with in the test's output.
+    pub name: String,
+    /// The address both link listeners bind (`cloudhub.address`).
+    pub address: String,
     pub ws_port: u16,
     pub quic_port: u16,
     pub keepalive: f64,
@@ -303,6 +307,8 @@ pub struct CloudSpec {
 impl Default for CloudSpec {
     fn default() -> Self {
         CloudSpec {
+            name: "cloud".into(),
+            address: "127.0.0.1".into(),
             ws_port: 0,
             quic_port: 0,
             keepalive: 10.0,
@@ -342,7 +348,8 @@ fn port_from(line: &str) -> u16 {
     line.rsplit(':').next().unwrap().trim().parse().unwrap()
 }
 
-/// Starts a cloud with both protocols on 127.0.0.1, using the dev PKI in `pki`.
+/// Starts a cloud with both protocols on `spec.address` (127.0.0.1 unless set), using the dev
+/// PKI in `pki`.
 pub fn start_cloud(dir: &Path, pki: &Path, spec: &CloudSpec) -> Cloud {
     let file = dir.join(format!(
         "cloud-{}-{}.yaml",
@@ -353,10 +360,11 @@ pub fn start_cloud(dir: &Path, pki: &Path, spec: &CloudSpec) -> Cloud {
     std::fs::write(
         &file,
         format!(
-            "cloudhub:\n  protocol_websocket: true\n  port: {}\n  protocol_quic: true\n  quic_port: {}\n  max_incomingstreams: {}\n  address: 127.0.0.1\n  ca: {}\n  cert: {}\n  key: {}\n  keepalive-interval: {}\n  write-timeout: {}\n  node-limit: {}\napps:\n  listen: 127.0.0.1:0\n{}queues:\n  dir: {}\n{}mqtt:\n  listen: 127.0.0.1:0\n{}metrics:\n  listen: 127.0.0.1:0\n{}{}",
+            "cloudhub:\n  protocol_websocket: true\n  port: {}\n  protocol_quic: true\n  quic_port: {}\n  max_incomingstreams: {}\n  address: {}\n  ca: {}\n  cert: {}\n  key: {}\n  keepalive-interval: {}\n  write-timeout: {}\n  node-limit: {}\napps:\n  listen: 127.0.0.1:0\n{}queues:\n  dir: {}\n{}mqtt:\n  listen: 127.0.0.1:0\n{}metrics:\n  listen: 127.0.0.1:0\n{}{}",
             spec.ws_port,
             spec.quic_port,
             spec.max_streams,
+            spec.address,
             pki.join("ca.crt").display(),
             pki.join("server.crt").display(),
             pki.join("server.key").display(),
@@ -372,7 +380,7 @@ pub fn start_cloud(dir: &Path, pki: &Path, spec: &CloudSpec) -> Cloud {
         ),
     )
     .unwrap();
-    let mut hub = Hub::start("cloud", &["cloud", "-c", file.to_str().unwrap()]);
+    let mut hub = Hub::start(&spec.name, &["cloud", "-c", file.to_str().unwrap()]);
     let ws_port = port_from(&hub.wait_for("websocket listening on"));
     let quic_port = port_from(&hub.wait_for("quic listening on"));
     hub.cursor = 0;
