@@ -30,12 +30,12 @@ pub const HUB_SEQ: &str = "Hub-Seq";
 pub const HUB_COUNT: &str = "Hub-Count";
 
 /// How many times one append retries after other instances appended first.
-const APPEND_ATTEMPTS: usize = 64;
+pub(super) const APPEND_ATTEMPTS: usize = 64;
 
 /// Records in one JetStream message at most …
-const BATCH_RECORDS: usize = 1024;
+pub(super) const BATCH_RECORDS: usize = 1024;
 /// … and bytes, below the server's `max_payload` (1 MiB by default) with room for the headers.
-const BATCH_BYTES: usize = 512 << 10;
+pub(super) const BATCH_BYTES: usize = 512 << 10;
 
 /// An append waiting for its turn: the record and who waits for its sequence number.
 type Waiting = (Bytes, tokio::sync::oneshot::Sender<Result<u64, String>>);
@@ -96,8 +96,22 @@ struct Tail {
     acked: u64,
 }
 
+/// The payload of a JetStream message holding `records`: the record itself when there is one
+/// (no `Hub-Count`), else each as a 4-byte big-endian length and its bytes.
+pub(super) fn frame<'a>(records: impl ExactSizeIterator<Item = &'a Bytes> + Clone) -> Bytes {
+    if records.len() == 1 {
+        return records.clone().next().cloned().unwrap_or_default();
+    }
+    let mut p = Vec::with_capacity(records.clone().map(|r| 4 + r.len()).sum());
+    for r in records {
+        p.extend_from_slice(&(r.len() as u32).to_be_bytes());
+        p.extend_from_slice(r);
+    }
+    Bytes::from(p)
+}
+
 /// The `Hub-Seq` of the last record a JetStream message of the lane holds.
-fn last_hub_seq(headers: &HeaderMap) -> Result<u64, String> {
+pub(super) fn last_hub_seq(headers: &HeaderMap) -> Result<u64, String> {
     let count = match headers.get(HUB_COUNT) {
         None => 1,
         Some(c) => c
@@ -264,17 +278,7 @@ impl DownLane {
     /// the NATS runtime. Errors: "queue full" when the lane has no room for all of them (the
     /// caller sends no more than there is room for), or NATS did not store them.
     async fn append_here(&self, records: &[Bytes]) -> Result<u64, String> {
-        let payload = match records {
-            [one] => one.clone(),
-            _ => {
-                let mut p = Vec::with_capacity(records.iter().map(|r| 4 + r.len()).sum());
-                for r in records {
-                    p.extend_from_slice(&(r.len() as u32).to_be_bytes());
-                    p.extend_from_slice(r);
-                }
-                Bytes::from(p)
-            }
-        };
+        let payload = frame(records.iter());
         let count = records.len() as u64;
         let mut tail = self.state.inner.lock().await;
         for _ in 0..APPEND_ATTEMPTS {
@@ -292,14 +296,19 @@ impl DownLane {
                 "Nats-Expected-Last-Subject-Sequence",
                 last_js.to_string().as_str(),
             );
-            let ack = async {
+            let ack = tokio::time::timeout(super::nats::STORE_TIMEOUT, async {
                 self.cluster
                     .js
                     .publish_with_headers(self.subject.clone(), headers, payload.clone())
                     .await?
                     .await
-            }
+            })
             .await;
+            let Ok(ack) = ack else {
+                // Stored or not: the next append looks again.
+                tail.last = None;
+                return Err("NATS: no confirmation in time".to_owned());
+            };
             match ack {
                 Ok(ack) => {
                     tail.last = Some((next + count - 1, ack.sequence));
@@ -312,7 +321,10 @@ impl DownLane {
                 Err(e) if e.to_string().contains("maximum messages per subject") => {
                     return Err(self.full());
                 }
-                Err(e) => return Err(format!("NATS: {e}")),
+                Err(e) => {
+                    tail.last = None;
+                    return Err(format!("NATS: {e}"));
+                }
             }
         }
         Err(format!(

@@ -4,19 +4,20 @@
 //! Cloud to node: a task on the NATS runtime reads the node's `HUB_DOWN` subjects ahead of the
 //! link into a bounded cache, woken by each message the stream republishes to
 //! `hub.live.down.{key}.{lane}` (taken as it is when it is the next one, read from the stream
-//! otherwise); what the node acknowledges is purged. Node to cloud: each message is published
-//! to `HUB_UP` with its `Nats-Msg-Id`, in order, and counts as stored when JetStream
-//! acknowledges it.
+//! otherwise); what the node acknowledges is purged. Node to cloud: what the node sends is
+//! stored in `HUB_UP` in batches, each stored only if the lane's last message is the one this
+//! instance knows (so a lane never has a gap, and what another instance stored meanwhile is not
+//! stored twice), and counts as stored when JetStream acknowledges it.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::context::PublishErrorKind;
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use super::down::{DownLane, records};
+use super::down::{BATCH_BYTES, BATCH_RECORDS, DownLane, records};
 use super::nats::Cluster;
 use super::node_key;
 use crate::exchange::SharedLanes;
@@ -75,6 +76,7 @@ impl Inner {
 }
 
 /// A message from the node on its way into `HUB_UP`.
+#[derive(Clone)]
 struct Up {
     lane: Lane,
     stream: u64,
@@ -116,7 +118,7 @@ impl NodeLanes {
             let down = cluster.down_lane(&node_id, lane);
             let (cluster, node_id) = (cluster.clone(), node_id.clone());
             async move {
-                let ((first, last), out_stream, (in_stream, in_seq)) = try_join3(
+                let ((first, last), out_stream, (in_stream, in_seq, in_js)) = try_join3(
                     down.bounds_here(),
                     down.stream_id_here(),
                     super::up::position(&cluster, &node_id, lane),
@@ -135,15 +137,23 @@ impl NodeLanes {
                     purged: first - 1,
                     ..Ahead::default()
                 };
-                Ok::<_, String>((down, streams, ahead))
+                Ok::<_, String>((down, streams, ahead, in_js))
             }
         };
         let [urgent, bulk] = Lane::ALL;
         let (u, b) = try_join(lane_start(urgent), lane_start(bulk)).await?;
         let mut lanes = [u, b];
         lanes.sort_by_key(|(d, ..)| d.lane().index());
-        let [(down_0, start_0, ahead_0), (down_1, start_1, ahead_1)] = lanes;
+        let [
+            (down_0, start_0, ahead_0, js_0),
+            (down_1, start_1, ahead_1, js_1),
+        ] = lanes;
         let start = [start_0, start_1];
+        let up_last = [(start_0, js_0), (start_1, js_1)].map(|(s, js)| UpLast {
+            stream: s.in_stream,
+            seq: s.in_seq,
+            js,
+        });
         let stored = start.map(|s| (s.in_stream, s.in_seq));
         let ahead = [ahead_0, ahead_1];
         let down = [down_0, down_1];
@@ -164,9 +174,13 @@ impl NodeLanes {
             .map_err(|e| format!("NATS: {e}"))?;
         let reading = tokio::spawn(read_ahead(inner.clone(), down, live)).abort_handle();
         let (up, queued) = tokio::sync::mpsc::unbounded_channel();
-        let (acks, acked) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(publish(cluster.clone(), node_id.clone(), queued, acks));
-        tokio::spawn(confirm(inner.clone(), acked));
+        let storing = Storing {
+            cluster: cluster.clone(),
+            node_id: node_id.clone(),
+            inner: inner.clone(),
+            last: up_last,
+        };
+        tokio::spawn(storing.run(queued));
         Ok(Arc::new(NodeLanes {
             start,
             inner,
@@ -176,54 +190,127 @@ impl NodeLanes {
     }
 }
 
-/// Publishes the node's messages in order, handing each acknowledgement on to [`confirm`].
-async fn publish(
+/// The last message of one of the node's lanes in `HUB_UP`, as this instance knows it.
+#[derive(Debug, Clone, Copy)]
+struct UpLast {
+    /// Its `Hub-Stream` and the `Hub-Seq` of its last record.
+    stream: u64,
+    seq: u64,
+    /// Its JetStream sequence (0: the lane holds none).
+    js: u64,
+}
+
+/// Stores what the node sends in `HUB_UP`, lane by lane, in order.
+struct Storing {
     cluster: Arc<Cluster>,
     node_id: String,
-    mut queued: tokio::sync::mpsc::UnboundedReceiver<Up>,
-    acks: tokio::sync::mpsc::UnboundedSender<(Up, Result<PublishAckFuture, String>)>,
-) {
-    while let Some(up) = queued.recv().await {
-        let headers = super::up::headers(&node_id, up.lane, up.stream, up.seq);
-        let sent = cluster
-            .js
-            .publish_with_headers(
-                super::up::subject(&node_id, up.lane),
-                headers,
-                up.payload.clone(),
-            )
+    inner: Arc<Inner>,
+    last: [UpLast; LANES],
+}
+
+impl Storing {
+    /// Takes what waits, as batches per lane (the urgent lane first), and stores each batch
+    /// before the next; ends when the link's side is gone and nothing waits, or at the first
+    /// store that fails (the link is then closed, and the edge sends the rest again).
+    async fn run(mut self, mut queued: tokio::sync::mpsc::UnboundedReceiver<Up>) {
+        let mut waiting: [Vec<Up>; LANES] = Default::default();
+        while let Some(first) = queued.recv().await {
+            waiting[first.lane.index()].push(first);
+            while let Ok(up) = queued.try_recv() {
+                waiting[up.lane.index()].push(up);
+            }
+            for lane in Lane::ALL {
+                let mut ups = std::mem::take(&mut waiting[lane.index()]);
+                while !ups.is_empty() {
+                    let rest = split_batch(&mut ups);
+                    if let Err(e) = self.store(lane, &ups).await {
+                        self.inner.fail(format!(
+                            "the cluster did not store message {} on the {lane} lane: {e}",
+                            ups[0].seq
+                        ));
+                        return;
+                    }
+                    ups = rest;
+                }
+            }
+        }
+    }
+
+    /// Stores `ups` (one stream, consecutive) as one JetStream message, with
+    /// `Nats-Expected-Last-Subject-Sequence` set to the lane's last message: the lane stays
+    /// contiguous whatever else writes to it. A message stored meanwhile by another instance
+    /// (the one that held the node before) is read, and what it already holds is not stored
+    /// again. Errors: NATS refused the store or did not confirm it in time.
+    async fn store(&mut self, lane: Lane, ups: &[Up]) -> Result<(), String> {
+        let i = lane.index();
+        let subject = super::up::subject(&self.node_id, lane);
+        let mut from = 0;
+        for _ in 0..super::down::APPEND_ATTEMPTS {
+            let last = self.last[i];
+            // What the lane holds already (sent again after a move) is not stored twice.
+            while from < ups.len() && ups[from].stream == last.stream && ups[from].seq <= last.seq {
+                from += 1;
+            }
+            let batch = &ups[from..];
+            let Some(first) = batch.first() else {
+                self.stored(lane, ups);
+                return Ok(());
+            };
+            let payload = super::down::frame(batch.iter().map(|u| &u.payload));
+            let headers = super::up::headers(first.stream, first.seq, batch.len(), last.js);
+            let stored = tokio::time::timeout(super::nats::STORE_TIMEOUT, async {
+                self.cluster
+                    .js
+                    .publish_with_headers(subject.clone(), headers, payload)
+                    .await?
+                    .await
+            })
             .await
-            .map_err(|e| e.to_string());
-        if acks.send((up, sent)).is_err() {
-            return;
+            .map_err(|_| "no confirmation in time".to_owned())?;
+            match stored {
+                Ok(ack) => {
+                    let end = &batch[batch.len() - 1];
+                    self.last[i] = UpLast {
+                        stream: end.stream,
+                        seq: end.seq,
+                        js: ack.sequence,
+                    };
+                    self.stored(lane, ups);
+                    return Ok(());
+                }
+                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                    let (stream, seq, js) =
+                        super::up::position(&self.cluster, &self.node_id, lane).await?;
+                    self.last[i] = UpLast { stream, seq, js };
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Err("appends in a row lost to other instances".into())
+    }
+
+    /// `ups` are all stored: the link may acknowledge them.
+    fn stored(&self, lane: Lane, ups: &[Up]) {
+        if let Some(end) = ups.last() {
+            self.inner.lock().stored[lane.index()] = (end.stream, end.seq);
+            self.inner.token.notify();
         }
     }
 }
 
-/// Waits for each store's acknowledgement in turn and moves the lane's stored position.
-async fn confirm(
-    inner: Arc<Inner>,
-    mut acked: tokio::sync::mpsc::UnboundedReceiver<(Up, Result<PublishAckFuture, String>)>,
-) {
-    while let Some((up, sent)) = acked.recv().await {
-        let outcome = match sent {
-            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-            Err(e) => Err(e),
-        };
-        match outcome {
-            Ok(()) => {
-                inner.lock().stored[up.lane.index()] = (up.stream, up.seq);
-                inner.token.notify();
-            }
-            Err(e) => {
-                inner.fail(format!(
-                    "the cluster did not store message {} on the {} lane: {e}",
-                    up.seq, up.lane
-                ));
-                return;
-            }
-        }
-    }
+/// Leaves in `ups` the first batch (one stream, at most [`BATCH_RECORDS`] records and
+/// [`BATCH_BYTES`] bytes, at least one record) and returns the rest.
+fn split_batch(ups: &mut Vec<Up>) -> Vec<Up> {
+    let mut bytes = 0;
+    let end = ups
+        .iter()
+        .enumerate()
+        .position(|(n, u)| {
+            bytes += 4 + u.payload.len();
+            n > 0 && (n >= BATCH_RECORDS || bytes > BATCH_BYTES || u.stream != ups[0].stream)
+        })
+        .unwrap_or(ups.len());
+    ups.split_off(end)
 }
 
 /// Keeps each lane's cache filled from `HUB_DOWN` and purges what the node acknowledged.
@@ -242,7 +329,7 @@ async fn read_ahead(inner: Arc<Inner>, down: [DownLane; LANES], mut live: async_
                 (s.ahead[i].acked > s.ahead[i].purged).then_some(s.ahead[i].acked)
             };
             if let Some(upto) = acked {
-                match down[i].ack_here(upto).await {
+                match timeout(down[i].ack_here(upto)).await {
                     Ok(()) => inner.lock().ahead[i].purged = upto,
                     Err(e) => log::warn!("cluster: cannot purge acknowledged messages: {e}"),
                 }
@@ -251,7 +338,7 @@ async fn read_ahead(inner: Arc<Inner>, down: [DownLane; LANES], mut live: async_
                 let Some((from, room)) = inner.lock().ahead[i].room() else {
                     break;
                 };
-                let read = match down[i].read_here(from, room.min(READ_BATCH)).await {
+                let read = match timeout(down[i].read_here(from, room.min(READ_BATCH))).await {
                     Ok(r) => r,
                     Err(e) => {
                         log::warn!("cluster: cannot read a node's queue: {e}");
@@ -263,8 +350,16 @@ async fn read_ahead(inner: Arc<Inner>, down: [DownLane; LANES], mut live: async_
                     break;
                 }
                 let mut s = inner.lock();
+                let a = &mut s.ahead[i];
+                // The lane's first message is past where reading started: what came before
+                // was acknowledged and purged, and the positions read at the link's start came
+                // from a replica that was behind (direct get may be answered by any). Read on
+                // from what the lane holds.
+                if read.first().is_some_and(|(seq, _)| *seq > a.next) && a.cache.is_empty() {
+                    a.next = read[0].0;
+                }
                 for (seq, payload) in read {
-                    s.ahead[i].take(seq, &payload);
+                    a.take(seq, &payload);
                 }
                 drop(s);
                 inner.token.notify();
@@ -320,7 +415,11 @@ async fn read_ahead(inner: Arc<Inner>, down: [DownLane; LANES], mut live: async_
             match held {
                 Some((records, js)) if taken => {
                     let (first, last) = (records[0].0, records[records.len() - 1].0);
-                    down[i].note_read(first, last, js).await;
+                    let _ = timeout(async {
+                        down[i].note_read(first, last, js).await;
+                        Ok(())
+                    })
+                    .await;
                     inner.token.notify();
                 }
                 _ => unread[i] = true,
@@ -328,6 +427,16 @@ async fn read_ahead(inner: Arc<Inner>, down: [DownLane; LANES], mut live: async_
             message = live.next().now_or_never().flatten();
         }
     }
+}
+
+/// `work`, given up after [`STORE_TIMEOUT`](super::nats::STORE_TIMEOUT): a request NATS
+/// never answers (its connection was lost under it) must not hold the lane.
+async fn timeout<T>(
+    work: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    tokio::time::timeout(super::nats::STORE_TIMEOUT, work)
+        .await
+        .unwrap_or_else(|_| Err("NATS did not answer in time".into()))
 }
 
 impl Ahead {
@@ -399,12 +508,9 @@ impl SharedLanes for NodeLanes {
     fn ack(&self, lane: Lane, seq: u64) -> Result<(), String> {
         let mut s = self.inner.lock();
         let a = &mut s.ahead[lane.index()];
-        if seq > a.issued {
-            return Err(format!(
-                "the peer claims to have processed up to {seq}, beyond the {} this queue issued",
-                a.issued
-            ));
-        }
+        // What the node acknowledged beyond what this instance saw the lane issue (its view may
+        // lag behind the stream's) is taken up to what it saw: nothing unseen is purged.
+        let seq = seq.min(a.issued);
         if seq > a.acked {
             a.acked = seq;
             drop(s);

@@ -151,6 +151,10 @@ impl View {
     }
 }
 
+/// How long a store in JetStream may take, from handing it to the client to its
+/// acknowledgement, before it counts as failed.
+pub(super) const STORE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// This instance's place in the cluster: the NATS connection and the mirrors.
 pub struct Cluster {
     pub(super) rt: Handle,

@@ -1,7 +1,9 @@
 //! Node-to-cloud messages in JetStream (docs/cluster.md sections 5 and 6): one stream,
 //! `HUB_UP`, with a subject per node and lane, `hub.up.{node key}.{u|b}`. The instance holding
-//! a node stores each message the node sends there before the link acknowledges it; every
-//! instance reads the stream in order and hands each message to its own applications.
+//! a node stores what the node sends there before the link acknowledges it, in batches framed
+//! as `HUB_DOWN`'s are, each with `Nats-Expected-Last-Subject-Sequence` so that a lane never
+//! has a gap; every instance reads the stream in order and hands each message to its own
+//! applications.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,12 +25,8 @@ pub const HUB_STREAM: &str = "Hub-Stream";
 /// short enough that the stream does not grow for ever (every application got it long before).
 const KEEP_FOR: Duration = Duration::from_secs(24 * 3600);
 
-/// How long JetStream remembers a `Nats-Msg-Id`: a message sent again after a failover within
-/// this time is recognised and not stored twice.
-const DUPLICATE_WINDOW: Duration = Duration::from_secs(600);
-
-/// Creates or opens [`UP_STREAM`]: file storage, `replicas`, messages kept [`KEEP_FOR`],
-/// de-duplication by `Nats-Msg-Id` over [`DUPLICATE_WINDOW`], direct get.
+/// Creates or opens [`UP_STREAM`]: file storage, `replicas`, messages kept [`KEEP_FOR`], direct
+/// get.
 pub(super) async fn stream(
     js: &jetstream::Context,
     replicas: usize,
@@ -38,7 +36,6 @@ pub(super) async fn stream(
         description: Some("hub: what the nodes sent, one subject per node and lane".into()),
         subjects: vec!["hub.up.>".into()],
         max_age: KEEP_FOR,
-        duplicate_window: DUPLICATE_WINDOW,
         storage: jetstream::stream::StorageType::File,
         num_replicas: replicas,
         allow_direct: true,
@@ -58,27 +55,31 @@ pub(super) fn subject(node_id: &str, lane: Lane) -> String {
     )
 }
 
-/// The headers of message `seq` of stream `stream` from `node_id` on `lane`: its place in the
-/// node's stream, and the id JetStream recognises a repeat by.
-pub(super) fn headers(node_id: &str, lane: Lane, stream: u64, seq: u64) -> HeaderMap {
+/// The headers of a JetStream message holding `count` records of the node's stream `stream`,
+/// numbered from `seq`, stored only if the lane's last message is JetStream
+/// sequence `last_js` (0: none).
+pub(super) fn headers(stream: u64, seq: u64, count: usize, last_js: u64) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(HUB_STREAM, stream.to_string().as_str());
     headers.insert(super::down::HUB_SEQ, seq.to_string().as_str());
-    let token = super::down::lane_token(lane);
+    if count > 1 {
+        headers.insert(super::down::HUB_COUNT, count.to_string().as_str());
+    }
     headers.insert(
-        "Nats-Msg-Id",
-        format!("{node_id}:{token}:{stream}:{seq}").as_str(),
+        "Nats-Expected-Last-Subject-Sequence",
+        last_js.to_string().as_str(),
     );
     headers
 }
 
-/// The last message of `node_id`'s `lane` that `HUB_UP` holds: (its stream, its sequence
-/// number), (0, 0) for none. The receive position a link resumes from.
+/// The last message of `node_id`'s `lane` that `HUB_UP` holds: (its stream, the sequence
+/// number of its last record, its JetStream sequence), (0, 0, 0) for none. The receive
+/// position a link resumes from.
 pub(super) async fn position(
     cluster: &Cluster,
     node_id: &str,
     lane: Lane,
-) -> Result<(u64, u64), String> {
+) -> Result<(u64, u64, u64), String> {
     use jetstream::stream::DirectGetErrorKind;
     match cluster
         .up
@@ -91,9 +92,9 @@ pub(super) async fn position(
                 .get(HUB_STREAM)
                 .and_then(|v| v.as_str().parse().ok())
                 .ok_or_else(|| format!("a message without a readable {HUB_STREAM} header"))?;
-            Ok((stream, super::down::hub_seq(&m.headers)?))
+            Ok((stream, super::down::last_hub_seq(&m.headers)?, m.sequence))
         }
-        Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok((0, 0)),
+        Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok((0, 0, 0)),
         Err(e) => Err(format!("NATS: {e}")),
     }
 }
@@ -101,13 +102,28 @@ pub(super) async fn position(
 /// Hands every message stored in `HUB_UP` from now on to `local`, in the stream's order, each
 /// once: an ordered consumer (no state on the server beyond an ephemeral consumer), made again
 /// from the next sequence number when it fails.
+///
+/// The client makes an ordered consumer again by itself when it misses a message or its
+/// connection, from the last sequence it saw, or from the stream's start when it saw none yet
+/// (async-nats 0.46). So the sequence delivered last is kept here, and a message at or below
+/// it (such a replay) is not delivered again: the consumer is made anew after it.
 pub(super) async fn feed(cluster: Arc<Cluster>, local: Arc<Local>) {
-    let mut start = DeliverPolicy::New;
+    let mut delivered = loop {
+        match cluster.up.clone().info().await {
+            Ok(info) => break info.state.last_sequence,
+            Err(e) => {
+                log::warn!("cluster: cannot read {UP_STREAM}: {e}; trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
     loop {
         let config = push::OrderedConfig {
             deliver_subject: cluster.js.client().new_inbox(),
             filter_subject: "hub.up.>".into(),
-            deliver_policy: start,
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: delivered + 1,
+            },
             ..Default::default()
         };
         let messages = match cluster.up.create_consumer(config).await {
@@ -130,12 +146,31 @@ pub(super) async fn feed(cluster: Arc<Cluster>, local: Arc<Local>) {
                     break;
                 }
             };
-            if let Ok(info) = m.info() {
-                start = DeliverPolicy::ByStartSequence {
-                    start_sequence: info.stream_sequence + 1,
-                };
+            let Ok(sequence) = m.info().map(|i| i.stream_sequence) else {
+                continue;
+            };
+            if sequence <= delivered {
+                log::debug!(
+                    "cluster: {UP_STREAM} read again from {sequence}; reading on after {delivered}"
+                );
+                break;
             }
-            deliver(&local, m.subject.as_str(), &m.payload);
+            delivered = sequence;
+            match m
+                .headers
+                .as_ref()
+                .map(|h| super::down::records(h, &m.payload))
+            {
+                Some(Ok(records)) => {
+                    for (_, record) in records {
+                        deliver(&local, m.subject.as_str(), &record);
+                    }
+                }
+                _ => log::warn!(
+                    "cluster: an unreadable message in {UP_STREAM} ({})",
+                    m.subject
+                ),
+            }
         }
     }
 }

@@ -114,10 +114,14 @@ impl Hub {
     }
 
     /// Starts `command` (one that runs the built binary, possibly through a wrapper that execs
-    /// it, such as `nsenter`), logging at `info`.
+    /// it, such as `nsenter`), logging at `info` (or by `HUB_TEST_LOG`, a `RUST_LOG` filter with
+    /// `info` in it, to look into a failure).
     pub fn spawn(name: &str, mut command: Command) -> Hub {
         let mut child = command
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("HUB_TEST_LOG").unwrap_or("info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
