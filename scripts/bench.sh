@@ -514,10 +514,9 @@ fi # metrics
 # the clouds (node-limit, large queue bounds, queues.fsync always as shipped), and
 # max(CLUSTER_NODES) edges over WebSocket (nodes cn-0, cn-1, ...) each with a subscriber of its
 # own. Rows: 256 B edge->cloud throughput (one node), cloud->edge round robin over each of
-# CLUSTER_NODES nodes (cluster mode appends to one lane one JetStream round trip at a time, so
-# many nodes show the whole), from one publishing application and from one per node (an
-# application connection's notices come in order, so in cluster mode one connection's appends
-# wait for each other whatever their lanes), request round trips (a cloud application's sync requests
+# CLUSTER_NODES nodes (cluster mode stores one batch per lane and JetStream round trip, so many
+# nodes show the whole), from one publishing application and from one per node, request round
+# trips (a cloud application's sync requests
 # answered by `hub sub --echo` on node cn-0), CPU per message of the clouds and of nats-server;
 # then the ratios cluster/single. Then the cost of a connected node: CLUSTER_SCALE idle nodes
 # of hub-bench scale (WebSocket) on a cloud without and one with cluster mode, RSS per node of
