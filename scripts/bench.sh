@@ -534,7 +534,8 @@ for k in $CLUSTER_NODES; do [ "$k" -gt "$C_EDGES" ] && C_EDGES=$k; done
 nats_start() { # name: a fresh nats-server with JetStream in $W/name; sets NATS_PID, NATS_URL
   local port
   port=$(free_port)
-  nats-server -js -sd "$W/$1" -a 127.0.0.1 -p "$port" 2>"$W/$1.log" &
+  printf 'max_payload: 8MB\n' >"$W/$1.conf" # room for 1 MiB messages with hub's headers
+  nats-server -c "$W/$1.conf" -js -sd "$W/$1" -a 127.0.0.1 -p "$port" 2>"$W/$1.log" &
   NATS_PID=$!
   PIDS+=("$NATS_PID")
   wait_log "$W/$1.log" 'Server is ready' >/dev/null

@@ -119,6 +119,10 @@ pub struct Bound {
     pub quic: Option<SocketAddr>,
 }
 
+/// What a message stored in cluster mode needs beside its encoding, in bytes: hub's headers
+/// and the NATS ones.
+const HEADER_ALLOWANCE: usize = 4096;
+
 /// Runs the cloud hub until `shutdown`, then closes every link with "shutting down".
 pub async fn run(config: CloudConfig, shutdown: Shutdown) -> Result<(), String> {
     let hangups =
@@ -135,7 +139,19 @@ pub async fn run(config: CloudConfig, shutdown: Shutdown) -> Result<(), String> 
                 nodes: config.node_limit,
                 lane_messages: config.queues.max_messages,
             };
-            Some(Cluster::start(c, registry.clone(), limits).await?)
+            let cluster = Cluster::start(c, registry.clone(), limits).await?;
+            // A message is stored as one NATS message with hub's headers (and, in a batch, its
+            // length): beyond max_payload it cannot be stored.
+            let largest = config.apps.max_message_bytes + HEADER_ALLOWANCE;
+            if cluster.max_payload() < largest {
+                log::warn!(
+                    "cluster: the NATS server takes messages of at most {} bytes (max_payload), less than apps.max-message-bytes ({}) with {} bytes for hub's headers: larger messages will be refused, and a node sending one will reconnect for ever; raise max_payload in the NATS servers' configuration (e.g. max_payload: 8MB)",
+                    cluster.max_payload(),
+                    config.apps.max_message_bytes,
+                    HEADER_ALLOWANCE
+                );
+            }
+            Some(cluster)
         }
         None => None,
     };

@@ -529,6 +529,12 @@ impl Cluster {
         DownLane::new(self.clone(), node_id, lane, state)
     }
 
+    /// The largest message the NATS server takes, in bytes (its `max_payload`, headers
+    /// included).
+    pub fn max_payload(&self) -> usize {
+        self.js.client().server_info().max_payload
+    }
+
     /// Appends `record` (an encoded message for `node_id`) to its `lane` in JetStream; finishes
     /// with its sequence number once the cluster stored it. Errors: "queue full" at
     /// `queues.max-messages`, or NATS did not answer. The record takes its place in the lane's

@@ -106,4 +106,9 @@ impl Cluster {
     pub fn deliver_up(self: &Arc<Self>, _local: Arc<crate::local::Local>) {
         match **self {}
     }
+
+    /// See the NATS implementation.
+    pub fn max_payload(&self) -> usize {
+        match *self {}
+    }
 }

@@ -58,7 +58,13 @@ impl Nats {
     fn launch(dir: &Path, name: &str, extra: &[&str]) -> Nats {
         let store = dir.join(format!("nats-{name}"));
         std::fs::create_dir_all(&store).unwrap();
+        // Room for a message of apps.max-message-bytes (1 MiB) with hub's headers, as the
+        // README's server has (NATS' own default is 1 MiB in all).
+        let conf = dir.join(format!("nats-{name}.conf"));
+        std::fs::write(&conf, "max_payload: 8MB\n").unwrap();
         let mut args: Vec<String> = [
+            "-c",
+            conf.to_str().unwrap(),
             "-js",
             "-sd",
             store.to_str().unwrap(),
