@@ -10,7 +10,6 @@ mod common;
 
 use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -21,6 +20,7 @@ use common::apps::{
     WAIT, ask, assert_next_is_marker, assert_numbers_in_order, block, message, number,
     publish_numbers, receive, request, spawn_responder, start_edge, subscribe,
 };
+use common::hosts::{private_hosts_available, start_edge_with_hosts};
 use common::nats::Nats;
 use common::{Cloud, CloudSpec, EdgeSpec, Hub, Proto};
 use hub::client::{self, Connection};
@@ -488,40 +488,6 @@ fn tally(sent: &Sent, seen: &[u64]) -> Tally {
     }
 }
 
-/// Whether this machine lets an unprivileged process give a child its own `/etc/hosts` (a user
-/// and mount namespace, `unshare -rm`), as in tests/link_addresses.rs.
-fn private_hosts_available(dir: &Path) -> bool {
-    let hosts = dir.join("probe-hosts");
-    std::fs::write(&hosts, "127.0.0.2 probe-only-name\n").unwrap();
-    Command::new("unshare")
-        .args([
-            "-rm",
-            "sh",
-            "-c",
-            "mount --bind \"$0\" /etc/hosts && getent hosts probe-only-name",
-        ])
-        .arg(&hosts)
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// Starts the edge configured in `file` with `hosts` as its `/etc/hosts`.
-fn start_edge_with_hosts(name: &str, file: &Path, hosts: &Path) -> Hub {
-    let mut command = Command::new("unshare");
-    command
-        .args([
-            "-rm",
-            "sh",
-            "-c",
-            "mount --bind \"$0\" /etc/hosts && exec \"$@\"",
-        ])
-        .arg(hosts)
-        .arg(common::hub_bin())
-        .args(["edge", "-c"])
-        .arg(file);
-    Hub::spawn(name, command)
-}
-
 /// The headline failover: cloud-a on 127.0.0.1 and cloud-b on 127.0.0.2 (same ports), the edge
 /// dialling `localhost`, which its private hosts file resolves to both. An application on the
 /// instance not holding the node publishes to it continuously, the edge's application publishes
@@ -531,7 +497,7 @@ fn start_edge_with_hosts(name: &str, file: &Path, hosts: &Path) -> Hub {
 fn failover_under_traffic(proto: Proto) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    if !private_hosts_available(dir) {
+    if !private_hosts_available(dir, "127.0.0.2") {
         eprintln!("skipped: `unshare -rm` with a bind mount is not permitted here");
         return;
     }

@@ -7,60 +7,20 @@ mod common;
 
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::Path;
-use std::process::Command;
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
-use common::{CloudSpec, EdgeSpec, Hub, Proto};
+use common::hosts::{private_hosts_available, start_edge_logging, start_edge_with_hosts};
+use common::{CloudSpec, EdgeSpec, Proto};
 use hub::transport::dial::Limit;
 
 const BOTH: [Proto; 2] = [Proto::Websocket, Proto::Quic];
-
-/// Whether this machine lets an unprivileged process give a child its own `/etc/hosts` (a user
-/// and mount namespace, `unshare -rm`).
-fn private_hosts_available(dir: &Path) -> bool {
-    let hosts = dir.join("probe-hosts");
-    std::fs::write(&hosts, "::1 probe-only-name\n").unwrap();
-    Command::new("unshare")
-        .args([
-            "-rm",
-            "sh",
-            "-c",
-            "mount --bind \"$0\" /etc/hosts && getent hosts probe-only-name",
-        ])
-        .arg(&hosts)
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// Starts the edge configured in `file` with `hosts` as its `/etc/hosts`.
-fn start_edge_with_hosts(name: &str, file: &Path, hosts: &Path) -> Hub {
-    start_edge_logging(name, file, hosts, "info")
-}
-
-/// [`start_edge_with_hosts`] with `RUST_LOG` set to `filter`.
-fn start_edge_logging(name: &str, file: &Path, hosts: &Path, filter: &str) -> Hub {
-    let mut command = Command::new("unshare");
-    command
-        .args([
-            "-rm",
-            "sh",
-            "-c",
-            "mount --bind \"$0\" /etc/hosts && RUST_LOG=\"$1\" && shift && export RUST_LOG && exec \"$@\"",
-        ])
-        .arg(hosts)
-        .arg(filter)
-        .arg(common::hub_bin())
-        .args(["edge", "-c"])
-        .arg(file);
-    Hub::spawn(name, command)
-}
 
 #[test]
 fn localhost_resolving_to_ipv6_first_reaches_a_cloud_on_ipv4() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    if !private_hosts_available(dir) {
+    if !private_hosts_available(dir, "::1") {
         // The dialling itself is covered by quic_dial_races_past_an_address_that_never_answers
         // and the unit tests of transport::dial.
         eprintln!("skipped: `unshare -rm` with a bind mount is not permitted here");
@@ -228,7 +188,7 @@ const HANDSHAKE_TIMEOUT: f64 = 10.0;
 fn websocket_edge_passes(kind: Impostor) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    if !private_hosts_available(dir) {
+    if !private_hosts_available(dir, "::1") {
         eprintln!("skipped: `unshare -rm` with a bind mount is not permitted here");
         return;
     }
@@ -325,7 +285,7 @@ fn websocket_edge_passes_an_address_that_stays_silent_after_tcp() {
 fn the_clouds_refusal_is_final_and_names_the_address_left_unfinished() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    if !private_hosts_available(dir) {
+    if !private_hosts_available(dir, "::1") {
         eprintln!("skipped: `unshare -rm` with a bind mount is not permitted here");
         return;
     }
@@ -368,7 +328,7 @@ fn the_clouds_refusal_is_final_and_names_the_address_left_unfinished() {
 fn placement_passes_an_address_that_accepts_tcp_and_hangs_up() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    if !private_hosts_available(dir) {
+    if !private_hosts_available(dir, "::1") {
         eprintln!("skipped: `unshare -rm` with a bind mount is not permitted here");
         return;
     }

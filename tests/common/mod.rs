@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod apps;
+pub mod hosts;
 pub mod http;
 pub mod mqtt;
 pub mod nats;
