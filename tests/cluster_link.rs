@@ -21,6 +21,7 @@ use common::apps::{
     publish_numbers, receive, request, spawn_responder, start_edge, subscribe,
 };
 use common::hosts::{private_hosts_available, start_edge_with_hosts};
+use common::mqtt::{Paho, mqtt_port};
 use common::nats::Nats;
 use common::{Cloud, CloudSpec, EdgeSpec, Hub, Proto};
 use hub::client::{self, Connection};
@@ -151,6 +152,40 @@ fn messages_as_large_as_allowed_cross_the_cluster_both_ways() {
             contents.iter().map(|c| c.len()).collect::<Vec<_>>()
         );
     }
+}
+
+#[test]
+fn mqtt_clients_on_another_instance_reach_the_node_both_ways() {
+    // Paho clients on cloud-b's MQTT listener, the node held by cloud-a: a QoS 1 publication to
+    // the node is acknowledged (stored by the cluster) and reaches the node's MQTT subscriber;
+    // the node's publications reach the subscriber on cloud-b.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let pki = common::link_pki(dir);
+    let nats = Nats::start(dir, "n1");
+    let (mut a, b) = two_instances(dir, &pki, &nats);
+    let (edge, _edge_apps) = edge_on(dir, &pki, Proto::Websocket, "node-1", &mut a);
+    let (cloud_mqtt, edge_mqtt) = (mqtt_port(&b.hub), mqtt_port(&edge));
+    let mut cloud_sub = Paho::clean("cloud-sub", cloud_mqtt, 5);
+    cloud_sub.subscribe("node/node-1/sensors/#", 1);
+    let mut edge_sub = Paho::clean("edge-sub", edge_mqtt, 5);
+    edge_sub.subscribe("cmd/#", 1);
+
+    let mut cloud_pub = Paho::clean("cloud-pub", cloud_mqtt, 5);
+    cloud_pub.publish("node/node-1/cmd/valve", "open", 1, false);
+    let m = edge_sub.message();
+    assert_eq!(
+        (m.topic.as_str(), m.payload.as_str()),
+        ("cmd/valve", "open")
+    );
+
+    let mut edge_pub = Paho::clean("edge-pub", edge_mqtt, 3);
+    edge_pub.publish("sensors/door", "closed", 1, false);
+    let m = cloud_sub.message();
+    assert_eq!(
+        (m.topic.as_str(), m.payload.as_str()),
+        ("node/node-1/sensors/door", "closed")
+    );
 }
 
 #[test]
