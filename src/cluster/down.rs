@@ -407,6 +407,38 @@ impl DownLane {
         Ok((first.max(acked + 1), last))
     }
 
+    /// Records `upto` as the lane's acknowledged position, unless a higher one is there already:
+    /// the position never goes back (an instance that held the node before may acknowledge late).
+    async fn raise_acked(&self, upto: u64) -> Result<(), String> {
+        let key = format!(
+            "{}.{}.acked",
+            node_key(&self.node_id),
+            lane_token(self.lane)
+        );
+        let kv = &self.cluster.positions;
+        let value = || upto.to_string().into();
+        for _ in 0..APPEND_ATTEMPTS {
+            let entry = kv.entry(&key).await.map_err(|e| format!("NATS: {e}"))?;
+            let stored = match entry {
+                Some(e) if e.operation == async_nats::jetstream::kv::Operation::Put => {
+                    let held = std::str::from_utf8(&e.value)
+                        .ok()
+                        .and_then(|t| t.parse::<u64>().ok())
+                        .unwrap_or(0);
+                    if held >= upto {
+                        return Ok(());
+                    }
+                    kv.update(&key, value(), e.revision).await.is_ok()
+                }
+                _ => kv.create(&key, value()).await.is_ok(),
+            };
+            if stored {
+                return Ok(());
+            }
+        }
+        Err(format!("the acknowledged position of {key} kept changing"))
+    }
+
     /// The `Hub-Seq` acknowledged last (0: none), from the positions bucket.
     async fn acked(&self) -> Result<u64, String> {
         let key = format!(
@@ -483,16 +515,7 @@ impl DownLane {
     /// [`ack`](Self::ack), on the NATS runtime.
     pub(super) async fn ack_here(&self, upto: u64) -> Result<(), String> {
         let mut tail = self.state.inner.lock().await;
-        let key = format!(
-            "{}.{}.acked",
-            node_key(&self.node_id),
-            lane_token(self.lane)
-        );
-        self.cluster
-            .positions
-            .put(&key, upto.to_string().into())
-            .await
-            .map_err(|e| format!("NATS: {e}"))?;
+        self.raise_acked(upto).await?;
         tail.acked = tail.acked.max(upto);
         // The message holding `upto`, which is kept: it holds the numbering when it is the
         // lane's last, and messages not yet acknowledged when it is a batch.

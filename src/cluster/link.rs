@@ -358,10 +358,16 @@ async fn read_ahead(inner: Arc<Inner>, down: [DownLane; LANES], mut live: async_
                 if read.first().is_some_and(|(seq, _)| *seq > a.next) && a.cache.is_empty() {
                     a.next = read[0].0;
                 }
+                let mut taken = false;
                 for (seq, payload) in read {
-                    a.take(seq, &payload);
+                    taken |= a.take(seq, &payload);
                 }
                 drop(s);
+                if !taken {
+                    // Nothing follows on from the cache: read again when woken, not at once.
+                    unread[i] = false;
+                    break;
+                }
                 inner.token.notify();
             }
         }
@@ -376,7 +382,10 @@ async fn read_ahead(inner: Arc<Inner>, down: [DownLane; LANES], mut live: async_
         .await;
         let mut message = match woken {
             Either::Left((Some(m), _)) => Some(m),
-            Either::Left((None, _)) => return, // unsubscribed: the lanes are closed
+            Either::Left((None, _)) => {
+                inner.fail("the cluster's subscription for the node ended".into());
+                return;
+            }
             Either::Right(_) => {
                 unread = [true; LANES];
                 None
@@ -486,6 +495,21 @@ impl SharedLanes for NodeLanes {
             let (_, p) = a.cache.pop_front().expect("checked");
             a.bytes -= p.len();
         }
+        // The lane holds nothing numbered `from` any more, while the link resumes there (its
+        // start was read from a replica that was behind): the link is closed, and the next
+        // one starts from what the lane holds.
+        let gone = match a.cache.front() {
+            Some((seq, _)) => *seq > from,
+            None => a.next > from,
+        };
+        if gone {
+            s.failure.get_or_insert_with(|| {
+                format!("the {lane} lane no longer holds message {from}, where the link resumed")
+            });
+            drop(s);
+            self.inner.token.notify();
+            return 0;
+        }
         let (mut n, mut bytes) = (0, 0);
         while n < max {
             let Some((_, p)) = a.cache.front() else { break };
@@ -508,12 +532,28 @@ impl SharedLanes for NodeLanes {
     fn ack(&self, lane: Lane, seq: u64) -> Result<(), String> {
         let mut s = self.inner.lock();
         let a = &mut s.ahead[lane.index()];
+        // The node has everything up to `seq`: what was read ahead of it goes, and reading goes
+        // on after it (the node may resume beyond where the lane's positions, read at the
+        // link's start, said it was).
+        let mut changed = false;
+        while a.cache.front().is_some_and(|(s, _)| *s <= seq) {
+            let (_, p) = a.cache.pop_front().expect("checked");
+            a.bytes -= p.len();
+            changed = true;
+        }
+        if a.next <= seq {
+            a.next = seq + 1;
+            changed = true;
+        }
         // What the node acknowledged beyond what this instance saw the lane issue (its view may
         // lag behind the stream's) is taken up to what it saw: nothing unseen is purged.
         let seq = seq.min(a.issued);
         if seq > a.acked {
             a.acked = seq;
-            drop(s);
+            changed = true;
+        }
+        drop(s);
+        if changed {
             self.inner.wake.notify_one();
         }
         Ok(())
