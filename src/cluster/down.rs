@@ -121,7 +121,9 @@ pub(super) fn last_hub_seq(headers: &HeaderMap) -> Result<u64, String> {
             .filter(|c| *c > 0)
             .ok_or_else(|| format!("an unreadable {HUB_COUNT} header"))?,
     };
-    Ok(hub_seq(headers)? + count - 1)
+    hub_seq(headers)?
+        .checked_add(count - 1)
+        .ok_or_else(|| format!("a {HUB_COUNT} header beyond the numbering"))
 }
 
 /// The records of one JetStream message of the lane: (`Hub-Seq`, encoded message), in order.
@@ -135,6 +137,9 @@ pub(super) fn records(headers: &HeaderMap, payload: &Bytes) -> Result<Vec<(u64, 
         .as_str()
         .parse()
         .map_err(|_| format!("an unreadable {HUB_COUNT} header"))?;
+    if first.checked_add(count).is_none() {
+        return Err(format!("a {HUB_COUNT} header beyond the numbering"));
+    }
     let mut out = Vec::with_capacity(count.min(BATCH_RECORDS as u64) as usize);
     let mut at = 0usize;
     for i in 0..count {
