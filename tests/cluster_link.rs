@@ -483,6 +483,30 @@ impl std::fmt::Display for Tally {
     }
 }
 
+/// Stops both directions' publishers, sends each direction's end marker (to `ends`: endpoint,
+/// resource) and waits for it; each direction's tally, whether its marker arrived, and what
+/// was sent. Each lane keeps its order, so once a marker arrives nothing sent before it is
+/// still on its way, repeats included.
+fn end_traffic(
+    stop: &AtomicBool,
+    directions: [(Publisher, Collector); 2],
+    ends: [(&str, &str); 2],
+) -> [(Tally, Result<(), String>, Sent); 2] {
+    stop.store(true, Ordering::SeqCst);
+    let [(down_pub, down_sub), (up_pub, up_sub)] = directions;
+    let sent = [down_pub.join(), up_pub.join()];
+    for (url, resource) in ends {
+        publish_end(url, resource);
+    }
+    let [down_sent, up_sent] = sent;
+    let (down_seen, down_end) = down_sub.finish();
+    let (up_seen, up_end) = up_sub.finish();
+    [
+        (tally(&down_sent, &down_seen), down_end, down_sent),
+        (tally(&up_sent, &up_seen), up_end, up_sent),
+    ]
+}
+
 fn tally(sent: &Sent, seen: &[u64]) -> Tally {
     let mut distinct = HashSet::new();
     let mut repeated = 0;
@@ -603,18 +627,11 @@ fn failover_under_traffic(proto: Proto) {
         &up_pub,
         figures,
     );
-    stop.store(true, Ordering::SeqCst);
-    let down_sent = down_pub.join();
-    let up_sent = up_pub.join();
-    // Each lane keeps its order, so once the end markers arrive nothing sent before them is
-    // still on its way, repeats included.
-    publish_end(&other.apps, "node/node-1/down");
-    publish_end(&edge_apps, "up");
-    let (down_seen, down_end) = down_sub.finish();
-    let (up_seen, up_end) = up_sub.finish();
-
-    let down = tally(&down_sent, &down_seen);
-    let up = tally(&up_sent, &up_seen);
+    let [(down, down_end, down_sent), (up, up_end, up_sent)] = end_traffic(
+        &stop,
+        [(down_pub, down_sub), (up_pub, up_sub)],
+        [(&other.apps, "node/node-1/down"), (&edge_apps, "up")],
+    );
     eprintln!(
         "failover over {}: down (cloud application to edge): {down}",
         proto.name()
@@ -699,15 +716,11 @@ fn a_nats_server_of_three_dying_under_traffic_loses_nothing_accepted() {
         &up_pub,
         figures,
     );
-    stop.store(true, Ordering::SeqCst);
-    let down_sent = down_pub.join();
-    let up_sent = up_pub.join();
-    publish_end(&b.apps, "node/node-1/down");
-    publish_end(&edge_apps, "up");
-    let (down_seen, down_end) = down_sub.finish();
-    let (up_seen, up_end) = up_sub.finish();
-    let down = tally(&down_sent, &down_seen);
-    let up = tally(&up_sent, &up_seen);
+    let [(down, down_end, down_sent), (up, up_end, up_sent)] = end_traffic(
+        &stop,
+        [(down_pub, down_sub), (up_pub, up_sub)],
+        [(&b.apps, "node/node-1/down"), (&edge_apps, "up")],
+    );
     eprintln!(
         "NATS server n{k} killed: down: {down} (first refusal {:?})",
         down_sent.first_refusal
