@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, context::PublishErrorKind, stream::DirectGetErrorKind};
@@ -36,6 +37,17 @@ pub(super) const APPEND_ATTEMPTS: usize = 64;
 pub(super) const BATCH_RECORDS: usize = 1024;
 /// … and bytes, below the server's `max_payload` (1 MiB by default) with room for the headers.
 pub(super) const BATCH_BYTES: usize = 512 << 10;
+
+/// How long a store refused for want of a stream leader waits before it is tried again (for at
+/// most [`STORE_TIMEOUT`](super::nats::STORE_TIMEOUT) in all).
+pub(super) const LEADERLESS_RETRY: Duration = Duration::from_millis(200);
+
+/// Whether a refused publish was certainly not stored because the stream had no leader to take
+/// it (no responders, or "no stream found" while NATS elects one): it may be tried again as it
+/// is.
+pub(super) fn not_stored(e: &async_nats::jetstream::context::PublishError) -> bool {
+    e.kind() == PublishErrorKind::StreamNotFound || e.to_string().contains("no stream found")
+}
 
 /// An append waiting for its turn: the record and who waits for its sequence number.
 type Waiting = (Bytes, tokio::sync::oneshot::Sender<Result<u64, String>>);
@@ -285,6 +297,7 @@ impl DownLane {
     async fn append_here(&self, records: &[Bytes]) -> Result<u64, String> {
         let payload = frame(records.iter());
         let count = records.len() as u64;
+        let started = std::time::Instant::now();
         let mut tail = self.state.inner.lock().await;
         for _ in 0..APPEND_ATTEMPTS {
             let (last_hub, last_js) = match tail.last {
@@ -325,6 +338,10 @@ impl DownLane {
                 }
                 Err(e) if e.to_string().contains("maximum messages per subject") => {
                     return Err(self.full());
+                }
+                // Not stored: the stream has no leader (NATS elects one after losing a server).
+                Err(e) if not_stored(&e) && started.elapsed() < super::nats::STORE_TIMEOUT => {
+                    tokio::time::sleep(LEADERLESS_RETRY).await;
                 }
                 Err(e) => {
                     tail.last = None;

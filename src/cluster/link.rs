@@ -245,6 +245,7 @@ impl Storing {
         let i = lane.index();
         let subject = super::up::subject(&self.node_id, lane);
         let mut from = 0;
+        let started = std::time::Instant::now();
         for _ in 0..super::down::APPEND_ATTEMPTS {
             let last = self.last[i];
             // What the lane holds already (sent again after a move) is not stored twice.
@@ -282,6 +283,13 @@ impl Storing {
                     let (stream, seq, js) =
                         super::up::position(&self.cluster, &self.node_id, lane).await?;
                     self.last[i] = UpLast { stream, seq, js };
+                }
+                // Not stored: the stream has no leader (NATS elects one after losing a server).
+                Err(e)
+                    if super::down::not_stored(&e)
+                        && started.elapsed() < super::nats::STORE_TIMEOUT =>
+                {
+                    tokio::time::sleep(super::down::LEADERLESS_RETRY).await;
                 }
                 Err(e) => return Err(e.to_string()),
             }
