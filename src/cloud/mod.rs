@@ -813,7 +813,11 @@ fn serve(
                                         holding,
                                     )
                                 }
-                                (None, None) => unreachable!("admit() opens the disk queues"),
+                                // admit() opens the disk queues whenever there is no cluster.
+                                (None, None) => {
+                                    let why = "the node's queues are not open".to_owned();
+                                    return Err((CloseCode::Unavailable, why));
+                                }
                             };
                             Ok((ex, entry))
                         }

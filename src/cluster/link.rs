@@ -76,7 +76,6 @@ impl Inner {
 }
 
 /// A message from the node on its way into `HUB_UP`.
-#[derive(Clone)]
 struct Up {
     lane: Lane,
     stream: u64,

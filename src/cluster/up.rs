@@ -156,39 +156,37 @@ pub(super) async fn feed(cluster: Arc<Cluster>, local: Arc<Local>) {
                 break;
             }
             delivered = sequence;
-            match m
-                .headers
-                .as_ref()
-                .map(|h| super::down::records(h, &m.payload))
-            {
-                Some(Ok(records)) => {
-                    for (_, record) in records {
-                        deliver(&local, m.subject.as_str(), &record);
-                    }
-                }
-                _ => log::warn!(
-                    "cluster: an unreadable message in {UP_STREAM} ({})",
-                    m.subject
-                ),
-            }
+            deliver(&local, &m);
         }
     }
 }
 
-/// Hands one stored message, from subject `hub.up.{key}.{lane}`, to `local` under
-/// `node/{node-id}/`.
-fn deliver(local: &Local, subject: &str, payload: &[u8]) {
-    let Some(key) = subject.split('.').nth(2) else {
+/// Hands the records of one stored message, from subject `hub.up.{key}.{lane}`, to `local`
+/// under `node/{node-id}/`; then makes durable what durable sessions were given, once for the
+/// whole batch.
+fn deliver(local: &Local, m: &jetstream::Message) {
+    let subject = m.subject.as_str();
+    let records = m
+        .headers
+        .as_ref()
+        .ok_or_else(|| "no headers".to_owned())
+        .and_then(|h| super::down::records(h, &m.payload));
+    let (Some(key), Ok(records)) = (subject.split('.').nth(2), records) else {
+        log::warn!("cluster: an unreadable message in {UP_STREAM} ({subject})");
         return;
     };
     let prefix = node_prefix(&key_node(key));
-    match MessageView::decode(payload, &prefix) {
-        // A request no application here takes is not answered from here: an application on
-        // another instance may take it.
-        Ok(view) => {
-            let _ = local.deliver_view(view);
-            local.sync_durable();
+    for (seq, record) in records {
+        match MessageView::decode(&record, &prefix) {
+            // A request no application here takes is not answered from here: an application
+            // on another instance may take it.
+            Ok(view) => {
+                let _ = local.deliver_view(view);
+            }
+            Err(e) => {
+                log::warn!("cluster: an unreadable message in {UP_STREAM} ({subject}, {seq}): {e}")
+            }
         }
-        Err(e) => log::warn!("cluster: an unreadable message in {UP_STREAM} ({subject}): {e}"),
     }
+    local.sync_durable();
 }
