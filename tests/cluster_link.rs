@@ -71,6 +71,36 @@ fn edge_on(dir: &Path, pki: &Path, proto: Proto, node: &str, cloud: &mut Cloud) 
     (edge, apps)
 }
 
+/// One `nats-server`, cloud-a and cloud-b, and node-1's edge connected to cloud-a over
+/// WebSocket; dropping it stops them all.
+struct Pair {
+    _tmp: tempfile::TempDir,
+    _nats: Nats,
+    _a: Cloud,
+    b: Cloud,
+    edge: Hub,
+    edge_apps: String,
+}
+
+impl Pair {
+    fn start() -> Pair {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let pki = common::link_pki(dir);
+        let nats = Nats::start(dir, "n1");
+        let (mut a, b) = two_instances(dir, &pki, &nats);
+        let (edge, edge_apps) = edge_on(dir, &pki, Proto::Websocket, "node-1", &mut a);
+        Pair {
+            _tmp: tmp,
+            _nats: nats,
+            _a: a,
+            b,
+            edge,
+            edge_apps,
+        }
+    }
+}
+
 #[test]
 fn an_application_on_either_instance_reaches_a_node_held_by_the_other() {
     let tmp = tempfile::tempdir().unwrap();
@@ -114,12 +144,8 @@ fn an_application_on_either_instance_reaches_a_node_held_by_the_other() {
 fn messages_as_large_as_allowed_cross_the_cluster_both_ways() {
     // A message of nearly apps.max-message-bytes (1 MiB) is stored alone in a NATS message with
     // hub's headers; smaller ones around it go in batches. All arrive, in order, whole.
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let pki = common::link_pki(dir);
-    let nats = Nats::start(dir, "n1");
-    let (mut a, b) = two_instances(dir, &pki, &nats);
-    let (_edge, edge_apps) = edge_on(dir, &pki, Proto::Websocket, "node-1", &mut a);
+    let pair = Pair::start();
+    let (b, edge_apps) = (&pair.b, pair.edge_apps.as_str());
     // Encoded, 8 bytes under the 1 MiB limit: beyond NATS' default max_payload once hub's
     // headers are added (the servers here allow 8 MB, as the README's does).
     let encoded = |content: &str| message("node/node-1/big", content).encode().unwrap().len();
@@ -137,11 +163,11 @@ fn messages_as_large_as_allowed_cross_the_cluster_both_ways() {
             }
         })
     };
-    let mut down = subscribe(&edge_apps, "big");
+    let mut down = subscribe(edge_apps, "big");
     send(&b.apps, "node/node-1/big");
     let got = receive(&mut down, sizes.len());
     let mut on_b = subscribe(&b.apps, "node/node-1/big");
-    send(&edge_apps, "big");
+    send(edge_apps, "big");
     let got_up = receive(&mut on_b, sizes.len());
     for got in [got, got_up] {
         let contents: Vec<&[u8]> = got.iter().map(|m| &m.content[..]).collect();
@@ -159,13 +185,9 @@ fn mqtt_clients_on_another_instance_reach_the_node_both_ways() {
     // Paho clients on cloud-b's MQTT listener, the node held by cloud-a: a QoS 1 publication to
     // the node is acknowledged (stored by the cluster) and reaches the node's MQTT subscriber;
     // the node's publications reach the subscriber on cloud-b.
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let pki = common::link_pki(dir);
-    let nats = Nats::start(dir, "n1");
-    let (mut a, b) = two_instances(dir, &pki, &nats);
-    let (edge, _edge_apps) = edge_on(dir, &pki, Proto::Websocket, "node-1", &mut a);
-    let (cloud_mqtt, edge_mqtt) = (mqtt_port(&b.hub), mqtt_port(&edge));
+    let pair = Pair::start();
+    let (b, edge) = (&pair.b, &pair.edge);
+    let (cloud_mqtt, edge_mqtt) = (mqtt_port(&b.hub), mqtt_port(edge));
     let mut cloud_sub = Paho::clean("cloud-sub", cloud_mqtt, 5);
     cloud_sub.subscribe("node/node-1/sensors/#", 1);
     let mut edge_sub = Paho::clean("edge-sub", edge_mqtt, 5);
@@ -190,13 +212,9 @@ fn mqtt_clients_on_another_instance_reach_the_node_both_ways() {
 
 #[test]
 fn sync_requests_cross_instances() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let pki = common::link_pki(dir);
-    let nats = Nats::start(dir, "n1");
-    let (mut a, b) = two_instances(dir, &pki, &nats);
-    let (_edge, edge_apps) = edge_on(dir, &pki, Proto::Websocket, "node-1", &mut a);
-    let responder = spawn_responder(subscribe(&edge_apps, "ask"), 1);
+    let pair = Pair::start();
+    let (b, edge_apps) = (&pair.b, pair.edge_apps.as_str());
+    let responder = spawn_responder(subscribe(edge_apps, "ask"), 1);
 
     let req = request("node/node-1/ask", "{\"question\":42}");
     let answer = ask(&b.apps, &req).expect("the answer, on cloud-b");
