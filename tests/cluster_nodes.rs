@@ -166,6 +166,33 @@ fn node_limit_holds_across_the_cluster_and_a_dead_instance_frees_its_share() {
     drop(one);
 }
 
+/// The one NATS server restarts (same store): the instances' liveness entries outlive it, so an
+/// instance that dies afterwards still stops being listed within a bounded time.
+#[test]
+fn after_a_nats_restart_a_dead_instance_still_drops_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = common::link_pki(tmp.path());
+    let mut nats = Nats::start(tmp.path(), "n1");
+    let a = instance(tmp.path(), &pki, &nats, "cloud-a", 10);
+    let mut b = instance(tmp.path(), &pki, &nats, "cloud-b", 10);
+    let mut one = EdgeSpec::new(Proto::Websocket, &pki, "node-1", b.ws_port).start(tmp.path());
+    one.wait_for("connected to the cloud");
+    eventually("node-1 listed on cloud-a", || {
+        !node_row(&a.apps, "node-1").is_null()
+    });
+    nats.kill9();
+    nats.restart();
+    b.hub.wait_for("cluster: NATS connected");
+    b.hub.kill9();
+    let killed = Instant::now();
+    eventually("node-1 gone from cloud-a's list", || {
+        node_row(&a.apps, "node-1").is_null()
+    });
+    let gone = killed.elapsed();
+    assert!(gone < LIVE_FOR + Duration::from_secs(5), "{gone:?}");
+    drop(one);
+}
+
 /// Admissions of different nodes racing on four instances with `node-limit` 3, in five rounds:
 /// exactly three get in each round, whatever the interleaving (each admission is a
 /// compare-and-set over the whole registry bucket; an instance's own admissions go one at a

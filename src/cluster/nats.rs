@@ -338,7 +338,9 @@ impl Cluster {
             INSTANCES_BUCKET,
             "hub: live cloud instances",
             LIVE_FOR,
-            jetstream::stream::StorageType::Memory,
+            // On disk: a memory stream is gone after the NATS servers restart, and with it
+            // the instances' liveness (a dead instance's nodes would stay listed for ever).
+            jetstream::stream::StorageType::File,
             replicas,
         )
         .await?;
